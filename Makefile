@@ -1,0 +1,40 @@
+# Two commands: `make demo` (the main job) and `make test`. Both create .venv on first use.
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# The CIFAR-10 stand-in beside the checkout (see ../shared/datasets/README.md), unless VIRKIT_DATA is set.
+export VIRKIT_DATA ?= $(if $(wildcard ../shared/datasets/cifar10-jpeg.tar.gz),$(abspath ../shared/datasets),)
+export MPLBACKEND ?= Agg
+
+.PHONY: demo test test-fast venv bench clean help
+
+help:
+	@echo "make demo   - run every notebook (quick preset, CPU, ~10 min); figures in figures/quick/"
+	@echo "make test   - run the test suite"
+	@echo "make bench  - CPU benchmark (see BENCHMARKS.md)"
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps torchattacks
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m virkit notebooks run --preset quick
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py --mode cpu
+
+clean:
+	rm -rf runs/notebooks figures/quick figures/tiny

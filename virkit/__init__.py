@@ -1,0 +1,38 @@
+"""virkit: adversarial training with vulnerability-aware instance reweighting.
+
+Public API (data flows one way: dataset -> model -> attack -> reweighting -> loss -> trainer ->
+evaluation -> report/figures -> notebooks)::
+
+    from virkit import resolve_config, train, load_checkpoint
+    cfg = resolve_config("quick", method="vir-at", seed=0)
+    run_dir = train(cfg, "runs/quick-vir-at")
+    model, config = load_checkpoint(run_dir)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import VirkitError  # noqa: E402
+
+
+def __getattr__(name):  # lazy: importing virkit stays cheap
+    if name in ("resolve_config", "TrainConfig", "PRESETS"):
+        from . import config
+        return getattr(config, name)
+    if name == "train":
+        from .trainer import train
+        return train
+    if name == "load_checkpoint":
+        from .checkpoint import load_checkpoint
+        return load_checkpoint
+    if name == "load_dataset":
+        from .data import load_dataset
+        return load_dataset
+    if name == "build_model":
+        from .models import build_model
+        return build_model
+    raise AttributeError(f"module 'virkit' has no attribute {name!r}")
+
+
+__all__ = ["VirkitError", "TrainConfig", "PRESETS", "resolve_config", "train", "load_checkpoint", "load_dataset",
+           "build_model", "__version__"]

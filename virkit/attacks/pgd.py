@@ -1,0 +1,148 @@
+"""Gradient-sign attacks used for training and for the core evaluation: FGSM, PGD and CW-inf.
+
+:func:`pgd` is the functional core (used by the trainer with a pluggable loss); the classes
+registered below wrap it with the paper's evaluation settings (Sec. 5.4).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Attack, project_linf, register
+
+__all__ = ["attack_loss", "cw_margin_loss", "pgd", "FGSM", "PGD", "CWInf"]
+
+
+def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
+    """Per-example CW margin loss (Carlini & Wagner 2017), L-inf version as in GAIRAT/MART code:
+    ``-clamp(z_y - max_{j!=y} z_j + kappa, min=0)``. Maximizing it pushes the true logit below the
+    best other logit; ``kappa=50`` keeps the gradient alive past the boundary."""
+    z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    z_other = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(dim=1)
+    return -(z_y - z_other + kappa).clamp_min(0.0)
+
+
+def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, target_logp: torch.Tensor | None = None,
+                kappa: float = 50.0) -> torch.Tensor:
+    """Per-example loss the attacker maximizes (``reduction='none'``).
+
+    * ``ce``: cross-entropy of the label;
+    * ``cw``: :func:`cw_margin_loss` with ``kappa``;
+    * ``kl``: TRADES' KL(p_nat || p_adv), ``target_logp`` the natural log-probabilities.
+    """
+    if kind == "ce":
+        return F.cross_entropy(logits.float(), y, reduction="none")
+    if kind == "cw":
+        return cw_margin_loss(logits.float(), y, kappa)
+    if kind == "kl":
+        if target_logp is None:
+            raise ValueError("the 'kl' attack loss needs target_logp (natural log-probabilities)")
+        logq = F.log_softmax(logits.float(), dim=1)
+        return (target_logp.exp() * (target_logp - logq)).sum(dim=1)
+    raise ValueError(f"unknown attack loss {kind!r}; valid: ce, cw, kl")
+
+
+def random_init(x: torch.Tensor, eps: float, kind: str, generator: torch.Generator | None = None,
+                bounds=(0.0, 1.0)) -> torch.Tensor:
+    """Starting point of PGD.
+
+    * ``uniform``: x + U(-eps, eps), clipped to the box (Madry et al. 2018);
+    * ``normal``: x + 0.001 * N(0, I) (TRADES, MART, and the paper's Algorithm 1 line 5). As in
+      the TRADES code the start is not clipped; the first step's projection brings it back;
+    * ``none``: x itself.
+    """
+    if kind == "none":
+        return x.clone()
+    if kind == "uniform":
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * (2 * eps) - eps
+        x0 = x + noise
+        return x0.clamp(*bounds) if bounds is not None else x0
+    if kind == "normal":
+        return x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    raise ValueError(f"unknown random start {kind!r}; valid: uniform, normal, none")
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
+        loss: str = "ce", random_start: str = "uniform", target_logits: torch.Tensor | None = None,
+        kappa: float = 50.0, bounds=(0.0, 1.0), generator: torch.Generator | None = None,
+        count_correct: bool = False):
+    """L-inf PGD (Madry et al. 2018) with sign steps and projection after every step.
+
+    The caller chooses the model's mode (training attacks and evaluation both use eval mode;
+    see :func:`virkit.attacks.base.eval_mode`). Gradients are taken with respect to the input
+    only. Returns ``x_adv``, or ``(x_adv, kappa_count)`` when ``count_correct`` is set, where
+    ``kappa_count[i]`` is the number of iterations at which the iterate was still classified
+    correctly, counted before each step as in GAIRAT's official code (a value in 0..steps).
+    """
+    x = x.detach()
+    target_logp = None
+    if loss == "kl":
+        if target_logits is None:
+            with torch.no_grad():
+                target_logits = model(x)
+        target_logp = F.log_softmax(target_logits.detach().float(), dim=1)
+    x_adv = random_init(x, eps, random_start, generator, bounds)
+    count = torch.zeros(x.shape[0], device=x.device, dtype=torch.int32) if count_correct else None
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x_adv)
+            lvec = attack_loss(loss, logits, y, target_logp, kappa)
+            grad, = torch.autograd.grad(lvec.sum(), x_adv)
+        if count is not None:
+            count += (logits.detach().argmax(1) == y).int()
+        x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps, bounds)
+    x_adv = x_adv.detach()
+    return (x_adv, count) if count_correct else x_adv
+
+
+@register("fgsm")
+class FGSM(Attack):
+    """FGSM (Goodfellow et al. 2015, "Explaining and harnessing adversarial examples"):
+    one sign step of size eps on the cross-entropy, L-inf, no random start. Default eps 8/255."""
+
+    name = "FGSM"
+    paper = "Goodfellow et al., ICLR 2015"
+
+    def perturb(self, model, x, y):
+        return pgd(model, x, y, eps=self.eps, step_size=self.eps, steps=1, loss="ce", random_start="none",
+                   bounds=self.bounds)
+
+
+@register("pgd")
+class PGD(Attack):
+    """PGD (Madry et al. 2018, "Towards deep learning models resistant to adversarial attacks"):
+    L-inf, cross-entropy, sign steps. Paper evaluation (Sec. 5.4): eps 8/255, step 1/255, 100 steps
+    (``pgd100``), uniform random start, one restart. ``pgd20`` is the Tiny-ImageNet setting."""
+
+    name = "PGD"
+    paper = "Madry et al., ICLR 2018"
+
+    def __init__(self, eps: float = 8 / 255, step_size: float = 1 / 255, steps: int = 100,
+                 random_start: str = "uniform", loss: str = "ce", kappa: float = 50.0, bounds=(0.0, 1.0),
+                 seed: int = 0):
+        super().__init__(eps, bounds, seed)
+        self.step_size, self.steps, self.random_start = float(step_size), int(steps), random_start
+        self.loss, self.kappa = loss, float(kappa)
+        self.name = f"PGD-{self.steps}" if loss == "ce" else f"PGD-{self.steps} ({loss})"
+
+    def perturb(self, model, x, y):
+        return pgd(model, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps, loss=self.loss,
+                   random_start=self.random_start, kappa=self.kappa, bounds=self.bounds,
+                   generator=self.generator(x.device))
+
+
+@register("cw")
+class CWInf(PGD):
+    """CW-inf as evaluated in the paper (Sec. 5.4) and in MART/GAIRAT code: the CW margin loss
+    (Carlini & Wagner 2017) with kappa=50 maximized by L-inf PGD-20, eps 8/255, step 1/255,
+    uniform random start."""
+
+    name = "CW-inf"
+    paper = "Carlini & Wagner, IEEE S&P 2017 (loss); PGD-20 optimizer"
+
+    def __init__(self, eps: float = 8 / 255, step_size: float = 1 / 255, steps: int = 20, kappa: float = 50.0,
+                 random_start: str = "uniform", bounds=(0.0, 1.0), seed: int = 0):
+        super().__init__(eps, step_size, steps, random_start, "cw", kappa, bounds, seed)
+        self.name = f"CW-inf (PGD-{self.steps}, kappa={kappa:g})"

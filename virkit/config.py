@@ -1,0 +1,215 @@
+"""Training configuration: one dataclass, the paper's presets, validation.
+
+All hyperparameters live here with their units and the reason for their value (airbench-style).
+Step sizes and eps are fractions of 255 (pixel values in [0, 1]). Epochs are 1-based.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .data import DATASETS
+from .errors import VirkitError, check_choice, check_range
+from .methods import METHODS
+from .models import MODELS
+
+__all__ = ["TrainConfig", "PRESETS", "resolve_config", "preset_names", "config_hash"]
+
+
+@dataclass
+class TrainConfig:
+    # --- what -------------------------------------------------------------------------------
+    dataset: str = "cifar10"
+    model: str = "resnet18"
+    method: str = "vir-at"
+    seed: int = 0
+    data_root: str | None = None        # default: $VIRKIT_DATA or ~/.cache/virkit/data
+    train_subset: int | None = None     # seeded class-balanced subset of the training split
+    test_subset: int | None = None      # first N of a seeded subset of the test split (final eval)
+    holdout: int = 1000                 # test images evaluated every epoch (natural + PGD), fixed
+    normalize: str = "dataset"          # "dataset": per-channel mean/std inside the model; "none"
+
+    # --- optimisation (Sec. 5.1) ----------------------------------------------------------------
+    epochs: int = 115                   # Sec. 5.1: 115 epochs
+    batch_size: int = 128               # Sec. 5.1
+    lr: float = 0.01                    # Sec. 5.1: 0.01 for ResNet-18 (0.1 for WRN-34-10)
+    momentum: float = 0.9               # Sec. 5.1
+    weight_decay: float = 3.5e-3        # Sec. 5.1: 3.5e-3 for ResNet-18 (7e-4 for WRN-34-10)
+    lr_milestones: tuple = (75, 90)     # lr /10 after epoch 75 and after epoch 90 (Sec. 5.1)
+    lr_gamma: float = 0.1
+    nesterov: bool = False
+
+    # --- training attack (Sec. 5.1): PGD-10, eps 8/255, step 2/255 -----------------------------
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    attack_steps: int = 10
+    random_start: str | None = None     # None: the method's own (see virkit.methods.METHODS)
+
+    # --- reweighting ------------------------------------------------------------------------------
+    reweight_start: int = 76            # first epoch (1-based) with weights != 1 (Sec. 5.1: "on the
+                                        # 76th epoch"; Algorithm 1 line 12 reads "w=1 if epoch <= 76",
+                                        # i.e. 77: set reweight_start=77 for that reading)
+    alpha: float | None = None          # VIR S_v scale (None: the method's default, Sec. 5.3)
+    gamma: float | None = None          # VIR S_v exponent / MAIL slope
+    beta: float | None = None           # VIR additive floor / MAIL bias
+    trades_beta: float | None = None    # 1/lambda of TRADES, VIR-TRADES, MAIL-TRADES; MART's beta
+    gairat_lambda: float = -1.0         # GAIRAT's Lambda (official default -1, 'fixed' schedule)
+    weight_logits: str = "eval"         # logits for the weights: "eval" = extra no-grad forwards in eval
+                                        # mode (weights never touch BatchNorm statistics); "train" = the
+                                        # detached training-forward logits (VIR-AT then runs one extra
+                                        # natural forward in train mode)
+    weight_norm: str = "none"           # "none" (Algorithm 1 sums w_i * L_i) or "mean1" (batch mean 1)
+    batch_reduction: str = "mean"       # "mean": (1/M) sum_i w_i L_i as every baseline's code does, so
+                                        # the lr means the same across methods; "sum": Algorithm 1 literally
+
+    # --- engineering ------------------------------------------------------------------------------
+    device: str = "auto"                # auto | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"             # fp32 | bf16 (autocast for training forward/backward and the
+                                        # training attack; evaluation is always fp32)
+    channels_last: bool = False
+    compile: bool = False               # torch.compile the model (falls back to eager on failure)
+    holdout_pgd_steps: int = 10         # per-epoch held-out robust accuracy: PGD-10, step 2/255
+    eval_attacks: tuple = ("natural", "fgsm", "pgd100", "cw")  # run after training, into eval.json
+    eval_batch_size: int = 256
+    eval_checkpoint: str = "last"       # which checkpoint the final evaluation uses: last | best
+    preset: str = "paper"
+    num_workers: int = 0                # unused: data lives on the device (kept for the record)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        d["eval_attacks"] = list(self.eval_attacks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise VirkitError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+        d = dict(d)
+        for k in ("lr_milestones", "eval_attacks"):
+            if k in d and d[k] is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    # resolved method hyperparameters ---------------------------------------------------------
+    def hp(self, name: str) -> Any:
+        """The value of a method hyperparameter: the explicit setting, else the method default."""
+        v = getattr(self, name)
+        return METHODS[self.method].defaults.get(name) if v is None else v
+
+
+# Presets: overrides on top of the dataclass defaults. ``paper`` follows Sec. 5.1/5.3; ``quick`` runs
+# on 2 CPU cores in a few minutes per method on the CIFAR-10 stand-in.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "paper-wrn": {"model": "wrn-34-10", "lr": 0.1, "weight_decay": 7e-4},  # Sec. 5.1, WRN-34-10
+    "quick": {
+        "model": "small-cnn",
+        "train_subset": 10000,      # 1/5 of CIFAR-10: ~30 s an epoch of PGD-3 AT on 2 cores
+        "test_subset": 1000,
+        "holdout": 500,
+        "epochs": 10,
+        "lr": 0.05,                 # the small CNN with BatchNorm tolerates a larger lr than RN-18
+        "weight_decay": 5e-4,
+        "lr_milestones": (7, 9),    # 75/115 and 90/115 of 10 epochs, rounded
+        "reweight_start": 7,        # 76/115 of 10 epochs -> epoch 7 (same fraction as the paper)
+        "attack_steps": 3,          # PGD-3 with step 2.5*eps/3 keeps training affordable on a CPU
+        "step_size": 2.5 * 8 / 255 / 3,
+        "holdout_pgd_steps": 10,
+        "eval_attacks": ("natural", "fgsm", "pgd20", "cw"),
+    },
+    "tiny": {  # tests and notebooks' smoke runs: seconds
+        "model": "small-cnn", "train_subset": 512, "test_subset": 256, "holdout": 128, "epochs": 2,
+        "lr": 0.05, "weight_decay": 5e-4, "lr_milestones": (2,), "reweight_start": 2, "attack_steps": 2,
+        "step_size": 4 / 255, "holdout_pgd_steps": 3, "batch_size": 128,
+        "eval_attacks": ("natural", "fgsm", "pgd10"),
+    },
+}
+
+# Paper-scale per-dataset/model adjustments (Sec. 5.1 and 5.3)
+_MODEL_HP = {"wrn-34-10": {"lr": 0.1, "weight_decay": 7e-4}, "wrn-28-10": {"lr": 0.1, "weight_decay": 7e-4}}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def config_hash(cfg: TrainConfig | dict) -> str:
+    """A short hash of the settings that change the result (not device, paths or eval options)."""
+    import hashlib
+    d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
+    for k in ("device", "data_root", "eval_attacks", "eval_batch_size", "eval_checkpoint", "num_workers", "compile"):
+        d.pop(k, None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resolve_config(preset: str = "paper", **overrides) -> TrainConfig:
+    """Dataclass defaults <- preset <- model-specific paper values <- explicit overrides; validated.
+
+    ``overrides`` with value ``None`` are ignored (so CLI flags left unset keep the preset's value).
+    """
+    check_choice("preset", preset, PRESETS)
+    values: dict[str, Any] = dict(PRESETS[preset])
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    model = overrides.get("model", values.get("model", TrainConfig.model))
+    if preset.startswith("paper"):
+        for k, v in _MODEL_HP.get(model, {}).items():
+            values.setdefault(k, v)
+        if overrides.get("dataset") == "tiny-imagenet" and overrides.get("method", "vir-at") == "vir-at":
+            values.setdefault("gamma", 3.0)  # Sec. 5.3: gamma=3 for Tiny-ImageNet with VIR-AT
+        if model.startswith("wrn") and overrides.get("method") in ("trades",):
+            values.setdefault("trades_beta", 6.0)  # Sec. 5.3: 1/lambda = 6 for WRN-34-10 TRADES
+    values.update(overrides)
+    values["preset"] = preset
+    cfg = TrainConfig.from_dict(values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every value; raise :class:`VirkitError` naming the bad one and the valid range."""
+    check_choice("dataset", cfg.dataset, DATASETS)
+    check_choice("model", cfg.model, MODELS)
+    check_choice("method", cfg.method, METHODS)
+    check_choice("precision", cfg.precision, ["fp32", "bf16"])
+    check_choice("normalize", cfg.normalize, ["dataset", "none"])
+    check_choice("weight_logits", cfg.weight_logits, ["eval", "train"])
+    check_choice("weight_norm", cfg.weight_norm, ["none", "mean1"])
+    check_choice("batch_reduction", cfg.batch_reduction, ["mean", "sum"])
+    check_choice("eval_checkpoint", cfg.eval_checkpoint, ["last", "best"])
+    if cfg.random_start is not None:
+        check_choice("random_start", cfg.random_start, ["uniform", "normal", "none"])
+    check_range("epochs", cfg.epochs, 1, 10000)
+    check_range("batch_size", cfg.batch_size, 1, 65536)
+    check_range("lr", cfg.lr, 0.0, 10.0, low_open=True)
+    check_range("momentum", cfg.momentum, 0.0, 1.0, high_open=True)
+    check_range("weight_decay", cfg.weight_decay, 0.0, 1.0)
+    check_range("eps", cfg.eps, 0.0, 1.0, hint=" (eps is a fraction of the [0,1] pixel range: 8/255 = 0.0314)")
+    check_range("step_size", cfg.step_size, 0.0, 1.0, low_open=True, hint=" (e.g. 2/255 = 0.00784)")
+    check_range("attack_steps", cfg.attack_steps, 0, 1000)
+    check_range("holdout", cfg.holdout, 0, 10 ** 7)
+    check_range("seed", cfg.seed, 0, 2 ** 31 - 1)
+    if cfg.train_subset is not None:
+        check_range("train_subset", cfg.train_subset, 1, 10 ** 8)
+    if cfg.test_subset is not None:
+        check_range("test_subset", cfg.test_subset, 1, 10 ** 8)
+    for m in cfg.lr_milestones:
+        check_range("lr_milestones", m, 1, 10000)
+    if cfg.reweight_start > cfg.epochs and METHODS[cfg.method].reweighted:
+        raise VirkitError(f"reweight_start={cfg.reweight_start} is after the last epoch ({cfg.epochs}), so the "
+                          f"method {cfg.method!r} would never reweight; use --reweight-start <= {cfg.epochs}")
+    check_range("reweight_start", cfg.reweight_start, 1, 10000)
+    for name, low, high in (("alpha", 0.0, 1e4), ("gamma", 0.0, 1e3), ("beta", -1e3, 1e3), ("trades_beta", 0.0, 1e3)):
+        v = cfg.hp(name)
+        if v is not None:
+            check_range(name, v, low, high)
+    from .attacks import attack_names
+    valid_attacks = attack_names()
+    for a in cfg.eval_attacks:
+        check_choice("attack", a, valid_attacks)
+    return cfg
