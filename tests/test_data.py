@@ -1,0 +1,104 @@
+"""Data: the stand-in loads, batches are (x, y, index) in [0,1], augmentation on the device, seeded subsets."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from virkit.data import DeviceLoader, gaussian_mixture, load_dataset, random_crop_flip, subset
+from virkit.errors import VirkitError
+
+STANDIN = Path(os.environ.get("VIRKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+needs_standin = pytest.mark.skipif(not (STANDIN / "cifar10-jpeg.tar.gz").is_file(), reason="CIFAR-10 stand-in absent")
+
+
+@needs_standin
+def test_cifar10_standin_loads_in_original_order():
+    test = load_dataset("cifar10", STANDIN, "test")
+    assert test.x.shape == (10000, 3, 32, 32) and test.x.dtype == torch.uint8
+    assert test.classes[3] == "cat" and test.classes[8] == "ship"
+    assert "JPEG stand-in" in test.source
+    # the original CIFAR-10 test labels start 3, 8, 8, 0, 6, 6, 1, 6, 3, 1
+    assert test.y[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert torch.bincount(test.y).tolist() == [1000] * 10
+    assert test.mean is not None and 0.4 < test.mean[0] < 0.55
+
+
+@needs_standin
+def test_loader_batches_and_augmentation():
+    train = subset(load_dataset("cifar10", STANDIN, "train"), 300, seed=1)
+    assert torch.bincount(train.y, minlength=10).tolist() == [30] * 10  # class-balanced
+    loader = DeviceLoader(train, 128, shuffle=True, augment=True)
+    batches = list(loader.epoch(5))
+    assert [b[0].shape[0] for b in batches] == [128, 128, 44]
+    x, y, idx = batches[0]
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(y, train.y[idx])
+    again = list(loader.epoch(5))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(batches, again))
+    other = list(loader.epoch(6))
+    assert not torch.equal(batches[0][2], other[0][2])
+    all_idx = torch.cat([b[2] for b in batches])
+    assert sorted(all_idx.tolist()) == list(range(300))
+
+
+def test_random_crop_flip_is_a_shifted_flipped_copy():
+    x = torch.rand(64, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop_flip(x, 2, g)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(64):
+        found = False
+        for dy in range(5):
+            for dx in range(5):
+                crop = padded[i, :, dy:dy + 8, dx:dx + 8]
+                if torch.equal(out[i], crop) or torch.equal(out[i], crop.flip(-1)):
+                    found = True
+        assert found
+    flipped = sum(not torch.equal(out[i], padded[i, :, 2:10, 2:10]) for i in range(64))
+    assert flipped > 10
+
+
+def test_subset_is_seeded():
+    s = gaussian_mixture(1000, d=5)
+    a, b, c = subset(s, 100, 0), subset(s, 100, 0), subset(s, 100, 1)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+
+
+def test_gaussian_mixture_matches_definition():
+    s = gaussian_mixture(20000, d=10, eta=0.5, sigma=1.0, K=3.0, seed=0)
+    x0, x1 = s.x[s.y == 0], s.x[s.y == 1]
+    assert x0.mean().item() == pytest.approx(-0.5, abs=0.03)
+    assert x1.mean().item() == pytest.approx(0.5, abs=0.06)
+    assert x1.std().item() / x0.std().item() == pytest.approx(3.0, rel=0.05)
+
+
+def test_imagefolder_tree(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    s = load_dataset("imagefolder", tmp_path, "train")
+    assert s.classes == ["cat", "dog"] and s.x.shape == (6, 3, 32, 32) and s.y.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_missing_data_names_path_variable_and_layout(tmp_path):
+    with pytest.raises(VirkitError) as e:
+        load_dataset("cifar10", tmp_path / "nowhere", "train")
+    msg = str(e.value)
+    assert "nowhere" in msg and "VIRKIT_DATA" in msg and "cifar-10-batches-py" in msg and "\n" not in msg
+
+
+def test_truncated_cifar_pickle_is_a_clear_error(tmp_path):
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (d / n).write_bytes(b"\x80\x04\x95garbage")
+    with pytest.raises(VirkitError, match="corrupt"):
+        load_dataset("cifar10", tmp_path, "test")

@@ -1,0 +1,96 @@
+"""Every method trains an epoch on a real subset with a finite loss; burn-in weights are 1."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from virkit.config import resolve_config
+from virkit.data import DeviceLoader, load_dataset, subset
+from virkit.methods import METHODS, method_step
+from virkit.models import build_model
+from virkit.trainer import train
+
+STANDIN = Path(os.environ.get("VIRKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+pytestmark = pytest.mark.skipif(not (STANDIN / "cifar10-jpeg.tar.gz").is_file(), reason="CIFAR-10 stand-in absent")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_an_epoch(tmp_path, method):
+    cfg = resolve_config("tiny", method=method, epochs=2, reweight_start=2, train_subset=256, holdout=64,
+                         eval_attacks=(), data_root=str(STANDIN), batch_size=128)
+    run = train(cfg, tmp_path / method, log=None)
+    hist = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 2
+    for rec in hist:
+        assert rec["train_loss"] == rec["train_loss"] and abs(rec["train_loss"]) < 1e6  # finite
+    # burn-in: epoch 1 has weights exactly 1; epoch 2 (reweighting active) does not, for reweighted methods
+    assert hist[0]["weight_min"] == hist[0]["weight_max"] == 1.0 and not hist[0]["reweighting_active"]
+    if METHODS[method].reweighted:
+        assert hist[1]["reweighting_active"]
+        assert hist[1]["weight_min"] != hist[1]["weight_max"]
+        assert sum(hist[1]["weight_sum_per_class"]) > 0
+    else:
+        assert hist[1]["weight_min"] == hist[1]["weight_max"] == 1.0
+
+
+def _batch():
+    train = subset(load_dataset("cifar10", STANDIN, "train"), 64, seed=0)
+    x, y, _ = next(DeviceLoader(train, 64).epoch(0))
+    return train, x, y
+
+
+def test_vir_at_weights_follow_equation_7_from_eval_mode_logits():
+    """weight_logits='eval': weights are Eq. 7 on eval-mode logits taken before the training forward;
+    crafting and weighting never touch BatchNorm statistics (only the training forward does)."""
+    from virkit import reweighting as rw
+    train, x, y = _batch()
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, train.mean, train.std)
+    cfg = resolve_config("tiny", method="vir-at", reweight_start=1, attack_steps=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    out = method_step(model, x, y, cfg, epoch=1)
+    ref = build_model("small-cnn", 10, train.mean, train.std)
+    ref.load_state_dict(before)
+    ref.eval()
+    with torch.no_grad():
+        w = rw.vir_weights(ref(x), ref(out.x_adv), y, 7.0, 10.0, 0.007)
+    assert torch.allclose(out.weights, w, rtol=1e-5, atol=1e-7)
+    assert not out.weights.requires_grad and out.loss.requires_grad
+    # exactly one train-mode forward happened: BN's batch counter advanced by one
+    counts = [int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counts and all(c == 1 for c in counts)
+    expected = (w * torch.nn.functional.cross_entropy(out.logits_adv, y, reduction="none")).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_vir_weights_large_for_unsure_examples_in_a_real_step():
+    train, x, y = _batch()
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, train.mean, train.std)
+    cfg = resolve_config("tiny", method="vir-at-sv", reweight_start=1, attack_steps=2)
+    out = method_step(model, x, y, cfg, epoch=1)
+    model.eval()
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1).gather(1, y.view(-1, 1)).squeeze(1)
+    order = torch.argsort(p)
+    # S_v is monotone decreasing in p_y (up to the BN-statistics change of one forward)
+    assert out.weights[order[0]] > out.weights[order[-1]]
+
+
+def test_trades_loss_matches_hand_formula_at_burn_in():
+    train, x, y = _batch()
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, train.mean, train.std)
+    cfg = resolve_config("tiny", method="trades", attack_steps=1)
+    g = torch.Generator().manual_seed(0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = method_step(model, x, y, cfg, epoch=1, generator=g)
+    model.load_state_dict(state)
+    model.train()
+    ln, la = model(x), model(out.x_adv)
+    kl = (torch.softmax(ln, 1) * (torch.log_softmax(ln, 1) - torch.log_softmax(la, 1))).sum(1)
+    expected = torch.nn.functional.cross_entropy(ln, y) + 4.0 * kl.mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4)
