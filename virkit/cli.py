@@ -119,7 +119,6 @@ def _cmd_evaluate(args) -> int:
     from .checkpoint import load_checkpoint, resolve_checkpoint_path
     from .data import load_dataset
     from .errors import check_choice
-    from .evaluate import evaluate_model
     from .trainer import resolve_device
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     if not attacks:
@@ -141,6 +140,7 @@ def _cmd_evaluate(args) -> int:
                           f"use at most {len(split)}")
     out = Path(args.out) if args.out else ck_path.parent / "eval.json"
     eps = args.eps if args.eps is not None else cfg.get("eps", 8 / 255)
+    from .evaluate import evaluate_model  # after every input check: a bad request fails fast and alone
     res = evaluate_model(model, split.to(device), attacks, n_examples=args.n_examples, batch_size=args.batch_size,
                          device=device, seed=args.seed, eps=eps, out_path=out, progress=sys.stderr.isatty(),
                          extra={"checkpoint": str(ck_path), "dataset_source": split.source})
@@ -173,8 +173,15 @@ def _add_list(sub) -> None:
     p.set_defaults(func=lambda a: print(_epilog()) or 0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors become one line ``virkit: error: ...`` (exit 2) like every other error."""
+
+    def error(self, message):
+        raise VirkitError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="virkit", description=(
+    parser = _Parser(prog="virkit", description=(
         "virkit: adversarial training with vulnerability-aware instance reweighting (VIR) and its baselines."),
         epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -196,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except VirkitError as e:
         print(f"virkit: error: {e}", file=sys.stderr)

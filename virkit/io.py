@@ -103,6 +103,8 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu") -> Any:
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "UnpicklingError" in type(e).__name__:
+            # name what was refused (e.g. "unsupported GLOBAL posix.system"), not torch's generic preamble
+            msg = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), msg)
             raise VirkitError(f"refusing to load {path}: it contains pickled objects that could run code "
                               f"({msg[:160]}); only load checkpoints written by virkit from sources you trust"
                               ) from None

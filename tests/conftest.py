@@ -1,0 +1,35 @@
+"""Shared test fixtures (small and generic; test modules keep their own specifics)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _stand_in_root() -> Path:
+    env = os.environ.get("VIRKIT_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def stand_in_root() -> Path:
+    """The folder holding the CIFAR-10 stand-in (``$VIRKIT_DATA``, else ../shared/datasets beside the
+    checkout); the test is skipped when it holds no CIFAR-10."""
+    root = _stand_in_root()
+    if not ((root / "cifar10-jpeg.tar.gz").is_file() or (root / "cifar-10-batches-py").is_dir()):
+        pytest.skip(f"CIFAR-10 stand-in not found under {root} (set VIRKIT_DATA)")
+    return root
+
+
+@pytest.fixture
+def tiny_cfg(stand_in_root):
+    """Factory: ``tiny_cfg(method='vir-at', **overrides)`` -> a validated ``tiny``-preset TrainConfig on
+    the CPU, reading the stand-in, with no final evaluation (``eval_attacks=()``)."""
+    from virkit.config import resolve_config
+
+    def make(method: str = "vir-at", **overrides):
+        values = {"eval_attacks": (), "device": "cpu", "data_root": str(stand_in_root), **overrides}
+        return resolve_config("tiny", method=method, **values)
+
+    return make
