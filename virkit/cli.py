@@ -6,7 +6,7 @@ created or overwritten.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +34,8 @@ def _epilog() -> str:
     from .models import MODELS
     lines = ["datasets: " + ", ".join(DATASETS), "models:   " + ", ".join(MODELS),
              "methods:  " + ", ".join(METHODS), "presets:  " + ", ".join(PRESETS),
-             "attacks:  " + ", ".join(attack_names())]
+             "attacks:  " + ", ".join(attack_names()),
+             "several GPUs: torchrun --nproc-per-node N -m virkit train ... (batch size is global; docs/SCALE_OUT.md)"]
     return "\n".join(lines)
 
 
@@ -84,6 +85,9 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--progress", action="store_true", help="progress bar per epoch")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on CUDA: SyncBatchNorm over the global batch instead of per-process "
+                        "BatchNorm (docs/SCALE_OUT.md)")
     p.set_defaults(func=_cmd_train, _fields=[f for f in TrainConfig.__dataclass_fields__])
 
 
@@ -92,8 +96,10 @@ def _cmd_train(args) -> int:
     from .trainer import train
     overrides = {k: getattr(args, k) for k in args._fields if hasattr(args, k) and k != "preset"}
     cfg = resolve_config(args.preset, **overrides)
-    out = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
-    print(f"run directory: {out}")
+    out = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress,
+                sync_bn=args.sync_bn or None)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, also under torchrun
+        print(f"run directory: {out}")
     return 0
 
 

@@ -451,17 +451,27 @@ class DeviceLoader:
     ``index`` holds positions in the split, so per-example state (weights, GAIRAT's kappa) can be
     scattered back. Shuffling and augmentation draw only from the given generators, so an epoch
     is reproducible from its seed alone (this is what makes resume exact).
+
+    Sharded (``world_size > 1``, one loader per process of a distributed run): ``batch_size`` is
+    the global batch; every rank draws the same order and the same augmentation for the whole
+    global batch and yields its contiguous slice (:func:`virkit.distributed.shard_bounds`), so the
+    ranks' slices of a step together are exactly the unsharded batch. A last partial batch with
+    fewer examples than ranks is skipped (by every rank).
     """
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool = False, augment: bool = False,
-                 drop_last: bool = False, pad: int = 4):
+                 drop_last: bool = False, pad: int = 4, rank: int = 0, world_size: int = 1):
         self.split, self.batch_size, self.shuffle, self.augment = split, int(batch_size), shuffle, augment
         self.drop_last, self.pad = drop_last, pad
         self.images = split.x.dtype == torch.uint8 and split.x.ndim == 4
+        self.rank, self.world_size = int(rank), int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise VirkitError(f"rank={rank} must lie in [0, world_size={world_size})")
 
     def __len__(self) -> int:
         n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and not self.drop_last and rest >= self.world_size else 0)
 
     def epoch(self, seed: int):
         """Batches of one epoch whose order and augmentation are a function of ``seed`` only."""
@@ -480,6 +490,10 @@ class DeviceLoader:
                     x = random_crop_flip(x, self.pad, g_dev)
             else:
                 x = x.float()
+            if self.world_size > 1:
+                from .distributed import shard_bounds
+                lo, hi = shard_bounds(len(idx), self.rank, self.world_size)
+                x, idx = x[lo:hi], idx[lo:hi]
             yield x, self.split.y[idx], idx
 
     def __iter__(self):

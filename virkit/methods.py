@@ -189,7 +189,7 @@ def _mart_per_example(logits_nat, logits_adv, y, beta):
     """MART (Wang et al. 2019) as in its official code, per example:
 
     BCE_i = CE(f(x'_i), y_i) - log(1.0001 - p_{y~}(x'_i) + 1e-12), y~ the most likely wrong class on x';
-    KL_i = KL(p(x_i) || p(x'_i)) computed as in the code (log of adv probs + 1e-12);
+    KL_i = KL(p(x_i) || p(x'_i)) computed as in the code (nn.KLDivLoss on log(adv probs + 1e-12));
     loss_i = BCE_i + beta * KL_i * (1.0000001 - p_y(x_i)); p_y(x_i) is not detached (as the code)."""
     adv_probs = F.softmax(logits_adv, dim=1)
     top2 = torch.topk(adv_probs, 2, dim=1).indices
@@ -197,7 +197,8 @@ def _mart_per_example(logits_nat, logits_adv, y, beta):
     bce = F.cross_entropy(logits_adv, y, reduction="none") - torch.log(
         1.0001 - adv_probs.gather(1, new_y.view(-1, 1)).squeeze(1) + 1e-12)
     nat_probs = F.softmax(logits_nat, dim=1)
-    kl = (nat_probs * (torch.log(nat_probs + 1e-12) - torch.log(adv_probs + 1e-12))).sum(dim=1)
+    # nn.KLDivLoss(reduction='none')(log(adv + 1e-12), nat) = xlogy(nat, nat) - nat * log(adv + 1e-12)
+    kl = (torch.special.xlogy(nat_probs, nat_probs) - nat_probs * torch.log(adv_probs + 1e-12)).sum(dim=1)
     true_probs = nat_probs.gather(1, y.view(-1, 1)).squeeze(1)
     return bce + beta * kl * (1.0000001 - true_probs)
 

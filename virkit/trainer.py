@@ -32,6 +32,7 @@ from .attacks.pgd import pgd
 from .checkpoint import FORMAT, build_model_from_meta, read_checkpoint
 from .config import TrainConfig, config_hash, validate
 from .data import DeviceLoader, Split, load_dataset, subset
+from .distributed import setup as _dist_setup
 from .errors import NonFiniteLossError, VirkitError
 from .io import append_jsonl, atomic_torch_save, atomic_write_json
 from .methods import METHODS, method_step
@@ -41,6 +42,10 @@ __all__ = ["train", "resolve_device", "default_run_dir", "run_status", "environm
 
 RUN_FILES = ("config.json", "history.jsonl", "last.pt", "best.pt", "eval.json", "summary.json")
 HOLDOUT_SEED = 20240101  # fixed: every run of a dataset is selected/monitored on the same held-out set
+
+
+def _print_flush(msg: str) -> None:
+    print(msg, flush=True)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -194,26 +199,34 @@ def _check_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool, overwrite: boo
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
-          reuse: bool = False, log: Callable[[str], None] | None = print, progress: bool = False,
-          stop_after_epoch: int | None = None) -> Path:
+          reuse: bool = False, log: Callable[[str], None] | None = None, progress: bool = False,
+          stop_after_epoch: int | None = None, sync_bn: bool | None = None) -> Path:
     """Train ``cfg`` into ``out_dir`` (default ``runs/<dataset>-<model>-<method>-<preset>-s<seed>``).
 
     ``resume``: continue from ``last.pt``; ``overwrite``: replace a run already there; ``reuse``:
     return a finished run with the same config without training. ``stop_after_epoch`` ends the
     run early (unfinished, resumable), for tests. Returns the run directory.
+
+    Launched by torchrun with several processes, this is one DistributedDataParallel run
+    (:mod:`virkit.distributed`): ``cfg.batch_size`` is the global batch, only rank 0 writes files;
+    ``sync_bn`` (default ``$VIRKIT_SYNC_BN``, set by ``--sync-bn``) uses SyncBatchNorm.
     """
-    log = log or (lambda s: None)
+    log = _print_flush if log is None else (log or (lambda s: None))  # None: print; False: silent
     validate(cfg)
+    dctx = _dist_setup(cfg.device, cfg.batch_size, sync_bn, log)   # single-process unless torchrun
+    if not dctx.is_main:
+        log, progress = (lambda s: None), False
     out = Path(out_dir) if out_dir is not None else default_run_dir(cfg)
-    action = _check_out_dir(out, cfg, resume, overwrite, reuse)
+    action = dctx.on_main(lambda: _check_out_dir(out, cfg, resume, overwrite, reuse))  # rank 0 decides
     if action == "reuse":
         log(f"reusing finished run {out}")
+        dctx.close()
         return out
     if action == "conflict":
         raise VirkitError(f"{out} holds an unfinished run with a different config and no last.pt; use --overwrite")
-    device = resolve_device(cfg.device)
+    device = dctx.device if dctx.enabled else resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    train_split, test_split, holdout = prepare_data(cfg, device)   # errors here leave out_dir untouched
+    train_split, test_split, holdout = dctx.everywhere(lambda: prepare_data(cfg, device))  # leaves out_dir untouched
 
     data_meta = {"classes": train_split.classes, "mean": list(train_split.mean) if train_split.mean else None,
                  "std": list(train_split.std) if train_split.std else None, "shape": list(train_split.x.shape[1:]),
@@ -221,6 +234,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
     model = build_model_from_meta(cfg.to_dict(), data_meta).to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    model = dctx.prepare_model(model, log)   # SyncBatchNorm with --sync-bn under torchrun
     opt_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if device.type == "cuda":
         opt_kwargs["fused"] = True
@@ -228,29 +242,36 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
 
     start_epoch, best, history = 1, -1.0, []
     if action == "resume":
-        ck = read_checkpoint(out / "last.pt", "last", map_location=device)
+        ck = dctx.on_main(lambda: read_checkpoint(out / "last.pt", "last",   # rank 0 reads, all get it
+                                                  map_location="cpu" if dctx.enabled else device))
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         start_epoch, best, history = int(ck["epoch"]) + 1, float(ck["best_metric"]), list(ck["history"])
         log(f"resuming {out} after epoch {start_epoch - 1}")
-    elif action == "overwrite":
+    elif action == "overwrite" and dctx.is_main:
         for f in RUN_FILES:
             (out / f).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if dctx.is_main:   # only rank 0 writes files
+        out.mkdir(parents=True, exist_ok=True)
     env = environment_info(device)
     cfg_record = {**cfg.to_dict(), "config_hash": config_hash(cfg), "environment": env, "data": data_meta,
                   "method_description": METHODS[cfg.method].description,
                   "resolved_hyperparameters": {k: cfg.hp(k) for k in ("alpha", "beta", "gamma", "trades_beta")},
-                  "random_start_resolved": cfg.random_start or METHODS[cfg.method].random_start}
+                  "random_start_resolved": cfg.random_start or METHODS[cfg.method].random_start,
+                  **({"distributed": dctx.describe()} if dctx.enabled else {})}
+    config_error = None
     try:
-        atomic_write_json(out / "config.json", cfg_record)
+        if dctx.is_main:
+            atomic_write_json(out / "config.json", cfg_record)
     except OSError as e:
-        raise VirkitError(f"cannot write to {out}: {e.strerror}; choose a writable --out") from None
+        config_error = VirkitError(f"cannot write to {out}: {e.strerror}; choose a writable --out")
+    dctx.raise_if_main_failed(config_error)   # every rank raises rank 0's error
 
     autocast = _autocast_factory(cfg, device)
     loader = DeviceLoader(train_split, cfg.batch_size, shuffle=True, augment=train_split.x.dtype == torch.uint8,
-                          drop_last=False)
+                          drop_last=False, rank=dctx.rank, world_size=dctx.world_size)  # this rank's shard
     run_model = _maybe_compile(model, cfg, train_split.float_images(torch.arange(2, device=device)), log)
+    run_model = dctx.wrap(run_model)   # DistributedDataParallel for the training forwards under torchrun
     num_classes = train_split.num_classes
     t_run = time.time()
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -260,7 +281,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
         seed = _epoch_seed(cfg, epoch)
         torch.manual_seed(seed)
         gen = torch.Generator(device=device)
-        gen.manual_seed(seed + 2)
+        gen.manual_seed(dctx.rank_seed(seed + 2))   # attack starts: rank 0 draws the single-process stream
         model.train()
         t0 = time.time()
         # statistics accumulated on the device: no host synchronisation inside the epoch
@@ -281,7 +302,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
                 x = x.contiguous(memory_format=torch.channels_last)
             res = method_step(run_model, x, y, cfg, epoch, autocast=autocast, generator=gen)
             optimizer.zero_grad(set_to_none=True)
-            res.loss.backward()
+            # distributed: scale the shard's loss so that DDP's gradient average is the global-batch gradient
+            scale = dctx.loss_scale(x.shape[0], min(cfg.batch_size, len(train_split) - step * cfg.batch_size),
+                                    cfg.batch_reduction)
+            (res.loss if scale == 1.0 else res.loss * scale).backward()
             optimizer.step()
             finite = torch.isfinite(res.loss.detach())
             bad_step = torch.where((bad_step < 0) & ~finite, torch.tensor(step, device=device), bad_step)
@@ -295,16 +319,24 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             w_max = torch.maximum(w_max, res.weights.max().float())
             seen += x.shape[0]
             if device.type == "cpu" or step % 50 == 49:
+                bad_step = dctx.first_bad_step(bad_step)   # agreed by all ranks: they stop together
                 if int(bad_step) >= 0:
                     break
+        bad_step = dctx.first_bad_step(bad_step)
         if int(bad_step) >= 0:
             raise NonFiniteLossError(
                 f"non-finite loss at epoch {epoch}, step {int(bad_step) + 1} (method {cfg.method}, lr {lr:g}); "
                 f"stopped, last good checkpoint kept in {out / 'last.pt'}; lower --lr or use --precision fp32")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        if dctx.enabled:   # the epoch's statistics over the global batch (all ranks' shards)
+            dctx.all_reduce_(loss_sum, adv_correct, w_sum, w_cnt)
+            dctx.all_reduce_(w_min, op="min")
+            dctx.all_reduce_(w_max, op="max")
+            seen = dctx.sum_int(seen)
         train_seconds = time.time() - t0
-        hold_nat, hold_rob = holdout_accuracy(model, holdout, cfg) if holdout is not None else (math.nan, math.nan)
+        hold_nat, hold_rob = (holdout_accuracy(model, holdout, cfg) if holdout is not None and dctx.is_main
+                              else (math.nan, math.nan))   # rank 0 only; the others wait for its save
         spec = METHODS[cfg.method]
         w_mean_cls = (w_sum / w_cnt.clamp_min(1)).tolist()
         record = {
@@ -325,21 +357,28 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             best = hold_rob if not math.isnan(hold_rob) else best
         state = {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                  "best_metric": best, "history": history, "config": json.dumps(cfg_record), "data": data_meta}
+        save_error = None
         try:
-            atomic_torch_save(state, out / "last.pt")
-            if improved:
-                atomic_torch_save({**state, "optimizer": {}}, out / "best.pt")
-            append_jsonl(out / "history.jsonl", history)
+            if dctx.is_main:   # only rank 0 writes; every rank raises if it fails
+                atomic_torch_save(state, out / "last.pt")
+                if improved:
+                    atomic_torch_save({**state, "optimizer": {}}, out / "best.pt")
+                append_jsonl(out / "history.jsonl", history)
         except OSError as e:
-            raise VirkitError(f"cannot write checkpoint in {out}: {e.strerror or e}; training stopped so that no epoch "
-                              "goes unsaved; free space or fix permissions, then --resume") from None
+            save_error = VirkitError(f"cannot write checkpoint in {out}: {e.strerror or e}; training stopped so that no "
+                                     "epoch goes unsaved; free space or fix permissions, then --resume")
+        dctx.raise_if_main_failed(save_error)
         log(f"epoch {epoch:3d}/{cfg.epochs} lr {lr:.4g} loss {record['train_loss']:.4f} "
             f"holdout nat {hold_nat:.3f} pgd{cfg.holdout_pgd_steps} {hold_rob:.3f} "
             f"w[{record['weight_min']:.3g},{record['weight_mean']:.3g},{record['weight_max']:.3g}] "
             f"{record['images_per_s']:.0f} img/s")
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+            dctx.close()
             return out
 
+    dctx.close()   # every rank leaves the process group together; rank 0 alone evaluates and writes summary.json
+    if not dctx.is_main:
+        return out
     summary = {"status": "finished", "epochs": cfg.epochs, "wall_seconds_this_session": time.time() - t_run,
                "final": history[-1] if history else {}, "best_holdout_pgd_acc": best, "config_hash": config_hash(cfg)}
     if cfg.eval_attacks:
