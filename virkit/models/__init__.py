@@ -45,7 +45,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet18": (lambda k, c, s: ResNet18(k, c), "ResNet-18, CIFAR variant (3x3 stem, no max-pool), 11.2M params"),
     "wrn-34-10": (lambda k, c, s: WideResNet(34, 10, k, c), "WideResNet-34-10 (Zagoruyko & Komodakis 2016), 46.2M params"),
     "wrn-28-10": (lambda k, c, s: WideResNet(28, 10, k, c), "WideResNet-28-10, 36.5M params"),
-    "small-cnn": (lambda k, c, s: SmallCNN(k, c), "4-conv CNN with BatchNorm for CPU presets, 0.3M params"),
+    "small-cnn": (lambda k, c, s: SmallCNN(k, c), "4-conv CNN with BatchNorm for CPU presets, 0.39M params"),
     "linear": (lambda k, c, s: LinearModel(k, c, s), "linear classifier on flattened inputs (Gaussian-mixture theory)"),
 }
 
