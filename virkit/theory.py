@@ -63,6 +63,8 @@ probabilities (:func:`linear_class_risks`), and adversarial training of a linear
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -94,6 +96,26 @@ __all__ = [
 ]
 
 CLASS_NAMES = ["y = -1 (σ)", "y = +1 (Kσ)"]
+
+
+@contextlib.contextmanager
+def _one_thread_cm():
+    """Run small tensor code on one intra-op thread: for (n x 10) tensors extra threads only add
+    synchronisation, which costs 10-100x when the CPU cores are busy with other work."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _single_threaded(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _one_thread_cm():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _phi_cdf(z: float) -> float:
@@ -220,6 +242,7 @@ def bayes_quadratic_risks(d: int, eta: float, sigma: float, K: float) -> tuple[f
     return r_minus, r_plus
 
 
+@_single_threaded
 def sample_gaussian_mixture(n: int, d: int, eta: float, sigma: float, K: float, seed: int = 0,
                             balanced: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``n`` examples: ``x`` float32 (n, d), ``y`` int64 class index (0 is y=-1, 1 is y=+1).
@@ -240,6 +263,7 @@ def sample_gaussian_mixture(n: int, d: int, eta: float, sigma: float, K: float, 
     return x.float(), y
 
 
+@_single_threaded
 def _mc(pred_fn, n: int, d, eta, sigma, K, seed, chunk=200_000):
     """Monte-Carlo class-wise error rates. ``pred_fn(x)`` returns an (m, 2) tensor of predicted class
     indices: column 0 is the prediction used if the example is a y=-1 example, column 1 if it is a
@@ -321,6 +345,7 @@ def _two_class_logits(s: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.zeros_like(s), s], dim=1)
 
 
+@_single_threaded
 def train_linear(x: torch.Tensor, y: torch.Tensor, eps: float = 0.0, reweight: str = "none",
                  alpha: float = 7.0, gamma: float = 10.0, beta: float = 0.007, steps: int = 400,
                  lr: float = 0.05, burn_in: float = 0.5, weight_decay: float = 0.0, seed: int = 0,
@@ -346,7 +371,11 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, eps: float = 0.0, reweight: s
     d = x.shape[1]
     w = torch.zeros(d, dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+    # plain Adam (Kingma & Ba 2015), written out: torch.optim imports torch._dynamo (seconds)
+    params = [w, b]
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    b1, b2, adam_eps = 0.9, 0.999, 1e-8
     sign_y = (2 * y - 1).double()
     target = y.double()
     history = []
@@ -368,9 +397,15 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, eps: float = 0.0, reweight: s
         else:
             wt = torch.ones_like(per_ex)
         loss = (wt * per_ex).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(params, grads)):
+                g = g + weight_decay * p
+                m1[i].mul_(b1).add_(g, alpha=1 - b1)
+                m2[i].mul_(b2).addcmul_(g, g, value=1 - b2)
+                mhat = m1[i] / (1 - b1 ** (step + 1))
+                vhat = m2[i] / (1 - b2 ** (step + 1))
+                p -= lr * mhat / (vhat.sqrt() + adam_eps)
         if step % log_every == 0 or step == steps - 1:
             history.append({
                 "step": step,
@@ -387,6 +422,7 @@ def linear_true_class_probability(w, b, x: torch.Tensor, y: torch.Tensor) -> tor
     return torch.where(y == 1, p_plus, 1.0 - p_plus)
 
 
+@_single_threaded
 def corollary_true_class_probability(d: int = 10, eta: float = 0.5, sigma: float = 1.0, K: float = 2.0,
                                      n_train: int = 4000, n_test: int = 20000, seed: int = 0,
                                      most_vulnerable: float = 0.1) -> dict:

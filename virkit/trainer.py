@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
                  "std": list(train_split.std) if train_split.std else None, "shape": list(train_split.x.shape[1:]),
                  "source": train_split.source, "dataset": cfg.dataset}
     model = build_model_from_meta(cfg.to_dict(), data_meta).to(device)
-    if cfg.channels_last and device.type == "cuda":
+    if cfg.channels_last and device.type in ("cuda", "cpu"):   # CPU too: oneDNN convs are faster in NHWC
         model = model.to(memory_format=torch.channels_last)
     model = dctx.prepare_model(model, log)   # SyncBatchNorm with --sync-bn under torchrun
     opt_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
@@ -298,7 +298,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             from tqdm.auto import tqdm
             iterator = tqdm(iterator, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
         for step, (x, y, _idx) in enumerate(iterator):
-            if cfg.channels_last and device.type == "cuda":
+            if cfg.channels_last and device.type in ("cuda", "cpu"):
                 x = x.contiguous(memory_format=torch.channels_last)
             res = method_step(run_model, x, y, cfg, epoch, autocast=autocast, generator=gen)
             optimizer.zero_grad(set_to_none=True)

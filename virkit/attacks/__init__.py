@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from ..errors import VirkitError, check_choice
 from . import pgd as _pgd  # noqa: F401  (registers fgsm, pgd, cw)
+from . import apgd as _apgd  # noqa: F401  (registers apgd, apgd-t)
+from . import autoattack as _autoattack  # noqa: F401  (registers autoattack)
+from . import fab as _fab  # noqa: F401  (registers fab-t)
+from . import fmn as _fmn  # noqa: F401  (registers fmn)
+from . import mde as _mde  # noqa: F401  (registers md, mde)
+from . import spsa as _spsa  # noqa: F401  (registers spsa)
+from . import square as _square  # noqa: F401  (registers square)
 from .base import ATTACKS, Attack, eval_mode, project_linf
 from .pgd import attack_loss, cw_margin_loss, pgd
 
@@ -18,6 +25,16 @@ ATTACK_PRESETS: dict[str, tuple[str, dict]] = {
     "pgd20": ("pgd", {"steps": 20, "step_size": 1 / 255}),
     "pgd100": ("pgd", {"steps": 100, "step_size": 1 / 255}),
     "cw": ("cw", {"steps": 20, "step_size": 1 / 255, "kappa": 50.0}),
+    "fmn100": ("fmn", {"steps": 100}),
+    "aa": ("autoattack", {"version": "standard", "apgd_steps": 100, "n_target_classes": 9, "fab_steps": 100,
+                          "square_queries": 5000}),
+    "apgd-ce": ("apgd", {"loss": "ce", "steps": 100}),
+    "apgd-t": ("apgd-t", {"steps": 100, "n_target_classes": 9}),
+    "fab-t": ("fab-t", {"steps": 100, "n_target_classes": 9}),
+    "square": ("square", {"n_queries": 5000}),
+    "spsa": ("spsa", {"iterations": 100, "delta": 0.001, "lr": 0.01, "samples": 256}),
+    "mde": ("mde", {"apgd_steps": 100, "md_steps": 50, "change_point": 20, "n_target_classes": 9,
+                    "fab_steps": 100}),
 }
 
 

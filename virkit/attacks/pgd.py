@@ -5,13 +5,16 @@ registered below wrap it with the paper's evaluation settings (Sec. 5.4).
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Attack, project_linf, register
 
-__all__ = ["attack_loss", "cw_margin_loss", "pgd", "FGSM", "PGD", "CWInf"]
+__all__ = ["attack_loss", "cw_margin_loss", "input_grad_only", "pgd", "FGSM", "PGD", "CWInf"]
 
 
 def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
@@ -63,6 +66,24 @@ def random_init(x: torch.Tensor, eps: float, kind: str, generator: torch.Generat
     raise ValueError(f"unknown random start {kind!r}; valid: uniform, normal, none")
 
 
+@contextlib.contextmanager
+def input_grad_only(model: nn.Module) -> Iterator[None]:
+    """Parameters of ``model`` stop requiring gradients for the duration of the block (restored
+    afterwards, also on error). The attack's result is unchanged: it takes
+    ``torch.autograd.grad`` with respect to the input only and never touches ``.grad``. What
+    changes is the work: a ``torch.compile``'d model's compiled backward otherwise computes the
+    gradient of every parameter that requires one (then discards it), and eager autograd records
+    less. Nested use is harmless."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
         loss: str = "ce", random_start: str = "uniform", target_logits: torch.Tensor | None = None,
         kappa: float = 50.0, bounds=(0.0, 1.0), generator: torch.Generator | None = None,
@@ -84,15 +105,16 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         target_logp = F.log_softmax(target_logits.detach().float(), dim=1)
     x_adv = random_init(x, eps, random_start, generator, bounds)
     count = torch.zeros(x.shape[0], device=x.device, dtype=torch.int32) if count_correct else None
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(x_adv)
-            lvec = attack_loss(loss, logits, y, target_logp, kappa)
-            grad, = torch.autograd.grad(lvec.sum(), x_adv)
-        if count is not None:
-            count += (logits.detach().argmax(1) == y).int()
-        x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps, bounds)
+    with input_grad_only(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(x_adv)
+                lvec = attack_loss(loss, logits, y, target_logp, kappa)
+                grad, = torch.autograd.grad(lvec.sum(), x_adv)
+            if count is not None:
+                count += (logits.detach().argmax(1) == y).int()
+            x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps, bounds)
     x_adv = x_adv.detach()
     return (x_adv, count) if count_correct else x_adv
 

@@ -1,0 +1,292 @@
+"""Unit tests for every registered attack (one parametrized test over the registry), the presets,
+and the building blocks (FAB's projection, DLR losses, schedules).
+
+The model is a tiny CNN with BatchNorm on 3x8x8 synthetic images (ten classes), trained for a few
+hundred steps, so that every attack has correctly classified points to work on and the whole file
+runs in seconds. Heavy attacks get reduced settings here (``FAST``); their paper settings are
+checked in ``test_presets_carry_paper_settings``.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virkit.attacks import ATTACK_PRESETS, ATTACKS, attack_names, get_attack
+from virkit.attacks.apgd import dlr_loss, dlr_targeted_loss, target_classes
+from virkit.attacks.fab import project_hyperplane_box_linf
+from virkit.attacks.mde import md_step_size
+from virkit.attacks.square import square_p_schedule
+from virkit.errors import VirkitError
+
+EPS = 8 / 255
+
+#: reduced settings per registered attack, so that the registry test stays fast
+FAST: dict[str, dict] = {
+    "fgsm": {},
+    "pgd": {"steps": 5, "step_size": 2 / 255},
+    "cw": {"steps": 5, "step_size": 2 / 255},
+    "apgd": {"steps": 10},
+    "apgd-t": {"steps": 5, "n_target_classes": 3},
+    "fab-t": {"steps": 5, "n_target_classes": 3},
+    "square": {"n_queries": 60},
+    "spsa": {"iterations": 3, "samples": 16},
+    "fmn": {"steps": 10},
+    "md": {"steps": 8, "change_point": 3},
+    "mde": {"apgd_steps": 5, "md_steps": 6, "change_point": 2, "n_target_classes": 2, "fab_steps": 4},
+    "autoattack": {"apgd_steps": 5, "n_target_classes": 2, "fab_steps": 4, "square_queries": 30},
+}
+#: extra variants of registered classes
+VARIANTS = [("apgd", {"loss": "dlr"}), ("md", {"targeted": True, "n_target_classes": 2})]
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, k: int = 10):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                               nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, k))
+
+    def forward(self, x):
+        return self.f(x)
+
+
+def synthetic(n: int, seed: int, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten classes of 3x8x8 images: a fixed random prototype per class plus noise, in [0, 1]."""
+    protos = torch.rand(k, 3, 8, 8, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, k, (n,), generator=g)
+    x = (0.5 + 0.25 * (protos[y] - 0.5) + 0.12 * torch.randn(n, 3, 8, 8, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def train_tiny(steps: int = 300, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = TinyCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = synthetic(2048, seed=1)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (128,), generator=g)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return train_tiny()
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+    x, y = synthetic(24, seed=7)
+    return x, y
+
+
+def _accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def _cases():
+    cases = [(name, FAST.get(name)) for name in sorted(ATTACKS)]
+    cases += [(name, {**FAST[name], **kw}) for name, kw in VARIANTS]
+    return [pytest.param(n, kw, id=n + ("" if kw == FAST.get(n) else "-" + "-".join(map(str, kw.values()))))
+            for n, kw in cases]
+
+
+@pytest.mark.parametrize("name,settings", _cases())
+def test_every_registered_attack(name, settings, model, batch):
+    assert settings is not None, f"attack {name!r} is registered but has no FAST settings in this test; add them"
+    x, y = batch
+    x0 = x.clone()
+    attack = ATTACKS[name](eps=EPS, seed=3, **settings)
+
+    # put the model in train mode, give some parameters a .grad and remember the BatchNorm statistics
+    model.train()
+    params = list(model.parameters())
+    for i, p in enumerate(params):
+        p.grad = torch.full_like(p, 7.0) if i % 2 == 0 else None
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+
+    x_adv = attack(model, x, y)
+    x_adv2 = attack(model, x, y)
+
+    # modes, gradients, weights and statistics untouched; input not modified in place
+    assert model.training and all(m.training for m in model.modules())
+    for i, p in enumerate(params):
+        if i % 2 == 0:
+            assert p.grad is not None and torch.equal(p.grad, torch.full_like(p, 7.0)), f"{name} changed a .grad"
+        else:
+            assert p.grad is None, f"{name} created a .grad"
+        p.grad = None
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, stats[k]), f"{name} changed {k}"
+    assert torch.equal(x, x0)
+    model.eval()
+
+    # in the eps-ball and the box, finite, same shape and dtype
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert torch.isfinite(x_adv).all()
+    assert (x_adv - x).abs().max() <= EPS + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+    # robust accuracy never above natural accuracy
+    nat, rob = _accuracy(model, x, y), _accuracy(model, x_adv, y)
+    assert 0 < nat
+    assert rob <= nat
+
+    # deterministic under a seed
+    assert torch.equal(x_adv, x_adv2), f"{name} is not deterministic under a fixed seed"
+
+    # describe() is JSON-serializable and names the paper and the norm
+    d = attack.describe()
+    json.dumps(d)
+    assert d["norm"] == "Linf" and d["paper"] and d["eps"] == EPS
+
+
+@pytest.fixture(scope="module")
+def weak_model():
+    """Naturally trained (no adversarial training): every attack should break some points."""
+    return train_tiny(steps=150, seed=1)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_every_attack_breaks_a_natural_model(name, weak_model):
+    x, y = synthetic(24, seed=11)
+    atk = ATTACKS[name](eps=16 / 255, seed=0, **FAST[name])
+    nat = _accuracy(weak_model, x, y)
+    rob = _accuracy(weak_model, atk(weak_model, x, y), y)
+    assert rob < nat, f"{name} did not change a single prediction of a non-robust model at eps 16/255"
+
+
+def test_different_seeds_give_different_random_starts(model, batch):
+    x, y = batch
+    a = get_attack("apgd-ce", seed=0, steps=3)(model, x, y)
+    b = get_attack("apgd-ce", seed=1, steps=3)(model, x, y)
+    assert not torch.equal(a, b)
+
+
+def test_ensembles_never_weaker_than_their_first_attack(model, batch):
+    """AutoAttack and MDE start with APGD-CE on the same points with the same seed, so they can only
+    break more points than APGD-CE alone."""
+    x, y = batch
+    apgd = _accuracy(model, get_attack("apgd-ce", seed=5, steps=5)(model, x, y), y)
+    aa = _accuracy(model, get_attack("aa", seed=5, **FAST["autoattack"])(model, x, y), y)
+    mde = _accuracy(model, get_attack("mde", seed=5, **FAST["mde"])(model, x, y), y)
+    assert aa <= apgd and mde <= apgd
+
+
+def test_presets_carry_paper_settings():
+    """Sec. 5.4 of the paper (and AutoAttack / MDE standard settings)."""
+    d = {n: get_attack(n).describe() for n in attack_names() if n != "natural"}
+    for n, v in d.items():
+        json.dumps(v)
+        assert v["eps"] == pytest.approx(8 / 255), n
+    assert d["pgd100"]["steps"] == 100 and d["pgd100"]["step_size"] == pytest.approx(1 / 255)
+    assert d["pgd20"]["steps"] == 20 and d["pgd20"]["step_size"] == pytest.approx(1 / 255)
+    assert d["cw"]["steps"] == 20 and d["cw"]["kappa"] == 50 and d["cw"]["step_size"] == pytest.approx(1 / 255)
+    assert d["fmn100"]["steps"] == 100
+    assert d["aa"]["apgd_steps"] == 100 and d["aa"]["n_target_classes"] == 9 and d["aa"]["fab_steps"] == 100
+    assert d["aa"]["square_queries"] == 5000 and d["aa"]["version"] == "standard"
+    assert d["apgd-ce"]["loss"] == "ce" and d["apgd-ce"]["steps"] == 100
+    assert d["apgd-t"]["n_target_classes"] == 9 and d["fab-t"]["n_target_classes"] == 9
+    assert d["square"]["n_queries"] == 5000
+    assert (d["spsa"]["iterations"], d["spsa"]["delta"], d["spsa"]["lr"], d["spsa"]["samples"]) == (100, 0.001, 0.01, 256)
+    assert d["mde"]["apgd_steps"] == 100 and d["mde"]["md_steps"] == 50 and d["mde"]["fab_steps"] == 100
+    for name in ("fmn100", "aa", "apgd-ce", "apgd-t", "fab-t", "square", "spsa", "mde"):
+        assert name in ATTACK_PRESETS
+
+
+def test_unknown_attack_lists_valid_names():
+    with pytest.raises(VirkitError) as e:
+        get_attack("pgd1000")
+    assert "pgd100" in str(e.value) and "mde" in str(e.value)
+
+
+def test_attack_docstrings_name_paper_norm_and_defaults():
+    for name, cls in ATTACKS.items():
+        doc = cls.__doc__ or ""
+        assert "L-inf" in doc or "Linf" in doc or "L_inf" in doc, name
+        assert any(ch.isdigit() for ch in doc), name   # a year / the default numbers
+        assert cls.paper, name
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+def test_fab_projection_matches_linear_programming():
+    scipy_opt = pytest.importorskip("scipy.optimize")
+    import numpy as np
+    g = torch.Generator().manual_seed(0)
+    d_ = 7
+    for trial in range(60):
+        t = torch.rand(1, d_, generator=g, dtype=torch.float64)
+        w = torch.randn(1, d_, generator=g, dtype=torch.float64)
+        if trial % 3 == 0:
+            w[0, :2] = 0
+        b = torch.randn(1, generator=g, dtype=torch.float64) * 0.5
+        d = project_hyperplane_box_linf(t, w, b)
+        assert ((t + d) >= -1e-12).all() and ((t + d) <= 1 + 1e-12).all()
+        c = np.r_[np.zeros(d_), 1.0]
+        a_ub = np.vstack([np.c_[np.eye(d_), -np.ones(d_)], np.c_[-np.eye(d_), -np.ones(d_)]])
+        res = scipy_opt.linprog(c, A_ub=a_ub, b_ub=np.zeros(2 * d_),
+                                A_eq=np.r_[w[0].numpy(), 0.0][None], b_eq=[float(b - (w * t).sum())],
+                                bounds=[(-float(t[0, i]), 1 - float(t[0, i])) for i in range(d_)] + [(0, None)])
+        if res.status == 0:   # feasible: on the hyperplane with the smallest L-inf norm
+            assert float((w * (t + d)).sum()) == pytest.approx(float(b), abs=1e-9)
+            assert float(d.abs().max()) == pytest.approx(res.x[-1], abs=1e-8)
+        else:                 # unreachable within the box: the box corner towards the plane
+            side = torch.sign(b - (w * t).sum())
+            assert torch.allclose(t + d, torch.where(w * side > 0, 1.0, torch.where(w * side < 0, 0.0, t)))
+
+
+def test_dlr_losses_are_shift_and_scale_invariant():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 10, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+    t = target_classes(z, y, 1)[:, 0]
+    assert torch.allclose(dlr_loss(z, y), dlr_loss(3 * z + 5, y), atol=1e-5)
+    assert torch.allclose(dlr_targeted_loss(z, y, t), dlr_targeted_loss(2 * z - 1, y, t), atol=1e-5)
+    correct = z.argmax(1) == y
+    assert (dlr_loss(z, y)[correct] < 0).all() and (dlr_loss(z, y)[~correct] >= 0).all()
+
+
+def test_target_classes_are_the_best_other_classes():
+    z = torch.tensor([[5.0, 1.0, 3.0, 4.0, 2.0]])
+    assert target_classes(z, torch.tensor([0]), 9).tolist() == [[3, 2, 4, 1]]
+    assert target_classes(z, torch.tensor([3]), 2).tolist() == [[0, 2]]
+
+
+def test_square_schedule_and_md_step_sizes():
+    assert square_p_schedule(0, 5000) == 0.8
+    assert square_p_schedule(20, 5000) == 0.4          # 20 of 5000 -> 40 of 10000
+    assert square_p_schedule(4999, 5000) == pytest.approx(0.8 / 512)
+    assert md_step_size(0, 50, 20, 2 * EPS) == pytest.approx(2 * EPS * 0.5 * (1 + math.cos(-math.pi / 30)))
+    assert md_step_size(21, 50, 20, 2 * EPS) == pytest.approx(2 * EPS)     # stage 2 restarts the cosine
+    assert md_step_size(49, 50, 20, 2 * EPS) < 0.05 * EPS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_attacks_run_on_cuda(model):
+    m = train_tiny(steps=50).cuda()
+    x, y = synthetic(16, seed=3)
+    x, y = x.cuda(), y.cuda()
+    for name in sorted(ATTACKS):
+        xa = ATTACKS[name](eps=EPS, seed=0, **FAST[name])(m, x, y)
+        assert xa.device == x.device and (xa - x).abs().max() <= EPS + 1e-6

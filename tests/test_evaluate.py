@@ -1,0 +1,298 @@
+"""virkit.evaluate: eval.json contents, the eps-ball check, resume, errors, gradient-masking warnings,
+and (slow) an end-to-end run of every attack of the paper."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virkit import evaluate as ev
+from virkit.attacks import ATTACK_PRESETS, ATTACKS, Attack
+from virkit.data import Split
+from virkit.errors import VirkitError
+from virkit.evaluate import AdversarialCheckError, check_adversarial, evaluate_model, masking_warnings
+
+EPS = 8 / 255
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, k: int = 10):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                               nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, k))
+
+    def forward(self, x):
+        return self.f(x)
+
+
+def synthetic_split(n: int, seed: int) -> Split:
+    """Ten classes of 3x8x8 uint8 images (prototype + noise), as a virkit Split."""
+    protos = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = (0.5 + 0.25 * (protos[y] - 0.5) + 0.12 * torch.randn(n, 3, 8, 8, generator=g)).clamp(0, 1)
+    return Split((x * 255).round().to(torch.uint8), y, list(CLASSES), "synthetic", "test synthetic")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = TinyCNN()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    tr = synthetic_split(2048, seed=1)
+    x, y = tr.float_images(), tr.y
+    g = torch.Generator().manual_seed(0)
+    for _ in range(250):
+        idx = torch.randint(0, len(x), (128,), generator=g)
+        loss = F.cross_entropy(m(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def split():
+    return synthetic_split(300, seed=5)
+
+
+FAST = {"pgd10": {"steps": 3}, "pgd20": {"steps": 5}, "pgd100": {"steps": 8}, "cw": {"steps": 5}}
+
+
+def _run(model, split, attacks, tmp_path=None, **kw):
+    kw.setdefault("n_examples", 40)
+    kw.setdefault("batch_size", 16)
+    kw.setdefault("progress", False)
+    kw.setdefault("attack_overrides", {k: v for k, v in FAST.items() if k in attacks})
+    out = tmp_path / "eval.json" if tmp_path is not None else None
+    return evaluate_model(model, split, attacks, out_path=out, **kw)
+
+
+def test_eval_json_contents(model, split, tmp_path):
+    attacks = ["natural", "fgsm", "pgd10", "cw"]
+    res = _run(model, split, attacks, tmp_path, extra={"run": "x"})
+    on_disk = json.loads((tmp_path / "eval.json").read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    assert not [f for f in os.listdir(tmp_path) if f != "eval.json"], "temporary files left behind"
+    n = 40
+    assert res["dataset"] == "synthetic" and res["classes"] == CLASSES and res["n_examples"] == n
+    assert res["eps"] == pytest.approx(EPS) and res["seed"] == 0 and res["extra"] == {"run": "x"}
+    assert list(res["attacks"]) == attacks
+    y = split.y[:n]
+    for name, r in res["attacks"].items():
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert len(r["robust"]) == n and set(r["robust"]) <= {0, 1}
+        assert r["accuracy"] == pytest.approx(sum(r["robust"]) / n)
+        cm = torch.tensor(r["confusion_matrix"])
+        assert cm.shape == (10, 10) and int(cm.sum()) == n
+        assert cm.sum(1).tolist() == torch.bincount(y, minlength=10).tolist()    # rows = true classes
+        assert int(cm.diag().sum()) == sum(r["robust"])
+        assert len(r["per_class_accuracy"]) == 10
+        for c in range(10):
+            if int(cm[c].sum()):
+                assert r["per_class_accuracy"][c] == pytest.approx(float(cm[c, c] / cm[c].sum()))
+        assert r["seconds"] >= 0 and isinstance(r["settings"], dict)
+        assert r["accuracy"] <= res["attacks"]["natural"]["accuracy"]
+        # robust under an attack implies robust naturally
+        assert all(a <= b for a, b in zip(r["robust"], res["attacks"]["natural"]["robust"]))
+    assert res["attacks"]["pgd10"]["settings"]["steps"] == 3          # override recorded
+    assert res["attacks"]["fgsm"]["settings"]["name"] == "FGSM"
+    wc = res["worst_case"]
+    expect = [min(r["robust"][i] for r in res["attacks"].values()) for i in range(n)]
+    assert wc["robust"] == expect and wc["accuracy"] == pytest.approx(sum(expect) / n)
+    assert int(torch.tensor(wc["confusion_matrix"]).sum()) == n
+    assert set(res["fairness"]) == set(attacks) | {"worst_case"}
+    for name, f in res["fairness"].items():
+        pcs = (res["worst_case"] if name == "worst_case" else res["attacks"][name])["per_class_accuracy"]
+        vals = [v for v in pcs if v is not None]
+        assert f["worst_class_accuracy"] == pytest.approx(min(vals))
+        assert f["worst_class"] in CLASSES and pcs[CLASSES.index(f["worst_class"])] == f["worst_class_accuracy"]
+        assert f["best_minus_worst"] == pytest.approx(max(vals) - min(vals))
+        assert f["std_across_classes"] == pytest.approx(float(torch.tensor(vals, dtype=torch.float64).std(unbiased=False)), abs=1e-9)
+    assert isinstance(res["warnings"], list)
+
+
+def test_first_n_examples_in_split_order_and_determinism(model, split):
+    a = _run(model, split, ["natural", "pgd10"], n_examples=24, seed=3)
+    b = _run(model, split, ["natural", "pgd10"], n_examples=24, seed=3, batch_size=24)
+    c = _run(model, split, ["natural", "pgd10"], n_examples=24, seed=3)
+    assert a["attacks"]["pgd10"]["robust"] == c["attacks"]["pgd10"]["robust"]
+    with torch.no_grad():
+        pred = model(split.float_images()[:24]).argmax(1)
+    assert a["attacks"]["natural"]["predictions"] == pred.tolist() == b["attacks"]["natural"]["predictions"]
+
+
+def test_model_mode_dtype_and_grads_restored(model, split):
+    m = TinyCNN()
+    m.load_state_dict(model.state_dict())
+    m.train()
+    m.double()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    res = _run(m, split, ["natural", "fgsm"], n_examples=16)
+    assert m.training and all(x.training for x in m.modules())
+    assert next(m.parameters()).dtype == torch.float64
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in m.parameters())
+    # the evaluation ran in fp32, eval mode: same natural predictions as the fp32 model
+    with torch.no_grad():
+        pred = model(split.float_images()[:16]).argmax(1).tolist()
+    assert res["attacks"]["natural"]["predictions"] == pred
+
+
+class _Spy:
+    def __init__(self, real, calls, name):
+        self.real, self.calls, self.name = real, calls, name
+
+    def __call__(self, model, x, y):
+        self.calls[self.name] = self.calls.get(self.name, 0) + 1
+        return self.real(model, x, y)
+
+    def describe(self):
+        return self.real.describe()
+
+
+def test_resume_keeps_finished_attacks(model, split, tmp_path, monkeypatch):
+    calls: dict[str, int] = {}
+    real = ev.get_attack
+    monkeypatch.setattr(ev, "get_attack", lambda name, **kw: _Spy(real(name, **kw), calls, name))
+    first = _run(model, split, ["natural", "fgsm", "pgd10"], tmp_path)
+    assert calls == {"fgsm": 3, "pgd10": 3}   # 40 examples in batches of 16
+    calls.clear()
+    second = _run(model, split, ["natural", "fgsm", "pgd10", "cw"], tmp_path)
+    assert calls == {"cw": 3}, "finished attacks were rerun"
+    for k in ("natural", "fgsm", "pgd10"):
+        assert second["attacks"][k] == first["attacks"][k]
+    # a later call with fewer attacks keeps the others in the file
+    calls.clear()
+    third = _run(model, split, ["natural"], tmp_path)
+    assert calls == {} and set(third["attacks"]) == {"natural", "fgsm", "pgd10", "cw"}
+    # changed settings: everything is recomputed
+    calls.clear()
+    _run(model, split, ["natural", "fgsm", "pgd10"], tmp_path, eps=4 / 255)
+    assert calls == {"fgsm": 3, "pgd10": 3}
+    # changed attack settings: that attack is recomputed
+    calls.clear()
+    _run(model, split, ["natural", "fgsm", "pgd10"], tmp_path, eps=4 / 255, attack_overrides={"pgd10": {"steps": 2}})
+    assert calls == {"pgd10": 3}
+    # another model: nothing is reused
+    calls.clear()
+    other = TinyCNN().eval()
+    _run(other, split, ["natural", "fgsm"], tmp_path, eps=4 / 255)
+    assert calls == {"fgsm": 3}
+
+
+def test_errors(model, split, tmp_path):
+    with pytest.raises(VirkitError) as e:
+        _run(model, split, ["natural", "pgd1000"])
+    assert "pgd100" in str(e.value) and "mde" in str(e.value)      # lists the valid names
+    with pytest.raises(VirkitError, match="n_examples"):
+        _run(model, split, ["natural"], n_examples=len(split) + 1)
+    with pytest.raises(VirkitError):
+        _run(model, split, ["natural"], n_examples=0)
+    with pytest.raises(VirkitError):
+        _run(model, split, [])
+    assert not (tmp_path / "eval.json").exists()
+
+
+class _Broken(Attack):
+    name = "broken"
+    paper = "none"
+
+    def __init__(self, eps=EPS, bounds=(0.0, 1.0), seed=0, mode="ball"):
+        super().__init__(eps, bounds, seed)
+        self.mode = mode
+
+    def __call__(self, model, x, y):   # bypasses the base class projection on purpose
+        if self.mode == "ball":
+            return (x + 2 * self.eps).clamp(0, 1) if x.max() < 0.9 else (x - 2 * self.eps).clamp(0, 1)
+        return x + 0.5
+
+
+@pytest.mark.parametrize("mode", ["ball", "box"])
+def test_adversarial_examples_are_checked_before_scoring(model, split, monkeypatch, mode):
+    monkeypatch.setitem(ATTACKS, "broken", _Broken)
+    monkeypatch.setitem(ATTACK_PRESETS, "broken", ("broken", {"mode": mode}))
+    with pytest.raises(AdversarialCheckError):
+        _run(model, split, ["natural", "broken"], attack_overrides={})
+
+
+def test_check_adversarial():
+    x = torch.rand(4, 3, 8, 8) * 0.5 + 0.25
+    check_adversarial(x + EPS, x, EPS)
+    check_adversarial(x + EPS + 5e-7, x, EPS)        # within the 1e-6 tolerance
+    with pytest.raises(AdversarialCheckError):
+        check_adversarial(x + EPS + 1e-5, x, EPS)
+    with pytest.raises(AdversarialCheckError):
+        check_adversarial(torch.zeros_like(x) - 1e-4, torch.zeros_like(x), EPS)
+    with pytest.raises(AdversarialCheckError):
+        check_adversarial(x[:2], x, EPS)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(AdversarialCheckError):
+        check_adversarial(bad, x, EPS)
+
+
+def test_masking_warnings():
+    assert masking_warnings({"natural": 0.8, "fgsm": 0.55, "pgd20": 0.5, "pgd100": 0.49, "cw": 0.48, "aa": 0.45,
+                             "square": 0.52, "spsa": 0.53}) == []
+    w = masking_warnings({"fgsm": 0.5, "pgd100": 0.55})
+    assert len(w) == 1 and "fgsm" in w[0] and "pgd100" in w[0]
+    w = masking_warnings({"pgd100": 0.5, "aa": 0.52})
+    assert len(w) == 1 and "aa" in w[0]
+    w = masking_warnings({"pgd100": 0.5, "cw": 0.51, "square": 0.45})
+    assert len(w) == 1 and "square" in w[0] and "pgd100" in w[0] and "cw" in w[0]
+    w = masking_warnings({"pgd10": 0.5, "pgd20": 0.49, "pgd100": 0.51})
+    assert len(w) == 2 and all("pgd100" in m for m in w)
+
+
+def test_warnings_are_recorded_and_printed(model, split, monkeypatch, capsys):
+    """A model that hides its gradients: PGD does worse than FGSM, which must be flagged."""
+    class Masked(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):   # quantize the input: zero gradient almost everywhere except a straight-through part
+            return self.net(x + (torch.round(x * 4) / 4 - x).detach())
+
+    fake = {"fgsm": 0.2, "pgd10": 0.3}
+    monkeypatch.setattr(ev, "masking_warnings", lambda acc: masking_warnings({**acc, **fake}))
+    res = _run(Masked(model), split, ["natural", "fgsm"], n_examples=16)
+    assert res["warnings"] and "pgd10" in res["warnings"][0]
+    assert "warning" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+PAPER_ATTACKS = ["natural", "fgsm", "pgd100", "cw", "fmn100", "aa", "mde", "square", "spsa"]
+
+
+@pytest.mark.slow
+def test_every_paper_attack_end_to_end_at_paper_settings(model, split, tmp_path):
+    """All attacks of Sec. 5.4 with their paper settings (SPSA 100 x 256 samples, Square and
+    AutoAttack's Square 5000 queries, ...) on 64 images, on the tiny CPU model."""
+    t0 = time.time()
+    res = evaluate_model(model, split, PAPER_ATTACKS, n_examples=64, batch_size=64, out_path=tmp_path / "eval.json",
+                         progress=False)
+    elapsed = time.time() - t0
+    acc = {k: v["accuracy"] for k, v in res["attacks"].items()}
+    assert list(acc) == PAPER_ATTACKS
+    assert all(v <= acc["natural"] for v in acc.values())
+    assert acc["aa"] <= acc["pgd100"] + 1 / 64 and acc["mde"] <= acc["pgd100"] + 1 / 64
+    assert res["worst_case"]["accuracy"] <= min(acc.values())
+    assert res["attacks"]["spsa"]["settings"]["samples"] == 256 and res["attacks"]["square"]["settings"]["n_queries"] == 5000
+    print(f"every paper attack on 64 images: {elapsed:.1f} s; " + ", ".join(f"{k} {100 * v:.1f}" for k, v in acc.items()))

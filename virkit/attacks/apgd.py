@@ -1,0 +1,256 @@
+"""APGD-CE / APGD-DLR and APGD-T (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial
+robustness with an ensemble of diverse parameter-free attacks"), L-inf.
+
+Also the helpers the other attacks of :mod:`virkit.attacks` share: losses (DLR, targeted DLR,
+logit margin), "attack only the points that are still classified correctly" and the target
+classes of targeted attacks.
+
+APGD in brief (Algorithm 1 of the paper): sign-gradient steps with momentum 0.75 from a random
+start at the border of the eps-ball, a per-example step size that starts at 2*eps and is halved
+at checkpoints when the loss oscillates (fewer than ``rho``-fraction of the last steps increased
+it) or when it has not improved since the previous checkpoint (in which case the iterate restarts
+from the best point found). Checkpoints come after 22% of the steps, then at shrinking intervals
+(by 3% of the steps, at least 6%). Everything runs on the whole batch on its device: the
+checkpoint schedule is fixed in advance, so the loop never synchronises with the host.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Attack, project_linf, register
+
+__all__ = ["APGD", "APGDTargeted", "apgd_run", "dlr_loss", "dlr_targeted_loss", "margin",
+           "correct_mask", "on_correct", "target_classes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# losses (per example, larger = more adversarial unless stated)
+def _true_and_other(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    z_other = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(dim=1)
+    return z_y, z_other
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j``: positive iff the example is classified correctly (ties aside)."""
+    z_y, z_other = _true_and_other(logits.float(), y)
+    return z_y - z_other
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference-of-logits-ratio loss (Croce & Hein 2020, Eq. 5), to maximize:
+    ``-(z_y - max_{j!=y} z_j) / (z_pi1 - z_pi3)`` with ``z_pi`` the sorted logits (descending).
+    Invariant to shifting and rescaling the logits. Needs >= 3 classes; with 2 the denominator
+    falls back to ``z_pi1 - z_pi2``."""
+    logits = logits.float()
+    s = logits.sort(dim=1, descending=True).values
+    z_y, z_other = _true_and_other(logits, y)
+    low = s[:, 2] if s.shape[1] >= 3 else s[:, -1]
+    return -(z_y - z_other) / (s[:, 0] - low + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR loss (Croce & Hein 2020, Eq. 6), to maximize:
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``. Needs >= 4 classes; with fewer the
+    denominator falls back to ``z_pi1 - z_pimin``."""
+    logits = logits.float()
+    s = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    z_t = logits.gather(1, target.view(-1, 1)).squeeze(1)
+    if s.shape[1] >= 4:
+        den = s[:, 0] - 0.5 * (s[:, 2] + s[:, 3])
+    else:
+        den = s[:, 0] - s[:, -1]
+    return -(z_y - z_t) / (den + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the attacks
+@torch.no_grad()
+def correct_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(dim=1) == y
+
+
+def on_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``fn(x_sub, y_sub) -> x_adv_sub`` on the examples the model classifies correctly (or on
+    ``mask``); the others are returned unchanged (they are already misclassified, so the clean
+    input is their adversarial example). Guarantees robust accuracy <= natural accuracy."""
+    if mask is None:
+        mask = correct_mask(model, x, y)
+    idx = mask.nonzero().squeeze(1)
+    out = x.clone()
+    if idx.numel():
+        out[idx] = fn(x[idx], y[idx]).to(out.dtype)
+    return out
+
+
+@torch.no_grad()
+def target_classes(logits: torch.Tensor, y: torch.Tensor, n_targets: int) -> torch.Tensor:
+    """The ``n_targets`` classes other than ``y`` with the highest logits, best first (B x n).
+    For a correctly classified example these are the 2nd, 3rd, ... highest logits, the targets
+    of APGD-T, FAB-T and the targeted MD attack."""
+    masked = logits.float().scatter(1, y.view(-1, 1), float("-inf"))
+    n = min(n_targets, logits.shape[1] - 1)
+    return masked.topk(n, dim=1).indices
+
+
+def _uniform(shape, generator, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=device)
+
+
+def _schedule(steps: int) -> dict[int, int]:
+    """APGD checkpoints: {iteration index: window length k}. First after 22% of the steps, then the
+    window shrinks by 3% of the steps per checkpoint, down to 6% (Croce & Hein 2020, Sec. 3.2)."""
+    k, k_min, decr = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    out, pos = {}, 0
+    while pos + k <= steps:
+        pos += k
+        out[pos - 1] = k
+        k = max(k - decr, k_min)
+    return out
+
+
+def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, eps: float, steps: int,
+             rho: float = 0.75, momentum: float = 0.75, bounds=(0.0, 1.0),
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run on the whole batch; ``loss_fn(logits, y)`` gives the per-example loss to maximize.
+
+    Returns ``(x_adv, fooled)``: ``fooled[i]`` is True when some iterate was misclassified, and then
+    ``x_adv[i]`` is the last such iterate; otherwise ``x_adv[i]`` is the iterate of highest loss.
+    """
+    x = x.detach()
+    b = x.shape[0]
+    view = (b,) + (1,) * (x.dim() - 1)
+    t = 2 * _uniform(x.shape, generator, x.device) - 1
+    t = t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(view)
+    x_adv = x + eps * t
+    if bounds is not None:
+        x_adv = x_adv.clamp(*bounds)
+
+    def evaluate(z):
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(z)
+            lvec = loss_fn(logits, y)
+            g, = torch.autograd.grad(lvec.sum(), z)
+        return lvec.detach(), logits.detach(), g.detach()
+
+    loss, logits, grad = evaluate(x_adv)
+    fooled = logits.argmax(1) != y
+    x_fool = x_adv.clone()
+    x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
+    step = torch.full(view, 2.0 * eps, device=x.device, dtype=x.dtype)
+    hist = torch.zeros(steps + 1, b, device=x.device, dtype=loss.dtype)
+    hist[0] = loss
+    checkpoints = _schedule(steps)
+    loss_best_last = loss_best.clone()
+    reduced_last = torch.ones(b, dtype=torch.bool, device=x.device)
+    x_prev = x_adv
+    for i in range(steps):
+        a = momentum if i > 0 else 1.0
+        z = project_linf(x_adv + step * grad.sign(), x, eps, bounds)
+        z = project_linf(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x, eps, bounds)
+        x_prev, x_adv = x_adv, z
+        loss, logits, grad = evaluate(x_adv)
+        mis = logits.argmax(1) != y
+        x_fool = torch.where(mis.view(view), x_adv, x_fool)
+        fooled |= mis
+        hist[i + 1] = loss
+        better = loss > loss_best
+        x_best = torch.where(better.view(view), x_adv, x_best)
+        grad_best = torch.where(better.view(view), grad, grad_best)
+        loss_best = torch.where(better, loss, loss_best)
+        k = checkpoints.get(i)
+        if k is not None:
+            increases = (hist[i + 2 - k:i + 2] > hist[i + 1 - k:i + 1]).sum(dim=0)
+            oscillating = increases <= k * rho
+            stalled = ~reduced_last & (loss_best_last >= loss_best)
+            reduce = oscillating | stalled
+            reduced_last, loss_best_last = reduce, loss_best.clone()
+            step = torch.where(reduce.view(view), step / 2, step)
+            x_adv = torch.where(reduce.view(view), x_best, x_adv)
+            grad = torch.where(reduce.view(view), grad_best, grad)
+    return torch.where(fooled.view(view), x_fool, x_best), fooled
+
+
+@register("apgd")
+class APGD(Attack):
+    """APGD (Croce & Hein, ICML 2020), L-inf, untargeted, on the cross-entropy (``loss='ce'``,
+    AutoAttack's APGD-CE) or the DLR loss (``loss='dlr'``). AutoAttack-standard settings: eps 8/255,
+    100 steps, 1 restart, rho 0.75, momentum 0.75, initial step 2*eps. Only correctly classified
+    points are attacked; each restart only those not yet fooled."""
+
+    name = "APGD-CE"
+    paper = "Croce & Hein, ICML 2020"
+
+    def __init__(self, eps: float = 8 / 255, steps: int = 100, n_restarts: int = 1, loss: str = "ce",
+                 rho: float = 0.75, bounds=(0.0, 1.0), seed: int = 0):
+        super().__init__(eps, bounds, seed)
+        if loss not in ("ce", "dlr"):
+            raise ValueError(f"unknown APGD loss {loss!r}; valid: ce, dlr")
+        self.steps, self.n_restarts, self.loss, self.rho = int(steps), int(n_restarts), loss, float(rho)
+        self.name = f"APGD-{loss.upper()}"
+
+    def _loss(self, logits, y):
+        if self.loss == "ce":
+            return F.cross_entropy(logits.float(), y, reduction="none")
+        return dlr_loss(logits, y)
+
+    def perturb(self, model, x, y):
+        gen = self.generator(x.device)
+        x_adv = x.clone()
+        robust = correct_mask(model, x, y)
+        for _ in range(self.n_restarts):
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xa, fooled = apgd_run(model, x[idx], y[idx], self._loss, eps=self.eps, steps=self.steps,
+                                  rho=self.rho, bounds=self.bounds, generator=gen)
+            x_adv[idx] = torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), xa, x_adv[idx])
+            robust[idx] = ~fooled
+        return x_adv
+
+
+@register("apgd-t")
+class APGDTargeted(Attack):
+    """APGD-T (Croce & Hein, ICML 2020), L-inf: APGD on the targeted DLR loss, once per target
+    class, the targets being the ``n_target_classes`` highest non-true logits of the clean input
+    (9 for CIFAR-10, as in AutoAttack standard). eps 8/255, 100 steps per target, 1 restart.
+    Each target run only attacks points not yet fooled."""
+
+    name = "APGD-T"
+    paper = "Croce & Hein, ICML 2020"
+
+    def __init__(self, eps: float = 8 / 255, steps: int = 100, n_target_classes: int = 9, n_restarts: int = 1,
+                 rho: float = 0.75, bounds=(0.0, 1.0), seed: int = 0):
+        super().__init__(eps, bounds, seed)
+        self.steps, self.n_target_classes = int(steps), int(n_target_classes)
+        self.n_restarts, self.rho = int(n_restarts), float(rho)
+
+    def perturb(self, model, x, y):
+        gen = self.generator(x.device)
+        x_adv = x.clone()
+        with torch.no_grad():
+            logits = model(x)
+        robust = logits.argmax(1) == y
+        targets = target_classes(logits, y, self.n_target_classes)
+        view = (-1,) + (1,) * (x.dim() - 1)
+        for k in range(targets.shape[1]):
+            for _ in range(self.n_restarts):
+                idx = robust.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    return x_adv
+                t = targets[idx, k]
+                xa, fooled = apgd_run(model, x[idx], y[idx], lambda z, yy, t=t: dlr_targeted_loss(z, yy, t),
+                                      eps=self.eps, steps=self.steps, rho=self.rho, bounds=self.bounds,
+                                      generator=gen)
+                x_adv[idx] = torch.where(fooled.view(view), xa, x_adv[idx])
+                robust[idx] = ~fooled
+        return x_adv

@@ -1,0 +1,337 @@
+"""Paper tables from run directories: ``virkit report RUN_DIRS... --table N [--format md|csv] [--out FILE]``.
+
+:func:`collect_runs` reads each run's ``config.json`` and ``eval.json`` into one row per run;
+:func:`make_table` averages over seeds (mean ± sample standard deviation, in %) and lays the numbers
+out as Table ``N`` of the paper (Tables 1-7): rows in the paper's method order, columns in the
+paper's attack order, ``–`` where an attack was not run. When the runs come from another
+dataset or model than the paper's table (e.g. ``small-cnn`` on the CIFAR-10 stand-in), the layout
+is kept and the caption names what the numbers actually are.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import VirkitError
+
+__all__ = ["collect_runs", "make_table", "to_markdown", "to_csv", "report_main", "TABLES", "METHOD_ORDER"]
+
+DASH = "–"
+
+#: the paper's row order (Tables 1-5), then methods the paper's tables do not list
+PAPER_METHODS = ["at", "trades", "mart", "gairat", "mail-at", "vir-trades", "vir-at"]
+METHOD_ORDER = ["natural", *PAPER_METHODS[:5], "mail-trades", *PAPER_METHODS[5:], "vir-at-sv", "vir-at-sd",
+                "vir-trades-sv", "vir-trades-sd"]
+METHOD_LABELS = {"natural": "NATURAL TRAINING", "at": "AT", "trades": "TRADES", "mart": "MART", "gairat": "GAIRAT",
+                 "mail-at": "MAIL-AT", "mail-trades": "MAIL-TRADES", "vir-at": "VIR-AT", "vir-trades": "VIR-TRADES",
+                 "vir-at-sv": "VIR-AT-SV", "vir-at-sd": "VIR-AT-SD", "vir-trades-sv": "VIR-TRADES-SV",
+                 "vir-trades-sd": "VIR-TRADES-SD"}
+ABLATION_LABELS = {
+    "at": "L_CE(f(x'), y) [AT]",
+    "vir-at-sv": "S_v(x, y) · L_CE(f(x'), y) [VIR-AT-SV]",
+    "vir-at-sd": "S_d(x, x') · L_CE(f(x'), y) [VIR-AT-SD]",
+    "vir-at": "w(x, x', y) · L_CE(f(x'), y) [VIR-AT]",
+    "trades": "L_CE(f(x), y) + 1/λ KL(f(x) ‖ f(x')) [TRADES]",
+    "vir-trades-sv": "L_CE(f(x), y) + 1/λ S_v(x, y) KL(f(x) ‖ f(x')) [VIR-TRADES-SV]",
+    "vir-trades-sd": "L_CE(f(x), y) + 1/λ S_d(x, x') KL(f(x) ‖ f(x')) [VIR-TRADES-SD]",
+    "vir-trades": "L_CE(f(x), y) + 1/λ w(x, x', y) KL(f(x) ‖ f(x')) [VIR-TRADES]",
+}
+ATTACK_LABELS = {"natural": "NATURAL", "fgsm": "FGSM", "pgd10": "PGD-10", "pgd20": "PGD-20", "pgd100": "PGD-100",
+                 "cw": "CW", "fmn100": "FMN-100", "aa": "AA", "mde": "MDE", "square": "SQUARE", "spsa": "SPSA",
+                 "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "worst_case": "WORST CASE"}
+DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "tiny-imagenet": "Tiny-ImageNet",
+                  "imagefolder": "ImageFolder", "gaussian-mixture": "Gaussian mixture"}
+MODEL_LABELS = {"resnet18": "ResNet-18", "wrn-34-10": "WideResNet-34-10", "preact-resnet18": "PreActResNet-18",
+                "wrn-28-10": "WideResNet-28-10", "small-cnn": "small-cnn", "linear": "linear"}
+HYPER = ("alpha", "beta", "gamma")
+
+_WB = ["natural", "fgsm", "pgd100", "cw", "fmn100", "aa", "mde"]
+_ABL = ["natural", "pgd100", "cw", "aa", "square", "spsa"]
+#: table -> layout. ``datasets``: one column group per dataset; ``methods``: rows (None: every method
+#: present, paper order first); ``ablation``: rows labelled by the reweighting component.
+TABLES: dict[int, dict] = {
+    1: {"title": "White-box robust accuracy (%)", "datasets": ["cifar10"], "model": "resnet18", "attacks": _WB,
+        "methods": None},
+    2: {"title": "White-box robust accuracy (%)", "datasets": ["cifar10"], "model": "wrn-34-10", "attacks": _WB,
+        "methods": None},
+    3: {"title": "White-box robust accuracy (%)", "datasets": ["svhn", "cifar100"], "model": "resnet18",
+        "attacks": ["natural", "pgd100", "aa"], "methods": None},
+    4: {"title": "White-box robust accuracy (%), eps 8/255, PGD step 1/255", "datasets": ["tiny-imagenet"],
+        "model": "resnet18", "attacks": ["natural", "pgd20", "aa"], "methods": None},
+    5: {"title": "Black-box robust accuracy (%)", "datasets": ["cifar10"], "model": "wrn-34-10",
+        "attacks": ["square", "spsa"], "methods": None},
+    6: {"title": "Ablation of the VIR-AT reweighting components (accuracy %)", "datasets": ["cifar10"],
+        "model": "resnet18", "attacks": _ABL, "methods": ["at", "vir-at-sv", "vir-at-sd", "vir-at"], "ablation": True},
+    7: {"title": "Ablation of the VIR-TRADES reweighting components (accuracy %)", "datasets": ["cifar10"],
+        "model": "resnet18", "attacks": _ABL, "methods": ["trades", "vir-trades-sv", "vir-trades-sd", "vir-trades"],
+        "ablation": True},
+}
+
+
+def _warn(msg: str) -> None:
+    print(f"virkit: warning: {msg}", file=sys.stderr)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def collect_runs(run_dirs) -> pd.DataFrame:
+    """One row per run directory with ``config.json`` and ``eval.json``: ``run_dir``, ``dataset``, ``model``,
+    ``method``, ``seed``, ``alpha``, ``beta``, ``gamma``, ``source``, ``n_examples``, ``eps`` and one column per
+    attack (accuracy as a fraction) plus ``worst_case``. Directories without ``eval.json`` (or with an
+    unreadable one) are skipped with a warning; if none is left a :class:`VirkitError` is raised."""
+    rows = []
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    for d in dirs:
+        p = Path(d)
+        if not p.is_dir():
+            _warn(f"skipping {p}: not a directory")
+            continue
+        if not (p / "eval.json").is_file():
+            _warn(f"skipping {p}: no eval.json (evaluate the run first: virkit eval {p})")
+            continue
+        if not (p / "config.json").is_file():
+            _warn(f"skipping {p}: no config.json (not a virkit run directory)")
+            continue
+        try:
+            cfg = _read_json(p / "config.json")
+            ev = _read_json(p / "eval.json")
+        except ValueError as e:
+            _warn(f"skipping {p}: unreadable JSON ({e})")
+            continue
+        if not isinstance(cfg, dict) or not isinstance(ev, dict) or not isinstance(ev.get("attacks"), dict):
+            _warn(f"skipping {p}: config.json or eval.json is not in virkit's format")
+            continue
+        resolved = cfg.get("resolved_hyperparameters") or {}
+        row = {"run_dir": str(p), "dataset": cfg.get("dataset", ev.get("dataset")), "model": cfg.get("model"),
+               "method": cfg.get("method"), "seed": cfg.get("seed"), "preset": cfg.get("preset"),
+               "source": ev.get("source", ""), "n_examples": ev.get("n_examples"), "eps": ev.get("eps")}
+        for h in HYPER:
+            v = cfg.get(h)
+            row[h] = resolved.get(h) if v is None else v
+        for name, r in ev["attacks"].items():
+            if isinstance(r, dict) and isinstance(r.get("accuracy"), (int, float)):
+                row[name] = float(r["accuracy"])
+        wc = ev.get("worst_case")
+        if isinstance(wc, dict) and isinstance(wc.get("accuracy"), (int, float)):
+            row["worst_case"] = float(wc["accuracy"])
+        rows.append(row)
+    if not rows:
+        raise VirkitError("no run directory with config.json and eval.json among "
+                          f"{', '.join(str(d) for d in dirs) or 'the arguments'}; train and evaluate runs first")
+    return pd.DataFrame(rows)
+
+
+def _fmt(values: list[float]) -> tuple[str, float, float, int]:
+    vals = [100 * v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return DASH, math.nan, math.nan, 0
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{mean:.2f}", mean, math.nan, 1
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    return f"{mean:.2f} ± {std:.2f}", mean, std, len(vals)
+
+
+def _hp_label(row) -> str:
+    parts = []
+    for h, sym in zip(HYPER, ("α", "β", "γ")):
+        v = row.get(h)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            parts.append(f"{sym}={v:g}" if isinstance(v, (int, float)) else f"{sym}={v}")
+    return ", ".join(parts)
+
+
+def _method_rank(m: str) -> tuple:
+    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), str(m))
+
+
+def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
+    """Table ``table`` (1-7) of the paper from :func:`collect_runs` rows: a DataFrame of strings
+    (``mean ± std`` in %, ``–`` for attacks not run), index = defense (or reweighting component),
+    columns = attacks (a (dataset, attack) MultiIndex for Table 3). ``.attrs`` holds ``caption``,
+    ``table`` and the numbers: ``mean``, ``std`` and ``n`` (seeds) as DataFrames of the same shape."""
+    if table not in TABLES:
+        raise VirkitError(f"unknown table {table}; valid tables: {', '.join(map(str, TABLES))}")
+    if df is None or len(df) == 0:
+        raise VirkitError("no runs to tabulate")
+    spec = TABLES[table]
+    df = df.copy()
+    for col in ("dataset", "model", "method"):
+        if col not in df:
+            df[col] = None
+    for h in HYPER:
+        if h not in df:
+            df[h] = None
+    # which datasets / model: the paper's if runs exist for them, else whatever the runs are
+    paper_ds = spec["datasets"]
+    if df["dataset"].isin(paper_ds).any():
+        df = df[df["dataset"].isin(paper_ds)]
+        slots = list(paper_ds)
+    else:
+        present = sorted(df["dataset"].dropna().unique(), key=str)
+        slots = present[:len(paper_ds)] if len(paper_ds) > 1 else present
+        if len(paper_ds) > 1:
+            slots += [None] * (len(paper_ds) - len(slots))
+    if (df["model"] == spec["model"]).any():
+        df = df[df["model"] == spec["model"]]
+    if spec.get("methods") is not None:
+        df = df[df["method"].isin(spec["methods"])]
+        if len(df) == 0:
+            raise VirkitError(f"Table {table} needs runs of the methods {', '.join(spec['methods'])}; none were given")
+    models = sorted(df["model"].dropna().unique(), key=str)
+    datasets_used = sorted(df["dataset"].dropna().unique(), key=str)
+    grouped_slots = len(paper_ds) > 1
+
+    # hyperparameter settings: label rows with them only when one method has several
+    df = df.assign(_hp=[_hp_label(r) for _, r in df.iterrows()])
+    multi_hp = df.groupby("method")["_hp"].nunique()
+    row_keys = []
+    extra_keys = []
+    if len(models) > 1:
+        extra_keys.append("model")
+    if not grouped_slots and len(datasets_used) > 1:
+        extra_keys.append("dataset")
+    for key, _ in df.groupby(["method", "_hp", *extra_keys], dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row_keys.append(key)
+    order = spec.get("methods")
+
+    def sort_key(k):
+        rank = (order.index(k[0]) if k[0] in order else len(order), "") if order else _method_rank(k[0])
+        return (*rank, *[str(v) for v in k[1:]])
+
+    row_keys.sort(key=sort_key)
+
+    def label(key) -> str:
+        method, hp = key[0], key[1]
+        base = ABLATION_LABELS.get(method, method) if spec.get("ablation") else METHOD_LABELS.get(method, str(method).upper())
+        bits = []
+        if multi_hp.get(method, 1) > 1 and hp:
+            bits.append(hp)
+        bits += [str(v) for v in key[2:]]
+        return f"{base} ({'; '.join(bits)})" if bits else base
+
+    attacks = spec["attacks"]
+    if grouped_slots:
+        columns = pd.MultiIndex.from_tuples([(DATASET_LABELS.get(s, s) if s else "(no runs)",
+                                              ATTACK_LABELS.get(a, a)) for i, s in enumerate(slots) for a in attacks])
+    else:
+        columns = pd.Index([ATTACK_LABELS.get(a, a) for a in attacks])
+    cells, means, stds, ns = [], [], [], []
+    for key in row_keys:
+        sel = df[(df["method"] == key[0]) & (df["_hp"] == key[1])]
+        for col, v in zip(extra_keys, key[2:]):
+            sel = sel[sel[col] == v]
+        r_cells, r_means, r_stds, r_ns = [], [], [], []
+        for s in (slots if grouped_slots else [None]):
+            part = sel if s is None and not grouped_slots else sel[sel["dataset"] == s]
+            for a in attacks:
+                vals = part[a].tolist() if a in part else []
+                c, m, sd, k = _fmt(vals)
+                r_cells.append(c)
+                r_means.append(m)
+                r_stds.append(sd)
+                r_ns.append(k)
+        cells.append(r_cells)
+        means.append(r_means)
+        stds.append(r_stds)
+        ns.append(r_ns)
+    index = pd.Index([label(k) for k in row_keys],
+                     name="REWEIGHTING COMPONENT" if spec.get("ablation") else "DEFENSE")
+    out = pd.DataFrame(cells, index=index, columns=columns)
+    out.attrs["table"] = table
+    out.attrs["mean"] = pd.DataFrame(means, index=index, columns=columns)
+    out.attrs["std"] = pd.DataFrame(stds, index=index, columns=columns)
+    out.attrs["n"] = pd.DataFrame(ns, index=index, columns=columns)
+    out.attrs["caption"] = _caption(table, spec, models, [s for s in slots if s] if grouped_slots else datasets_used, df)
+    return out
+
+
+def _caption(table: int, spec: dict, models: list, datasets: list, df: pd.DataFrame) -> str:
+    paper_where = f"{MODEL_LABELS.get(spec['model'], spec['model'])} on " + " and ".join(
+        DATASET_LABELS.get(d, d) for d in spec["datasets"])
+    standin = "source" in df and df["source"].fillna("").str.contains("stand-in").any()
+    ds = " and ".join(DATASET_LABELS.get(d, str(d)) for d in datasets) or "no dataset"
+    if standin:
+        ds += " (JPEG stand-in)"
+    actual = f"{', '.join(MODEL_LABELS.get(m, str(m)) for m in models) or 'unknown model'} on {ds}"
+    seeds = df.groupby(["method"])["seed"].nunique().max() if "seed" in df and len(df) else 0
+    text = f"Table {table}: {spec['title']}, {actual}"
+    if actual.split(" (JPEG")[0] != paper_where:
+        text += f" (the paper's Table {table}: {paper_where})"
+    eps = sorted({round(float(e) * 255, 3) for e in df["eps"].dropna()}) if "eps" in df else []
+    if eps:
+        text += f"; eps {', '.join(f'{e:g}' for e in eps)}/255"
+    text += f"; mean ± std over up to {int(seeds) if seeds == seeds else 0} seed(s)"
+    return text + "."
+
+
+def _flat_columns(table: pd.DataFrame) -> list[str]:
+    if isinstance(table.columns, pd.MultiIndex):
+        return [" ".join(str(p) for p in c) for c in table.columns]
+    return [str(c) for c in table.columns]
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The table as GitHub Markdown, its caption first."""
+    cols = [table.index.name or ""] + _flat_columns(table)
+    lines = []
+    cap = table.attrs.get("caption")
+    if cap:
+        lines += [f"**{cap}**", ""]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(cols) - 1)) + "|")
+    for idx, row in table.iterrows():
+        cells = [str(idx).replace("|", "\\|")] + [str(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: pd.DataFrame, path=None) -> str:
+    """The table as CSV (flat column names, the index as the first column); written to ``path`` if given."""
+    flat = table.copy()
+    flat.columns = _flat_columns(table)
+    buf = io.StringIO()
+    flat.to_csv(buf, index=True, index_label=table.index.name or "")
+    text = buf.getvalue()
+    if path is not None:
+        from .io import atomic_write_bytes
+        atomic_write_bytes(path, text.encode())
+    return text
+
+
+def report_main(run_dirs, table: int, fmt: str = "md", out=None) -> int:
+    """What ``virkit report`` runs: collect the runs, build Table ``table``, render it as Markdown
+    (``md``) or CSV (``csv``), write it to ``out`` (atomically) or print it to stdout. Returns 0
+    (the exit code); errors a person can fix raise :class:`VirkitError`."""
+    if fmt not in ("md", "csv"):
+        raise VirkitError(f"unknown format {fmt!r}; valid formats: md, csv")
+    try:
+        table = int(table)
+    except (TypeError, ValueError):
+        raise VirkitError(f"--table must be a number 1-7, got {table!r}") from None
+    if table not in TABLES:
+        raise VirkitError(f"unknown table {table}; valid tables: {', '.join(map(str, TABLES))}")
+    df = collect_runs(run_dirs)
+    t = make_table(df, table)
+    text = to_markdown(t) if fmt == "md" else to_csv(t)
+    if out is not None:
+        from .io import atomic_write_bytes
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out, text.encode())
+        except OSError as e:
+            raise VirkitError(f"cannot write {out}: {e.strerror or e}; choose a writable --out") from None
+    else:
+        sys.stdout.write(text)
+    return 0
