@@ -486,7 +486,7 @@ def vulnerability_attributions(runs: Mapping[str, os.PathLike], n_examples: int 
         for m, net in models.items():
             ig = IntegratedGradients(logp(net)).attribute(xi, baselines=torch.zeros_like(xi), target=yi,
                                                           n_steps=ig_steps)
-            sal = Saliency(logp(net)).attribute(xi.clone(), target=yi, abs=True)
+            sal = Saliency(logp(net)).attribute(xi.clone().requires_grad_(True), target=yi, abs=True)
             cols[f"{method_label(m)} · IG"] = ig.abs().sum(1).detach().cpu().numpy()
             cols[f"{method_label(m)} · saliency"] = sal.sum(1).detach().cpu().numpy()
         labels = []
