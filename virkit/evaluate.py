@@ -268,73 +268,78 @@ def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = No
             except OSError as e:
                 raise VirkitError(f"cannot write {out_path}: {e.strerror or e}; choose a writable output path") from None
 
-    kept = [k for k in previous if k not in names]
-    for k in kept:  # attacks of an earlier call with the same settings stay in the file
-        results[k] = previous[k]
+    for k in previous:  # attacks of an earlier call with the same settings stay in the file
+        if k not in names:
+            results[k] = previous[k]
     try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-
-    autocast_off = _autocast_off(dev)
-    with eval_mode(work), autocast_off:
-        # natural predictions (always needed: attacks only run on naturally correct examples)
-        nat_pred = torch.empty(n, dtype=torch.long)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for s in range(0, n, batch_size):
-                xb = _float_batch(x_all[s:s + batch_size], images).to(dev)
-                nat_pred[s:s + batch_size] = work(xb).argmax(1).cpu()
-        nat_seconds = time.perf_counter() - t0
-        if "natural" in previous and previous["natural"].get("predictions") == nat_pred.tolist():
-            results["natural"] = previous["natural"]
-        elif "natural" in names:
-            results["natural"] = {**_summary(nat_pred, y_all, num_classes), "seconds": nat_seconds,
-                                  "n_attacked": n, "settings": {"name": "natural"}}
-        if "natural" in names:
-            write()
-        for name in names:
-            if name == "natural":
-                continue
-            atk = get_attack(name, eps=eps, seed=seed, **{**overrides.get(name, {}),
-                                                          **({"bounds": None} if bounds is None else {})})
-            settings = to_jsonable(atk.describe())
-            if name in previous and previous[name].get("settings") == settings:
-                results[name] = previous[name]
-                note(f"{name}: kept from {out_path} (accuracy {100 * previous[name]['accuracy']:.2f}%)")
-                continue
-            pred = nat_pred.clone()
-            seconds = 0.0
-            n_attacked = 0
-            bar = tqdm(total=n, desc=name, unit="img", leave=False, file=sys.stderr) if (progress and tqdm) else None
-            for s in range(0, n, batch_size):
-                yb = y_all[s:s + batch_size]
-                idx = (nat_pred[s:s + batch_size] == yb).nonzero().squeeze(1)
-                if idx.numel():
-                    xb = _float_batch(x_all[s:s + batch_size][idx.to(x_all.device)], images).to(dev)
-                    yd = yb[idx].to(dev)
-                    t0 = time.perf_counter()
-                    xa = atk(work, xb, yd)
-                    check_adversarial(xa, xb, eps, bounds, name=name)
-                    with torch.no_grad():
-                        p = work(xa.float()).argmax(1).cpu()
-                    seconds += time.perf_counter() - t0
-                    pred[s + idx] = p
-                    n_attacked += idx.numel()
-                if bar is not None:
-                    bar.update(len(yb))
-            if bar is not None:
-                bar.close()
-            results[name] = {**_summary(pred, y_all, num_classes), "seconds": seconds, "n_attacked": n_attacked,
-                             "settings": settings}
-            note(f"{name}: accuracy {100 * results[name]['accuracy']:.2f}% ({seconds:.1f} s)")
-            write()
-    if moved:
-        work.to(orig_device)
+        with eval_mode(work), _autocast_off(dev):
+            _run_attacks(work, x_all, y_all, names, previous, results, overrides, write, note, dev=dev, eps=eps,
+                         seed=seed, bounds=bounds, images=images, batch_size=batch_size, progress=progress,
+                         num_classes=num_classes, out_path=out_path)
+    finally:
+        if moved:
+            work.to(orig_device)
     write()
     for w in doc["warnings"]:
         print(f"virkit: warning: {w}", file=sys.stderr)
     return doc
+
+
+def _run_attacks(work, x_all, y_all, names, previous, results, overrides, write, note, *, dev, eps, seed, bounds,
+                 images, batch_size, progress, num_classes, out_path) -> None:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    n = len(y_all)
+    # natural predictions (always needed: attacks only run on the naturally correct examples)
+    nat_pred = torch.empty(n, dtype=torch.long)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            xb = _float_batch(x_all[s:s + batch_size], images).to(dev)
+            nat_pred[s:s + batch_size] = work(xb).argmax(1).cpu()
+    nat_seconds = time.perf_counter() - t0
+    if "natural" in previous and previous["natural"].get("predictions") == nat_pred.tolist():
+        results["natural"] = previous["natural"]
+    elif "natural" in names:
+        results["natural"] = {**_summary(nat_pred, y_all, num_classes), "seconds": nat_seconds,
+                              "n_attacked": n, "settings": {"name": "natural"}}
+    if "natural" in names:
+        write()
+    correct = (nat_pred == y_all).nonzero().squeeze(1)     # in split order; attacked in full batches
+    for name in names:
+        if name == "natural":
+            continue
+        atk = get_attack(name, eps=eps, seed=seed, **{**overrides.get(name, {}),
+                                                      **({"bounds": None} if bounds is None else {})})
+        settings = to_jsonable(atk.describe())
+        if name in previous and previous[name].get("settings") == settings:
+            results[name] = previous[name]
+            note(f"{name}: kept from {out_path} (accuracy {100 * previous[name]['accuracy']:.2f}%)")
+            continue
+        pred = nat_pred.clone()
+        seconds = 0.0
+        bar = (tqdm(total=len(correct), desc=name, unit="img", leave=False, file=sys.stderr)
+               if (progress and tqdm) else None)
+        for s in range(0, len(correct), batch_size):
+            idx = correct[s:s + batch_size]
+            xb = _float_batch(x_all[idx.to(x_all.device)], images).to(dev)
+            yb = y_all[idx].to(dev)
+            t0 = time.perf_counter()
+            xa = atk(work, xb, yb)
+            check_adversarial(xa, xb, eps, bounds, name=name)
+            with torch.no_grad():
+                pred[idx] = work(xa.float()).argmax(1).cpu()
+            seconds += time.perf_counter() - t0
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        results[name] = {**_summary(pred, y_all, num_classes), "seconds": seconds, "n_attacked": len(correct),
+                         "settings": settings}
+        note(f"{name}: accuracy {100 * results[name]['accuracy']:.2f}% ({seconds:.1f} s)")
+        write()
 
 
 def _float_batch(x: torch.Tensor, images: bool) -> torch.Tensor:
