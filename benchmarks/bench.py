@@ -176,8 +176,18 @@ def synthetic_split(n: int, seed: int = 0, size: int = 32, classes: int = 10) ->
     return s
 
 
+def _default_root(root: str | None) -> str | None:
+    """``--data-root``, else ``$VIRKIT_DATA``, else the CIFAR-10 stand-in beside the checkout (as the
+    Makefile and the tests do), else virkit's default."""
+    if root or os.environ.get("VIRKIT_DATA"):
+        return root
+    shared = ROOT.parent / "shared" / "datasets"
+    return str(shared) if (shared / "cifar10-jpeg.tar.gz").is_file() else None
+
+
 def load_data(kind: str, root: str | None, n_train: int, n_test: int) -> tuple[Split, Split, str]:
     """(train, test, note). ``auto``: the CIFAR-10 (stand-in) when found, else synthetic images."""
+    root = _default_root(root)
     if kind in ("auto", "cifar10"):
         try:
             train = load_dataset("cifar10", root, "train")
@@ -190,7 +200,10 @@ def load_data(kind: str, root: str | None, n_train: int, n_test: int) -> tuple[S
             note = f"CIFAR-10 not found ({str(e)[:80]}...); synthetic images"
     else:
         note = "synthetic images"
-    return synthetic_split(n_train, 0), synthetic_split(n_test, 1), note
+    pool = synthetic_split(n_train + n_test, 0)  # one draw: test images share the classes' colours
+    train = Split(pool.x[:n_train], pool.y[:n_train], pool.classes, pool.name, pool.source, pool.mean, pool.std)
+    test = Split(pool.x[n_train:], pool.y[n_train:], pool.classes, pool.name, pool.source, pool.mean, pool.std)
+    return train, test, note
 
 
 class ReferenceDataset(torch.utils.data.Dataset):
