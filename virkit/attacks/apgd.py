@@ -75,6 +75,32 @@ def correct_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return model(x).argmax(dim=1) == y
 
 
+@torch.no_grad()
+def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int | None):
+    """(robust mask, targets) from one clean forward pass: the correctly classified points and,
+    if ``n_targets`` is given, their :func:`target_classes` (else None)."""
+    logits = model(x)
+    return logits.argmax(1) == y, (target_classes(logits, y, n_targets) if n_targets is not None else None)
+
+
+def attack_rounds(x: torch.Tensor, robust: torch.Tensor, rounds, run) -> torch.Tensor:
+    """The loop shared by the multi-round attacks (restarts, target classes, MD's two terms): for each
+    item of ``rounds``, ``run(idx, item) -> (x_candidate, fooled)`` attacks only the points ``idx``
+    that are still robust; fooled points keep their candidate and drop out of later rounds, as in
+    the reference implementations. ``robust`` is updated in place. Returns the adversarial batch
+    (the clean input where no round succeeded)."""
+    x_adv = x.clone()
+    view = (-1,) + (1,) * (x.dim() - 1)
+    for item in rounds:
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        xa, fooled = run(idx, item)
+        x_adv[idx] = torch.where(fooled.view(view), xa, x_adv[idx])
+        robust[idx] = ~fooled
+    return x_adv
+
+
 def on_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -205,17 +231,12 @@ class APGD(Attack):
 
     def perturb(self, model, x, y):
         gen = self.generator(x.device)
-        x_adv = x.clone()
-        robust = correct_mask(model, x, y)
-        for _ in range(self.n_restarts):
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            xa, fooled = apgd_run(model, x[idx], y[idx], self._loss, eps=self.eps, steps=self.steps,
-                                  rho=self.rho, bounds=self.bounds, generator=gen)
-            x_adv[idx] = torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), xa, x_adv[idx])
-            robust[idx] = ~fooled
-        return x_adv
+
+        def run(idx, _restart):
+            return apgd_run(model, x[idx], y[idx], self._loss, eps=self.eps, steps=self.steps, rho=self.rho,
+                            bounds=self.bounds, generator=gen)
+
+        return attack_rounds(x, correct_mask(model, x, y), range(self.n_restarts), run)
 
 
 @register("apgd-t")
@@ -236,21 +257,12 @@ class APGDTargeted(Attack):
 
     def perturb(self, model, x, y):
         gen = self.generator(x.device)
-        x_adv = x.clone()
-        with torch.no_grad():
-            logits = model(x)
-        robust = logits.argmax(1) == y
-        targets = target_classes(logits, y, self.n_target_classes)
-        view = (-1,) + (1,) * (x.dim() - 1)
-        for k in range(targets.shape[1]):
-            for _ in range(self.n_restarts):
-                idx = robust.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    return x_adv
-                t = targets[idx, k]
-                xa, fooled = apgd_run(model, x[idx], y[idx], lambda z, yy, t=t: dlr_targeted_loss(z, yy, t),
-                                      eps=self.eps, steps=self.steps, rho=self.rho, bounds=self.bounds,
-                                      generator=gen)
-                x_adv[idx] = torch.where(fooled.view(view), xa, x_adv[idx])
-                robust[idx] = ~fooled
-        return x_adv
+        robust, targets = clean_targets(model, x, y, self.n_target_classes)
+
+        def run(idx, round_):
+            t = targets[idx, round_[0]]
+            return apgd_run(model, x[idx], y[idx], lambda z, yy: dlr_targeted_loss(z, yy, t), eps=self.eps,
+                            steps=self.steps, rho=self.rho, bounds=self.bounds, generator=gen)
+
+        rounds = [(k, r) for k in range(targets.shape[1]) for r in range(self.n_restarts)]
+        return attack_rounds(x, robust, rounds, run)

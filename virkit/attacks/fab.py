@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .apgd import correct_mask, target_classes
+from .apgd import attack_rounds, clean_targets
 from .base import Attack, register
 
 __all__ = ["FABTargeted", "project_hyperplane_box_linf", "fab_targeted_run"]
@@ -120,22 +120,15 @@ class FABTargeted(Attack):
 
     def perturb(self, model, x, y):
         gen = self.generator(x.device)
-        x_adv = x.clone()
-        with torch.no_grad():
-            logits = model(x)
-        robust = logits.argmax(1) == y
-        targets = target_classes(logits, y, self.n_target_classes)
-        view = (-1,) + (1,) * (x.dim() - 1)
-        for k in range(targets.shape[1]):
-            for r in range(self.n_restarts):
-                idx = robust.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    return x_adv
-                xb, norm = fab_targeted_run(model, x[idx], y[idx], targets[idx, k], eps=self.eps, steps=self.steps,
-                                            alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
-                                            random_start=r > 0, generator=gen, bounds=self.bounds)
-                ok = norm <= self.eps
-                x_adv[idx] = torch.where(ok.view(view), xb, x_adv[idx])
-                robust[idx] = ~ok
-        return x_adv
+        robust, targets = clean_targets(model, x, y, self.n_target_classes)
+
+        def run(idx, round_):
+            k, r = round_
+            xb, norm = fab_targeted_run(model, x[idx], y[idx], targets[idx, k], eps=self.eps, steps=self.steps,
+                                        alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
+                                        random_start=r > 0, generator=gen, bounds=self.bounds)
+            return xb, norm <= self.eps
+
+        rounds = [(k, r) for k in range(targets.shape[1]) for r in range(self.n_restarts)]
+        return attack_rounds(x, robust, rounds, run)
 

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from .apgd import APGD, correct_mask, target_classes
+from .apgd import APGD, attack_rounds, clean_targets, correct_mask
 from .base import Attack, project_linf, register
 from .fab import FABTargeted
 
@@ -105,26 +105,18 @@ class MD(Attack):
 
     def perturb(self, model, x, y):
         gen = self.generator(x.device)
-        x_adv = x.clone()
-        with torch.no_grad():
-            logits = model(x)
-        robust = logits.argmax(1) == y
-        targets = target_classes(logits, y, self.n_target_classes) if self.targeted else None
-        view = (-1,) + (1,) * (x.dim() - 1)
+        robust, targets = clean_targets(model, x, y, self.n_target_classes if self.targeted else None)
+
+        def run(idx, round_):
+            k, _restart, term = round_
+            t = targets[idx, k] if targets is not None else None
+            return md_run(model, x[idx], y[idx], eps=self.eps, steps=self.steps, change_point=self.change_point,
+                          initial_step=self.initial_step, first_term=term, target=t, bounds=self.bounds,
+                          generator=gen)
+
         n_t = targets.shape[1] if targets is not None else 1
-        for k in range(n_t):
-            for _ in range(self.n_restarts):
-                for term in ("true", "other"):
-                    idx = robust.nonzero().squeeze(1)
-                    if idx.numel() == 0:
-                        return x_adv
-                    t = targets[idx, k] if targets is not None else None
-                    xa, fooled = md_run(model, x[idx], y[idx], eps=self.eps, steps=self.steps,
-                                        change_point=self.change_point, initial_step=self.initial_step,
-                                        first_term=term, target=t, bounds=self.bounds, generator=gen)
-                    x_adv[idx] = torch.where(fooled.view(view), xa, x_adv[idx])
-                    robust[idx] = ~fooled
-        return x_adv
+        rounds = [(k, r, term) for k in range(n_t) for r in range(self.n_restarts) for term in ("true", "other")]
+        return attack_rounds(x, robust, rounds, run)
 
 
 @register("mde")

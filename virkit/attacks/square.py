@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .apgd import correct_mask, margin
+from .apgd import attack_rounds, correct_mask, margin
 from .base import Attack, register
 
 __all__ = ["Square", "square_p_schedule"]
@@ -89,14 +89,9 @@ class Square(Attack):
 
     def perturb(self, model, x, y):
         gen = self.generator(x.device)
-        x_adv = x.clone()
-        robust = correct_mask(model, x, y)
-        for _ in range(self.n_restarts):
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
+
+        def run(idx, _restart):
             xb, m = self._run(model, x[idx], y[idx], gen)
-            fooled = m <= 0
-            x_adv[idx] = torch.where(fooled.view(-1, 1, 1, 1), xb, x_adv[idx])
-            robust[idx] = ~fooled
-        return x_adv
+            return xb, m <= 0
+
+        return attack_rounds(x, correct_mask(model, x, y), range(self.n_restarts), run)
