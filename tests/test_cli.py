@@ -44,3 +44,29 @@ def test_train_then_evaluate_via_cli(tmp_path, capsys):
     nat, pgd = ev2["attacks"]["natural"]["accuracy"], ev2["attacks"]["pgd10"]["accuracy"]
     assert 0 <= pgd <= nat <= 1
     assert len(ev2["attacks"]["pgd10"]["robust"]) == 64
+    counts = [ev2["labels"].count(c) for c in range(10)]
+    assert max(counts) - min(counts) <= 1  # class-balanced subset, as the trainer draws its test subset
+
+    # by default the run's own test subset, seed and eval checkpoint: the training eval.json is extended
+    before = json.loads((run / "eval.json").read_text())
+    rc = main(["evaluate", "--checkpoint", str(run), "--attacks", "natural,fgsm,pgd10", "--data-root", str(STANDIN)])
+    assert rc == 0
+    after = json.loads((run / "eval.json").read_text())
+    assert after["n_examples"] == before["n_examples"] == 256 and after["seed"] == 3
+    for k in ("natural", "fgsm"):  # kept, not recomputed
+        assert after["attacks"][k] == before["attacks"][k]
+    assert "pgd10" in after["attacks"] and not (run / "eval.prev.json").exists()
+
+    # another evaluation into the same file is refused (exit 2, file untouched) unless --replace
+    capsys.readouterr()
+    rc = main(["evaluate", "--checkpoint", str(run), "--attacks", "natural", "--n-examples", "40",
+               "--data-root", str(STANDIN)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "n_examples 256 there, 40 here" in err[0] and "--replace" in err[0]
+    assert json.loads((run / "eval.json").read_text()) == after
+    rc = main(["evaluate", "--checkpoint", str(run), "--attacks", "natural", "--n-examples", "40",
+               "--data-root", str(STANDIN), "--replace"])
+    assert rc == 0
+    assert json.loads((run / "eval.prev.json").read_text()) == after
+    assert json.loads((run / "eval.json").read_text())["n_examples"] == 40

@@ -182,10 +182,16 @@ def test_resume_keeps_finished_attacks(model, split, tmp_path, monkeypatch):
     third = _run(model, split, ["natural"], tmp_path)
     assert calls == {} and set(third["attacks"]) == {"natural", "fgsm", "pgd10", "cw"}
     assert third["worst_case"] == second["worst_case"]
-    # changed settings: everything is recomputed
+    # changed settings: refused (nothing overwritten) unless replace=True, then everything is recomputed
+    # and the old file is kept beside the new one
     calls.clear()
-    _run(model, split, ["natural", "fgsm", "pgd10"], tmp_path, eps=4 / 255)
+    kept = (tmp_path / "eval.json").read_bytes()
+    with pytest.raises(VirkitError, match="other settings .eps"):
+        _run(model, split, ["natural", "fgsm", "pgd10"], tmp_path, eps=4 / 255)
+    assert calls == {} and (tmp_path / "eval.json").read_bytes() == kept
+    _run(model, split, ["natural", "fgsm", "pgd10"], tmp_path, eps=4 / 255, replace=True)
     assert set(calls) == {"fgsm", "pgd10"}
+    assert (tmp_path / "eval.prev.json").read_bytes() == kept
     # changed attack settings: that attack is recomputed
     calls.clear()
     _run(model, split, ["natural", "fgsm", "pgd10"], tmp_path, eps=4 / 255, attack_overrides={"pgd10": {"steps": 2}})
@@ -193,7 +199,9 @@ def test_resume_keeps_finished_attacks(model, split, tmp_path, monkeypatch):
     # another model: nothing is reused
     calls.clear()
     other = TinyCNN().eval()
-    _run(other, split, ["natural", "fgsm"], tmp_path, eps=4 / 255)
+    with pytest.raises(VirkitError, match="model fingerprint differs"):
+        _run(other, split, ["natural", "fgsm"], tmp_path, eps=4 / 255)
+    _run(other, split, ["natural", "fgsm"], tmp_path, eps=4 / 255, replace=True)
     assert set(calls) <= {"fgsm"}
     assert json.loads((tmp_path / "eval.json").read_text())["attacks"].keys() == {"natural", "fgsm"}
 

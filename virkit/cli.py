@@ -6,6 +6,7 @@ created or overwritten.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -108,24 +109,31 @@ def _add_evaluate(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run directory or .pt file")
     p.add_argument("--attacks", default="natural,fgsm,pgd100,cw", help="comma-separated attack names")
-    p.add_argument("--n-examples", type=int, help="first N test images (default: all)")
+    p.add_argument("--n-examples", type=int,
+                   help="a class-balanced subset of N test images, the same seeded draw as the trainer's "
+                        "--test-subset (so a run's own eval.json is extended, not redone); default: the run's "
+                        "test subset (all test images if it had none)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--which", choices=["best", "last"], default="best", help="checkpoint in a run directory")
+    p.add_argument("--which", choices=["best", "last"], default=None,
+                   help="checkpoint in a run directory (default: the run's eval checkpoint, last unless set)")
     p.add_argument("--data-root")
     p.add_argument("--dataset", help="default: the checkpoint's dataset")
     p.add_argument("--eps", type=_fraction, default=None, help="default: the training eps")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="attacks' random seed (default: the run's seed)")
     p.add_argument("--out", help="eval.json path (default: beside the checkpoint)")
+    p.add_argument("--replace", action="store_true",
+                   help="if --out holds an evaluation with other settings, start anew (the old file is kept "
+                        "as eval.prev.json); without it that is an error")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args) -> int:
     from .attacks import attack_names
     from .checkpoint import load_checkpoint, resolve_checkpoint_path
-    from .data import load_dataset
+    from .data import load_dataset, subset
     from .errors import check_choice
-    from .trainer import resolve_device
+    from .trainer import HOLDOUT_SEED, resolve_device
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     if not attacks:
         raise VirkitError("--attacks is empty; give a comma-separated list, e.g. natural,pgd100")
@@ -136,7 +144,15 @@ def _cmd_evaluate(args) -> int:
     if args.batch_size <= 0:
         raise VirkitError(f"--batch-size={args.batch_size} must be positive")
     device = resolve_device(args.device)
-    ck_path = resolve_checkpoint_path(args.checkpoint, args.which)
+    which = args.which
+    if which is None and Path(args.checkpoint).is_dir():
+        run_cfg = Path(args.checkpoint) / "config.json"
+        try:
+            which = json.loads(run_cfg.read_text()).get("eval_checkpoint") if run_cfg.is_file() else None
+        except (OSError, ValueError):
+            which = None
+        which = which if which in ("best", "last") else "last"
+    ck_path = resolve_checkpoint_path(args.checkpoint, which or "last")
     probe_model, cfg = load_checkpoint(ck_path, "cpu")
     dataset = args.dataset or cfg["dataset"]
     split = load_dataset(dataset, args.data_root or cfg.get("data_root"), "test")
@@ -144,19 +160,20 @@ def _cmd_evaluate(args) -> int:
     if args.n_examples is not None and args.n_examples > len(split):
         raise VirkitError(f"--n-examples={args.n_examples} is more than the test set has ({len(split)}); "
                           f"use at most {len(split)}")
+    n = args.n_examples if args.n_examples is not None else (cfg.get("test_subset") if dataset == cfg["dataset"]
+                                                             else None)
+    split = subset(split, n, seed=HOLDOUT_SEED + 1)  # the trainer's draw of its test subset
     out = Path(args.out) if args.out else ck_path.parent / "eval.json"
     eps = args.eps if args.eps is not None else cfg.get("eps", 8 / 255)
     from .evaluate import evaluate_model  # after every input check: a bad request fails fast and alone
-    res = evaluate_model(model, split.to(device), attacks, n_examples=args.n_examples, batch_size=args.batch_size,
-                         device=device, seed=args.seed, eps=eps, out_path=out, progress=sys.stderr.isatty(),
-                         extra={"checkpoint": str(ck_path), "dataset_source": split.source})
+    res = evaluate_model(model, split.to(device), attacks, batch_size=args.batch_size, device=device,
+                         seed=args.seed if args.seed is not None else int(cfg.get("seed", 0)), eps=eps, out_path=out, progress=sys.stderr.isatty(), replace=args.replace,
+                         extra={"checkpoint": ck_path.name, "test_subset": n, "dataset_source": split.source})
     for name, r in res["attacks"].items():
         print(f"{name:>10s}: {100 * r['accuracy']:.2f}%  ({r['seconds']:.1f} s)")
     if "worst_case" in res:
         print(f"{'worst case':>10s}: {100 * res['worst_case']['accuracy']:.2f}%")
-    for w in res.get("warnings", []):
-        print(f"warning: {w}")
-    print(f"written: {out}")
+    print(f"written: {out} ({len(split)} test images)")
     return 0
 
 

@@ -24,6 +24,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -168,22 +169,43 @@ def masking_warnings(acc: dict[str, float]) -> list[str]:
     return out
 
 
-def _load_previous(path: Path, header: dict) -> dict:
-    """The finished attacks of an existing eval.json written with the same header, else {}."""
+def _header_mismatch(doc: dict, header: dict) -> str | None:
+    """The first header field in which an earlier evaluation differs from this one, else None."""
+    for k, v in header.items():
+        if k == "extra":  # recorded for the reader; the fingerprints already identify model and data
+            continue
+        if k == "eps":
+            if not isinstance(doc.get("eps"), (int, float)) or abs(doc["eps"] - v) > 1e-12:
+                return f"eps {doc.get('eps')!r} there, {v!r} here"
+        elif doc.get(k) != v:
+            if k in ("n_examples", "seed", "dataset"):
+                return f"{k} {doc.get(k)!r} there, {v!r} here"
+            return f"{k.replace('_', ' ')} differs (another model or other images)"
+    return None
+
+
+def _load_previous(path: Path, header: dict, replace: bool = False) -> dict:
+    """The finished attacks of an existing eval.json written with the same header, else {}.
+
+    An existing virkit eval.json from another evaluation (other images, model, eps or seed) is never
+    overwritten silently: without ``replace`` a :class:`VirkitError` names the difference; with it the
+    old file is kept as ``<name>.prev.json`` and a new evaluation starts."""
     if path is None or not path.is_file():
         return {}
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        doc = None
     if not isinstance(doc, dict) or doc.get("format") != EVAL_FORMAT:
-        return {}
-    for k, v in header.items():
-        if k == "eps":
-            if not isinstance(doc.get("eps"), (int, float)) or abs(doc["eps"] - v) > 1e-12:
-                return {}
-        elif doc.get(k) != v:
+        if replace:
             return {}
+        raise VirkitError(f"{path} exists and is not a virkit evaluation; choose another --out or pass --replace")
+    diff = _header_mismatch(doc, header)
+    if diff is not None:
+        if not replace:
+            raise VirkitError(f"{path} holds an evaluation with other settings ({diff}); pass --replace to start "
+                              "a new one (the old file is kept as .prev.json) or --out to write elsewhere")
+        return {}
     atts = doc.get("attacks")
     return atts if isinstance(atts, dict) else {}
 
@@ -199,13 +221,16 @@ def _resolve_device(model: nn.Module, device) -> torch.device:
 
 def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = None, batch_size: int = 256,
                    device=None, seed: int = 0, eps: float = 8 / 255, out_path=None, progress: bool = True,
-                   extra: dict | None = None, attack_overrides: dict[str, dict] | None = None) -> dict:
+                   extra: dict | None = None, attack_overrides: dict[str, dict] | None = None,
+                   replace: bool = False) -> dict:
     """Evaluate ``model`` on the first ``n_examples`` of ``split`` (split order) under ``attacks``.
 
     ``attacks``: names from :func:`virkit.attacks.attack_names` (``natural``, ``fgsm``, ``pgd100``,
     ``cw``, ``fmn100``, ``aa``, ``mde``, ``square``, ``spsa``, ...). ``attack_overrides`` maps an
     attack name to settings that replace the paper's (e.g. ``{"spsa": {"iterations": 10}}``); they
-    are recorded in ``settings``. ``extra`` is recorded as is (and must match for a resume).
+    are recorded in ``settings``. ``extra`` is recorded as is. An ``out_path`` holding an evaluation of
+    the same model, images, eps and seed is resumed (its finished attacks are kept); one holding another
+    evaluation raises :class:`VirkitError` unless ``replace`` (then it is kept as ``.prev.json``).
     Returns the dict written to ``out_path`` (if given) as ``eval.json``.
     """
     names = _validate_attacks(attacks)
@@ -245,12 +270,14 @@ def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = No
               "data_fingerprint": _fingerprint_tensors([x_all, y_all]), "model_fingerprint": _model_fingerprint(work),
               "extra": to_jsonable(extra or {})}
     out_path = Path(out_path) if out_path is not None else None
-    previous = _load_previous(out_path, header)
+    previous = _load_previous(out_path, header, replace)
     if out_path is not None:
         try:
             out_path.parent.mkdir(parents=True, exist_ok=True)
+            if replace and not previous and out_path.is_file():
+                os.replace(out_path, out_path.with_suffix(".prev.json"))
         except OSError as e:
-            raise VirkitError(f"cannot create {out_path.parent}: {e.strerror}; choose a writable output path") from None
+            raise VirkitError(f"cannot write in {out_path.parent}: {e.strerror}; choose a writable output path") from None
 
     results: dict[str, dict] = {}
     doc: dict[str, Any] = {}

@@ -97,7 +97,7 @@ def collect_runs(run_dirs) -> pd.DataFrame:
             _warn(f"skipping {p}: not a directory")
             continue
         if not (p / "eval.json").is_file():
-            _warn(f"skipping {p}: no eval.json (evaluate the run first: virkit eval {p})")
+            _warn(f"skipping {p}: no eval.json (evaluate the run first: virkit evaluate --checkpoint {p})")
             continue
         if not (p / "config.json").is_file():
             _warn(f"skipping {p}: no config.json (not a virkit run directory)")

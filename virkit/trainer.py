@@ -393,8 +393,9 @@ def _final_eval(out: Path, cfg: TrainConfig, test_split: Split, device: torch.de
 
     model, _ = load_checkpoint(out, device=device, which=cfg.eval_checkpoint)
     res = evaluate_model(model, test_split, list(cfg.eval_attacks), batch_size=cfg.eval_batch_size, device=device,
-                         seed=cfg.seed, eps=cfg.eps, out_path=out / "eval.json", progress=False,
-                         extra={"checkpoint": cfg.eval_checkpoint, "run": str(out), "dataset_source": test_split.source})
+                         seed=cfg.seed, eps=cfg.eps, out_path=out / "eval.json", progress=False, replace=True,
+                         extra={"checkpoint": f"{cfg.eval_checkpoint}.pt", "test_subset": cfg.test_subset,
+                                "dataset_source": test_split.source})
     accs = {k: v["accuracy"] for k, v in res["attacks"].items()}
     log("final evaluation (" + cfg.eval_checkpoint + ".pt, " + str(len(test_split)) + " test images): " +
         ", ".join(f"{k} {v:.3f}" for k, v in accs.items()))
