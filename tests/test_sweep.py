@@ -85,6 +85,18 @@ def test_paper_grids_match_the_tables_and_every_trial_config_is_valid(fname, tmp
         assert all(resolve_config(g.preset, **t.overrides).hp("beta") == 1.6 for t in trials)
 
 
+def test_quick_tables_grid_covers_tables_1_and_6_rows_over_two_seeds(tmp_path):
+    from virkit.config import resolve_config
+
+    g = sweep.load_grid(GRIDS / "quick_tables.yaml")
+    trials = sweep.expand(g, tmp_path)
+    assert g.preset == "quick" and len(trials) == 8
+    assert sorted({t.params["method"] for t in trials}) == ["at", "vir-at", "vir-at-sd", "vir-at-sv"]
+    assert sorted({t.params["seed"] for t in trials}) == [0, 1]
+    for t in trials:
+        assert resolve_config(g.preset, **t.overrides).model == "small-cnn"
+
+
 @pytest.mark.parametrize("doc,match", [
     ({"preset": "tiny", "grid": {"seed": [0]}, "fixd": {}}, "unknown key 'fixd'"),
     ({"preset": "tiny", "grid": {"sead": [0], "lrr": [1]}}, "unknown parameters 'sead', 'lrr'"),
