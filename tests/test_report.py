@@ -83,6 +83,7 @@ def test_other_dataset_or_model_keeps_layout_and_says_so_in_caption(tmp_path):
     assert list(t.index) == ["AT", "MART", "VIR-AT"]
     cap = t.attrs["caption"]
     assert "small-cnn" in cap and "JPEG stand-in" in cap and "ResNet-18 on CIFAR-10" in cap
+    assert "; 100 test images;" in cap  # how many images the numbers rest on
     t5 = make_table(collect_runs(dirs), 5)
     assert list(t5.columns) == ["SQUARE", "SPSA"] and t5.loc["AT", "SPSA"] == "–" and t5.loc["AT", "SQUARE"] == "40.00"
     assert "WideResNet-34-10" in t5.attrs["caption"]

@@ -272,6 +272,9 @@ def _caption(table: int, spec: dict, models: list, datasets: list, df: pd.DataFr
     eps = sorted({round(float(e) * 255, 3) for e in df["eps"].dropna()}) if "eps" in df else []
     if eps:
         text += f"; eps {', '.join(f'{e:g}' for e in eps)}/255"
+    ns = sorted({int(n) for n in df["n_examples"].dropna()}) if "n_examples" in df else []
+    if ns:
+        text += f"; {' / '.join(f'{n:,}' for n in ns)} test images"
     text += f"; mean ± std over up to {int(seeds) if seeds == seeds else 0} seed(s)"
     return text + "."
 
