@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 
 __all__ = [
-    "STYLE", "METHOD_COLORS", "METHOD_LABELS", "styled", "method_label", "method_color", "FigureSaver",
+    "STYLE", "METHOD_COLORS", "METHOD_LABELS", "styled", "method_label", "dataset_label", "method_color", "FigureSaver",
     "figure_to_png", "plot_weight_landscape", "plot_weight_histograms", "plot_confusion_matrices",
     "plot_class_weights", "plot_per_class_accuracy", "plot_fairness", "plot_ablation",
     "plot_attributions", "plot_theory_risks", "plot_true_class_probability", "plot_robust_class_errors",
@@ -76,6 +76,12 @@ SEQ_CMAP = LinearSegmentedColormap.from_list("virkit_blues", ["#ffffff", "#c6dbe
 
 def method_label(m: str) -> str:
     return METHOD_LABELS.get(m, m)
+
+
+def dataset_label(d: str) -> str:
+    """``cifar10`` -> ``CIFAR-10`` (the paper's spelling), unknown names unchanged."""
+    from .report import DATASET_LABELS
+    return DATASET_LABELS.get(d, d)
 
 
 def method_color(m: str, i: int = 0) -> str:
