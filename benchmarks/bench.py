@@ -63,7 +63,7 @@ from virkit.models import build_model  # noqa: E402
 ALL_METHODS = ("at", "vir-at", "trades", "vir-trades")
 MODE_DEFAULTS = {
     "cpu": dict(models=("small-cnn",), device="cpu", precision="fp32", channels_last=True, compile=False,
-                warmup=1, steps=9, rounds=3, ref_workers=0, data_n=5120, aa_n=32, aa_batch=32,
+                warmup=4, steps=24, rounds=4, ref_workers=0, data_n=5120, aa_n=100, aa_batch=100,
                 aa_train_steps=60, aa_train_attack_steps=3),
     "gpu": dict(models=("resnet18", "wrn-34-10"), device="cuda", precision="bf16", channels_last=True, compile=True,
                 warmup=15, steps=120, rounds=4, ref_workers=2, data_n=50000, aa_n=1000, aa_batch=1000,
@@ -461,7 +461,9 @@ def bench_autoattack(args, model_name: str, train: Split, test: Split, device: t
     model, origin = _aa_model(args, model_name, train, device)
     for p in model.parameters():
         p.requires_grad_(False)
-    x = test.float_images(torch.arange(n)).to(device)
+    # contiguous NCHW: torchattacks' FAB calls .view() on input gradients, which fails for the
+    # channels-last strides of images decoded from virkit's HWC uint8 storage
+    x = test.float_images(torch.arange(n)).contiguous().to(device)
     y = test.y[:n].to(device)
     bs = args.aa_batch
     out = {"n": n, "eps": args.eps, "model": model_name, "model_origin": origin, "batch_size": bs,
@@ -540,7 +542,7 @@ def parse_args(argv=None):
     p.add_argument("--data", choices=["auto", "cifar10", "synthetic"], default="auto")
     p.add_argument("--data-root", help="as virkit's --data-root (default $VIRKIT_DATA)")
     p.add_argument("--data-n", type=int, help="training images used (cpu 5120, gpu 50000)")
-    p.add_argument("--aa-n", type=int, help="AutoAttack test images (cpu 32, gpu 1000; 0 skips)")
+    p.add_argument("--aa-n", type=int, help="AutoAttack test images (cpu 100, gpu 1000; 0 skips)")
     p.add_argument("--aa-batch", type=int)
     p.add_argument("--aa-model", help="model for AutoAttack (default: the first of --models)")
     p.add_argument("--aa-checkpoint", help="virkit checkpoint/run dir for AutoAttack instead of training one here")
