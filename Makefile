@@ -10,7 +10,7 @@ export MPLBACKEND ?= Agg
 .PHONY: demo test test-fast venv bench clean help
 
 help:
-	@echo "make demo   - run every notebook (quick preset, CPU, ~10 min); figures in figures/quick/"
+	@echo "make demo   - run every notebook (quick preset, CPU, ~4 min on 2 cores); figures in figures/quick/"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - CPU benchmark (see BENCHMARKS.md)"
 

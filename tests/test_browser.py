@@ -154,6 +154,26 @@ def _wait_changed(page, src_before: str, timeout_s: float) -> bool:
     return False
 
 
+def _dismiss_dialogs(page, seen: list[str], wait_s: float = 3.0) -> None:
+    """Accept any modal JupyterLab dialog (e.g. the kernel chooser when the kernel is still being
+    resolved, or a first-start prompt) so that it cannot intercept the clicks that follow; the text
+    of each dialog is kept in ``seen`` for the failure message."""
+    t0 = time.time()
+    while time.time() - t0 < wait_s:
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count() and dialog.first.is_visible():
+            seen.append(" ".join(dialog.first.inner_text().split())[:200])
+            accept = dialog.first.locator(".jp-Dialog-button.jp-mod-accept")
+            if accept.count():
+                accept.first.click()
+            else:
+                page.keyboard.press("Escape")
+            page.wait_for_timeout(500)
+            t0 = time.time()  # a second dialog may follow the first
+        else:
+            page.wait_for_timeout(250)
+
+
 def test_weight_explorer_in_jupyterlab(jupyter_lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -175,9 +195,20 @@ def test_weight_explorer_in_jupyterlab(jupyter_lab, tmp_path):
             no_news = page.get_by_role("button", name="No")
             if no_news.count():
                 no_news.first.click()
-            # Run > Run All Cells
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            dialogs: list[str] = []
+            _dismiss_dialogs(page, dialogs)
+            # Run > Run All Cells (a dialog that opens late is accepted and the click retried)
+            for attempt in range(3):
+                try:
+                    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=30_000)
+                    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(timeout=30_000)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise AssertionError(f"could not click Run > Run All Cells; dialogs seen: {dialogs}")
+                    page.keyboard.press("Escape")
+                    _dismiss_dialogs(page, dialogs)
+            print("JupyterLab dialogs accepted:", dialogs or "none")
             page.wait_for_selector("img.virkit-landscape", state="visible", timeout=240_000)
             _wait_redraw(page, 1, 240)
             _wait_idle(page, 240)  # every cell has run: the kernel now only serves the widgets
@@ -188,6 +219,7 @@ def test_weight_explorer_in_jupyterlab(jupyter_lab, tmp_path):
             before = land.screenshot(path=str(shots / "explorer_before.png"))
             page.screenshot(path=str(shots / "explorer_page_before.png"), full_page=False)
 
+            _dismiss_dialogs(page, dialogs, 1.0)
             # move the VIR gamma slider like a user: focus its handle, press keys, then click elsewhere
             slider = page.locator(".widget-slider", has_text="VIR γ").first
             handle = slider.locator(".noUi-handle").first

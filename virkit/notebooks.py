@@ -71,7 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "quick": {
-        "description": ("2 CPU cores, all notebooks in about 10 minutes: small CNN, 1,500 CIFAR-10 images, 3 epochs "
+        "description": ("2 CPU cores, all notebooks in about 4 minutes: small CNN, 1,500 CIFAR-10 images, 3 epochs "
                         "of PGD-2 training, 11 shared runs, 250 test images (natural, FGSM, PGD-10)"),
         "config_preset": "quick",
         "train": {"train_subset": 1500, "test_subset": 250, "holdout": 200, "epochs": 3, "batch_size": 100,
@@ -930,7 +930,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="notebooks_command", required=True)
     r = sub.add_parser("run", help="execute notebooks (all, or --only NAMES)")
     r.add_argument("--preset", default="quick", choices=list(PRESETS),
-                   help="tiny: seconds (tests); quick: ~10 min on 2 CPU cores; paper: the paper's settings (GPU)")
+                   help="tiny: seconds (tests); quick: ~4 min on 2 CPU cores; paper: the paper's settings (GPU)")
     r.add_argument("--only", default=None, metavar="NAMES",
                    help="comma-separated notebook names, stems or numbers, e.g. 01,03 or weight_explorer")
     r.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks executed in parallel (default 1)")
