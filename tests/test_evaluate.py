@@ -41,12 +41,7 @@ def synthetic_split(n: int, seed: int) -> Split:
     return Split((x * 255).round().to(torch.uint8), y, list(CLASSES), "synthetic", "test synthetic")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one thread
 
 
 @pytest.fixture(scope="module")

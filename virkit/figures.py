@@ -74,6 +74,14 @@ ATTACK_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd10": "PGD-10", "pgd20
 SEQ_CMAP = LinearSegmentedColormap.from_list("virkit_blues", ["#ffffff", "#c6dbef", "#4292c6", "#08306b"])
 
 
+def _finish(fig, title: str | None):
+    """The common ending of the plot functions: optional suptitle, tight layout, the figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def method_label(m: str) -> str:
     return METHOD_LABELS.get(m, m)
 
@@ -253,10 +261,7 @@ def plot_weight_landscape(vir_grid: dict, vir_curves: dict, gairat: dict, mail: 
     ax.set_ylabel("weight w")
     ax.set_title("MAIL  w = s·sigmoid(−γ(PM − β))\n" + ", ".join(f"{k}={_fmt(v)}" for k, v in mp.items()))
     ax.set_ylim(bottom=0)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def _fmt(v) -> str:
@@ -311,10 +316,7 @@ def plot_weight_histograms(per_method: Mapping[str, tuple], classes: Sequence[st
         cb.set_label("share of class in bin")
         ax.legend(loc="lower right", fontsize=8, frameon=True)
     axes[0][0].set_ylabel("true class")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,10 +425,7 @@ def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequ
         ax.set_title(f"{method_label(method)}: class shares during training")
         ax.set_xticks(ep if len(ep) <= 20 else ep[:: max(1, len(ep) // 10)])
     axes[1][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="class")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 @styled
@@ -501,10 +500,7 @@ def plot_fairness(rows: Sequence[Mapping], title: str | None = None):
     ax.set_title("Class disparity (lower is fairer)")
     ax.legend(title="attack")
     ax.grid(axis="x", visible=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 @styled
@@ -544,10 +540,7 @@ def plot_ablation(panels: Mapping[str, Mapping], ylabel: str = "accuracy (%)", t
         ax.set_ylabel(ylabel)
         ax.set_title(name)
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="attack")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 @styled
@@ -569,10 +562,7 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str 
         ax.set_ylabel(f"held-out {what} accuracy (%)")
         ax.set_title(f"Held-out {what} accuracy")
     axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 @styled
@@ -731,10 +721,7 @@ def plot_true_class_probability(p_y: np.ndarray, y: np.ndarray, class_names: Seq
     axes[1].set_title("Ranking by $p_y$ picks out the high-variance class")
     axes[1].set_ylim(0, 100)
     axes[1].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 @styled
@@ -764,7 +751,4 @@ def plot_robust_class_errors(eps: np.ndarray, curves: Mapping[str, np.ndarray], 
     axes[1].set_ylabel("robust error (%)")
     axes[2].set_ylabel("error gap (percentage points)")
     axes[2].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
