@@ -56,8 +56,9 @@ PAPER = {  # grid file -> (table, trials, the varied values of the paper's table
     "table10_beta_vir_trades.yaml": (10, 12, {"beta": [0.5, 1.6, 2.0]}),
     "table11_alpha_gamma_vir_at.yaml": (11, 40, {"alpha,gamma": [(1, 10), (2, 10), (3, 10), (5, 10), (7, 10), (8, 10),
                                                                   (7, 2), (7, 4), (7, 6), (7, 8)]}),
-    "table12_alpha_gamma_vir_trades.yaml": (12, 32, {"alpha,gamma": [(1, 3), (2, 3), (3, 3), (5, 3), (7, 3), (8, 3),
-                                                                      (8, 1), (8, 2)]}),
+    # the paper's Table 12 has nine rows: the last, alpha 8 / gamma 4, was missing from the grid
+    "table12_alpha_gamma_vir_trades.yaml": (12, 36, {"alpha,gamma": [(1, 3), (2, 3), (3, 3), (5, 3), (7, 3), (8, 3),
+                                                                      (8, 1), (8, 2), (8, 4)]}),
 }
 
 

@@ -6,6 +6,9 @@ out as Table ``N`` of the paper (Tables 1-7): rows in the paper's method order, 
 paper's attack order, ``–`` where an attack was not run. When the runs come from another
 dataset or model than the paper's table (e.g. ``small-cnn`` on the CIFAR-10 stand-in), the layout
 is kept and the caption names what the numbers actually are.
+
+The tables' layouts and every label come from :mod:`virkit.paper`; :func:`mean_std` is the one
+*mean ± std* formatter of virkit.
 """
 from __future__ import annotations
 
@@ -14,63 +17,31 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import MappingProxyType
+from typing import NamedTuple
 
 import pandas as pd
 
+from . import paper
 from .errors import VirkitError
 
-__all__ = ["collect_runs", "make_table", "to_markdown", "to_csv", "report_main", "TABLES", "METHOD_ORDER"]
+__all__ = ["collect_runs", "make_table", "to_markdown", "to_csv", "report_main", "mean_std", "MeanStd", "TABLES",
+           "METHOD_ORDER"]
 
 DASH = "–"
 
-#: the paper's row order (Tables 1-5), then methods the paper's tables do not list
-PAPER_METHODS = ["at", "trades", "mart", "gairat", "mail-at", "vir-trades", "vir-at"]
-METHOD_ORDER = ["natural", *PAPER_METHODS[:5], "mail-trades", *PAPER_METHODS[5:], "vir-at-sv", "vir-at-sd",
-                "vir-trades-sv", "vir-trades-sd"]
-METHOD_LABELS = {"natural": "NATURAL TRAINING", "at": "AT", "trades": "TRADES", "mart": "MART", "gairat": "GAIRAT",
-                 "mail-at": "MAIL-AT", "mail-trades": "MAIL-TRADES", "vir-at": "VIR-AT", "vir-trades": "VIR-TRADES",
-                 "vir-at-sv": "VIR-AT-SV", "vir-at-sd": "VIR-AT-SD", "vir-trades-sv": "VIR-TRADES-SV",
-                 "vir-trades-sd": "VIR-TRADES-SD"}
-ABLATION_LABELS = {
-    "at": "L_CE(f(x'), y) [AT]",
-    "vir-at-sv": "S_v(x, y) · L_CE(f(x'), y) [VIR-AT-SV]",
-    "vir-at-sd": "S_d(x, x') · L_CE(f(x'), y) [VIR-AT-SD]",
-    "vir-at": "w(x, x', y) · L_CE(f(x'), y) [VIR-AT]",
-    "trades": "L_CE(f(x), y) + 1/λ KL(f(x) ‖ f(x')) [TRADES]",
-    "vir-trades-sv": "L_CE(f(x), y) + 1/λ S_v(x, y) KL(f(x) ‖ f(x')) [VIR-TRADES-SV]",
-    "vir-trades-sd": "L_CE(f(x), y) + 1/λ S_d(x, x') KL(f(x) ‖ f(x')) [VIR-TRADES-SD]",
-    "vir-trades": "L_CE(f(x), y) + 1/λ w(x, x', y) KL(f(x) ‖ f(x')) [VIR-TRADES]",
-}
-ATTACK_LABELS = {"natural": "NATURAL", "fgsm": "FGSM", "pgd10": "PGD-10", "pgd20": "PGD-20", "pgd100": "PGD-100",
-                 "cw": "CW", "fmn100": "FMN-100", "aa": "AA", "mde": "MDE", "square": "SQUARE", "spsa": "SPSA",
-                 "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "worst_case": "WORST CASE"}
-DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "tiny-imagenet": "Tiny-ImageNet",
-                  "imagefolder": "ImageFolder", "gaussian-mixture": "Gaussian mixture"}
-MODEL_LABELS = {"resnet18": "ResNet-18", "wrn-34-10": "WideResNet-34-10", "preact-resnet18": "PreActResNet-18",
-                "wrn-28-10": "WideResNet-28-10", "small-cnn": "small-cnn", "linear": "linear"}
-HYPER = ("alpha", "beta", "gamma")
-
-_WB = ["natural", "fgsm", "pgd100", "cw", "fmn100", "aa", "mde"]
-_ABL = ["natural", "pgd100", "cw", "aa", "square", "spsa"]
-#: table -> layout. ``datasets``: one column group per dataset; ``methods``: rows (None: every method
-#: present, paper order first); ``ablation``: rows labelled by the reweighting component.
-TABLES: dict[int, dict] = {
-    1: {"title": "White-box robust accuracy (%)", "datasets": ["cifar10"], "model": "resnet18", "attacks": _WB,
-        "methods": None},
-    2: {"title": "White-box robust accuracy (%)", "datasets": ["cifar10"], "model": "wrn-34-10", "attacks": _WB,
-        "methods": None},
-    3: {"title": "White-box robust accuracy (%)", "datasets": ["svhn", "cifar100"], "model": "resnet18",
-        "attacks": ["natural", "pgd100", "aa"], "methods": None},
-    4: {"title": "White-box robust accuracy (%), eps 8/255, PGD step 1/255", "datasets": ["tiny-imagenet"],
-        "model": "resnet18", "attacks": ["natural", "pgd20", "aa"], "methods": None},
-    5: {"title": "Black-box robust accuracy (%)", "datasets": ["cifar10"], "model": "wrn-34-10",
-        "attacks": ["square", "spsa"], "methods": None},
-    6: {"title": "Ablation of the VIR-AT reweighting components (accuracy %)", "datasets": ["cifar10"],
-        "model": "resnet18", "attacks": _ABL, "methods": ["at", "vir-at-sv", "vir-at-sd", "vir-at"], "ablation": True},
-    7: {"title": "Ablation of the VIR-TRADES reweighting components (accuracy %)", "datasets": ["cifar10"],
-        "model": "resnet18", "attacks": _ABL, "methods": ["trades", "vir-trades-sv", "vir-trades-sd", "vir-trades"],
-        "ablation": True},
-}
+# The paper's tables and spellings live in virkit.paper; these names are kept for existing callers.
+TABLES = paper.MAIN_TABLES                 #: Tables 1-7 (:class:`virkit.paper.Table`)
+PAPER_METHODS = paper.PAPER_METHODS        #: the paper's row order of Tables 1-5
+METHOD_ORDER = paper.METHOD_ORDER          #: rows of a table listing every method present
+METHOD_LABELS = paper.labels(paper.METHODS, "table_label")
+ATTACK_LABELS = paper.labels(paper.ATTACKS, "table_label")
+DATASET_LABELS = paper.labels(paper.DATASETS)
+MODEL_LABELS = paper.labels(paper.MODELS)
+#: Tables 6-7 row labels, ``component [METHOD]``
+ABLATION_LABELS = MappingProxyType({r.method: t.row_label(r.method) for t in TABLES.values() if t.ablation
+                                    for r in t.rows})
+HYPER = paper.HYPERPARAMETERS
 
 
 def _warn(msg: str) -> None:
@@ -131,20 +102,37 @@ def collect_runs(run_dirs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fmt(values: list[float]) -> tuple[str, float, float, int]:
-    vals = [100 * v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+class MeanStd(NamedTuple):
+    """A cell of a table: ``text`` (``"84.12 ± 0.16"``, ``"84.12"`` for one value, ``empty`` for none),
+    ``mean`` and ``std`` (sample standard deviation; NaN for fewer than two values), in percent
+    when ``scale`` is 100, and ``n``, the number of values."""
+
+    text: str
+    mean: float
+    std: float
+    n: int
+
+
+def mean_std(values, scale: float = 100.0, empty: str = DASH) -> MeanStd:
+    """Mean ± sample standard deviation of accuracies given as fractions (None and NaN are left out),
+    as the paper reports them (*mean ± std* over seeds, Sec. 5.5; ``scale=100``: percent, two decimals)."""
+    vals = [scale * v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
-        return DASH, math.nan, math.nan, 0
+        return MeanStd(empty, math.nan, math.nan, 0)
     mean = sum(vals) / len(vals)
     if len(vals) == 1:
-        return f"{mean:.2f}", mean, math.nan, 1
+        return MeanStd(f"{mean:.2f}", mean, math.nan, 1)
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    return f"{mean:.2f} ± {std:.2f}", mean, std, len(vals)
+    return MeanStd(f"{mean:.2f} ± {std:.2f}", mean, std, len(vals))
+
+
+_fmt = mean_std  # the old private name (virkit.notebooks)
 
 
 def _hp_label(row) -> str:
     parts = []
-    for h, sym in zip(HYPER, ("α", "β", "γ")):
+    for h in HYPER:
+        sym = paper.HP_SYMBOLS[h]
         v = row.get(h)
         if v is not None and not (isinstance(v, float) and math.isnan(v)):
             parts.append(f"{sym}={v:g}" if isinstance(v, (int, float)) else f"{sym}={v}")
@@ -173,7 +161,7 @@ def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
         if h not in df:
             df[h] = None
     # which datasets / model: the paper's if runs exist for them, else whatever the runs are
-    paper_ds = spec["datasets"]
+    paper_ds = list(spec.datasets)
     if df["dataset"].isin(paper_ds).any():
         df = df[df["dataset"].isin(paper_ds)]
         slots = list(paper_ds)
@@ -182,12 +170,13 @@ def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
         slots = present[:len(paper_ds)] if len(paper_ds) > 1 else present
         if len(paper_ds) > 1:
             slots += [None] * (len(paper_ds) - len(slots))
-    if (df["model"] == spec["model"]).any():
-        df = df[df["model"] == spec["model"]]
-    if spec.get("methods") is not None:
-        df = df[df["method"].isin(spec["methods"])]
+    if (df["model"] == spec.model).any():
+        df = df[df["model"] == spec.model]
+    order = None if spec.open_rows else list(spec.methods)
+    if order is not None:
+        df = df[df["method"].isin(order)]
         if len(df) == 0:
-            raise VirkitError(f"Table {table} needs runs of the methods {', '.join(spec['methods'])}; none were given")
+            raise VirkitError(f"Table {table} needs runs of the methods {', '.join(order)}; none were given")
     models = sorted(df["model"].dropna().unique(), key=str)
     datasets_used = sorted(df["dataset"].dropna().unique(), key=str)
     grouped_slots = len(paper_ds) > 1
@@ -204,7 +193,6 @@ def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
     for key, _ in df.groupby(["method", "_hp", *extra_keys], dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         row_keys.append(key)
-    order = spec.get("methods")
 
     def sort_key(k):
         rank = (order.index(k[0]) if k[0] in order else len(order), "") if order else _method_rank(k[0])
@@ -214,19 +202,19 @@ def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
 
     def label(key) -> str:
         method, hp = key[0], key[1]
-        base = ABLATION_LABELS.get(method, method) if spec.get("ablation") else METHOD_LABELS.get(method, str(method).upper())
+        base = spec.row_label(method)
         bits = []
         if multi_hp.get(method, 1) > 1 and hp:
             bits.append(hp)
         bits += [str(v) for v in key[2:]]
         return f"{base} ({'; '.join(bits)})" if bits else base
 
-    attacks = spec["attacks"]
+    attacks = list(spec.attacks)
     if grouped_slots:
-        columns = pd.MultiIndex.from_tuples([(DATASET_LABELS.get(s, s) if s else "(no runs)",
-                                              ATTACK_LABELS.get(a, a)) for i, s in enumerate(slots) for a in attacks])
+        columns = pd.MultiIndex.from_tuples([(paper.dataset_label(s) if s else "(no runs)", paper.attack_label(a))
+                                             for s in slots for a in attacks])
     else:
-        columns = pd.Index([ATTACK_LABELS.get(a, a) for a in attacks])
+        columns = pd.Index([paper.attack_label(a) for a in attacks])
     cells, means, stds, ns = [], [], [], []
     for key in row_keys:
         sel = df[(df["method"] == key[0]) & (df["_hp"] == key[1])]
@@ -237,7 +225,7 @@ def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
             part = sel if s is None and not grouped_slots else sel[sel["dataset"] == s]
             for a in attacks:
                 vals = part[a].tolist() if a in part else []
-                c, m, sd, k = _fmt(vals)
+                c, m, sd, k = mean_std(vals)
                 r_cells.append(c)
                 r_means.append(m)
                 r_stds.append(sd)
@@ -247,7 +235,7 @@ def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
         stds.append(r_stds)
         ns.append(r_ns)
     index = pd.Index([label(k) for k in row_keys],
-                     name="REWEIGHTING COMPONENT" if spec.get("ablation") else "DEFENSE")
+                     name="REWEIGHTING COMPONENT" if spec.ablation else "DEFENSE")
     out = pd.DataFrame(cells, index=index, columns=columns)
     out.attrs["table"] = table
     out.attrs["mean"] = pd.DataFrame(means, index=index, columns=columns)
@@ -257,16 +245,15 @@ def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
     return out
 
 
-def _caption(table: int, spec: dict, models: list, datasets: list, df: pd.DataFrame) -> str:
-    paper_where = f"{MODEL_LABELS.get(spec['model'], spec['model'])} on " + " and ".join(
-        DATASET_LABELS.get(d, d) for d in spec["datasets"])
+def _caption(table: int, spec: paper.Table, models: list, datasets: list, df: pd.DataFrame) -> str:
+    paper_where = f"{paper.model_label(spec.model)} on " + " and ".join(paper.dataset_label(d) for d in spec.datasets)
     standin = "source" in df and df["source"].fillna("").str.contains("stand-in").any()
-    ds = " and ".join(DATASET_LABELS.get(d, str(d)) for d in datasets) or "no dataset"
+    ds = " and ".join(paper.dataset_label(d) for d in datasets) or "no dataset"
     if standin:
         ds += " (JPEG stand-in)"
-    actual = f"{', '.join(MODEL_LABELS.get(m, str(m)) for m in models) or 'unknown model'} on {ds}"
+    actual = f"{', '.join(paper.model_label(m) for m in models) or 'unknown model'} on {ds}"
     seeds = df.groupby(["method"])["seed"].nunique().max() if "seed" in df and len(df) else 0
-    text = f"Table {table}: {spec['title']}, {actual}"
+    text = f"Table {table}: {spec.title}, {actual}"
     if actual.split(" (JPEG")[0] != paper_where:
         text += f" (the paper's Table {table}: {paper_where})"
     eps = sorted({round(float(e) * 255, 3) for e in df["eps"].dropna()}) if "eps" in df else []

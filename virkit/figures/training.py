@@ -1,0 +1,87 @@
+"""Training runs: per-class sums of sample weights over the epochs (Figure 3, notebook 05) and
+held-out accuracy per epoch (notebook 03)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .style import _finish, method_color, method_label, styled
+
+__all__ = ["plot_class_weights", "plot_training_curves"]
+
+
+@styled
+def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequence[str],
+                       key: str = "weight_sum_per_class", title: str | None = None):
+    """Figure 3: per-class sum of sample weights, one column per method.
+
+    Top: the sums in the last epoch (bars, the largest and smallest class marked). Bottom: each
+    class's share of the total weight per epoch (%), so epochs with different weight scales are
+    comparable; burn-in epochs (all weights 1, shares equal to class frequencies) are shaded.
+    ``histories``: {method: history records with ``epoch``, ``key`` and ``reweighting_active``}.
+    """
+    n = len(histories)
+    fig, axes = plt.subplots(2, n, figsize=(6.4 * n + 1.6, 7.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 1.1]})
+    cmap = plt.get_cmap("tab10")
+    colors = [cmap(c % 10) for c in range(len(classes))]
+    for j, (method, hist) in enumerate(histories.items()):
+        ep = np.array([h["epoch"] for h in hist])
+        vals = np.array([h[key] for h in hist], dtype=float)
+        active = np.array([bool(h.get("reweighting_active", True)) for h in hist])
+        ax = axes[0][j]
+        last = vals[-1]
+        bars = ax.bar(range(len(classes)), last, color=colors, edgecolor="white")
+        hi, lo = int(np.argmax(last)), int(np.argmin(last))
+        bars[hi].set_edgecolor("k")
+        bars[hi].set_linewidth(1.5)
+        ax.annotate("largest", (hi, last[hi]), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                    textcoords="offset points")
+        ax.annotate("smallest", (lo, last[lo]), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                    textcoords="offset points")
+        ax.set_xticks(range(len(classes)))
+        ax.set_xticklabels(classes, rotation=35, ha="right")
+        ax.set_ylabel("sum of sample weights")
+        state = "reweighting active" if active[-1] else "burn-in, w = 1"
+        ax.set_title(f"{method_label(method)}: last epoch ({int(ep[-1])}, {state})")
+        ax.grid(axis="x", visible=False)
+        ax.set_ylim(0, last.max() * 1.15 if last.max() > 0 else 1)
+        ax = axes[1][j]
+        share = 100 * vals / np.where(vals.sum(1, keepdims=True) == 0, 1, vals.sum(1, keepdims=True))
+        if (~active).any():
+            ax.axvspan(ep.min() - 0.5, ep[~active].max() + 0.5, color="#cccccc", alpha=0.35, lw=0,
+                       label="burn-in (w = 1)")
+        for c in range(vals.shape[1]):
+            ax.plot(ep, share[:, c], "o-", ms=3.5, color=colors[c], label=classes[c])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("share of the total weight (%)")
+        ax.set_title(f"{method_label(method)}: class shares during training")
+        ax.set_xticks(ep if len(ep) <= 20 else ep[:: max(1, len(ep) // 10)])
+    axes[1][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="class")
+    return _finish(fig, title)
+
+
+@styled
+def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str | None = None):
+    """Held-out natural and PGD accuracy per epoch for each run (labels: method names)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for i, (m, hist) in enumerate(histories.items()):
+        ep = [h["epoch"] for h in hist]
+        axes[0].plot(ep, [100 * h["holdout_nat_acc"] for h in hist], "o-", ms=3, color=method_color(m, i),
+                     label=method_label(m))
+        axes[1].plot(ep, [100 * h["holdout_pgd_acc"] for h in hist], "o-", ms=3, color=method_color(m, i),
+                     label=method_label(m))
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, what in zip(axes, ("natural", "PGD")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"held-out {what} accuracy (%)")
+        ax.set_title(f"Held-out {what} accuracy")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _finish(fig, title)
+
+
