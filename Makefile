@@ -7,10 +7,11 @@ STAMP   := $(VENV)/.installed
 export VIRKIT_DATA ?= $(if $(wildcard ../shared/datasets/cifar10-jpeg.tar.gz),$(abspath ../shared/datasets),)
 export MPLBACKEND ?= Agg
 
-.PHONY: demo test test-fast venv bench clean help
+.PHONY: demo test test-fast test-avx2 venv bench clean help
 
 help:
-	@echo "make demo   - run every notebook (quick preset, CPU, ~4 min on 2 cores); figures in figures/quick/"
+	@echo "make demo   - run every notebook (demo preset, CPU, ~4 min on 2 cores); figures in figures/demo/,"
+	@echo "             executed notebooks and runs in runs/notebooks/demo/"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - CPU benchmark (see BENCHMARKS.md)"
 
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m virkit notebooks run --preset quick
+	$(PY) -m virkit notebooks run --preset demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -32,8 +33,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser"
 
+# the fast tests again on oneDNN's AVX2 kernels (other kernels, other rounding than AVX-512/AMX)
+test-avx2: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m "not slow and not browser"
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py --mode cpu
 
 clean:
-	rm -rf runs/notebooks figures/quick figures/tiny
+	rm -rf runs/notebooks figures/demo figures/smoke figures/quick figures/tiny

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virkit.attacks import ATTACK_PRESETS, ATTACKS, attack_names, get_attack
-from virkit.attacks.apgd import dlr_loss, dlr_targeted_loss, target_classes
+from virkit.attacks import ATTACK_PRESETS, ATTACKS, attack_names, black_box_attacks, get_attack, white_box_attacks
+from virkit.attacks.apgd import dlr_loss, dlr_targeted_loss
+from virkit.attacks.base import target_classes
 from virkit.attacks.fab import project_hyperplane_box_linf
 from virkit.attacks.mde import md_step_size
 from virkit.attacks.square import square_p_schedule
@@ -206,6 +207,15 @@ def test_presets_carry_paper_settings():
     assert d["mde"]["apgd_steps"] == 100 and d["mde"]["md_steps"] == 50 and d["mde"]["fab_steps"] == 100
     for name in ("fmn100", "aa", "apgd-ce", "apgd-t", "fab-t", "square", "spsa", "mde"):
         assert name in ATTACK_PRESETS
+
+
+def test_white_and_black_box_lists_come_from_the_classes():
+    """Square and SPSA read only logits (score-based black box); every other preset uses gradients."""
+    assert black_box_attacks() == ("square", "spsa")
+    assert set(white_box_attacks()) | set(black_box_attacks()) == set(attack_names()) - {"natural"}
+    assert not set(white_box_attacks()) & set(black_box_attacks())
+    assert {"fgsm", "pgd100", "cw", "fmn100", "aa", "mde", "apgd-t", "fab-t"} <= set(white_box_attacks())
+    assert [ATTACKS[c].black_box for c in ("square", "spsa", "pgd", "autoattack")] == [True, True, False, False]
 
 
 def test_unknown_attack_lists_valid_names():

@@ -33,6 +33,7 @@ from torch import nn
 from . import reweighting as rw
 from .attacks.base import eval_mode
 from .attacks.pgd import pgd
+from .ops import kl_per_example
 
 __all__ = ["METHODS", "MethodSpec", "method_step", "method_names", "StepOutput"]
 
@@ -92,13 +93,6 @@ class StepOutput:
     weights: torch.Tensor           # detached per-example weights actually used, (B,)
     logits_adv: torch.Tensor | None  # detached training-forward logits on x' (None for natural)
     x_adv: torch.Tensor | None
-
-
-def _kl_per_example(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """KL(softmax p || softmax q) per example, differentiable in both arguments (as TRADES)."""
-    logp = F.log_softmax(logits_p.float(), dim=1)
-    logq = F.log_softmax(logits_q.float(), dim=1)
-    return (logp.exp() * (logp - logq)).sum(dim=1)
 
 
 def _reduce(v: torch.Tensor, how: str) -> torch.Tensor:
@@ -176,7 +170,7 @@ def method_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, epoch: 
     if spec.family == "at":
         lvec = w * F.cross_entropy(logits_adv, y, reduction="none")
     elif spec.family == "trades":
-        kl = _kl_per_example(logits_nat, logits_adv)
+        kl = kl_per_example(logits_nat, logits_adv)   # differentiable in both arguments (as TRADES)
         lvec = F.cross_entropy(logits_nat, y, reduction="none") + cfg.hp("trades_beta") * w * kl
     elif spec.family == "mart":
         lvec = _mart_per_example(logits_nat, logits_adv, y, cfg.hp("trades_beta"))

@@ -9,10 +9,10 @@ docstring says so; see ``docs/BASELINES.md`` for the sources.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from .ops import kl_per_example, true_and_best_other
 
 __all__ = [
     "true_class_probability",
@@ -46,11 +46,9 @@ def vulnerability_score(logits_nat: torch.Tensor, y: torch.Tensor, alpha: float,
 def discrepancy_score(logits_nat: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
     """S_d(x, x') = KL(softmax(f(x)) || softmax(f(x')))  per example (Eq. 6), in nats, >= 0.
 
-    Computed from log-probabilities in fp32: sum_k p_k (log p_k - log q_k).
+    Computed from log-probabilities in fp32 (:func:`virkit.ops.kl_per_example`), clamped at 0.
     """
-    logp = F.log_softmax(logits_nat.float(), dim=1)
-    logq = F.log_softmax(logits_adv.float(), dim=1)
-    return (logp.exp() * (logp - logq)).sum(dim=1).clamp_min(0.0)
+    return kl_per_example(logits_nat, logits_adv).clamp_min(0.0)
 
 
 @torch.no_grad()
@@ -106,9 +104,7 @@ def gairat_weights(kappa: torch.Tensor, num_steps: int, lam: float) -> torch.Ten
 @torch.no_grad()
 def probability_margin(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """PM(x', y) = p_y(x') - max_{j != y} p_j(x')  (Eq. 3), in [-1, 1]."""
-    p = F.softmax(logits_adv.float(), dim=1)
-    p_true = p.gather(1, y.view(-1, 1)).squeeze(1)
-    p_other = p.scatter(1, y.view(-1, 1), -math.inf).amax(dim=1)
+    p_true, p_other = true_and_best_other(F.softmax(logits_adv.float(), dim=1), y)
     return p_true - p_other
 
 

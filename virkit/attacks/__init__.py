@@ -16,7 +16,7 @@ from .base import ATTACKS, Attack, eval_mode, project_linf
 from .pgd import attack_loss, cw_margin_loss, pgd
 
 __all__ = ["ATTACKS", "ATTACK_PRESETS", "Attack", "attack_loss", "cw_margin_loss", "eval_mode", "get_attack",
-           "pgd", "project_linf", "attack_names"]
+           "pgd", "project_linf", "attack_names", "white_box_attacks", "black_box_attacks"]
 
 # CLI name -> (registered class name, keyword settings). Settings follow Sec. 5.4 of the paper.
 ATTACK_PRESETS: dict[str, tuple[str, dict]] = {
@@ -40,6 +40,17 @@ ATTACK_PRESETS: dict[str, tuple[str, dict]] = {
 
 def attack_names() -> list[str]:
     return ["natural", *ATTACK_PRESETS]
+
+
+def white_box_attacks() -> tuple[str, ...]:
+    """The preset names (as in :func:`attack_names`) of the attacks that use the model's gradients,
+    from each class's ``black_box`` attribute; ``natural`` is no attack and is in neither list."""
+    return tuple(n for n, (cls_name, _) in ATTACK_PRESETS.items() if not ATTACKS[cls_name].black_box)
+
+
+def black_box_attacks() -> tuple[str, ...]:
+    """The preset names of the score-based black-box attacks (they read only the logits)."""
+    return tuple(n for n, (cls_name, _) in ATTACK_PRESETS.items() if ATTACKS[cls_name].black_box)
 
 
 def get_attack(name: str, eps: float = 8 / 255, seed: int = 0, **overrides) -> Attack:

@@ -1,9 +1,9 @@
 """APGD-CE / APGD-DLR and APGD-T (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial
 robustness with an ensemble of diverse parameter-free attacks"), L-inf.
 
-Also the helpers the other attacks of :mod:`virkit.attacks` share: losses (DLR, targeted DLR,
-logit margin), "attack only the points that are still classified correctly" and the target
-classes of targeted attacks.
+Also the losses other attacks of :mod:`virkit.attacks` use (DLR, targeted DLR, logit margin). The
+helpers "attack only the points that are still classified correctly" and the target classes of
+targeted attacks live in :mod:`virkit.attacks.base` (re-exported here).
 
 APGD in brief (Algorithm 1 of the paper): sign-gradient steps with momentum 0.75 from a random
 start at the border of the eps-ball, a per-example step size that starts at 2*eps and is halved
@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attack, project_linf, register
+from ..ops import true_and_best_other
+from .base import (Attack, attack_rounds, clean_targets, correct_mask, on_correct,  # noqa: F401 (re-exported)
+                   project_linf, register, target_classes)
 
 __all__ = ["APGD", "APGDTargeted", "apgd_run", "dlr_loss", "dlr_targeted_loss", "margin",
            "correct_mask", "on_correct", "target_classes"]
@@ -29,15 +31,9 @@ __all__ = ["APGD", "APGDTargeted", "apgd_run", "dlr_loss", "dlr_targeted_loss", 
 
 # ---------------------------------------------------------------------------------------------
 # losses (per example, larger = more adversarial unless stated)
-def _true_and_other(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
-    z_other = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(dim=1)
-    return z_y, z_other
-
-
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``z_y - max_{j != y} z_j``: positive iff the example is classified correctly (ties aside)."""
-    z_y, z_other = _true_and_other(logits.float(), y)
+    z_y, z_other = true_and_best_other(logits.float(), y)
     return z_y - z_other
 
 
@@ -48,7 +44,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     falls back to ``z_pi1 - z_pi2``."""
     logits = logits.float()
     s = logits.sort(dim=1, descending=True).values
-    z_y, z_other = _true_and_other(logits, y)
+    z_y, z_other = true_and_best_other(logits, y)
     low = s[:, 2] if s.shape[1] >= 3 else s[:, -1]
     return -(z_y - z_other) / (s[:, 0] - low + 1e-12)
 
@@ -66,64 +62,6 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     else:
         den = s[:, 0] - s[:, -1]
     return -(z_y - z_t) / (den + 1e-12)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers shared by the attacks
-@torch.no_grad()
-def correct_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(dim=1) == y
-
-
-@torch.no_grad()
-def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int | None):
-    """(robust mask, targets) from one clean forward pass: the correctly classified points and,
-    if ``n_targets`` is given, their :func:`target_classes` (else None)."""
-    logits = model(x)
-    return logits.argmax(1) == y, (target_classes(logits, y, n_targets) if n_targets is not None else None)
-
-
-def attack_rounds(x: torch.Tensor, robust: torch.Tensor, rounds, run) -> torch.Tensor:
-    """The loop shared by the multi-round attacks (restarts, target classes, MD's two terms): for each
-    item of ``rounds``, ``run(idx, item) -> (x_candidate, fooled)`` attacks only the points ``idx``
-    that are still robust; fooled points keep their candidate and drop out of later rounds, as in
-    the reference implementations. ``robust`` is updated in place. Returns the adversarial batch
-    (the clean input where no round succeeded)."""
-    x_adv = x.clone()
-    view = (-1,) + (1,) * (x.dim() - 1)
-    for item in rounds:
-        idx = robust.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        xa, fooled = run(idx, item)
-        x_adv[idx] = torch.where(fooled.view(view), xa, x_adv[idx])
-        robust[idx] = ~fooled
-    return x_adv
-
-
-def on_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Run ``fn(x_sub, y_sub) -> x_adv_sub`` on the examples the model classifies correctly (or on
-    ``mask``); the others are returned unchanged (they are already misclassified, so the clean
-    input is their adversarial example). Guarantees robust accuracy <= natural accuracy."""
-    if mask is None:
-        mask = correct_mask(model, x, y)
-    idx = mask.nonzero().squeeze(1)
-    out = x.clone()
-    if idx.numel():
-        out[idx] = fn(x[idx], y[idx]).to(out.dtype)
-    return out
-
-
-@torch.no_grad()
-def target_classes(logits: torch.Tensor, y: torch.Tensor, n_targets: int) -> torch.Tensor:
-    """The ``n_targets`` classes other than ``y`` with the highest logits, best first (B x n).
-    For a correctly classified example these are the 2nd, 3rd, ... highest logits, the targets
-    of APGD-T, FAB-T and the targeted MD attack."""
-    masked = logits.float().scatter(1, y.view(-1, 1), float("-inf"))
-    n = min(n_targets, logits.shape[1] - 1)
-    return masked.topk(n, dim=1).indices
 
 
 def _uniform(shape, generator, device) -> torch.Tensor:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .apgd import APGD, APGDTargeted, correct_mask
-from .base import Attack, project_linf, register
+from .apgd import APGD, APGDTargeted
+from .base import Attack, attack_rounds, correct_mask, project_linf, register
 from .fab import FABTargeted
 from .square import Square
 
@@ -45,17 +45,10 @@ class AutoAttack(Attack):
                 Square(n_queries=self.square_queries, **kw)]
 
     def perturb(self, model, x, y):
-        x_adv = x.clone()
-        robust = correct_mask(model, x, y)
-        view = (-1,) + (1,) * (x.dim() - 1)
-        for atk in self.components():
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
+        def run(idx, atk):   # one component on the points every previous component failed to break
             xs, ys = x[idx], y[idx]
             xa = project_linf(atk.perturb(model, xs, ys), xs, self.eps, self.bounds)
             with torch.no_grad():
-                fooled = model(xa).argmax(1) != ys
-            x_adv[idx] = torch.where(fooled.view(view), xa, x_adv[idx])
-            robust[idx] = ~fooled
-        return x_adv
+                return xa, model(xa).argmax(1) != ys
+
+        return attack_rounds(x, correct_mask(model, x, y), self.components(), run)

@@ -1,4 +1,6 @@
-"""The one call signature every attack in virkit shares, plus helpers they all use.
+"""The one call signature every attack in virkit shares, plus helpers they all use: attack only the
+points still classified correctly (:func:`correct_mask`, :func:`on_correct`, :func:`attack_rounds`)
+and the target classes of targeted attacks (:func:`target_classes`, :func:`clean_targets`).
 
 An attack is an object with ``attack(model, x, y) -> x_adv``:
 
@@ -14,12 +16,13 @@ fields are never touched.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["Attack", "eval_mode", "project_linf", "ATTACKS", "register"]
+__all__ = ["Attack", "eval_mode", "project_linf", "ATTACKS", "register", "correct_mask", "clean_targets",
+           "attack_rounds", "on_correct", "target_classes"]
 
 
 @contextlib.contextmanager
@@ -53,8 +56,9 @@ class Attack:
     name: str = "attack"
     paper: str = ""
     norm: str = "Linf"
-    #: True when robust accuracy of this attack can be computed on the still-robust points only
-    #: (every attack that returns one example per input and keeps no state across examples).
+    #: True for score-based black-box attacks, which read only the model's outputs (logits) and never
+    #: its gradients (Square, SPSA); False for white-box attacks, which use input gradients (also
+    #: the ensembles, AutoAttack and MDE, whose components are mostly gradient-based).
     black_box: bool = False
 
     def __init__(self, eps: float = 8 / 255, bounds=(0.0, 1.0), seed: int = 0):
@@ -94,6 +98,65 @@ ATTACKS: dict[str, type] = {}
 def register(name: str):
     def deco(cls):
         ATTACKS[name] = cls
-        cls.registry_name = name
         return cls
     return deco
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the attacks
+@torch.no_grad()
+def correct_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """True where ``model`` classifies ``x`` correctly (one no-grad forward)."""
+    return model(x).argmax(dim=1) == y
+
+
+@torch.no_grad()
+def target_classes(logits: torch.Tensor, y: torch.Tensor, n_targets: int) -> torch.Tensor:
+    """The ``n_targets`` classes other than ``y`` with the highest logits, best first (B x n).
+    For a correctly classified example these are the 2nd, 3rd, ... highest logits, the targets
+    of APGD-T, FAB-T and the targeted MD attack."""
+    masked = logits.float().scatter(1, y.view(-1, 1), float("-inf"))
+    n = min(n_targets, logits.shape[1] - 1)
+    return masked.topk(n, dim=1).indices
+
+
+@torch.no_grad()
+def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int | None):
+    """(robust mask, targets) from one clean forward pass: the correctly classified points and,
+    if ``n_targets`` is given, their :func:`target_classes` (else None)."""
+    logits = model(x)
+    return logits.argmax(1) == y, (target_classes(logits, y, n_targets) if n_targets is not None else None)
+
+
+def attack_rounds(x: torch.Tensor, robust: torch.Tensor, rounds, run) -> torch.Tensor:
+    """The loop shared by the multi-round attacks (restarts, target classes, MD's two terms,
+    AutoAttack's components): for each item of ``rounds``, ``run(idx, item) -> (x_candidate, fooled)``
+    attacks only the points ``idx`` that are still robust; fooled points keep their candidate and
+    drop out of later rounds, as in the reference implementations. ``robust`` is updated in place.
+    Returns the adversarial batch (the clean input where no round succeeded)."""
+    x_adv = x.clone()
+    view = (-1,) + (1,) * (x.dim() - 1)
+    for item in rounds:
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        xa, fooled = run(idx, item)
+        x_adv[idx] = torch.where(fooled.view(view), xa, x_adv[idx])
+        robust[idx] = ~fooled
+    return x_adv
+
+
+def on_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``fn(x_sub, y_sub) -> x_adv_sub`` on the examples the model classifies correctly (or on
+    ``mask``); the others are returned unchanged (they are already misclassified, so the clean
+    input is their adversarial example). Guarantees robust accuracy <= natural accuracy. Unlike
+    :func:`attack_rounds`, every attacked point keeps ``fn``'s output, fooled or not (FMN, SPSA)."""
+    if mask is None:
+        mask = correct_mask(model, x, y)
+    idx = mask.nonzero().squeeze(1)
+    out = x.clone()
+    if idx.numel():
+        out[idx] = fn(x[idx], y[idx]).to(out.dtype)
+    return out

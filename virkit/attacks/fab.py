@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .apgd import attack_rounds, clean_targets
-from .base import Attack, register
+from .base import Attack, attack_rounds, clean_targets, register
 
 __all__ = ["FABTargeted", "project_hyperplane_box_linf", "fab_targeted_run"]
 

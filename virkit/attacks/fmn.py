@@ -17,8 +17,7 @@ import math
 
 import torch
 
-from .apgd import correct_mask
-from .base import Attack, register
+from .base import Attack, on_correct, register
 
 __all__ = ["FMN", "fmn_linf"]
 
@@ -91,11 +90,9 @@ class FMN(Attack):
         self.name = f"FMN-{self.steps} (L-inf)"
 
     def perturb(self, model, x, y):
-        x_adv = x.clone()
-        idx = correct_mask(model, x, y).nonzero().squeeze(1)
-        if idx.numel():
-            xa, _ = fmn_linf(model, x[idx], y[idx], steps=self.steps, alpha_init=self.alpha_init,
-                             alpha_final=self.alpha_final, gamma_init=self.gamma_init,
-                             gamma_final=self.gamma_final, bounds=self.bounds)
-            x_adv[idx] = xa
-        return x_adv
+        def run(xs, ys):
+            return fmn_linf(model, xs, ys, steps=self.steps, alpha_init=self.alpha_init,
+                            alpha_final=self.alpha_final, gamma_init=self.gamma_init,
+                            gamma_final=self.gamma_final, bounds=self.bounds)[0]
+
+        return on_correct(model, x, y, run)

@@ -21,8 +21,9 @@ import math
 import torch
 from torch import nn
 
-from .apgd import APGD, attack_rounds, clean_targets, correct_mask
-from .base import Attack, project_linf, register
+from ..ops import true_and_best_other
+from .apgd import APGD
+from .base import Attack, attack_rounds, clean_targets, correct_mask, project_linf, register
 from .fab import FABTargeted
 
 __all__ = ["MD", "MDE", "md_run", "md_step_size"]
@@ -58,11 +59,10 @@ def md_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, st
         z = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(z).float()
-            z_y = logits[u, y]
             if target is None:
-                z_o = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
+                z_y, z_o = true_and_best_other(logits, y)
             else:
-                z_o = logits[u, target]
+                z_y, z_o = logits[u, y], logits[u, target]
             if i < 1:
                 loss = z_y
             elif i < change_point:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import kl_per_example, log_probs, true_and_best_other
 from .base import Attack, project_linf, register
 
 __all__ = ["attack_loss", "cw_margin_loss", "input_grad_only", "pgd", "FGSM", "PGD", "CWInf"]
@@ -21,8 +22,7 @@ def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -
     """Per-example CW margin loss (Carlini & Wagner 2017), L-inf version as in GAIRAT/MART code:
     ``-clamp(z_y - max_{j!=y} z_j + kappa, min=0)``. Maximizing it pushes the true logit below the
     best other logit; ``kappa=50`` keeps the gradient alive past the boundary."""
-    z_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
-    z_other = logits.scatter(1, y.view(-1, 1), float("-inf")).amax(dim=1)
+    z_y, z_other = true_and_best_other(logits, y)
     return -(z_y - z_other + kappa).clamp_min(0.0)
 
 
@@ -32,7 +32,8 @@ def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, target_logp: t
 
     * ``ce``: cross-entropy of the label;
     * ``cw``: :func:`cw_margin_loss` with ``kappa``;
-    * ``kl``: TRADES' KL(p_nat || p_adv), ``target_logp`` the natural log-probabilities.
+    * ``kl``: TRADES' KL(p_nat || p_adv) (:func:`virkit.ops.kl_per_example`), ``target_logp`` the
+      natural log-probabilities (:func:`virkit.ops.log_probs` of the natural logits).
     """
     if kind == "ce":
         return F.cross_entropy(logits.float(), y, reduction="none")
@@ -41,8 +42,7 @@ def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, target_logp: t
     if kind == "kl":
         if target_logp is None:
             raise ValueError("the 'kl' attack loss needs target_logp (natural log-probabilities)")
-        logq = F.log_softmax(logits.float(), dim=1)
-        return (target_logp.exp() * (target_logp - logq)).sum(dim=1)
+        return kl_per_example(None, logits, logp=target_logp)
     raise ValueError(f"unknown attack loss {kind!r}; valid: ce, cw, kl")
 
 
@@ -102,7 +102,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         if target_logits is None:
             with torch.no_grad():
                 target_logits = model(x)
-        target_logp = F.log_softmax(target_logits.detach().float(), dim=1)
+        target_logp = log_probs(target_logits.detach())
     x_adv = random_init(x, eps, random_start, generator, bounds)
     count = torch.zeros(x.shape[0], device=x.device, dtype=torch.int32) if count_correct else None
     with input_grad_only(model):

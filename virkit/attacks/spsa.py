@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .apgd import correct_mask, margin
-from .base import Attack, register
+from .apgd import margin
+from .base import Attack, on_correct, register
 
 __all__ = ["SPSA"]
 
@@ -89,8 +89,4 @@ class SPSA(Attack):
 
     def perturb(self, model, x, y):
         gen = self.generator(x.device)
-        x_adv = x.clone()
-        idx = correct_mask(model, x, y).nonzero().squeeze(1)
-        if idx.numel():
-            x_adv[idx] = self._run(model, x[idx], y[idx], gen)
-        return x_adv
+        return on_correct(model, x, y, lambda xs, ys: self._run(model, xs, ys, gen))

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from .apgd import attack_rounds, correct_mask, margin
-from .base import Attack, register
+from .apgd import margin
+from .base import Attack, attack_rounds, correct_mask, register
 
 __all__ = ["Square", "square_p_schedule"]
 
