@@ -73,7 +73,7 @@ def jupyter_lab(tmp_path):
     root = tmp_path / "lab"
     root.mkdir()
     nb = load_notebook_node(str(REPO / "notebooks" / "01_weight_explorer.ipynb"))
-    nb = parameterize_notebook(nb, {"preset": "tiny", "checkpoint": "", "fig_dir": str(tmp_path / "figs"),
+    nb = parameterize_notebook(nb, {"preset": "smoke", "checkpoint": "", "fig_dir": str(tmp_path / "figs"),
                                        "runs_root": str(tmp_path / "runs")}, kernel_name="python3",
                                   language="python")
     write_ipynb(nb, str(root / "01_weight_explorer.ipynb"))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from virkit import eval_doc
 from virkit import evaluate as ev
 from virkit.attacks import ATTACK_PRESETS, ATTACKS, Attack
 from virkit.data import Split
@@ -276,7 +277,7 @@ def test_warnings_are_recorded_and_printed(model, split, monkeypatch, capsys):
             return self.net(x + (torch.round(x * 4) / 4 - x).detach())
 
     fake = {"fgsm": 0.2, "pgd10": 0.3}
-    monkeypatch.setattr(ev, "masking_warnings", lambda acc: masking_warnings({**acc, **fake}))
+    monkeypatch.setattr(eval_doc, "masking_warnings", lambda acc: masking_warnings({**acc, **fake}))
     res = _run(Masked(model), split, ["natural", "fgsm"], n_examples=16)
     assert res["warnings"] and "pgd10" in res["warnings"][0]
     assert "warning" in capsys.readouterr().err

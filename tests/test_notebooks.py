@@ -4,8 +4,10 @@
   papermill and virkit parse;
 * parameter validation: unknown names and wrong types give a one-line error and exit code 2;
 * a failing notebook does not stop the others and makes the run exit 1; ``--jobs 2`` works;
-* every notebook executes through papermill with the ``tiny`` preset (fails on any error), writes
-  its figures (PNG + PDF) and the index, and a second run reuses the trained runs.
+* every notebook executes through papermill with the ``smoke`` preset (fails on any error), writes
+  its figures (PNG + PDF) and the index, and a second run reuses the trained runs;
+* ``setup(name)`` reads the notebook's parameters from the caller's namespace and validates them;
+* a notebook preset is the trainer preset of the same name (no training overrides).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 
+from virkit import analysis  # noqa: E402
 from virkit import notebooks as N  # noqa: E402
 from virkit.errors import VirkitError  # noqa: E402
 
@@ -49,7 +52,7 @@ def test_parameters_parse_in_virkit_and_papermill(name, capsys):
     path = NB_DIR / f"{name}.ipynb"
     params = N.notebook_parameters(path)
     assert set(N.COMMON_PARAMETERS) <= set(params)
-    assert params["preset"].default == "quick"
+    assert params["preset"].default == "demo"
     pm_params = inspect_notebook(str(path))
     assert set(pm_params) == set(params)
     assert "Unable to parse" not in capsys.readouterr().err  # papermill reads every line
@@ -60,6 +63,79 @@ def test_every_preset_value_is_a_valid_parameter():
         for nb, values in spec["notebooks"].items():
             N.validate_parameters(NB_DIR / f"{nb}.ipynb", values)
         N.train_config(preset, "vir-at")  # the shared budget is a valid TrainConfig
+
+
+def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
+    """``virkit notebooks run --preset demo`` trains what ``virkit train --preset demo`` trains."""
+    from virkit.attacks import attack_names
+    from virkit.config import PRESETS as TRAINER_PRESETS
+    from virkit.config import resolve_config
+
+    for preset, spec in N.PRESETS.items():
+        assert preset in TRAINER_PRESETS
+        assert set(spec) <= {"description", "robust_attack", "seeds", "notebooks", "eval_attacks"}, preset
+        for m in ("natural", "at", "vir-at", "vir-trades-sd"):
+            assert N.train_config(preset, m, seed=1) == resolve_config(preset, method=m, seed=1)
+        assert set(spec.get("eval_attacks", [])) <= set(attack_names())
+        evaluated = [*TRAINER_PRESETS[preset].get("eval_attacks", resolve_config(preset).eval_attacks),
+                     *spec.get("eval_attacks", [])]
+        assert spec["robust_attack"] in evaluated, preset
+    demo = resolve_config("demo")
+    assert (demo.model, demo.train_subset, demo.epochs, demo.attack_steps) == ("small-cnn", 1500, 3, 2)
+    smoke = resolve_config("smoke")
+    assert (smoke.model, smoke.train_subset, smoke.epochs, smoke.attack_steps) == ("small-cnn", 128, 2, 1)
+
+
+def test_ablation_grid_parameters_are_the_papers_grids():
+    """Notebook 07's grid parameters are the names :func:`virkit.analysis.ablation_results` reads, and
+    their defaults plus the paper's value are the paper's grids (Tables 9-12)."""
+    from virkit import paper
+
+    params = N.notebook_parameters(NB_DIR / "07_ablations.ipynb")
+    grid_names = {n for n in params if "_grid_" in n}
+    expected = set()
+    for sweep in paper.SWEEPS.values():
+        for h in sweep.swept:
+            name = analysis.grid_parameter(h, sweep.method)
+            expected.add(name)
+            assert sorted({*params[name].default, sweep.defaults[h]}) == sorted(sweep.values(h)), name
+    assert grid_names == expected
+
+
+def test_setup_reads_the_parameters_from_the_callers_namespace(tmp_path, capsys):
+    values = {"preset": "smoke", "fig_dir": str(tmp_path / "f"), "runs_root": str(tmp_path / "r"),
+              "dataset": "cifar10", "model": "", "method": "at", "seed": 3}
+    ctx = N.setup("03_train_and_evaluate", dict(values))
+    assert ctx.params == values and ctx.preset == "smoke" and ctx.robust_attack == "fgsm"
+    assert ctx.runs_root == tmp_path / "r" and ctx.fig_dir == tmp_path / "f"
+    assert ctx.parameters == {"preset": "smoke", "dataset": "cifar10", "model": "", "method": "at", "seed": 3}
+    assert "preset='smoke'" in capsys.readouterr().out
+
+    # the caller's globals by default (a notebook's variables)
+    ns = {**values, "N": N}
+    exec("ctx = N.setup('03_train_and_evaluate')", ns)
+    assert ns["ctx"].params["seed"] == 3
+
+    with pytest.raises(VirkitError, match="parameter 'seed' must be int"):
+        N.setup("03_train_and_evaluate", {**values, "seed": "zero"})
+    with pytest.raises(VirkitError, match="parameter\\(s\\) method, seed not defined"):
+        N.setup("03_train_and_evaluate", {k: v for k, v in values.items() if k not in ("method", "seed")})
+    with pytest.raises(VirkitError, match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, paper"):
+        N.setup("03_train_and_evaluate", {**values, "preset": "quick"})
+    with pytest.raises(VirkitError, match="cannot find notebook 99_nothing.ipynb"):
+        N.setup("99_nothing", values)
+
+
+def test_a_parameters_line_papermill_cannot_read_is_an_error(tmp_path):
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook()
+    p = new_code_cell('preset = "demo"  # preset\nlabel = "a=b"  # papermill skips a line with two =')
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p]
+    nbformat.write(nb, tmp_path / "01_x.ipynb")
+    with pytest.raises(VirkitError, match="papermill cannot read label"):
+        N.notebook_parameters(tmp_path / "01_x.ipynb")
 
 
 def test_validation_errors():
@@ -78,22 +154,22 @@ def test_validation_errors():
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
-    args = ["run", "--preset", "tiny", "--only", "03", "-p", "metod=at", "--out-root", str(tmp_path / "r"),
+    args = ["run", "--preset", "smoke", "--only", "03", "-p", "metod=at", "--out-root", str(tmp_path / "r"),
             "--fig-root", str(tmp_path / "f")]
     assert N.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("virkit: error: unknown notebook parameter(s) 'metod'")
-    assert N.main(["run", "--preset", "tiny", "--only", "03", "-p", "seed=abc", "--out-root", str(tmp_path / "r"),
+    assert N.main(["run", "--preset", "smoke", "--only", "03", "-p", "seed=abc", "--out-root", str(tmp_path / "r"),
                    "--fig-root", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "parameter 'seed' must be int" in err[0]
-    assert N.main(["run", "--preset", "tiny", "--only", "nosuchbook", "--out-root", str(tmp_path / "r")]) == 2
+    assert N.main(["run", "--preset", "smoke", "--only", "nosuchbook", "--out-root", str(tmp_path / "r")]) == 2
     assert "matches 0 notebooks" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing created before validation passed
     # through the project CLI as well, when it registers the subcommand
     from virkit import cli
     try:
-        code = cli.main(["notebooks", "run", "--preset", "tiny", "--only", "03", "-p", "metod=at",
+        code = cli.main(["notebooks", "run", "--preset", "smoke", "--only", "03", "-p", "metod=at",
                          "--out-root", str(tmp_path / "r")])
     except SystemExit as e:  # pragma: no cover - CLI without the notebooks subcommand
         pytest.skip(f"virkit CLI does not dispatch 'notebooks' ({e})")
@@ -101,7 +177,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
 
 
 def test_list_and_selection(capsys):
-    assert N.main(["list", "--preset", "tiny"]) == 0
+    assert N.main(["list", "--preset", "smoke"]) == 0
     out = capsys.readouterr().out
     assert "02_gaussian_mixture_theory" in out and "mc_samples" in out and "20000" in out
     sel = N.resolve_notebooks("02,explorer,08_attributions", NB_DIR)
@@ -114,7 +190,7 @@ def _mini_notebook(path: Path, body: str) -> None:
     from nbformat.v4 import new_code_cell, new_notebook
 
     nb = new_notebook()
-    p = new_code_cell('preset = "quick"  # preset\nfig_dir = ""  # figures\nruns_root = ""  # runs\nx = 1  # a number')
+    p = new_code_cell('preset = "demo"  # preset\nfig_dir = ""  # figures\nruns_root = ""  # runs\nx = 1  # a number')
     p.metadata["tags"] = ["parameters"]
     nb.cells = [p, new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -130,18 +206,18 @@ def test_failure_does_not_stop_the_others(tmp_path, jobs, capsys):
                    "import matplotlib.pyplot as plt\nfrom virkit.figures import FigureSaver\n"
                    "fig, ax = plt.subplots(); ax.plot([0, x]); ax.set_title('t')\n"
                    "FigureSaver(fig_dir, '02_passes', {'x': x}).save(fig, 'line', 'a line')")
-    code = N.run_notebooks("tiny", jobs=jobs, out_root=tmp_path / "out", fig_root=tmp_path / "fig", folder=folder,
+    code = N.run_notebooks("smoke", jobs=jobs, out_root=tmp_path / "out", fig_root=tmp_path / "fig", folder=folder,
                            parameters_override={"x": 3})
     out = capsys.readouterr().out
     assert code == 1
     assert "FAILED 01_fails" in out and "ValueError: boom in the notebook" in out
     assert "1 passed, 1 failed" in out
-    assert (tmp_path / "out" / "tiny" / "02_passes.ipynb").is_file()
-    assert (tmp_path / "fig" / "tiny" / "02_passes__line.png").is_file()
-    assert (tmp_path / "fig" / "tiny" / "02_passes__line.pdf").is_file()
-    index = (tmp_path / "fig" / "tiny" / "index.md").read_text()
+    assert (tmp_path / "out" / "smoke" / "02_passes.ipynb").is_file()
+    assert (tmp_path / "fig" / "smoke" / "02_passes__line.png").is_file()
+    assert (tmp_path / "fig" / "smoke" / "02_passes__line.pdf").is_file()
+    index = (tmp_path / "fig" / "smoke" / "index.md").read_text()
     assert "02_passes__line.png" in index and "x=3" in index
-    summary = json.loads((tmp_path / "out" / "tiny" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "smoke" / "summary.json").read_text())
     assert [r["status"] for r in summary["results"]] == ["failed", "ok"]
 
 
@@ -157,36 +233,36 @@ def test_kernelspec_uses_this_interpreter(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# every notebook, executed with the tiny preset
+# every notebook, executed with the smoke preset
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_batch(tmp_path_factory, stand_in_root):
-    root = tmp_path_factory.mktemp("nb_tiny")
+def smoke_batch(tmp_path_factory, stand_in_root):
+    root = tmp_path_factory.mktemp("nb_smoke")
     os.environ.setdefault("VIRKIT_DATA", str(stand_in_root))
     t = time.time()
-    code = N.run_notebooks("tiny", out_root=root / "runs", fig_root=root / "figures", threads=1)
+    code = N.run_notebooks("smoke", out_root=root / "runs", fig_root=root / "figures", threads=1)
     return {"code": code, "root": root, "seconds": time.time() - t}
 
 
-def test_all_notebooks_execute_with_tiny_preset(tiny_batch):
-    root = tiny_batch["root"]
-    summary = json.loads((root / "runs" / "tiny" / "summary.json").read_text())
+def test_all_notebooks_execute_with_smoke_preset(smoke_batch):
+    root = smoke_batch["root"]
+    summary = json.loads((root / "runs" / "smoke" / "summary.json").read_text())
     failed = {r["name"]: r["error"] for r in summary["results"] if r["status"] != "ok"}
     assert not failed, f"notebooks failed: {failed}"
-    assert tiny_batch["code"] == 0
+    assert smoke_batch["code"] == 0
     assert [r["name"] for r in summary["results"]] == EXPECTED
 
 
 @pytest.mark.parametrize("name", EXPECTED)
-def test_notebook_outputs(tiny_batch, name):
-    root = tiny_batch["root"]
-    nb = nbformat.read(root / "runs" / "tiny" / f"{name}.ipynb", as_version=4)
+def test_notebook_outputs(smoke_batch, name):
+    root = smoke_batch["root"]
+    nb = nbformat.read(root / "runs" / "smoke" / f"{name}.ipynb", as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and 'preset = "tiny"' in injected[0].source
-    figs = root / "figures" / "tiny"
+    assert injected and 'preset = "smoke"' in injected[0].source
+    figs = root / "figures" / "smoke"
     pngs = sorted(figs.glob(f"{name}__*.png"))
     assert pngs, f"{name} saved no figure"
     for png in pngs:
@@ -197,9 +273,9 @@ def test_notebook_outputs(tiny_batch, name):
     assert f"## {name}" in index and (figs / "index.html").is_file()
 
 
-def test_shared_runs_are_reused(tiny_batch):
+def test_shared_runs_are_reused(smoke_batch):
     """A run trained by one notebook is reused (not retrained) when asked for again."""
-    runs_root = tiny_batch["root"] / "runs" / "tiny" / "runs"
+    runs_root = smoke_batch["root"] / "runs" / "smoke" / "runs"
     dirs = sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = {p.name.split("-s0-")[0] for p in dirs}
     assert {"cifar10-small-cnn-natural", "cifar10-small-cnn-at", "cifar10-small-cnn-vir-at",
@@ -207,9 +283,29 @@ def test_shared_runs_are_reused(tiny_batch):
     vir = next(p for p in dirs if p.name.startswith("cifar10-small-cnn-vir-at-s0-"))
     mtime = (vir / "last.pt").stat().st_mtime_ns
     t = time.time()
-    again = N.shared_run("vir-at", "tiny", runs_root)
+    again = N.shared_run("vir-at", "smoke", runs_root)
     assert again == vir and time.time() - t < 10
     assert (vir / "last.pt").stat().st_mtime_ns == mtime
+
+
+def test_preset_eval_attacks_are_added_to_a_finished_run(smoke_batch, tmp_path, monkeypatch):
+    """A preset's ``eval_attacks`` beyond its trainer preset's (``paper``: the tables' columns) are
+    evaluated on a finished shared run and added to its eval.json, without training it again."""
+    import shutil
+
+    src = next((smoke_batch["root"] / "runs" / "smoke" / "runs").glob("cifar10-small-cnn-at-s0-*"))
+    run = tmp_path / "runs" / src.name
+    shutil.copytree(src, run)
+    before = N.load_eval(run)
+    assert set(before["attacks"]) == {"natural", "fgsm"}
+    mtime = (run / "last.pt").stat().st_mtime_ns
+    monkeypatch.setitem(N.PRESETS["smoke"], "eval_attacks", ["natural", "fgsm", "pgd10"])
+    assert N.shared_run("at", "smoke", tmp_path / "runs") == run
+    after = N.load_eval(run)
+    assert set(after["attacks"]) == {"natural", "fgsm", "pgd10"}
+    assert after["attacks"]["fgsm"]["accuracy"] == before["attacks"]["fgsm"]["accuracy"]
+    assert after["attacks"]["pgd10"]["accuracy"] <= after["attacks"]["natural"]["accuracy"]
+    assert (run / "last.pt").stat().st_mtime_ns == mtime
 
 
 def test_ablation_sweeps_logic(monkeypatch):
@@ -219,7 +315,7 @@ def test_ablation_sweeps_logic(monkeypatch):
     from virkit import report
 
     class FakeCtx:
-        preset, robust_attack = "tiny", "pgd10"
+        preset, robust_attack = "smoke", "pgd10"
         calls: list = []
 
         def run(self, method, seed=0, **over):
@@ -236,8 +332,9 @@ def test_ablation_sweeps_logic(monkeypatch):
 
     monkeypatch.setattr(report, "collect_runs", fake_collect)
     ctx = FakeCtx()
-    grids = {"beta_at": [0.0, 0.1], "alpha_at": [1.0, 3.0], "gamma_at": [2.0], "alpha_trades": [], "gamma_trades": []}
-    res = N.ablation_results(ctx, [9, 11, 12], grids, seeds=[0, 1])
+    grids = {"beta_grid_at": [0.0, 0.1], "alpha_grid_at": [1.0, 3.0], "gamma_grid_at": [2.0], "alpha_grid_trades": [],
+             "gamma_grid_trades": []}
+    res = analysis.ablation_results(ctx, [9, 11, 12], grids, seeds=[0, 1])
     t9 = res[9]["table"]
     assert list(t9.index) == ["α=7, γ=10, β=0", "★ α=7, γ=10, β=0.007", "α=7, γ=10, β=0.1"]
     assert t9.loc["α=7, γ=10, β=0.1", "PGD-10"] == "30.00 ± 0.00"

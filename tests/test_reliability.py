@@ -243,6 +243,21 @@ def test_load_checkpoint_refuses_code(kind, tmp_path):
         assert "posix.system" in str(e.value)  # the message names what was refused
 
 
+@pytest.mark.parametrize("kind", ["random", "truncated", "empty", "text"])
+def test_damaged_checkpoint_is_called_corrupt_not_hostile(kind, tmp_path):
+    """Random bytes or a cut-short file are no hostile pickle: the message says what is wrong."""
+    good = tmp_path / "good.pt"
+    torch.save({"format": FORMAT, "model": {"w": torch.zeros(64)}, "config": "{}", "data": {}}, good)
+    data = {"random": random.Random(0).randbytes(5000), "truncated": good.read_bytes()[:good.stat().st_size // 2],
+            "empty": b"", "text": b"hello world\n" * 10}[kind]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(data)
+    with pytest.raises(VirkitError) as e:
+        load_checkpoint(bad)
+    assert "not a virkit checkpoint (corrupt or truncated" in str(e.value), str(e.value)
+    assert "could run code" not in str(e.value)
+
+
 def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path, capsys):
     marker = tmp_path / "PWNED"
     evil = evil_checkpoint(tmp_path / "evil.pt", marker)
@@ -406,7 +421,7 @@ def test_notebook_parameters_validated_before_anything_runs(param, expected, tmp
     marker = tmp_path / "RAN"
     write_notebook(folder / "01_touch.ipynb", f"open({str(marker)!r}, 'w').write('ran')")
     capsys.readouterr()
-    rc = main(["notebooks", "run", "--preset", "tiny", "--notebook-dir", str(folder), "-p", param,
+    rc = main(["notebooks", "run", "--preset", "smoke", "--notebook-dir", str(folder), "-p", param,
                "--out-root", str(tmp_path / "out"), "--fig-root", str(tmp_path / "fig")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith("virkit: error: "), err
@@ -424,12 +439,12 @@ def test_failing_notebook_is_reported_and_the_others_still_run(tmp_path, monkeyp
     write_notebook(folder / "01_fails.ipynb", "raise ValueError('boom from notebook 01')")
     write_notebook(folder / "02_works.ipynb", "open(marker, 'w').write(f'ran with seed {seed}')")
     marker = tmp_path / "RAN"
-    rc = nb.run_notebooks(preset="tiny", folder=folder, out_root=tmp_path / "out", fig_root=tmp_path / "fig",
+    rc = nb.run_notebooks(preset="smoke", folder=folder, out_root=tmp_path / "out", fig_root=tmp_path / "fig",
                           parameters_override={"marker": str(marker), "seed": 3}, timeout=120)
     out = capsys.readouterr().out
     assert rc == 1
     assert marker.read_text() == "ran with seed 3", "the notebook after the failing one did not run"
-    summary = json.loads((tmp_path / "out" / "tiny" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "smoke" / "summary.json").read_text())
     status = {r["name"]: (r["status"], r["error"]) for r in summary["results"]}
     assert status["02_works"] == ("ok", "")
     assert status["01_fails"][0] == "failed" and "ValueError: boom from notebook 01" in status["01_fails"][1]

@@ -22,20 +22,20 @@ __all__ = ["FORMAT", "load_checkpoint", "read_checkpoint", "resolve_checkpoint_p
 FORMAT = "virkit-checkpoint-v1"
 
 
-def resolve_checkpoint_path(path: str | Path, which: str = "best") -> Path:
-    """A run directory resolves to its ``best.pt`` (or ``last.pt``); a file is returned as is."""
+def resolve_checkpoint_path(path: str | Path, which: str = "last") -> Path:
+    """A run directory resolves to its ``which``.pt (``last`` by default, as the trainer's final
+    evaluation and the CLI; the other one if it is missing); a file is returned as is."""
+    from .runs import RunDir
+
     p = Path(path)
     if p.is_dir():
-        for name in (f"{which}.pt", "last.pt", "best.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise VirkitError(f"run directory {p} holds no checkpoint (best.pt / last.pt); train it first")
+        return RunDir(p).existing_checkpoint(which)
     if not p.exists():
         raise VirkitError(f"checkpoint {p} does not exist; pass a run directory or a .pt file written by virkit")
     return p
 
 
-def read_checkpoint(path: str | Path, which: str = "best", map_location="cpu") -> dict:
+def read_checkpoint(path: str | Path, which: str = "last", map_location="cpu") -> dict:
     p = resolve_checkpoint_path(path, which)
     ck = safe_torch_load(p, map_location=map_location)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT or "model" not in ck:
@@ -52,7 +52,7 @@ def build_model_from_meta(cfg: dict, data_meta: dict) -> nn.Module:
                        in_channels=shape[0], image_size=shape[-1] if len(shape) == 3 else 1)
 
 
-def load_checkpoint(path: str | Path, device="cpu", which: str = "best", expect_model: str | None = None,
+def load_checkpoint(path: str | Path, device="cpu", which: str = "last", expect_model: str | None = None,
                     expect_num_classes: int | None = None) -> tuple[nn.Module, dict]:
     """Load a model from a run directory or ``.pt`` file; returns ``(model in eval mode, config dict)``.
 
@@ -60,8 +60,8 @@ def load_checkpoint(path: str | Path, device="cpu", which: str = "best", expect_
     not match ``expect_model`` / ``expect_num_classes``.
     """
     ck = read_checkpoint(path, which)
-    cfg = json.loads(ck["config"])
     meta = ck["data"]
+    cfg = {**json.loads(ck["config"]), "data": meta}   # what the checkpoint says about its data, always
     if expect_model is not None and cfg["model"] != expect_model:
         raise VirkitError(f"checkpoint {path} holds a {cfg['model']!r} model, not {expect_model!r}; pass the matching "
                           "--model or another checkpoint")

@@ -6,7 +6,6 @@ created or overwritten.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -129,51 +128,19 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from .attacks import attack_names
-    from .checkpoint import load_checkpoint, resolve_checkpoint_path
-    from .data import load_dataset, subset
-    from .errors import check_choice
-    from .trainer import HOLDOUT_SEED, resolve_device
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    if not attacks:
-        raise VirkitError("--attacks is empty; give a comma-separated list, e.g. natural,pgd100")
-    for a in attacks:
-        check_choice("attack", a, attack_names())
-    if args.n_examples is not None and args.n_examples <= 0:
-        raise VirkitError(f"--n-examples={args.n_examples} must be positive")
-    if args.batch_size <= 0:
-        raise VirkitError(f"--batch-size={args.batch_size} must be positive")
-    device = resolve_device(args.device)
-    which = args.which
-    if which is None and Path(args.checkpoint).is_dir():
-        run_cfg = Path(args.checkpoint) / "config.json"
-        try:
-            which = json.loads(run_cfg.read_text()).get("eval_checkpoint") if run_cfg.is_file() else None
-        except (OSError, ValueError):
-            which = None
-        which = which if which in ("best", "last") else "last"
-    ck_path = resolve_checkpoint_path(args.checkpoint, which or "last")
-    probe_model, cfg = load_checkpoint(ck_path, "cpu")
-    dataset = args.dataset or cfg["dataset"]
-    split = load_dataset(dataset, args.data_root or cfg.get("data_root"), "test")
-    model, _ = load_checkpoint(ck_path, device, expect_num_classes=split.num_classes)
-    if args.n_examples is not None and args.n_examples > len(split):
-        raise VirkitError(f"--n-examples={args.n_examples} is more than the test set has ({len(split)}); "
-                          f"use at most {len(split)}")
-    n = args.n_examples if args.n_examples is not None else (cfg.get("test_subset") if dataset == cfg["dataset"]
-                                                             else None)
-    split = subset(split, n, seed=HOLDOUT_SEED + 1)  # the trainer's draw of its test subset
-    out = Path(args.out) if args.out else ck_path.parent / "eval.json"
-    eps = args.eps if args.eps is not None else cfg.get("eps", 8 / 255)
-    from .evaluate import evaluate_model  # after every input check: a bad request fails fast and alone
-    res = evaluate_model(model, split.to(device), attacks, batch_size=args.batch_size, device=device,
-                         seed=args.seed if args.seed is not None else int(cfg.get("seed", 0)), eps=eps, out_path=out, progress=sys.stderr.isatty(), replace=args.replace,
-                         extra={"checkpoint": ck_path.name, "test_subset": n, "dataset_source": split.source})
+    from .evaluate import evaluate_run
+    from .runs import RunDir
+    res = evaluate_run(args.checkpoint, args.attacks, which=args.which, n_examples=args.n_examples,
+                       batch_size=args.batch_size, device=args.device, seed=args.seed, eps=args.eps,
+                       dataset=args.dataset, data_root=args.data_root, out=args.out, replace=args.replace,
+                       progress=sys.stderr.isatty())
     for name, r in res["attacks"].items():
         print(f"{name:>10s}: {100 * r['accuracy']:.2f}%  ({r['seconds']:.1f} s)")
-    if "worst_case" in res:
+    if res.get("worst_case"):
         print(f"{'worst case':>10s}: {100 * res['worst_case']['accuracy']:.2f}%")
-    print(f"written: {out} ({len(split)} test images)")
+    src = Path(args.checkpoint)
+    out = Path(args.out) if args.out else RunDir(src if src.is_dir() else src.parent).eval_file
+    print(f"written: {out} ({res['n_examples']} test images)")
     return 0
 
 
@@ -213,13 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_report(sub)
-    for mod in ("notebooks", "sweep"):
-        try:
-            m = __import__(f"virkit.{mod}", fromlist=["add_cli"])
-        except ImportError:
-            continue
-        if hasattr(m, "add_cli"):
-            m.add_cli(sub)
+    from . import notebooks, sweep
+    notebooks.add_cli(sub)
+    sweep.add_cli(sub)
     _add_list(sub)
     return parser
 

@@ -75,7 +75,6 @@ class TrainConfig:
     eval_batch_size: int = 256
     eval_checkpoint: str = "last"       # which checkpoint the final evaluation uses: last | best
     preset: str = "paper"
-    num_workers: int = 0                # unused: data lives on the device (kept for the record)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -129,6 +128,41 @@ PRESETS: dict[str, dict[str, Any]] = {
         "step_size": 4 / 255, "holdout_pgd_steps": 3, "batch_size": 128,
         "eval_attacks": ("natural", "fgsm", "pgd10"),
     },
+    # The notebooks' budgets: `virkit notebooks run --preset demo` trains every run with this preset,
+    # exactly what `virkit train --preset demo` trains. Units: images (subsets), 1-based epochs, step
+    # sizes as fractions of 255; everything not named is the dataclass default (eps 8/255, momentum 0.9).
+    "demo": {  # `make demo`: all eight notebooks, 11 runs of this, in about 4 minutes on 2 idle CPU cores
+        "model": "small-cnn",       # as quick: ResNet-18 is too slow for a few minutes on a CPU
+        "train_subset": 1500,       # 3% of CIFAR-10 (class-balanced): 15 steps an epoch
+        "test_subset": 250,         # final evaluation: 250 seeded test images per attack
+        "holdout": 200,             # per-epoch held-out natural + PGD accuracy
+        "epochs": 3,
+        "batch_size": 100,
+        "lr": 0.05,                 # as quick: the small CNN with BatchNorm tolerates a larger lr
+        "weight_decay": 5e-4,
+        "lr_milestones": (3,),      # lr /10 for the last epoch
+        "reweight_start": 2,        # one burn-in epoch (w = 1), then reweighting in epochs 2-3
+        "attack_steps": 2,          # PGD-2, step 5/255: two steps reach the eps = 8/255 ball's surface
+        "step_size": 5 / 255,
+        "holdout_pgd_steps": 2,
+        "eval_attacks": ("natural", "fgsm", "pgd10"),   # PGD-10 is the notebooks' robust attack here
+    },
+    "smoke": {  # the test suite's notebook run: seconds per run, models barely trained
+        "model": "small-cnn",
+        "train_subset": 128,        # two batches of 64 an epoch
+        "test_subset": 64,
+        "holdout": 32,
+        "epochs": 2,                # two, so that epoch 2 reweights (reweight_start 2)
+        "batch_size": 64,
+        "lr": 0.05,
+        "weight_decay": 5e-4,
+        "lr_milestones": (2,),
+        "reweight_start": 2,
+        "attack_steps": 1,          # single-step PGD (step 8/255 = eps): the cheapest attack that moves
+        "step_size": 8 / 255,
+        "holdout_pgd_steps": 1,
+        "eval_attacks": ("natural", "fgsm"),   # FGSM is the notebooks' robust attack here
+    },
 }
 
 # Paper-scale per-dataset/model adjustments (Sec. 5.1 and 5.3)
@@ -143,6 +177,7 @@ def config_hash(cfg: TrainConfig | dict) -> str:
     """A short hash of the settings that change the result (not device, paths or eval options)."""
     import hashlib
     d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
+    # num_workers: a field of older configs (data lives on the device), dropped from their hash too
     for k in ("device", "data_root", "eval_attacks", "eval_batch_size", "eval_checkpoint", "num_workers", "compile"):
         d.pop(k, None)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -40,7 +40,6 @@ What a distributed run does (docs/SCALE_OUT.md has the long form):
 """
 from __future__ import annotations
 
-import argparse
 import atexit
 import datetime
 import os
@@ -50,10 +49,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .devices import resolve_device
 from .errors import VirkitError
 
-__all__ = ["DistContext", "setup", "launched_by_torchrun", "shard_bounds", "TrainForwardDDP", "SYNC_BN_ENV",
-           "add_train_cli"]
+__all__ = ["DistContext", "setup", "launched_by_torchrun", "shard_bounds", "TrainForwardDDP", "SYNC_BN_ENV"]
 
 SYNC_BN_ENV = "VIRKIT_SYNC_BN"          # "1": SyncBatchNorm (what --sync-bn sets)
 BACKEND_ENV = "VIRKIT_DIST_BACKEND"     # force nccl/gloo (default: nccl on CUDA, gloo on CPU)
@@ -277,20 +276,16 @@ else:  # pragma: no cover - builds without torch.distributed
 
 
 def _resolve_device(device: str, local_rank: int) -> torch.device:
-    if device == "cpu":
-        return torch.device("cpu")
-    if device in ("auto", "cuda"):
-        if torch.cuda.is_available():
-            n = torch.cuda.device_count()
-            if local_rank >= n:
-                raise VirkitError(f"LOCAL_RANK={local_rank} but this machine has {n} CUDA device(s); "
-                                  f"use --nproc-per-node {n} or fewer")
-            return torch.device("cuda", local_rank)
-        if device == "cuda":
-            raise VirkitError("--device cuda asked for but CUDA is not available here; use --device cpu or auto")
-        return torch.device("cpu")
-    raise VirkitError(f"--device {device!r} cannot be used with torchrun: each process takes cuda:LOCAL_RANK "
-                      "(use --device auto or cuda, or cpu for gloo on the CPU)")
+    """Under torchrun each process takes ``cuda:LOCAL_RANK`` (or the CPU, for gloo)."""
+    if device not in ("cpu", "auto", "cuda"):
+        raise VirkitError(f"--device {device!r} cannot be used with torchrun: each process takes cuda:LOCAL_RANK "
+                          "(use --device auto or cuda, or cpu for gloo on the CPU)")
+    dev = resolve_device(device, local_rank=local_rank)
+    if dev.type == "cuda" and local_rank >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise VirkitError(f"LOCAL_RANK={local_rank} but this machine has {n} CUDA device(s); "
+                          f"use --nproc-per-node {n} or fewer")
+    return dev
 
 
 def setup(device: str = "auto", batch_size: int | None = None, sync_bn: bool | None = None,
@@ -357,22 +352,3 @@ def _destroy_quietly() -> None:
             dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - best effort at interpreter exit
         pass
-
-
-class _SyncBNAction(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        os.environ[SYNC_BN_ENV] = "1"
-        setattr(namespace, self.dest, True)
-
-
-def add_train_cli(subparsers) -> None:
-    """Add ``--sync-bn`` to ``virkit train`` (called from the CLI's extension hook)."""
-    p = getattr(subparsers, "choices", {}).get("train")
-    if p is None or "--sync-bn" in p._option_string_actions:
-        return
-    p.add_argument("--sync-bn", action=_SyncBNAction, nargs=0, default=False,
-                   help="with torchrun on CUDA: SyncBatchNorm (BatchNorm statistics over the global batch) "
-                        "instead of per-process BatchNorm")
-    if p.epilog and "torchrun" not in p.epilog:
-        p.epilog += ("\n\nseveral GPUs: torchrun --nproc-per-node N -m virkit train ... (batch size is global; "
-                     "see docs/SCALE_OUT.md)")

@@ -1,5 +1,4 @@
-"""Robustness evaluation: run a list of attacks on the first ``n_examples`` of a split and write
-``eval.json``.
+"""Robustness evaluation: run a list of attacks on a split and write ``eval.json``.
 
 Protocol (Sec. 5.4 of the paper, and AutoAttack's conventions):
 
@@ -12,40 +11,40 @@ Protocol (Sec. 5.4 of the paper, and AutoAttack's conventions):
   1e-6) before it is scored; a violation raises :class:`AdversarialCheckError`;
 * ``worst_case`` counts an example robust only if it is robust under every attack run;
 * the file is written atomically after natural accuracy and after every attack, and a later call
-  with the same settings (data, model weights, eps, seed, ``extra``) keeps the attacks already
-  finished (resume after an interruption, or add attacks to an existing evaluation).
+  with the same settings (data, model weights, eps, seed) keeps the attacks already finished
+  (resume after an interruption, or add attacks to an existing evaluation).
 
-Gradient-masking checks (Athalye et al. 2018; Carlini et al. 2019, "On evaluating adversarial
-robustness") are recorded under ``warnings`` and printed.
+Two entry points: :func:`evaluate_model` (a model and a split) and :func:`evaluate_run` (a run
+directory or checkpoint: the run's own test subset, seed, eps and eval checkpoint by default, under
+the run's writer lock). What the file holds is :mod:`virkit.eval_doc`'s business.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
+import dataclasses
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from .attacks import ATTACK_PRESETS, attack_names, get_attack
 from .attacks.base import eval_mode
+from .devices import model_device, resolve_device
 from .errors import VirkitError, check_range
+from .eval_doc import (EVAL_FORMAT, build_document, load_previous, masking_warnings, model_fingerprint,
+                       summarize, tensors_fingerprint)
 from .io import atomic_write_json, to_jsonable
 
-__all__ = ["evaluate_model", "check_adversarial", "AdversarialCheckError", "masking_warnings", "EVAL_FORMAT"]
+__all__ = ["evaluate_model", "evaluate_run", "EvalSettings", "check_adversarial", "AdversarialCheckError",
+           "masking_warnings", "EVAL_FORMAT"]
 
-EVAL_FORMAT = "virkit-eval-v1"
 TOLERANCE = 1e-6
-
-#: attacks that use gradients (white box) and those that only read scores (black box)
-WHITE_BOX = ("pgd10", "pgd20", "pgd100", "cw", "fmn100", "aa", "mde", "apgd-ce", "apgd-t", "fab-t")
-BLACK_BOX = ("square", "spsa")
 
 
 class AdversarialCheckError(RuntimeError):
@@ -74,7 +73,7 @@ def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds=(
 
 
 # ---------------------------------------------------------------------------------------------
-def _validate_attacks(attacks) -> list[str]:
+def _attack_list(attacks) -> list[str]:
     if isinstance(attacks, str):
         attacks = [a for a in attacks.split(",") if a.strip()]
     valid = attack_names()
@@ -90,283 +89,197 @@ def _validate_attacks(attacks) -> list[str]:
     return names
 
 
-def _fingerprint_tensors(tensors) -> str:
-    h = hashlib.sha1()
-    for t in tensors:
-        t = t.detach().to("cpu").contiguous()
-        h.update(str(tuple(t.shape)).encode())
-        h.update(str(t.dtype).encode())
-        if t.dtype == torch.bfloat16 or t.dtype == torch.float16:
-            t = t.float()
-        h.update(t.reshape(-1).numpy().tobytes())
-    return h.hexdigest()[:16]
+@dataclass
+class EvalSettings:
+    """What one evaluation runs, checked once when it is made (a bad value is one
+    :class:`VirkitError` naming it).
 
-
-def _model_fingerprint(model: nn.Module) -> str:
-    return _fingerprint_tensors([v.float() if v.is_floating_point() else v for v in model.state_dict().values()])
-
-
-def _summary(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-    correct = (pred == y)
-    conf = torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, num_classes)
-    per_class = []
-    for c in range(num_classes):
-        n_c = int(conf[c].sum())
-        per_class.append(float(conf[c, c]) / n_c if n_c else None)
-    return {"accuracy": float(correct.float().mean()) if len(y) else 0.0, "per_class_accuracy": per_class,
-            "confusion_matrix": conf.tolist(), "robust": correct.int().tolist(), "predictions": pred.tolist()}
-
-
-def _fairness(per_class: list, classes: list[str]) -> dict:
-    vals = [(v, c) for v, c in zip(per_class, classes) if v is not None]
-    if not vals:
-        return {"worst_class_accuracy": None, "worst_class": None, "best_minus_worst": None,
-                "std_across_classes": None}
-    accs = [v for v, _ in vals]
-    worst_v, worst_c = min(vals, key=lambda t: t[0])
-    mean = sum(accs) / len(accs)
-    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
-    return {"worst_class_accuracy": worst_v, "worst_class": worst_c, "best_minus_worst": max(accs) - worst_v,
-            "std_across_classes": std}
-
-
-def masking_warnings(acc: dict[str, float]) -> list[str]:
-    """Gradient-masking red flags from robust accuracies (fractions) by attack name.
-
-    * an iterative attack (PGD-k) above FGSM (Athalye et al. 2018: iterative attacks must be stronger);
-    * AutoAttack or MDE above PGD (a stronger ensemble cannot do worse than one of its ingredients'
-      weaker relative);
-    * a black-box attack (Square, SPSA) below a white-box attack (Athalye et al. 2018, Carlini et al.
-      2019: with useful gradients white-box attacks should be stronger);
-    * accuracy rising with more PGD steps (pgd100 above pgd20 or pgd10; pgd20 above pgd10).
+    ``attacks``: names from :func:`virkit.attacks.attack_names` (a list or a comma-separated
+    string); ``n_examples``: the first N of the split (None: all); ``attack_overrides`` maps an
+    attack name to settings that replace the paper's (e.g. ``{"spsa": {"iterations": 10}}``),
+    recorded in each attack's ``settings``; ``extra`` is recorded as is; ``replace``: an
+    ``out_path`` holding another evaluation is kept as ``.prev.json`` and a new one starts
+    (without it that is an error); ``progress``: a bar per attack and a line per finished attack.
     """
-    out = []
-    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
-    pgds = sorted((int(k[3:]), k) for k in acc if k.startswith("pgd") and k[3:].isdigit())
-    if "fgsm" in acc:
-        for _, k in pgds:
-            if acc[k] > acc["fgsm"]:
-                out.append(f"{k} accuracy {pct(acc[k])} is above fgsm accuracy {pct(acc['fgsm'])}: an iterative attack "
-                           "weaker than a single step suggests gradient masking")
-    for ens in ("aa", "mde"):
-        if ens in acc:
-            for _, k in pgds:
-                if acc[ens] > acc[k]:
-                    out.append(f"{ens} accuracy {pct(acc[ens])} is above {k} accuracy {pct(acc[k])}: the stronger "
-                               "attack did worse, check the evaluation for gradient masking or a bug")
-    for bb in BLACK_BOX:
-        if bb in acc:
-            beaten = [k for k in WHITE_BOX if k in acc and acc[bb] < acc[k]]
-            if beaten:
-                out.append(f"black-box {bb} accuracy {pct(acc[bb])} is below white-box "
-                           + ", ".join(f"{k} {pct(acc[k])}" for k in beaten)
-                           + ": gradient-based attacks are being obstructed (gradient masking)")
-    for i, (s1, k1) in enumerate(pgds):
-        for s2, k2 in pgds[i + 1:]:
-            if s2 > s1 and acc[k2] > acc[k1]:
-                out.append(f"{k2} accuracy {pct(acc[k2])} is above {k1} accuracy {pct(acc[k1])}: accuracy should not "
-                           "rise with more attack steps (gradient masking)")
-    return out
 
+    attacks: list[str]
+    eps: float = 8 / 255
+    seed: int = 0
+    batch_size: int = 256
+    n_examples: int | None = None
+    attack_overrides: dict[str, dict] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    replace: bool = False
+    progress: bool = True
 
-def _header_mismatch(doc: dict, header: dict) -> str | None:
-    """The first header field in which an earlier evaluation differs from this one, else None."""
-    for k, v in header.items():
-        if k == "extra":  # recorded for the reader; the fingerprints already identify model and data
-            continue
-        if k == "eps":
-            if not isinstance(doc.get("eps"), (int, float)) or abs(doc["eps"] - v) > 1e-12:
-                return f"eps {doc.get('eps')!r} there, {v!r} here"
-        elif doc.get(k) != v:
-            if k in ("n_examples", "seed", "dataset"):
-                return f"{k} {doc.get(k)!r} there, {v!r} here"
-            return f"{k.replace('_', ' ')} differs (another model or other images)"
-    return None
-
-
-def _load_previous(path: Path, header: dict, replace: bool = False) -> dict:
-    """The finished attacks of an existing eval.json written with the same header, else {}.
-
-    An existing virkit eval.json from another evaluation (other images, model, eps or seed) is never
-    overwritten silently: without ``replace`` a :class:`VirkitError` names the difference; with it the
-    old file is kept as ``<name>.prev.json`` and a new evaluation starts."""
-    if path is None or not path.is_file():
-        return {}
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        doc = None
-    if not isinstance(doc, dict) or doc.get("format") != EVAL_FORMAT:
-        if replace:
-            return {}
-        raise VirkitError(f"{path} exists and is not a virkit evaluation; choose another --out or pass --replace")
-    diff = _header_mismatch(doc, header)
-    if diff is not None:
-        if not replace:
-            raise VirkitError(f"{path} holds an evaluation with other settings ({diff}); pass --replace to start "
-                              "a new one (the old file is kept as .prev.json) or --out to write elsewhere")
-        return {}
-    atts = doc.get("attacks")
-    return atts if isinstance(atts, dict) else {}
-
-
-def _resolve_device(model: nn.Module, device) -> torch.device:
-    if device is not None and str(device) != "auto":
-        return torch.device(device)
-    p = next(iter(model.parameters()), None)
-    if p is None:
-        p = next(iter(model.buffers()), None)
-    return p.device if p is not None else torch.device("cpu")
+    def __post_init__(self):
+        self.attacks = _attack_list(self.attacks)
+        self.attack_overrides = dict(self.attack_overrides or {})
+        for k in self.attack_overrides:
+            if k not in ATTACK_PRESETS:
+                raise VirkitError(f"attack_overrides names unknown attack {k!r}; valid: {', '.join(ATTACK_PRESETS)}")
+        check_range("eps", self.eps, 0.0, 1.0, hint=" (eps is a fraction of the [0,1] pixel range: 8/255 = 0.0314)")
+        check_range("batch_size", self.batch_size, 1, 10 ** 7)
+        if self.n_examples is not None and int(self.n_examples) <= 0:
+            raise VirkitError(f"n_examples must be positive, got {self.n_examples}")
+        self.extra = dict(self.extra or {})
 
 
 def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = None, batch_size: int = 256,
                    device=None, seed: int = 0, eps: float = 8 / 255, out_path=None, progress: bool = True,
                    extra: dict | None = None, attack_overrides: dict[str, dict] | None = None,
                    replace: bool = False) -> dict:
-    """Evaluate ``model`` on the first ``n_examples`` of ``split`` (split order) under ``attacks``.
+    """Evaluate ``model`` on the first ``n_examples`` of ``split`` (split order) under ``attacks``;
+    the keyword arguments are those of :class:`EvalSettings` (or pass an :class:`EvalSettings` as
+    ``attacks`` and leave them out). An ``out_path`` holding an evaluation of the same model, images,
+    eps and seed is resumed (its finished attacks are kept). Returns the dict written to
+    ``out_path`` (if given) as ``eval.json``."""
+    settings = attacks if isinstance(attacks, EvalSettings) else EvalSettings(
+        attacks, eps=eps, seed=seed, batch_size=batch_size, n_examples=n_examples,
+        attack_overrides=attack_overrides or {}, extra=extra or {}, replace=replace, progress=progress)
+    return _Evaluation(model, split, settings, device, out_path).run()
 
-    ``attacks``: names from :func:`virkit.attacks.attack_names` (``natural``, ``fgsm``, ``pgd100``,
-    ``cw``, ``fmn100``, ``aa``, ``mde``, ``square``, ``spsa``, ...). ``attack_overrides`` maps an
-    attack name to settings that replace the paper's (e.g. ``{"spsa": {"iterations": 10}}``); they
-    are recorded in ``settings``. ``extra`` is recorded as is. An ``out_path`` holding an evaluation of
-    the same model, images, eps and seed is resumed (its finished attacks are kept); one holding another
-    evaluation raises :class:`VirkitError` unless ``replace`` (then it is kept as ``.prev.json``).
-    Returns the dict written to ``out_path`` (if given) as ``eval.json``.
-    """
-    names = _validate_attacks(attacks)
-    overrides = dict(attack_overrides or {})
-    for k in overrides:
-        if k not in ATTACK_PRESETS:
-            raise VirkitError(f"attack_overrides names unknown attack {k!r}; valid: {', '.join(ATTACK_PRESETS)}")
-    check_range("eps", eps, 0.0, 1.0, hint=" (eps is a fraction of the [0,1] pixel range: 8/255 = 0.0314)")
-    check_range("batch_size", batch_size, 1, 10 ** 7)
-    total = len(split)
-    n = total if n_examples is None else int(n_examples)
-    if n > total:
-        raise VirkitError(f"n_examples={n} is larger than the {getattr(split, 'name', '') or 'test'} split "
-                          f"({total} examples); use --n-examples <= {total}")
-    if n <= 0:
-        raise VirkitError(f"n_examples must be positive, got {n}")
-    classes = [str(c) for c in split.classes]
-    num_classes = len(classes)
-    dev = _resolve_device(model, device)
-    images = split.x.dtype == torch.uint8
-    bounds = (0.0, 1.0) if images else None
-    x_all, y_all = split.x[:n], split.y[:n].long().cpu()
-    if int(y_all.min()) < 0 or int(y_all.max()) >= num_classes:
-        raise VirkitError(f"labels outside 0..{num_classes - 1} in the split; the class list does not match the labels")
 
-    # fp32 model on the evaluation device; the caller's model is restored afterwards
-    work = model
-    if any(t.is_floating_point() and t.dtype != torch.float32 for t in list(model.parameters()) + list(model.buffers())):
-        work = copy.deepcopy(model).float()
-    orig_device = _resolve_device(work, None)
-    moved = orig_device != dev
-    if moved:
-        work.to(dev)
+class _Evaluation:
+    """One evaluation: the fp32 model on its device, the images, the header, the results so far."""
 
-    header = {"format": EVAL_FORMAT, "dataset": getattr(split, "name", ""), "source": getattr(split, "source", ""),
-              "classes": classes, "n_examples": n, "eps": float(eps), "seed": int(seed),
-              "data_fingerprint": _fingerprint_tensors([x_all, y_all]), "model_fingerprint": _model_fingerprint(work),
-              "extra": to_jsonable(extra or {})}
-    out_path = Path(out_path) if out_path is not None else None
-    previous = _load_previous(out_path, header, replace)
-    if out_path is not None:
-        try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            if replace and not previous and out_path.is_file():
-                os.replace(out_path, out_path.with_suffix(".prev.json"))
-        except OSError as e:
-            raise VirkitError(f"cannot write in {out_path.parent}: {e.strerror}; choose a writable output path") from None
+    def __init__(self, model: nn.Module, split, s: EvalSettings, device, out_path):
+        total = len(split)
+        n = total if s.n_examples is None else int(s.n_examples)
+        if n > total:
+            raise VirkitError(f"n_examples={n} is larger than the {getattr(split, 'name', '') or 'test'} split "
+                              f"({total} examples); use --n-examples <= {total}")
+        self.s = s
+        self.classes = [str(c) for c in split.classes]
+        self.num_classes = len(self.classes)
+        self.dev = model_device(model) if device is None or str(device) == "auto" else torch.device(device)
+        self.images = split.x.dtype == torch.uint8
+        self.bounds = (0.0, 1.0) if self.images else None
+        self.x_all, self.y_all = split.x[:n], split.y[:n].long().cpu()
+        if int(self.y_all.min()) < 0 or int(self.y_all.max()) >= self.num_classes:
+            raise VirkitError(f"labels outside 0..{self.num_classes - 1} in the split; the class list does not match "
+                              "the labels")
+        # fp32 model on the evaluation device; the caller's model is restored afterwards
+        self.model = model
+        if any(t.is_floating_point() and t.dtype != torch.float32
+               for t in list(model.parameters()) + list(model.buffers())):
+            self.model = copy.deepcopy(model).float()
+        self.header = {"format": EVAL_FORMAT, "dataset": getattr(split, "name", ""),
+                       "source": getattr(split, "source", ""), "classes": self.classes, "n_examples": n,
+                       "eps": float(s.eps), "seed": int(s.seed),
+                       "data_fingerprint": tensors_fingerprint([self.x_all, self.y_all]),
+                       "model_fingerprint": model_fingerprint(self.model), "extra": to_jsonable(s.extra)}
+        self.out_path = Path(out_path) if out_path is not None else None
+        self.previous = load_previous(self.out_path, self.header, s.replace)
+        self.results: dict[str, dict] = {}
+        self.doc: dict[str, Any] = {}
 
-    results: dict[str, dict] = {}
-    doc: dict[str, Any] = {}
-
-    def note(msg: str) -> None:
-        if progress:
+    def note(self, msg: str) -> None:
+        if self.s.progress:
             print(f"virkit: {msg}", file=sys.stderr)
 
-    def write() -> None:
-        doc.clear()
-        doc.update(_document(header, results, names, classes, y_all))
-        if out_path is not None:
+    def write(self) -> None:
+        self.doc.clear()
+        self.doc.update(build_document(self.header, self.results, self.s.attacks, self.classes, self.y_all))
+        if self.out_path is not None:
             try:
-                atomic_write_json(out_path, doc)
+                atomic_write_json(self.out_path, self.doc)
             except OSError as e:
-                raise VirkitError(f"cannot write {out_path}: {e.strerror or e}; choose a writable output path") from None
+                raise VirkitError(f"cannot write {self.out_path}: {e.strerror or e}; choose a writable output path"
+                                  ) from None
 
-    for k in previous:  # attacks of an earlier call with the same settings stay in the file
-        if k not in names:
-            results[k] = previous[k]
-    try:
-        with eval_mode(work), _autocast_off(dev):
-            _run_attacks(work, x_all, y_all, names, previous, results, overrides, write, note, dev=dev, eps=eps,
-                         seed=seed, bounds=bounds, images=images, batch_size=batch_size, progress=progress,
-                         num_classes=num_classes, out_path=out_path)
-    finally:
+    def run(self) -> dict:
+        if self.out_path is not None:
+            try:
+                self.out_path.parent.mkdir(parents=True, exist_ok=True)
+                if self.s.replace and not self.previous and self.out_path.is_file():
+                    os.replace(self.out_path, self.out_path.with_suffix(".prev.json"))
+            except OSError as e:
+                raise VirkitError(f"cannot write in {self.out_path.parent}: {e.strerror}; choose a writable output "
+                                  "path") from None
+        for k in self.previous:  # attacks of an earlier call with the same settings stay in the file
+            if k not in self.s.attacks:
+                self.results[k] = self.previous[k]
+        orig_device = model_device(self.model)
+        moved = orig_device != self.dev
         if moved:
-            work.to(orig_device)
-    write()
-    for w in doc["warnings"]:
-        print(f"virkit: warning: {w}", file=sys.stderr)
-    return doc
+            self.model.to(self.dev)
+        try:
+            with eval_mode(self.model), _autocast_off(self.dev):
+                nat_pred = self._natural()
+                for name in self.s.attacks:
+                    if name != "natural":
+                        self._attack(name, nat_pred)
+        finally:
+            if moved:
+                self.model.to(orig_device)
+        self.write()
+        for w in self.doc["warnings"]:
+            print(f"virkit: warning: {w}", file=sys.stderr)
+        return self.doc
 
+    def _batch(self, x: torch.Tensor) -> torch.Tensor:
+        return _float_batch(x, self.images).to(self.dev)
 
-def _run_attacks(work, x_all, y_all, names, previous, results, overrides, write, note, *, dev, eps, seed, bounds,
-                 images, batch_size, progress, num_classes, out_path) -> None:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    n = len(y_all)
-    # natural predictions (always needed: attacks only run on the naturally correct examples)
-    nat_pred = torch.empty(n, dtype=torch.long)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, n, batch_size):
-            xb = _float_batch(x_all[s:s + batch_size], images).to(dev)
-            nat_pred[s:s + batch_size] = work(xb).argmax(1).cpu()
-    nat_seconds = time.perf_counter() - t0
-    if "natural" in previous and previous["natural"].get("predictions") == nat_pred.tolist():
-        results["natural"] = previous["natural"]
-    elif "natural" in names:
-        results["natural"] = {**_summary(nat_pred, y_all, num_classes), "seconds": nat_seconds,
-                              "n_attacked": n, "settings": {"name": "natural"}}
-    if "natural" in names:
-        write()
-    correct = (nat_pred == y_all).nonzero().squeeze(1)     # in split order; attacked in full batches
-    for name in names:
-        if name == "natural":
-            continue
-        atk = get_attack(name, eps=eps, seed=seed, **{**overrides.get(name, {}),
-                                                      **({"bounds": None} if bounds is None else {})})
+    def _natural(self) -> torch.Tensor:
+        """Natural predictions (always needed: attacks only run on the naturally correct examples)."""
+        n, bs = len(self.y_all), self.s.batch_size
+        nat_pred = torch.empty(n, dtype=torch.long)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for s in range(0, n, bs):
+                nat_pred[s:s + bs] = self.model(self._batch(self.x_all[s:s + bs])).argmax(1).cpu()
+        seconds = time.perf_counter() - t0
+        prev = self.previous.get("natural")
+        if prev is not None and prev.get("predictions") == nat_pred.tolist():
+            self.results["natural"] = prev
+        elif "natural" in self.s.attacks:
+            self.results["natural"] = {**summarize(nat_pred, self.y_all, self.num_classes), "seconds": seconds,
+                                       "n_attacked": n, "settings": {"name": "natural"}}
+        if "natural" in self.s.attacks:
+            self.write()
+        return nat_pred
+
+    def _attack(self, name: str, nat_pred: torch.Tensor) -> None:
+        s = self.s
+        atk = get_attack(name, eps=s.eps, seed=s.seed, **{**s.attack_overrides.get(name, {}),
+                                                          **({"bounds": None} if self.bounds is None else {})})
         settings = to_jsonable(atk.describe())
-        if name in previous and previous[name].get("settings") == settings:
-            results[name] = previous[name]
-            note(f"{name}: kept from {out_path} (accuracy {100 * previous[name]['accuracy']:.2f}%)")
-            continue
+        prev = self.previous.get(name)
+        if prev is not None and prev.get("settings") == settings:
+            self.results[name] = prev
+            self.note(f"{name}: kept from {self.out_path} (accuracy {100 * prev['accuracy']:.2f}%)")
+            return
+        correct = (nat_pred == self.y_all).nonzero().squeeze(1)     # in split order; attacked in full batches
         pred = nat_pred.clone()
         seconds = 0.0
-        bar = (tqdm(total=len(correct), desc=name, unit="img", leave=False, file=sys.stderr)
-               if (progress and tqdm) else None)
-        for s in range(0, len(correct), batch_size):
-            idx = correct[s:s + batch_size]
-            xb = _float_batch(x_all[idx.to(x_all.device)], images).to(dev)
-            yb = y_all[idx].to(dev)
+        bar = _progress_bar(len(correct), name) if s.progress else None
+        for b in range(0, len(correct), s.batch_size):
+            idx = correct[b:b + s.batch_size]
+            xb = self._batch(self.x_all[idx.to(self.x_all.device)])
+            yb = self.y_all[idx].to(self.dev)
             t0 = time.perf_counter()
-            xa = atk(work, xb, yb)
-            check_adversarial(xa, xb, eps, bounds, name=name)
+            xa = atk(self.model, xb, yb)
+            check_adversarial(xa, xb, s.eps, self.bounds, name=name)
             with torch.no_grad():
-                pred[idx] = work(xa.float()).argmax(1).cpu()
+                pred[idx] = self.model(xa.float()).argmax(1).cpu()
             seconds += time.perf_counter() - t0
             if bar is not None:
                 bar.update(len(idx))
         if bar is not None:
             bar.close()
-        results[name] = {**_summary(pred, y_all, num_classes), "seconds": seconds, "n_attacked": len(correct),
-                         "settings": settings}
-        note(f"{name}: accuracy {100 * results[name]['accuracy']:.2f}% ({seconds:.1f} s)")
-        write()
+        self.results[name] = {**summarize(pred, self.y_all, self.num_classes), "seconds": seconds,
+                              "n_attacked": len(correct), "settings": settings}
+        self.note(f"{name}: accuracy {100 * self.results[name]['accuracy']:.2f}% ({seconds:.1f} s)")
+        self.write()
+
+
+def _progress_bar(total: int, name: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=name, unit="img", leave=False, file=sys.stderr)
 
 
 def _float_batch(x: torch.Tensor, images: bool) -> torch.Tensor:
@@ -392,27 +305,70 @@ class _autocast_off:
         return False
 
 
-def _document(header: dict, results: dict[str, dict], order: list[str], classes: list[str],
-              labels: torch.Tensor) -> dict:
-    ordered = {k: results[k] for k in order if k in results}
-    ordered.update({k: v for k, v in results.items() if k not in ordered})
-    doc = {**header, "labels": labels.tolist(), "attacks": ordered}
-    if ordered:
-        robust = torch.ones(len(labels), dtype=torch.bool)
-        worst_pred = labels.clone()
-        for r in ordered.values():  # the prediction under the first attack (in run order) that broke it
-            rb = torch.tensor(r["robust"], dtype=torch.bool)
-            pr = torch.tensor(r["predictions"], dtype=torch.long)
-            worst_pred = torch.where(robust & ~rb, pr, worst_pred)
-            robust &= rb
-        worst = _summary(worst_pred, labels, len(classes))
-        worst["seconds"] = sum(float(r.get("seconds", 0.0)) for r in ordered.values())
-        worst["settings"] = {"name": "worst case", "attacks": list(ordered)}
-        doc["worst_case"] = worst
-        doc["fairness"] = {name: _fairness(r["per_class_accuracy"], classes) for name, r in ordered.items()}
-        doc["fairness"]["worst_case"] = _fairness(worst["per_class_accuracy"], classes)
-    else:
-        doc["worst_case"] = None
-        doc["fairness"] = {}
-    doc["warnings"] = masking_warnings({k: r["accuracy"] for k, r in ordered.items()})
+# ---------------------------------------------------------------------------------------------
+def evaluate_run(source: str | os.PathLike, attacks=None, *, which: str | None = None, n_examples: int | None = None,
+                 batch_size: int = 256, device: str | torch.device = "auto", seed: int | None = None,
+                 eps: float | None = None, dataset: str | None = None, data_root: str | None = None,
+                 out: str | os.PathLike | None = None, replace: bool = False, progress: bool = False,
+                 attack_overrides: dict | None = None, test_split=None, log: Callable[[str], None] | None = None
+                 ) -> dict:
+    """Evaluate a virkit run directory (or one of its checkpoints) and write its eval.json.
+
+    By default it evaluates what the trainer evaluated: the run's eval checkpoint (``last`` unless
+    the run says otherwise), its seed and eps, and its seeded class-balanced test subset
+    (:func:`virkit.data.test_subset`), so adding attacks extends the run's own ``eval.json``.
+    ``n_examples`` takes the same seeded draw with another size; ``out`` writes elsewhere. The
+    eval.json (and, for a run's own eval.json, the run) is locked for the whole evaluation: a
+    second writer is refused. ``attacks`` defaults to the run's ``eval_attacks``. ``test_split``
+    (already on the device) skips reading the data again (the trainer's final evaluation).
+    Returns the eval.json document; with ``log`` a one-line summary is logged.
+    """
+    from .checkpoint import load_checkpoint, resolve_checkpoint_path
+    from .data import load_dataset, test_subset
+    from .runs import RunDir, eval_lock
+
+    early = EvalSettings(attacks if attacks is not None else ["natural"], batch_size=batch_size,
+                         n_examples=n_examples, eps=eps if eps is not None else 8 / 255,
+                         attack_overrides=attack_overrides or {}, replace=replace, progress=progress)
+    src = Path(source)
+    run = RunDir(src if src.is_dir() else src.parent)
+    out_path = Path(out) if out is not None else run.eval_file
+    # one writer per eval.json: refused before anything else when its folder exists (a run's own
+    # eval.json); a new --out folder is only created once every input has been checked
+    lock = eval_lock(out_path) if out_path.parent.is_dir() else None
+    try:
+        if which is None:
+            which = (run.read_config() or {}).get("eval_checkpoint") if src.is_dir() else None
+            which = which if which in ("best", "last") else "last"
+        ck_path = resolve_checkpoint_path(src, which)
+        dev = resolve_device(device)
+        model, cfg = load_checkpoint(ck_path, "cpu")
+        ds = dataset or cfg["dataset"]
+        n = n_examples if n_examples is not None else (cfg.get("test_subset") if ds == cfg["dataset"] else None)
+        settings = dataclasses.replace(early, attacks=attacks if attacks is not None else
+                                       list(cfg.get("eval_attacks") or ["natural"]), n_examples=None,
+                                       eps=eps if eps is not None else float(cfg.get("eps", 8 / 255)),
+                                       seed=seed if seed is not None else int(cfg.get("seed", 0)))
+        if test_split is None:
+            full = load_dataset(ds, data_root or cfg.get("data_root"), "test",
+                                gmm=(cfg.get("extra") or {}).get("gmm") if ds == "gaussian-mixture" else None)
+            n_model = len((cfg.get("data") or {}).get("classes") or full.classes)
+            if n_model != full.num_classes:
+                raise VirkitError(f"checkpoint {ck_path} has {n_model} classes but the dataset has "
+                                  f"{full.num_classes}; evaluate it on the dataset it was trained on")
+            if n is not None and n > len(full):
+                raise VirkitError(f"--n-examples={n} is more than the test set has ({len(full)}); use at most "
+                                  f"{len(full)}")
+            test_split = test_subset(full, n).to(dev)
+        settings.extra = {"checkpoint": ck_path.name, "test_subset": n, "dataset_source": test_split.source}
+        if lock is None:
+            lock = eval_lock(out_path)
+        doc = evaluate_model(model.to(dev), test_split, settings, device=dev, out_path=out_path)
+    finally:
+        if lock is not None:
+            lock.release()
+    if log is not None:
+        log(f"final evaluation ({ck_path.name}, {len(test_split)} test images): " +
+            ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in doc["attacks"].items()))
     return doc
+

@@ -90,23 +90,73 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _pickle_streams(data: bytes) -> list[bytes]:
+    """The pickle byte streams a checkpoint file holds: every ``*.pkl`` member of torch's zip format,
+    else the file itself (torch's legacy format and bare pickles: consecutive pickles)."""
+    import zipfile
+
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+    return [data]
+
+
+def _imported_global(data: bytes) -> str | None:
+    """The first global (``module.name``: a class or a function, what ``weights_only`` refuses and
+    what could run code) that the file's pickles import; ``""`` when they parse and import none;
+    None when the file does not parse as pickles at all (random bytes, a truncated file)."""
+    import pickletools
+
+    try:
+        streams = _pickle_streams(data)
+    except Exception:  # noqa: BLE001 - a damaged zip
+        return None
+    if not streams:
+        return None
+    for stream in streams:
+        buf = io.BytesIO(stream)
+        parsed_any, strings = False, []
+        while buf.tell() < len(stream):
+            try:
+                for op, arg, _ in pickletools.genops(buf):
+                    if isinstance(arg, str):
+                        strings = (strings + [arg])[-2:]
+                    if op.name in ("GLOBAL", "INST"):
+                        return str(arg).replace(" ", ".")
+                    if op.name == "STACK_GLOBAL":
+                        return ".".join(strings) or "a global"
+            except Exception:  # noqa: BLE001 - not a pickle (or cut short)
+                if not parsed_any:
+                    return None
+                break   # legacy format: raw tensor bytes follow the pickles
+            parsed_any = True
+    return ""
+
+
 def safe_torch_load(path: str | os.PathLike, map_location="cpu") -> Any:
     """``torch.load(weights_only=True)`` with errors a person can act on.
 
     A file that needs arbitrary unpickling (a class, a function: anything that could run code) is
-    refused and its payload never executes."""
+    refused and its payload never executes. A file that is no checkpoint at all (random bytes, cut
+    short by a failed copy) is reported as such, not as a hostile file."""
     path = Path(path)
     if not path.is_file():
         raise VirkitError(f"checkpoint {path} does not exist; pass a run directory or a .pt file written by virkit")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "UnpicklingError" in type(e).__name__:
+        text = str(e)
+        msg = text.splitlines()[0] if text else type(e).__name__
+        refused = "GLOBAL" in text or ("weights_only" in text or "UnpicklingError" in type(e).__name__)
+        imported = None if "GLOBAL" in text or not refused else _imported_global(path.read_bytes())
+        if "GLOBAL" in text or imported:
             # name what was refused (e.g. "unsupported GLOBAL posix.system"), not torch's generic preamble
-            msg = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), msg)
+            msg = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln),
+                       f"unsupported GLOBAL {imported}")
             raise VirkitError(f"refusing to load {path}: it contains pickled objects that could run code "
                               f"({msg[:160]}); only load checkpoints written by virkit from sources you trust"
                               ) from None
-        raise VirkitError(f"cannot read checkpoint {path}: {type(e).__name__}: {msg[:200]}; the file is corrupt or "
-                          "truncated, use another checkpoint (e.g. best.pt or last.pt)") from None
+        detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), msg) if refused else msg
+        raise VirkitError(f"cannot read checkpoint {path}: not a virkit checkpoint (corrupt or truncated: "
+                          f"{type(e).__name__}: {detail[:160]}); use another checkpoint (e.g. best.pt or last.pt)"
+                          ) from None

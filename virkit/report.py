@@ -24,6 +24,7 @@ import pandas as pd
 
 from . import paper
 from .errors import VirkitError
+from .runs import RunDir
 
 __all__ = ["collect_runs", "make_table", "to_markdown", "to_csv", "report_main", "mean_std", "MeanStd", "TABLES",
            "METHOD_ORDER"]
@@ -64,18 +65,19 @@ def collect_runs(run_dirs) -> pd.DataFrame:
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     for d in dirs:
         p = Path(d)
+        run = RunDir(p)
         if not p.is_dir():
             _warn(f"skipping {p}: not a directory")
             continue
-        if not (p / "eval.json").is_file():
+        if not run.eval_file.is_file():
             _warn(f"skipping {p}: no eval.json (evaluate the run first: virkit evaluate --checkpoint {p})")
             continue
-        if not (p / "config.json").is_file():
+        if not run.config_file.is_file():
             _warn(f"skipping {p}: no config.json (not a virkit run directory)")
             continue
         try:
-            cfg = _read_json(p / "config.json")
-            ev = _read_json(p / "eval.json")
+            cfg = _read_json(run.config_file)
+            ev = _read_json(run.eval_file)
         except ValueError as e:
             _warn(f"skipping {p}: unreadable JSON ({e})")
             continue
@@ -126,7 +128,6 @@ def mean_std(values, scale: float = 100.0, empty: str = DASH) -> MeanStd:
     return MeanStd(f"{mean:.2f} ± {std:.2f}", mean, std, len(vals))
 
 
-_fmt = mean_std  # the old private name (virkit.notebooks)
 
 
 def _hp_label(row) -> str:

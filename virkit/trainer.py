@@ -1,13 +1,9 @@
 """One training loop for every method.
 
-``train(cfg, out_dir)`` writes, in ``out_dir``:
-
-* ``config.json``  the resolved config, seed, versions and device (written before the first epoch);
-* ``history.jsonl`` one JSON object per finished epoch (losses, lr, held-out natural and PGD
-  accuracy, per-class sum and mean of the weights, weight min/mean/max, seconds, images/s);
-* ``last.pt``      after every epoch (atomic); ``best.pt`` whenever held-out PGD accuracy improves;
-* ``eval.json``    the final evaluation (``cfg.eval_attacks``) of ``cfg.eval_checkpoint``;
-* ``summary.json`` written last: status ``finished``, final numbers, wall time.
+``train(cfg, out_dir)`` writes a run directory (:mod:`virkit.runs` owns its files): ``config.json``
+before the first epoch, ``history.jsonl`` and ``last.pt`` after every epoch, ``best.pt`` whenever
+held-out PGD accuracy improves, then the final evaluation (``eval.json``) and ``summary.json``.
+It holds the run's writer lock for its whole life.
 
 Randomness of epoch ``e`` (shuffling, augmentation, attack starts) is drawn from generators seeded
 with ``(seed, e)`` alone, so a run resumed from ``last.pt`` ends with exactly the weights of an
@@ -21,6 +17,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,35 +28,24 @@ from .attacks.base import eval_mode
 from .attacks.pgd import pgd
 from .checkpoint import FORMAT, build_model_from_meta, read_checkpoint
 from .config import TrainConfig, config_hash, validate
-from .data import DeviceLoader, Split, load_dataset, subset
+from .data import HOLDOUT_SEED, DeviceLoader, Split, holdout_subset, load_dataset, subset, test_subset
+from .devices import resolve_device
+from .distributed import DistContext
 from .distributed import setup as _dist_setup
 from .errors import NonFiniteLossError, VirkitError
-from .io import append_jsonl, atomic_torch_save, atomic_write_json
 from .methods import METHODS, method_step
+from .runs import RunAction, RunDir
 
-__all__ = ["train", "resolve_device", "default_run_dir", "run_status", "environment_info", "prepare_data",
-           "holdout_accuracy"]
-
-RUN_FILES = ("config.json", "history.jsonl", "last.pt", "best.pt", "eval.json", "summary.json")
-HOLDOUT_SEED = 20240101  # fixed: every run of a dataset is selected/monitored on the same held-out set
+__all__ = ["train", "resolve_device", "default_run_dir", "environment_info", "prepare_data", "holdout_accuracy",
+           "RunData", "EpochStats"]
 
 
 def _print_flush(msg: str) -> None:
     print(msg, flush=True)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise VirkitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VirkitError(f"device {name!r} asked for but CUDA is not available here; use --device cpu or auto")
-    return dev
+def _silent(msg: str) -> None:
+    pass
 
 
 def environment_info(device: torch.device) -> dict:
@@ -83,31 +69,32 @@ def default_run_dir(cfg: TrainConfig, root: str | os.PathLike = "runs") -> Path:
     return Path(root) / f"{cfg.dataset}-{cfg.model}-{cfg.method}-{cfg.preset}-s{cfg.seed}"
 
 
-def run_status(out_dir: Path) -> str:
-    """``empty`` (nothing of a run), ``finished``, or ``partial`` (config written, not finished)."""
-    if (out_dir / "summary.json").is_file():
-        try:
-            if json.loads((out_dir / "summary.json").read_text()).get("status") == "finished":
-                return "finished"
-        except (OSError, json.JSONDecodeError):
-            pass
-    if any((out_dir / f).exists() for f in RUN_FILES):
-        return "partial"
-    return "empty"
+@dataclass
+class RunData:
+    """The splits of a run, on its device, and what the checkpoint records about them."""
+
+    train: Split
+    test: Split
+    holdout: Split | None
+    meta: dict
 
 
-def prepare_data(cfg: TrainConfig, device: torch.device) -> tuple[Split, Split, Split]:
-    """(train, test, holdout) splits on ``device``; subsets seeded, holdout fixed per dataset."""
+def prepare_data(cfg: TrainConfig, device: torch.device) -> RunData:
+    """(train, test, holdout) splits on ``device``: the training subset seeded by the run's seed, the
+    held-out and test subsets by :mod:`virkit.data`'s fixed draws. Reads data only: nothing is written."""
     gmm = cfg.extra.get("gmm") if cfg.dataset == "gaussian-mixture" else None
     train = load_dataset(cfg.dataset, cfg.data_root, "train", gmm=gmm)
     test = load_dataset(cfg.dataset, cfg.data_root, "test", gmm=gmm)
     train = subset(train, cfg.train_subset, seed=cfg.seed)
-    holdout = subset(test, min(cfg.holdout, len(test)), seed=HOLDOUT_SEED) if cfg.holdout else None
-    test = subset(test, cfg.test_subset, seed=HOLDOUT_SEED + 1)
+    holdout = holdout_subset(test, cfg.holdout) if cfg.holdout else None
+    test = test_subset(test, cfg.test_subset)
     if cfg.batch_size > len(train):
         raise VirkitError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} examples); "
                           "lower --batch-size or raise --train-subset")
-    return train.to(device), test.to(device), holdout.to(device) if holdout is not None else None
+    meta = {"classes": train.classes, "mean": list(train.mean) if train.mean else None,
+            "std": list(train.std) if train.std else None, "shape": list(train.x.shape[1:]),
+            "source": train.source, "dataset": cfg.dataset}
+    return RunData(train.to(device), test.to(device), holdout.to(device) if holdout is not None else None, meta)
 
 
 def _lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -162,40 +149,163 @@ def _maybe_compile(model: nn.Module, cfg: TrainConfig, example: torch.Tensor, lo
         return model
 
 
-def _check_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool, reuse: bool) -> str:
-    """Decide what to do with ``out_dir``: 'new', 'resume', 'reuse' or 'overwrite'. Raises before
-    anything is written when the request would lose a run."""
-    status = run_status(out_dir) if out_dir.exists() else "empty"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VirkitError(f"output path {out_dir} exists and is not a directory; choose another --out")
-    if status == "empty":
-        return "new"
-    old_cfg = None
+def _build(cfg: TrainConfig, meta: dict, device: torch.device, dctx: DistContext, log) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model (channels_last if asked, SyncBatchNorm under ``--sync-bn``) and its SGD optimizer."""
+    model = build_model_from_meta(cfg.to_dict(), meta).to(device)
+    if cfg.channels_last and device.type in ("cuda", "cpu"):   # CPU too: oneDNN convs are faster in NHWC
+        model = model.to(memory_format=torch.channels_last)
+    model = dctx.prepare_model(model, log)   # SyncBatchNorm with --sync-bn under torchrun
+    opt_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if device.type == "cuda":
+        opt_kwargs["fused"] = True
+    return model, torch.optim.SGD(model.parameters(), **opt_kwargs)
+
+
+def _config_record(cfg: TrainConfig, device: torch.device, meta: dict, dctx: DistContext) -> dict:
+    """What config.json (and every checkpoint) records about the run."""
+    return {**cfg.to_dict(), "config_hash": config_hash(cfg), "environment": environment_info(device), "data": meta,
+            "method_description": METHODS[cfg.method].description,
+            "resolved_hyperparameters": {k: cfg.hp(k) for k in ("alpha", "beta", "gamma", "trades_beta")},
+            "random_start_resolved": cfg.random_start or METHODS[cfg.method].random_start,
+            **({"distributed": dctx.describe()} if dctx.enabled else {})}
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the last finished epoch, the best held-out PGD accuracy, the history."""
+
+    epoch: int = 0
+    best: float = -1.0
+    history: list = field(default_factory=list)
+
+    def add(self, record: dict) -> bool:
+        """Append an epoch's record; True when it improves the best held-out PGD accuracy (always
+        when there is no held-out PGD accuracy to compare)."""
+        self.history.append(record)
+        self.epoch = record["epoch"]
+        rob = record["holdout_pgd_acc"]
+        improved = rob > self.best if not math.isnan(rob) else True
+        if improved and not math.isnan(rob):
+            self.best = rob
+        return improved
+
+
+@dataclass
+class EpochStats:
+    """One epoch's statistics, accumulated on the device (no host synchronisation inside the epoch)."""
+
+    loss_sum: torch.Tensor
+    adv_correct: torch.Tensor
+    w_sum: torch.Tensor
+    w_cnt: torch.Tensor
+    w_min: torch.Tensor
+    w_max: torch.Tensor
+    bad_step: torch.Tensor
+    seen: int = 0
+
+    @classmethod
+    def zeros(cls, num_classes: int, device: torch.device) -> "EpochStats":
+        return cls(torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device, dtype=torch.int64),
+                   torch.zeros(num_classes, device=device, dtype=torch.float64),
+                   torch.zeros(num_classes, device=device, dtype=torch.float64),
+                   torch.full((), math.inf, device=device), torch.full((), -math.inf, device=device),
+                   torch.full((), -1, device=device, dtype=torch.int64))
+
+    def add(self, step: int, res, y: torch.Tensor, batch_reduction: str) -> None:
+        finite = torch.isfinite(res.loss.detach())
+        self.bad_step = torch.where((self.bad_step < 0) & ~finite, torch.tensor(step, device=y.device), self.bad_step)
+        self.loss_sum += res.loss.detach().double() * (1 if batch_reduction == "sum" else y.shape[0])
+        if res.logits_adv is not None:
+            self.adv_correct += (res.logits_adv.argmax(1) == y).sum()
+        w = res.weights.double()
+        self.w_sum.index_add_(0, y, w)
+        self.w_cnt.index_add_(0, y, torch.ones_like(w))
+        self.w_min = torch.minimum(self.w_min, res.weights.min().float())
+        self.w_max = torch.maximum(self.w_max, res.weights.max().float())
+        self.seen += y.shape[0]
+
+    def all_reduce(self, dctx: DistContext) -> None:
+        """The epoch's statistics over the global batch (all ranks' shards)."""
+        if dctx.enabled:
+            dctx.all_reduce_(self.loss_sum, self.adv_correct, self.w_sum, self.w_cnt)
+            dctx.all_reduce_(self.w_min, op="min")
+            dctx.all_reduce_(self.w_max, op="max")
+            self.seen = dctx.sum_int(self.seen)
+
+    def record(self, cfg: TrainConfig, epoch: int, lr: float, holdout: tuple[float, float], seconds: float) -> dict:
+        spec = METHODS[cfg.method]
+        seen = max(self.seen, 1)
+        return {
+            "epoch": epoch, "lr": lr,
+            "train_loss": float(self.loss_sum) / seen,
+            "train_adv_acc": float(self.adv_correct) / seen if spec.family != "natural" else None,
+            "holdout_nat_acc": holdout[0], "holdout_pgd_acc": holdout[1],
+            "reweighting_active": bool(spec.reweighted and epoch >= cfg.reweight_start),
+            "weight_sum_per_class": self.w_sum.tolist(),
+            "weight_mean_per_class": (self.w_sum / self.w_cnt.clamp_min(1)).tolist(),
+            "weight_min": float(self.w_min), "weight_mean": float(self.w_sum.sum() / self.w_cnt.sum().clamp_min(1)),
+            "weight_max": float(self.w_max),
+            "seconds": seconds, "images_per_s": self.seen / max(seconds, 1e-9),
+        }
+
+
+def _train_epoch(model: nn.Module, optimizer, loader: DeviceLoader, cfg: TrainConfig, epoch: int,
+                 device: torch.device, dctx: DistContext, autocast, n_train: int, progress: bool) -> EpochStats:
+    """One epoch of ``cfg.method``; stops early (all ranks together) at the first non-finite loss."""
+    lr = _lr_at(cfg, epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    seed = _epoch_seed(cfg, epoch)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(dctx.rank_seed(seed + 2))   # attack starts: rank 0 draws the single-process stream
+    model.train()
+    stats = EpochStats.zeros(loader.split.num_classes, device)
+    iterator = loader.epoch(seed)
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(iterator, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+    for step, (x, y, _idx) in enumerate(iterator):
+        if cfg.channels_last and device.type in ("cuda", "cpu"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        res = method_step(model, x, y, cfg, epoch, autocast=autocast, generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        # distributed: scale the shard's loss so that DDP's gradient average is the global-batch gradient
+        scale = dctx.loss_scale(x.shape[0], min(cfg.batch_size, n_train - step * cfg.batch_size), cfg.batch_reduction)
+        (res.loss if scale == 1.0 else res.loss * scale).backward()
+        optimizer.step()
+        stats.add(step, res, y, cfg.batch_reduction)
+        if device.type == "cpu" or step % 50 == 49:
+            stats.bad_step = dctx.first_bad_step(stats.bad_step)   # agreed by all ranks: they stop together
+            if int(stats.bad_step) >= 0:
+                break
+    stats.bad_step = dctx.first_bad_step(stats.bad_step)
+    return stats
+
+
+def _save_epoch(run: RunDir, model: nn.Module, optimizer, progress: Progress, improved: bool, cfg_record: dict,
+                meta: dict, dctx: DistContext) -> None:
+    """last.pt (and best.pt when improved) and history.jsonl, by rank 0; every rank raises if it fails."""
+    state = {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "epoch": progress.epoch, "best_metric": progress.best, "history": progress.history,
+             "config": json.dumps(cfg_record), "data": meta}
+    error = None
     try:
-        old_cfg = json.loads((out_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        pass
-    same = old_cfg is not None and old_cfg.get("config_hash") == config_hash(cfg)
-    if status == "finished" and reuse and same:
-        return "reuse"
-    if overwrite:
-        return "overwrite"
-    if resume:
-        if status == "finished":
-            if same:
-                return "reuse"
-            raise VirkitError(f"{out_dir} holds a finished run with a different config; use --overwrite to replace it "
-                              "or another --out")
-        if not (out_dir / "last.pt").is_file():
-            return "overwrite" if old_cfg is None or same else "conflict"
-        if old_cfg is not None and not same:
-            raise VirkitError(f"cannot resume {out_dir}: its config differs from the one given (hash "
-                              f"{old_cfg.get('config_hash')} vs {config_hash(cfg)}); rerun with the same options "
-                              "or use --overwrite")
-        return "resume"
-    what = "a finished run" if status == "finished" else "an unfinished run"
-    raise VirkitError(f"{out_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, "
-                      "or choose another --out")
+        if dctx.is_main:
+            run.save_checkpoint(state, "last")
+            if improved:
+                run.save_checkpoint({**state, "optimizer": {}}, "best")
+            run.write_history(progress.history)
+    except OSError as e:
+        error = VirkitError(f"cannot write checkpoint in {run.path}: {e.strerror or e}; training stopped so that no "
+                            "epoch goes unsaved; free space or fix permissions, then --resume")
+    dctx.raise_if_main_failed(error)
+
+
+def _epoch_line(cfg: TrainConfig, r: dict) -> str:
+    return (f"epoch {r['epoch']:3d}/{cfg.epochs} lr {r['lr']:.4g} loss {r['train_loss']:.4f} "
+            f"holdout nat {r['holdout_nat_acc']:.3f} pgd{cfg.holdout_pgd_steps} {r['holdout_pgd_acc']:.3f} "
+            f"w[{r['weight_min']:.3g},{r['weight_mean']:.3g},{r['weight_max']:.3g}] {r['images_per_s']:.0f} img/s")
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
@@ -205,198 +315,101 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
 
     ``resume``: continue from ``last.pt``; ``overwrite``: replace a run already there; ``reuse``:
     return a finished run with the same config without training. ``stop_after_epoch`` ends the
-    run early (unfinished, resumable), for tests. Returns the run directory.
+    run early (unfinished, resumable), for tests. Returns the run directory. Another process
+    writing the same directory is refused (:class:`virkit.runs.RunLockedError`, exit code 2).
 
     Launched by torchrun with several processes, this is one DistributedDataParallel run
-    (:mod:`virkit.distributed`): ``cfg.batch_size`` is the global batch, only rank 0 writes files;
-    ``sync_bn`` (default ``$VIRKIT_SYNC_BN``, set by ``--sync-bn``) uses SyncBatchNorm.
+    (:mod:`virkit.distributed`): ``cfg.batch_size`` is the global batch, only rank 0 locks and writes
+    files; ``sync_bn`` (default ``$VIRKIT_SYNC_BN``, set by ``--sync-bn``) uses SyncBatchNorm.
     """
-    log = _print_flush if log is None else (log or (lambda s: None))  # None: print; False: silent
+    log = _print_flush if log is None else (log or _silent)  # None: print; False: silent
     validate(cfg)
     dctx = _dist_setup(cfg.device, cfg.batch_size, sync_bn, log)   # single-process unless torchrun
     if not dctx.is_main:
-        log, progress = (lambda s: None), False
-    out = Path(out_dir) if out_dir is not None else default_run_dir(cfg)
-    action = dctx.on_main(lambda: _check_out_dir(out, cfg, resume, overwrite, reuse))  # rank 0 decides
-    if action == "reuse":
-        log(f"reusing finished run {out}")
-        dctx.close()
-        return out
-    if action == "conflict":
-        raise VirkitError(f"{out} holds an unfinished run with a different config and no last.pt; use --overwrite")
-    device = dctx.device if dctx.enabled else resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    train_split, test_split, holdout = dctx.everywhere(lambda: prepare_data(cfg, device))  # leaves out_dir untouched
+        log, progress = _silent, False
+    run = RunDir(out_dir if out_dir is not None else default_run_dir(cfg))
+    with run.claim("train", note=log) as claim:
+        # rank 0 takes the run's lock and decides what to do with the directory; every rank learns it
+        action = dctx.on_main(lambda: claim.acquire() and run.plan(config_hash(cfg), resume, overwrite, reuse))
+        if action is RunAction.REUSE:
+            log(f"reusing finished run {run.path}")
+            dctx.close()
+            return run.path
+        device = dctx.device if dctx.enabled else resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        data = dctx.everywhere(lambda: prepare_data(cfg, device))   # leaves the directory untouched
+        model, optimizer = _build(cfg, data.meta, device, dctx, log)
+        done = Progress()
+        if action is RunAction.RESUME:
+            ck = dctx.on_main(lambda: read_checkpoint(run.checkpoint("last"), "last",   # rank 0 reads, all get it
+                                                      map_location="cpu" if dctx.enabled else device))
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            done = Progress(int(ck["epoch"]), float(ck["best_metric"]), list(ck["history"]))
+            log(f"resuming {run.path} after epoch {done.epoch}")
+        cfg_record = _config_record(cfg, device, data.meta, dctx)
+        _start_files(run, action, cfg_record, dctx)
 
-    data_meta = {"classes": train_split.classes, "mean": list(train_split.mean) if train_split.mean else None,
-                 "std": list(train_split.std) if train_split.std else None, "shape": list(train_split.x.shape[1:]),
-                 "source": train_split.source, "dataset": cfg.dataset}
-    model = build_model_from_meta(cfg.to_dict(), data_meta).to(device)
-    if cfg.channels_last and device.type in ("cuda", "cpu"):   # CPU too: oneDNN convs are faster in NHWC
-        model = model.to(memory_format=torch.channels_last)
-    model = dctx.prepare_model(model, log)   # SyncBatchNorm with --sync-bn under torchrun
-    opt_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    if device.type == "cuda":
-        opt_kwargs["fused"] = True
-    optimizer = torch.optim.SGD(model.parameters(), **opt_kwargs)
+        autocast = _autocast_factory(cfg, device)
+        loader = DeviceLoader(data.train, cfg.batch_size, shuffle=True, augment=data.train.x.dtype == torch.uint8,
+                              drop_last=False, rank=dctx.rank, world_size=dctx.world_size)  # this rank's shard
+        run_model = _maybe_compile(model, cfg, data.train.float_images(torch.arange(2, device=device)), log)
+        run_model = dctx.wrap(run_model)   # DistributedDataParallel for the training forwards under torchrun
+        t_run = time.time()
+        for epoch in range(done.epoch + 1, cfg.epochs + 1):
+            t0 = time.time()
+            stats = _train_epoch(run_model, optimizer, loader, cfg, epoch, device, dctx, autocast, len(data.train),
+                                 progress)
+            if int(stats.bad_step) >= 0:
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch}, step {int(stats.bad_step) + 1} (method {cfg.method}, lr "
+                    f"{_lr_at(cfg, epoch):g}); stopped, last good checkpoint kept in {run.checkpoint('last')}; "
+                    "lower --lr or use --precision fp32")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            stats.all_reduce(dctx)
+            seconds = time.time() - t0
+            held = (holdout_accuracy(model, data.holdout, cfg) if data.holdout is not None and dctx.is_main
+                    else (math.nan, math.nan))   # rank 0 only; the others wait for its save
+            record = {**stats.record(cfg, epoch, _lr_at(cfg, epoch), held, seconds),
+                      "seconds_with_holdout": time.time() - t0}
+            improved = done.add(record)
+            _save_epoch(run, model, optimizer, done, improved, cfg_record, data.meta, dctx)
+            log(_epoch_line(cfg, record))
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+                dctx.close()
+                return run.path
 
-    start_epoch, best, history = 1, -1.0, []
-    if action == "resume":
-        ck = dctx.on_main(lambda: read_checkpoint(out / "last.pt", "last",   # rank 0 reads, all get it
-                                                  map_location="cpu" if dctx.enabled else device))
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        start_epoch, best, history = int(ck["epoch"]) + 1, float(ck["best_metric"]), list(ck["history"])
-        log(f"resuming {out} after epoch {start_epoch - 1}")
-    elif action == "overwrite" and dctx.is_main:
-        for f in RUN_FILES:
-            (out / f).unlink(missing_ok=True)
-    if dctx.is_main:   # only rank 0 writes files
-        out.mkdir(parents=True, exist_ok=True)
-    env = environment_info(device)
-    cfg_record = {**cfg.to_dict(), "config_hash": config_hash(cfg), "environment": env, "data": data_meta,
-                  "method_description": METHODS[cfg.method].description,
-                  "resolved_hyperparameters": {k: cfg.hp(k) for k in ("alpha", "beta", "gamma", "trades_beta")},
-                  "random_start_resolved": cfg.random_start or METHODS[cfg.method].random_start,
-                  **({"distributed": dctx.describe()} if dctx.enabled else {})}
-    config_error = None
+        dctx.close()   # every rank leaves the process group together; rank 0 alone evaluates and writes summary.json
+        if dctx.is_main:
+            _finish(run, cfg, done, data.test, device, log, time.time() - t_run)
+    return run.path
+
+
+def _start_files(run: RunDir, action: RunAction, cfg_record: dict, dctx: DistContext) -> None:
+    """Clear an overwritten run and write config.json (rank 0); every rank raises if that fails."""
+    error = None
     try:
         if dctx.is_main:
-            atomic_write_json(out / "config.json", cfg_record)
+            if action is RunAction.OVERWRITE:
+                run.clear()
+            run.create()
+            run.write_config(cfg_record)
     except OSError as e:
-        config_error = VirkitError(f"cannot write to {out}: {e.strerror}; choose a writable --out")
-    dctx.raise_if_main_failed(config_error)   # every rank raises rank 0's error
+        error = VirkitError(f"cannot write to {run.path}: {e.strerror}; choose a writable --out")
+    dctx.raise_if_main_failed(error)   # every rank raises rank 0's error
 
-    autocast = _autocast_factory(cfg, device)
-    loader = DeviceLoader(train_split, cfg.batch_size, shuffle=True, augment=train_split.x.dtype == torch.uint8,
-                          drop_last=False, rank=dctx.rank, world_size=dctx.world_size)  # this rank's shard
-    run_model = _maybe_compile(model, cfg, train_split.float_images(torch.arange(2, device=device)), log)
-    run_model = dctx.wrap(run_model)   # DistributedDataParallel for the training forwards under torchrun
-    num_classes = train_split.num_classes
-    t_run = time.time()
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        lr = _lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        seed = _epoch_seed(cfg, epoch)
-        torch.manual_seed(seed)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(dctx.rank_seed(seed + 2))   # attack starts: rank 0 draws the single-process stream
-        model.train()
-        t0 = time.time()
-        # statistics accumulated on the device: no host synchronisation inside the epoch
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        adv_correct = torch.zeros((), device=device, dtype=torch.int64)
-        w_sum = torch.zeros(num_classes, device=device, dtype=torch.float64)
-        w_cnt = torch.zeros(num_classes, device=device, dtype=torch.float64)
-        w_min = torch.full((), math.inf, device=device)
-        w_max = torch.full((), -math.inf, device=device)
-        bad_step = torch.full((), -1, device=device, dtype=torch.int64)
-        seen = 0
-        iterator = loader.epoch(seed)
-        if progress:
-            from tqdm.auto import tqdm
-            iterator = tqdm(iterator, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
-        for step, (x, y, _idx) in enumerate(iterator):
-            if cfg.channels_last and device.type in ("cuda", "cpu"):
-                x = x.contiguous(memory_format=torch.channels_last)
-            res = method_step(run_model, x, y, cfg, epoch, autocast=autocast, generator=gen)
-            optimizer.zero_grad(set_to_none=True)
-            # distributed: scale the shard's loss so that DDP's gradient average is the global-batch gradient
-            scale = dctx.loss_scale(x.shape[0], min(cfg.batch_size, len(train_split) - step * cfg.batch_size),
-                                    cfg.batch_reduction)
-            (res.loss if scale == 1.0 else res.loss * scale).backward()
-            optimizer.step()
-            finite = torch.isfinite(res.loss.detach())
-            bad_step = torch.where((bad_step < 0) & ~finite, torch.tensor(step, device=device), bad_step)
-            loss_sum += res.loss.detach().double() * (1 if cfg.batch_reduction == "sum" else x.shape[0])
-            if res.logits_adv is not None:
-                adv_correct += (res.logits_adv.argmax(1) == y).sum()
-            w = res.weights.double()
-            w_sum.index_add_(0, y, w)
-            w_cnt.index_add_(0, y, torch.ones_like(w))
-            w_min = torch.minimum(w_min, res.weights.min().float())
-            w_max = torch.maximum(w_max, res.weights.max().float())
-            seen += x.shape[0]
-            if device.type == "cpu" or step % 50 == 49:
-                bad_step = dctx.first_bad_step(bad_step)   # agreed by all ranks: they stop together
-                if int(bad_step) >= 0:
-                    break
-        bad_step = dctx.first_bad_step(bad_step)
-        if int(bad_step) >= 0:
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {epoch}, step {int(bad_step) + 1} (method {cfg.method}, lr {lr:g}); "
-                f"stopped, last good checkpoint kept in {out / 'last.pt'}; lower --lr or use --precision fp32")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if dctx.enabled:   # the epoch's statistics over the global batch (all ranks' shards)
-            dctx.all_reduce_(loss_sum, adv_correct, w_sum, w_cnt)
-            dctx.all_reduce_(w_min, op="min")
-            dctx.all_reduce_(w_max, op="max")
-            seen = dctx.sum_int(seen)
-        train_seconds = time.time() - t0
-        hold_nat, hold_rob = (holdout_accuracy(model, holdout, cfg) if holdout is not None and dctx.is_main
-                              else (math.nan, math.nan))   # rank 0 only; the others wait for its save
-        spec = METHODS[cfg.method]
-        w_mean_cls = (w_sum / w_cnt.clamp_min(1)).tolist()
-        record = {
-            "epoch": epoch, "lr": lr,
-            "train_loss": float(loss_sum) / max(seen, 1),
-            "train_adv_acc": float(adv_correct) / max(seen, 1) if spec.family != "natural" else None,
-            "holdout_nat_acc": hold_nat, "holdout_pgd_acc": hold_rob,
-            "reweighting_active": bool(spec.reweighted and epoch >= cfg.reweight_start),
-            "weight_sum_per_class": w_sum.tolist(), "weight_mean_per_class": w_mean_cls,
-            "weight_min": float(w_min), "weight_mean": float(w_sum.sum() / w_cnt.sum().clamp_min(1)),
-            "weight_max": float(w_max),
-            "seconds": train_seconds, "images_per_s": seen / max(train_seconds, 1e-9),
-            "seconds_with_holdout": time.time() - t0,
-        }
-        history.append(record)
-        improved = hold_rob > best if not math.isnan(hold_rob) else True
-        if improved:
-            best = hold_rob if not math.isnan(hold_rob) else best
-        state = {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "best_metric": best, "history": history, "config": json.dumps(cfg_record), "data": data_meta}
-        save_error = None
-        try:
-            if dctx.is_main:   # only rank 0 writes; every rank raises if it fails
-                atomic_torch_save(state, out / "last.pt")
-                if improved:
-                    atomic_torch_save({**state, "optimizer": {}}, out / "best.pt")
-                append_jsonl(out / "history.jsonl", history)
-        except OSError as e:
-            save_error = VirkitError(f"cannot write checkpoint in {out}: {e.strerror or e}; training stopped so that no "
-                                     "epoch goes unsaved; free space or fix permissions, then --resume")
-        dctx.raise_if_main_failed(save_error)
-        log(f"epoch {epoch:3d}/{cfg.epochs} lr {lr:.4g} loss {record['train_loss']:.4f} "
-            f"holdout nat {hold_nat:.3f} pgd{cfg.holdout_pgd_steps} {hold_rob:.3f} "
-            f"w[{record['weight_min']:.3g},{record['weight_mean']:.3g},{record['weight_max']:.3g}] "
-            f"{record['images_per_s']:.0f} img/s")
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
-            dctx.close()
-            return out
 
-    dctx.close()   # every rank leaves the process group together; rank 0 alone evaluates and writes summary.json
-    if not dctx.is_main:
-        return out
-    summary = {"status": "finished", "epochs": cfg.epochs, "wall_seconds_this_session": time.time() - t_run,
-               "final": history[-1] if history else {}, "best_holdout_pgd_acc": best, "config_hash": config_hash(cfg)}
+def _finish(run: RunDir, cfg: TrainConfig, done: Progress, test: Split, device: torch.device, log,
+            wall: float) -> None:
+    """The final evaluation (``cfg.eval_attacks`` of ``cfg.eval_checkpoint``), then summary.json."""
+    from .evaluate import evaluate_run
+
+    summary = {"status": "finished", "epochs": cfg.epochs, "wall_seconds_this_session": wall,
+               "final": done.history[-1] if done.history else {}, "best_holdout_pgd_acc": done.best,
+               "config_hash": config_hash(cfg)}
     if cfg.eval_attacks:
-        summary["eval"] = _final_eval(out, cfg, test_split, device, log)
-    atomic_write_json(out / "summary.json", summary)
-    return out
-
-
-def _final_eval(out: Path, cfg: TrainConfig, test_split: Split, device: torch.device, log) -> dict:
-    from .checkpoint import load_checkpoint
-    from .evaluate import evaluate_model
-
-    model, _ = load_checkpoint(out, device=device, which=cfg.eval_checkpoint)
-    res = evaluate_model(model, test_split, list(cfg.eval_attacks), batch_size=cfg.eval_batch_size, device=device,
-                         seed=cfg.seed, eps=cfg.eps, out_path=out / "eval.json", progress=False, replace=True,
-                         extra={"checkpoint": f"{cfg.eval_checkpoint}.pt", "test_subset": cfg.test_subset,
-                                "dataset_source": test_split.source})
-    accs = {k: v["accuracy"] for k, v in res["attacks"].items()}
-    log("final evaluation (" + cfg.eval_checkpoint + ".pt, " + str(len(test_split)) + " test images): " +
-        ", ".join(f"{k} {v:.3f}" for k, v in accs.items()))
-    return accs
+        doc = evaluate_run(run.path, list(cfg.eval_attacks), which=cfg.eval_checkpoint, batch_size=cfg.eval_batch_size,
+                           device=device, replace=True, test_split=test, log=log)
+        summary["eval"] = {k: v["accuracy"] for k, v in doc["attacks"].items()}
+    run.write_summary(summary)

@@ -1,0 +1,180 @@
+"""Run directories (virkit.runs): status, the resume/overwrite/reuse decision, and one writer at a
+time, tested with real processes (a second `virkit train` or `virkit evaluate` on a run another
+process is writing is refused with one line naming the directory and the holder's PID, exit 2,
+nothing changed; a lock left by a SIGKILLed process is taken over)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from virkit.config import config_hash, resolve_config
+from virkit.errors import VirkitError
+from virkit.runs import RunAction, RunDir, RunLockedError, RunStatus, WriterLock
+
+REPO = Path(__file__).resolve().parents[1]
+
+HOLDER = """
+import sys, time
+from virkit.runs import RunDir
+lock = RunDir(sys.argv[1]).lock("test-holder")
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def _fake_run(folder: Path, finished: bool) -> Path:
+    cfg = resolve_config("tiny", eval_attacks=(), device="cpu")
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({**cfg.to_dict(), "config_hash": config_hash(cfg)}))
+    (folder / "history.jsonl").write_text('{"epoch": 1}\n')
+    (folder / "last.pt").write_bytes(b"not read by these tests")
+    if finished:
+        (folder / "summary.json").write_text(json.dumps({"status": "finished"}))
+    return folder
+
+
+@pytest.fixture
+def holder():
+    """Start a real process that holds a run directory's lock; yields (start(path) -> Popen)."""
+    procs = []
+
+    def start(path: Path) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True, env=_env())
+        procs.append(p)
+        assert p.stdout.readline().strip() == "locked"
+        return p
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+# ------------------------------------------------------------------------------------------ status and plan
+def test_status_and_plan(tmp_path):
+    h = config_hash(resolve_config("tiny", eval_attacks=(), device="cpu"))
+    new = RunDir(tmp_path / "new")
+    assert new.status() is RunStatus.NEW and new.plan(h) is RunAction.NEW
+    failed = RunDir(_fake_run(tmp_path / "failed", finished=False))
+    assert failed.status() is RunStatus.FAILED
+    assert failed.plan(h, resume=True) is RunAction.RESUME
+    assert failed.plan(h, overwrite=True) is RunAction.OVERWRITE
+    with pytest.raises(VirkitError, match="already holds an unfinished run"):
+        failed.plan(h)
+    with pytest.raises(VirkitError, match="cannot resume .* config differs"):
+        failed.plan("0" * 12, resume=True)
+    done = RunDir(_fake_run(tmp_path / "done", finished=True))
+    assert done.status() is RunStatus.FINISHED
+    assert done.plan(h, reuse=True) is RunAction.REUSE and done.plan(h, resume=True) is RunAction.REUSE
+    with pytest.raises(VirkitError, match="finished run with a different config"):
+        done.plan("0" * 12, resume=True)
+    with pytest.raises(VirkitError, match="not finished an epoch"):
+        new.read_history()
+
+
+def test_status_running_while_another_process_holds_the_lock(tmp_path, holder):
+    run = RunDir(_fake_run(tmp_path / "run", finished=False))
+    p = holder(run.path)
+    assert run.status() is RunStatus.RUNNING
+    info = WriterLock.held_by_other(run.lock_file)
+    assert info["pid"] == p.pid and info["command"] == "test-holder"
+    with pytest.raises(RunLockedError, match=f"PID {p.pid}"):
+        run.plan(run.config_hash(), resume=True)
+    p.kill()
+    p.wait()
+    assert run.status() is RunStatus.FAILED   # the kernel dropped the dead process's lock
+
+
+def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
+    run = RunDir(tmp_path / "run")
+    outer = run.lock("a")
+    inner = run.lock("b")
+    assert inner is outer and run.lock_file.is_file()
+    inner.release()
+    assert run.lock_file.is_file(), "the inner release must not drop the outer hold"
+    outer.release()
+    assert not run.lock_file.exists()
+
+
+# ------------------------------------------------------------------------------------------ CLI, real processes
+def _cli(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "virkit", *args], capture_output=True, text=True, env=env or _env(),
+                          timeout=600)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_second_writer_is_refused_and_changes_nothing(tmp_path, holder, stand_in_root, command):
+    run = _fake_run(tmp_path / "run", finished=True)
+    p = holder(run)
+    before = _snapshot(run)
+    if command == "train":
+        argv = ["train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root",
+                str(stand_in_root), "--out", str(run), "--overwrite"]
+    else:
+        argv = ["evaluate", "--checkpoint", str(run), "--attacks", "natural", "--device", "cpu", "--data-root",
+                str(stand_in_root)]
+    r = _cli(*argv)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("virkit: error: ")
+    assert str(run) in r.stderr and f"PID {p.pid}" in r.stderr, r.stderr
+    assert _snapshot(run) == before, "the refused writer changed the run"
+
+
+def test_two_trainings_into_one_directory_one_wins(tmp_path, stand_in_root):
+    """The reported race: `virkit train --method at` and `--method vir-at` with the same --out,
+    started 2 s apart. Before the lock both exited 0 and the directory held a mix."""
+    out = tmp_path / "mix"
+    common = ["train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root", str(stand_in_root),
+              "--out", str(out), "--epochs", "3"]
+    a = subprocess.Popen([sys.executable, "-m", "virkit", *common, "--method", "at"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 120
+    while not (out / ".lock").exists() and a.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)
+    b = _cli(*common, "--method", "vir-at")
+    a_out, a_err = a.communicate(timeout=600)
+    assert a.returncode == 0, a_err
+    assert b.returncode == 2 and f"PID {a.pid}" in b.stderr and str(out) in b.stderr, b.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "at" and json.loads((out / "summary.json").read_text())["status"] == "finished"
+    assert not (out / ".lock").exists(), "the lock file outlived the run"
+
+
+def test_lock_of_a_killed_process_is_taken_over(tmp_path, holder, stand_in_root):
+    run = _fake_run(tmp_path / "run", finished=True)
+    p = holder(run)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert json.loads((run / ".lock").read_text())["pid"] == p.pid   # the dead process's record is still there
+    r = _cli("train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root", str(stand_in_root),
+             "--out", str(run), "--overwrite", "--method", "at", "--epochs", "1", "--train-subset", "128", "--holdout", "0")
+    assert r.returncode == 0, r.stderr
+    assert f"took over the lock of run directory {run} left by PID {p.pid} (no longer running)" in r.stdout + r.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+def test_refused_writer_leaves_no_new_directory(tmp_path, stand_in_root):
+    """A request refused after the lock was taken (here: bad data) removes the folder it created."""
+    out = tmp_path / "fresh"
+    r = _cli("train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root",
+             str(tmp_path / "no-data"), "--out", str(out))
+    assert r.returncode == 2 and not out.exists(), r.stderr

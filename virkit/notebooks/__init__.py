@@ -1,0 +1,39 @@
+"""The notebooks' side of virkit: presets, the context each notebook sets up, and the batch runner
+(``virkit notebooks run|list``).
+
+The notebooks in ``notebooks/`` are thin: a ``parameters`` cell (papermill), ``ctx = setup(name)``,
+then calls into :mod:`virkit.analysis`, :mod:`virkit.figures`, :mod:`virkit.theory` and
+:mod:`virkit.explorer`. This package is
+
+* :mod:`.presets` -- the notebook presets (:data:`PRESETS`: ``smoke`` for tests, ``demo`` for 2
+  CPU cores, ``paper`` for a GPU), each named after the trainer preset its runs use, and
+  :func:`shared_run`, which trains a run once per configuration under
+  ``runs/notebooks/<preset>/runs/`` so that every notebook asking for it reuses it;
+* :mod:`.context` -- :func:`setup` and :class:`NotebookContext`: the notebook's validated
+  parameters, where figures and runs go, ``ctx.run``/``ctx.show``;
+* :mod:`.parameters` -- finding notebooks and reading their parameters cell (papermill's
+  inspection plus virkit's checks: an unknown name or a wrong type is a one-line error);
+* :mod:`.runner` -- the private kernelspec, papermill execution, the batch run and the figure
+  index (``index.md``, ``index.html``);
+* :mod:`.cli` -- ``virkit notebooks run|list`` and ``python -m virkit.notebooks``.
+
+The analyses the notebooks call live in :mod:`virkit.analysis`; their names are re-exported here
+for code written against the single-module version.
+"""
+from __future__ import annotations
+
+from ..analysis import ablation_results, eval_table, paper_table, table_runs, vulnerability_attributions
+from .cli import add_cli, main
+from .context import REPO_ROOT, NotebookContext, setup
+from .parameters import (Parameter, check_values, find_notebook, list_notebooks, notebook_dir, notebook_parameters,
+                         parse_parameter_value, planned_parameters, resolve_notebooks, validate_parameters)
+from .presets import (COMMON_PARAMETERS, PRESETS, default_runs_root, load_eval, load_history, preset_settings,
+                      run_paths, shared_run, train_config)
+from .runner import KERNEL_NAME, NotebookResult, ensure_kernelspec, execute_one, run_notebooks, write_index
+
+__all__ = ["PRESETS", "COMMON_PARAMETERS", "notebook_dir", "list_notebooks", "find_notebook", "notebook_parameters",
+           "parse_parameter_value", "validate_parameters", "check_values", "resolve_notebooks", "planned_parameters",
+           "run_notebooks", "write_index", "add_cli", "main", "preset_settings", "train_config", "shared_run",
+           "run_paths", "default_runs_root", "load_history", "load_eval", "NotebookResult", "ensure_kernelspec",
+           "execute_one", "KERNEL_NAME", "NotebookContext", "setup", "Parameter", "REPO_ROOT",
+           "eval_table", "table_runs", "paper_table", "ablation_results", "vulnerability_attributions"]

@@ -1,0 +1,99 @@
+"""``virkit notebooks run|list`` (and ``python -m virkit.notebooks``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Any
+
+from ..errors import VirkitError
+from .parameters import list_notebooks, notebook_dir, notebook_parameters, parse_parameter_value
+from .presets import PRESETS, preset_settings
+from .runner import execute_one, run_notebooks
+
+__all__ = ["add_cli", "main"]
+
+
+def _param_pair(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    k, v = text.split("=", 1)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k.strip()):
+        raise argparse.ArgumentTypeError(f"{k!r} is not a parameter name")
+    return k.strip(), parse_parameter_value(v)
+
+
+def _cmd_run(args) -> int:
+    return run_notebooks(preset=args.preset, only=args.only, jobs=args.jobs, out_root=args.out_root,
+                         fig_root=args.fig_root, parameters_override=dict(args.param or []),
+                         folder=args.notebook_dir, timeout=args.timeout, threads=args.threads)
+
+
+def _cmd_list(args) -> int:
+    nbs = list_notebooks(args.notebook_dir)
+    s = preset_settings(args.preset)
+    print(f"notebooks ({notebook_dir() if not args.notebook_dir else args.notebook_dir}); values for preset "
+          f"{args.preset!r}: {s['description']}")
+    for nb in nbs:
+        print(f"\n{nb.stem}")
+        preset_vals = s["notebooks"].get(nb.stem, {})
+        for p in notebook_parameters(nb).values():
+            val = preset_vals.get(p.name, p.default)
+            if p.name == "preset":
+                val = args.preset
+            print(f"  {p.name:20s} {p.type_name:6s} {val!r:28s} {p.help}")
+    print("\npresets: " + ", ".join(f"{k} ({v['description']})" for k, v in PRESETS.items()))
+    return 0
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    """Register ``notebooks run`` and ``notebooks list`` on an argparse subparsers object."""
+    p = subparsers.add_parser("notebooks", help="execute the notebooks with papermill and index their figures",
+                              description="Execute notebooks/NN_*.ipynb with papermill (figures under "
+                                          "figures/<preset>/, executed copies under runs/notebooks/<preset>/).")
+    sub = p.add_subparsers(dest="notebooks_command", required=True)
+    r = sub.add_parser("run", help="execute notebooks (all, or --only NAMES)")
+    r.add_argument("--preset", default="demo", choices=list(PRESETS),
+                   help="the trainer preset every run uses (virkit train --preset NAME trains the same): smoke: "
+                        "seconds (tests); demo (default): ~4 min on 2 CPU cores; paper: the paper's settings (GPU)")
+    r.add_argument("--only", default=None, metavar="NAMES",
+                   help="comma-separated notebook names, stems or numbers, e.g. 01,03 or weight_explorer")
+    r.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks executed in parallel (default 1)")
+    r.add_argument("-p", "--param", action="append", type=_param_pair, metavar="NAME=VALUE",
+                   help="override a notebook parameter (repeatable), e.g. -p seed=1 -p method=vir-trades")
+    r.add_argument("--out-root", default="runs/notebooks", help="executed notebooks and shared runs (default "
+                                                                 "runs/notebooks)")
+    r.add_argument("--fig-root", default="figures", help="figures and index (default figures)")
+    r.add_argument("--notebook-dir", default=None, help="folder with the source notebooks (default: the repo's)")
+    r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
+    r.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads per notebook kernel (default: torch's choice; cores/jobs with --jobs > 1); "
+                        "1 is much faster on a CPU busy with other work")
+    r.set_defaults(func=_cmd_run)
+    ls = sub.add_parser("list", help="list notebooks and their parameters")
+    ls.add_argument("--preset", default="demo", choices=list(PRESETS))
+    ls.add_argument("--notebook-dir", default=None)
+    ls.set_defaults(func=_cmd_list)
+    return p
+
+
+def main(argv=None) -> int:
+    """``python -m virkit.notebooks run ...``; also accepts an already parsed namespace."""
+    if isinstance(argv, argparse.Namespace):
+        return int(argv.func(argv) or 0)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--exec-one"]:
+        spec = json.loads(argv[1])
+        status, err = execute_one(spec["nb"], spec["out"], spec["parameters"], spec["cwd"], spec["timeout"])
+        print(json.dumps({"status": status, "error": err}))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m virkit.notebooks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_cli(sub)
+    args = parser.parse_args(["notebooks", *argv] if argv[:1] != ["notebooks"] else argv)
+    try:
+        return int(args.func(args) or 0)
+    except VirkitError as e:
+        print(f"virkit: error: {e}", file=sys.stderr)
+        return e.exit_code

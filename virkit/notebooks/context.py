@@ -1,0 +1,96 @@
+"""What a notebook does right after its parameters cell: ``ctx = setup("07_ablations")``.
+
+:func:`setup` reads the values of the notebook's parameters (the names of its ``parameters`` cell)
+from the caller's namespace (the notebook's globals), validates them once against the cell's
+defaults, and returns a :class:`NotebookContext`: the validated values (``ctx.params``), the
+preset's settings, where figures and shared runs go, and shortcuts to train/reuse runs and to
+save + show figures.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..errors import VirkitError
+from .parameters import check_values, find_notebook, notebook_parameters
+from .presets import COMMON_PARAMETERS, preset_settings, run_paths, shared_run
+
+__all__ = ["REPO_ROOT", "NotebookContext", "setup"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class NotebookContext:
+    """A notebook's parameters, its preset's settings, and where its figures and runs go.
+
+    Empty ``fig_dir`` / ``runs_root`` mean ``<repo>/figures/<preset>`` and
+    ``<repo>/runs/notebooks/<preset>/runs`` (what ``virkit notebooks run`` uses too).
+    ``params``: every parameter of the notebook, validated (:func:`setup`).
+    """
+
+    def __init__(self, notebook: str, preset: str, fig_dir: str = "", runs_root: str = "",
+                 parameters: Mapping[str, Any] | None = None):
+        from ..figures import FigureSaver
+
+        self.notebook = notebook
+        self.preset = preset
+        self.settings = preset_settings(preset)
+        self.fig_dir = Path(fig_dir) if fig_dir else REPO_ROOT / "figures" / preset
+        self.runs_root = Path(runs_root) if runs_root else REPO_ROOT / "runs" / "notebooks" / preset / "runs"
+        self.params = {**dict(parameters or {}), "preset": preset, "fig_dir": fig_dir, "runs_root": runs_root}
+        # what the figure index records: the values that shape the figures (paths are machine-specific)
+        self.parameters = {"preset": preset, **{k: v for k, v in self.params.items() if k not in COMMON_PARAMETERS}}
+        self.saver = FigureSaver(self.fig_dir, notebook, self.parameters)
+        self.robust_attack = self.settings["robust_attack"]
+        self.seeds = list(self.settings["seeds"])
+
+    def run(self, method: str, seed: int = 0, **overrides) -> Path:
+        """The run directory of ``method``/``seed`` with this preset's budget (trained once, shared)."""
+        return shared_run(method, self.preset, self.runs_root, seed=seed, **overrides)
+
+    def runs(self, methods: Iterable[str], seeds: Iterable[int] | None = None, **overrides) -> dict:
+        return run_paths(methods, self.preset, self.runs_root, self.seeds if seeds is None else seeds, **overrides)
+
+    def show(self, fig, name: str, caption: str = "") -> None:
+        """Save ``fig`` (PNG + PDF, recorded for the index), display it, close it."""
+        import matplotlib.pyplot as plt
+
+        self.saver.save(fig, name, caption)
+        try:
+            from IPython.display import display
+            display(fig)
+        except ImportError:  # pragma: no cover
+            pass
+        plt.close(fig)
+
+    def __repr__(self) -> str:
+        return (f"NotebookContext({self.notebook!r}, preset={self.preset!r}: {self.settings['description']}; "
+                f"figures -> {self.fig_dir}; runs -> {self.runs_root})")
+
+
+def setup(notebook: str, namespace: Mapping[str, Any] | None = None) -> NotebookContext:
+    """Called by each notebook right after its parameters cell: ``ctx = setup("07_ablations")``.
+
+    Reads the value of every parameter of the notebook's ``parameters`` cell from ``namespace``
+    (default: the caller's globals, i.e. the notebook's variables after papermill injected its
+    values), checks them against the cell's defaults (one-line :class:`VirkitError` for a wrong
+    type or a parameter that is not defined) and returns the context, with the values in
+    ``ctx.params``.
+    """
+    ns = namespace if namespace is not None else sys._getframe(1).f_globals
+    path = find_notebook(notebook)
+    declared = notebook_parameters(path)
+    name = path.stem
+    missing = [p for p in declared if p not in ns]
+    if missing:
+        raise VirkitError(f"notebook {name}: parameter(s) {', '.join(missing)} not defined; run the parameters "
+                          "cell first")
+    lacking = [p for p in COMMON_PARAMETERS if p not in declared]
+    if lacking:
+        raise VirkitError(f"notebook {name}: its parameters cell lacks {', '.join(lacking)} (every notebook has "
+                          f"{', '.join(COMMON_PARAMETERS)})")
+    values = check_values(declared, {p: ns[p] for p in declared}, name)
+    ctx = NotebookContext(notebook, values["preset"], values["fig_dir"] or "", values["runs_root"] or "", values)
+    print(ctx)
+    return ctx

@@ -1,0 +1,175 @@
+"""Notebook presets and the training runs the notebooks share.
+
+A notebook preset is named after the trainer preset (:data:`virkit.config.PRESETS`) its runs use,
+unchanged: ``virkit notebooks run --preset demo`` trains exactly what ``virkit train --preset demo``
+trains. The notebook preset adds only what is about the notebooks: a description, the seeds the
+tables average over, the attack the figures call "robust", the attacks every run is evaluated under
+when the tables need more than the trainer preset evaluates (``eval_attacks``, ``paper`` only), and
+per-notebook parameter values.
+
+:func:`shared_run` trains a run once per configuration under ``runs/notebooks/<preset>/runs/``
+(the directory name carries the config hash; the run's writer lock makes concurrent notebooks wait
+for each other), so that every notebook asking for the same run reuses it.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import check_choice
+
+__all__ = ["PRESETS", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run", "run_paths",
+           "default_runs_root", "load_history", "load_eval"]
+
+#: parameters every notebook has (the runner sets them)
+COMMON_PARAMETERS = ("preset", "fig_dir", "runs_root")
+
+# Tables 9-12 of notebook 07: no extra grid point (each table then has the paper's value only)
+_NO_SWEEPS = {"beta_grid_at": [], "beta_grid_trades": [], "alpha_grid_at": [], "gamma_grid_at": [],
+              "alpha_grid_trades": [], "gamma_grid_trades": []}
+
+#: ``{name: {"description", "robust_attack", "seeds", "notebooks": {notebook: {parameter: value}}}}``,
+#: plus ``eval_attacks`` where the notebooks need attacks the trainer preset does not evaluate.
+#: Each name is also a trainer preset: that is the budget of every run.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "description": "smoke test for the test suite: 4 tiny runs, seconds per notebook, models barely trained",
+        "robust_attack": "fgsm",
+        "seeds": [0],
+        "notebooks": {
+            "01_weight_explorer": {"batch_size": 32, "attack_steps": 2},
+            "02_gaussian_mixture_theory": {"mc_samples": 20000, "K_grid": [1.0, 2.0, 3.0], "n_train": 1000,
+                                           "eps_points": 5},
+            "04_confusion_matrices": {"methods_fig1": ["natural", "at"], "methods_fig2": ["vir-at"]},
+            "05_class_weights": {"methods": ["vir-at"]},
+            "06_robustness_tables": {"methods": ["at", "vir-at"], "tables": [1]},
+            "07_ablations": {"tables": [6], "components": ["sv"], **_NO_SWEEPS},
+            "08_attributions": {"n_examples": 2, "n_pool": 64, "ig_steps": 8},
+        },
+    },
+    "demo": {
+        "description": ("2 CPU cores, all notebooks in about 4 minutes: small CNN, 1,500 CIFAR-10 images, 3 epochs "
+                        "of PGD-2 training, 11 shared runs, 250 test images (natural, FGSM, PGD-10)"),
+        "robust_attack": "pgd10",
+        "seeds": [0],
+        "notebooks": {
+            "01_weight_explorer": {"batch_size": 200, "attack_steps": 5},
+            "02_gaussian_mixture_theory": {"mc_samples": 200000},
+            "06_robustness_tables": {"tables": [1]},
+            "07_ablations": {"tables": [6, 9], "components": ["sv", "sd"], **_NO_SWEEPS, "beta_grid_at": [0.0]},
+            "08_attributions": {"n_examples": 3, "n_pool": 250, "ig_steps": 24},
+        },
+    },
+    "paper": {
+        "description": "the paper's settings (Sec. 5): ResNet-18, 115 epochs, PGD-10, 4 seeds; needs a GPU",
+        "robust_attack": "pgd100",
+        "seeds": [0, 1, 2, 3],
+        # the columns of Tables 1-7; the trainer's paper preset evaluates natural, FGSM, PGD-100 and CW,
+        # the rest is added to each run's eval.json (virkit.evaluate.evaluate_run)
+        "eval_attacks": ["natural", "fgsm", "pgd100", "cw", "fmn100", "aa", "mde", "square", "spsa"],
+        "notebooks": {
+            "01_weight_explorer": {"batch_size": 512, "attack_steps": 10},
+            "02_gaussian_mixture_theory": {"mc_samples": 2000000},
+            "06_robustness_tables": {"tables": [1, 2, 3, 4, 5]},
+            "07_ablations": {"tables": [6, 7, 9, 10, 11, 12]},
+            "08_attributions": {"n_examples": 4, "ig_steps": 64},
+        },
+    },
+}
+
+
+def preset_settings(preset: str) -> dict:
+    check_choice("notebook preset", preset, PRESETS)
+    return copy.deepcopy(PRESETS[preset])
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared training runs
+# ------------------------------------------------------------------------------------------------
+
+def train_config(preset: str, method: str, seed: int = 0, **overrides):
+    """The TrainConfig of a notebook run: the trainer preset of the same name + ``overrides``
+    (``None`` values ignored), with ``method`` and ``seed``."""
+    from ..config import resolve_config
+
+    check_choice("notebook preset", preset, PRESETS)
+    values = {k: v for k, v in overrides.items() if v is not None}
+    values.update(method=method, seed=int(seed))
+    return resolve_config(preset, **values)
+
+
+def _run_name(cfg) -> str:
+    from ..config import config_hash
+
+    return f"{cfg.dataset}-{cfg.model}-{cfg.method}-s{cfg.seed}-{config_hash(cfg)[:8]}"
+
+
+def default_runs_root(preset: str, out_root: str | os.PathLike = "runs/notebooks") -> Path:
+    return Path(out_root) / preset / "runs"
+
+
+def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = None, seed: int = 0,
+               verbose: bool = False, **overrides) -> Path:
+    """Train (or reuse) the run ``method``/``seed`` of a notebook preset; returns its run directory.
+
+    The directory name carries the config hash, so notebooks asking for the same configuration
+    share one run (trainer ``reuse=True``) and a changed configuration never clobbers another.
+    The run's writer lock (waited for) makes concurrent notebooks (``--jobs N``) wait for each
+    other instead of training the same run twice. Attacks of the preset's ``eval_attacks`` that
+    the run's eval.json lacks are evaluated and added to it.
+    """
+    from ..runs import RunDir
+    from ..trainer import train
+
+    cfg = train_config(preset, method, seed, **overrides)
+    root = Path(runs_root) if runs_root else default_runs_root(preset)
+    run = RunDir(root / _run_name(cfg))
+    log = print if verbose else None
+    with run.lock("notebook", wait=True):   # a concurrent notebook training the same run: wait for it
+        if not run.is_finished():
+            t = time.time()
+            resumable = run.has_run_files() and run.checkpoint("last").is_file()
+            train(cfg, run.path, resume=resumable, overwrite=run.has_run_files() and not resumable, reuse=True,
+                  log=log)
+            print(f"trained {run.path.name} in {time.time() - t:.0f} s")
+        _add_attacks(run, cfg, PRESETS[preset].get("eval_attacks") or [], log)
+    return run.path
+
+
+def _add_attacks(run, cfg, attacks: list[str], log) -> None:
+    """Evaluate ``run`` under the ``attacks`` its eval.json lacks (the caller holds the run's lock)."""
+    if not attacks:
+        return
+    from ..errors import VirkitError
+    from ..evaluate import evaluate_run
+
+    try:
+        have = set(run.read_eval().get("attacks") or {})
+    except VirkitError:
+        have = set()
+    if all(a in have for a in attacks):
+        return
+    t = time.time()
+    evaluate_run(run.path, list(dict.fromkeys([*cfg.eval_attacks, *attacks])), which=cfg.eval_checkpoint,
+                 batch_size=cfg.eval_batch_size, device=cfg.device, log=log)
+    print(f"evaluated {run.path.name} under {', '.join(a for a in attacks if a not in have)} in "
+          f"{time.time() - t:.0f} s")
+
+
+def run_paths(methods: Iterable[str], preset: str, runs_root=None, seeds: Iterable[int] = (0,), **overrides
+              ) -> dict[tuple[str, int], Path]:
+    """{(method, seed): run dir} for every combination, training what is missing."""
+    return {(m, s): shared_run(m, preset, runs_root, seed=s, **overrides) for m in methods for s in seeds}
+
+
+def load_history(run_dir: str | os.PathLike) -> list[dict]:
+    from ..runs import RunDir
+    return RunDir(run_dir).read_history()
+
+
+def load_eval(run_dir: str | os.PathLike) -> dict:
+    from ..runs import RunDir
+    return RunDir(run_dir).read_eval()

@@ -1,0 +1,227 @@
+"""Executing notebooks: the private kernelspec, papermill, the batch run and the figure index.
+
+* :func:`ensure_kernelspec` writes a kernelspec (``virkit-python``) that points at the *current*
+  interpreter with this checkout on ``PYTHONPATH``, so a fresh ``.venv`` needs no
+  ``ipykernel install``;
+* :func:`run_notebooks` validates every parameter first (one-line error, exit code 2), then
+  executes the notebooks with papermill (executed copies to ``runs/notebooks/<preset>/``, figures
+  to ``figures/<preset>/``), keeps going when one fails, prints a summary and returns 1 if any
+  failed; ``--jobs N`` runs each notebook in a subprocess (``python -m virkit.notebooks
+  --exec-one SPEC``);
+* :func:`write_index` lists every figure with its notebook and parameters (``index.md``,
+  ``index.html``).
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import VirkitError, check_choice
+from .context import REPO_ROOT
+from .parameters import notebook_dir, notebook_parameters, planned_parameters, resolve_notebooks
+from .presets import PRESETS
+
+__all__ = ["KERNEL_NAME", "ensure_kernelspec", "NotebookResult", "execute_one", "run_notebooks", "write_index"]
+
+KERNEL_NAME = "virkit-python"
+
+
+def ensure_kernelspec(root: str | os.PathLike, threads: int | None = None) -> Path:
+    """Write a kernelspec ``virkit-python`` for ``sys.executable`` (with this checkout on
+    ``PYTHONPATH``) under ``root/jupyter/kernels`` and put ``root/jupyter`` first on
+    ``JUPYTER_PATH`` (this process and its children). ``threads`` sets the kernels' intra-op
+    threads (``OMP_NUM_THREADS``; torch reads it at start-up)."""
+    base = Path(root).resolve() / "jupyter"
+    kdir = base / "kernels" / KERNEL_NAME
+    kdir.mkdir(parents=True, exist_ok=True)
+    # the kernel imports this checkout of virkit even when it is not installed
+    pythonpath = os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python ({Path(sys.executable).name}, virkit)", "language": "python",
+            "env": {"PYTHONPATH": pythonpath}, "metadata": {"debugger": False}}
+    if threads:
+        spec["env"].update({"OMP_NUM_THREADS": str(int(threads)), "MKL_NUM_THREADS": str(int(threads))})
+    (kdir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if str(base) not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(base), *paths])
+    return kdir
+
+
+@dataclass
+class NotebookResult:
+    name: str
+    status: str                      # ok | failed
+    seconds: float
+    output: str
+    error: str = ""
+    figures: int = 0
+    parameters: dict = field(default_factory=dict)
+
+
+def _clean_error(e: BaseException) -> str:
+    ename = getattr(e, "ename", type(e).__name__)
+    evalue = getattr(e, "evalue", str(e))
+    line = f"{ename}: {evalue}".strip()
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    return line.splitlines()[0][:300] if line else ename
+
+
+def execute_one(nb_path: str, out_path: str, parameters: dict, cwd: str, timeout: int | None) -> tuple[str, str]:
+    """Run one notebook with papermill in this process; returns (status, error line)."""
+    import papermill as pm
+
+    try:
+        pm.execute_notebook(nb_path, out_path, parameters=parameters, kernel_name=KERNEL_NAME, cwd=cwd,
+                            progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+                            execution_timeout=timeout)
+        return "ok", ""
+    except Exception as e:  # noqa: BLE001 - a failing notebook must not stop the others
+        return "failed", _clean_error(e)
+
+
+def _execute_subprocess(nb_path: str, out_path: str, parameters: dict, cwd: str, timeout: int | None
+                        ) -> tuple[str, str]:
+    spec = json.dumps({"nb": nb_path, "out": out_path, "parameters": parameters, "cwd": cwd, "timeout": timeout})
+    proc = subprocess.run([sys.executable, "-m", "virkit.notebooks", "--exec-one", spec], capture_output=True,
+                          text=True, env=os.environ.copy())
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{") and '"status"' in line:
+            d = json.loads(line)
+            return d["status"], d["error"]
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return "failed", f"runner subprocess exited with {proc.returncode}: {tail[:300]}"
+
+
+def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str | os.PathLike = "runs/notebooks",
+                  fig_root: str | os.PathLike = "figures", parameters_override: Mapping[str, Any] | None = None,
+                  folder: str | os.PathLike | None = None, timeout: int | None = None, quiet: bool = False,
+                  threads: int | None = None) -> int:
+    """Execute the notebooks of ``preset`` with papermill; returns the exit code (0: all passed,
+    1: some failed). Raises :class:`VirkitError` (exit 2) on bad presets, names or parameters, before
+    any notebook runs.
+
+    ``threads``: torch threads per kernel (default: torch's own choice with ``jobs=1``, and
+    cores // jobs with ``jobs > 1`` so parallel notebooks do not oversubscribe the CPU)."""
+    check_choice("notebook preset", preset, PRESETS)
+    if int(jobs) < 1:
+        raise VirkitError(f"--jobs must be >= 1, got {jobs}")
+    nbs = resolve_notebooks(only, folder)
+    out_dir = Path(out_root).resolve() / preset
+    fig_dir = Path(fig_root).resolve() / preset
+    runs_root = out_dir / "runs"
+    overrides = dict(parameters_override or {})
+    # validate everything first: unknown override names (in none of the selected notebooks) and types
+    known = set()
+    for nb in nbs:
+        known |= set(notebook_parameters(nb))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise VirkitError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; parameters of the "
+                          f"selected notebooks: {', '.join(sorted(known))}")
+    plans = [(nb, planned_parameters(nb, preset, fig_dir, runs_root, overrides)) for nb in nbs]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    if threads is not None and int(threads) < 1:
+        raise VirkitError(f"--threads must be >= 1, got {threads}")
+    if threads is None and int(jobs) > 1:
+        threads = max(1, (os.cpu_count() or 1) // int(jobs))
+    ensure_kernelspec(out_dir, threads)
+    cwd = str(Path(folder).resolve() if folder else notebook_dir().resolve())
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    say(f"virkit notebooks: preset {preset!r} ({PRESETS[preset]['description']}), {len(nbs)} notebook(s), "
+        f"jobs={jobs}")
+
+    def one(plan) -> NotebookResult:
+        nb, params = plan
+        out_nb = out_dir / nb.name
+        manifest = fig_dir / ".manifest" / f"{nb.stem}.jsonl"
+        manifest.unlink(missing_ok=True)
+        t = time.time()
+        runner = execute_one if int(jobs) == 1 else _execute_subprocess
+        status, err = runner(str(nb), str(out_nb), params, cwd, timeout)
+        n_fig = len(manifest.read_text().splitlines()) if manifest.is_file() else 0
+        res = NotebookResult(nb.stem, status, time.time() - t, str(out_nb), err, n_fig, params)
+        say(f"  {'ok    ' if status == 'ok' else 'FAILED'} {nb.stem:32s} {res.seconds:7.1f} s  {n_fig:2d} figure(s)"
+            + (f"  {err}" if err else ""))
+        return res
+
+    t0 = time.time()
+    if int(jobs) == 1:
+        results = [one(p) for p in plans]
+    else:
+        with ThreadPoolExecutor(max_workers=int(jobs)) as ex:
+            results = list(ex.map(one, plans))
+    total = time.time() - t0
+    idx_md, idx_html = write_index(fig_dir, preset, out_dir)
+    summary = {"preset": preset, "seconds": total, "results": [r.__dict__ for r in results]}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    failed = [r for r in results if r.status != "ok"]
+    say(f"summary: {len(results) - len(failed)} passed, {len(failed)} failed, {total:.0f} s total; "
+        f"executed notebooks in {out_dir}; figures and index in {idx_md.parent} ({idx_md.name}, {idx_html.name})")
+    for r in failed:
+        say(f"  failed: {r.name}: {r.error} (see {r.output})")
+    return 1 if failed else 0
+
+
+def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathLike | None = None
+                ) -> tuple[Path, Path]:
+    """Write ``index.md`` and ``index.html`` in ``fig_dir`` listing every figure in the manifests,
+    grouped by notebook, with its parameters and caption."""
+    fig_dir = Path(fig_dir)
+    records: list[dict] = []
+    for m in sorted((fig_dir / ".manifest").glob("*.jsonl")):
+        for line in m.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if all((fig_dir / f).is_file() for f in rec["files"]):
+                    records.append(rec)
+    by_nb: dict[str, list[dict]] = {}
+    for r in records:
+        by_nb.setdefault(r["notebook"], []).append(r)
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    md = [f"# virkit figures: preset `{preset}`", "",
+          f"{len(records)} figures from {len(by_nb)} notebooks, generated {stamp} by `virkit notebooks run "
+          f"--preset {preset}`. Every figure exists as PNG and PDF.", ""]
+    if out_dir is not None:
+        md += [f"Executed notebooks: `{out_dir}`.", ""]
+    hp = ["<!doctype html><html><head><meta charset='utf-8'>",
+          f"<title>virkit figures: {html.escape(preset)}</title>",
+          "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+          "figure{margin:1.5em 0;border-bottom:1px solid #ddd;padding-bottom:1em}"
+          "img{max-width:100%}code{background:#f4f4f4;padding:0 3px}"
+          "details{font-size:0.85em;color:#444}</style></head><body>",
+          f"<h1>virkit figures: preset <code>{html.escape(preset)}</code></h1>",
+          f"<p>{len(records)} figures from {len(by_nb)} notebooks, generated {stamp}.</p>"]
+    for nb, recs in by_nb.items():
+        params = recs[0]["parameters"]
+        ptxt = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        md += [f"## {nb}", "", f"Parameters: `{ptxt}`", ""]
+        hp += [f"<h2 id='{html.escape(nb)}'>{html.escape(nb)}</h2>",
+               f"<details><summary>parameters</summary><code>{html.escape(ptxt)}</code></details>"]
+        for r in recs:
+            png = next((f for f in r["files"] if f.endswith(".png")), r["files"][0])
+            links = " · ".join(f"[{f.rsplit('.', 1)[-1].upper()}]({f})" for f in r["files"])
+            md += [f"### {r['name']}", "", f"![{r['name']}]({png})", "", (r.get("caption") or "") + f" ({links})", ""]
+            hl = " · ".join(f"<a href='{html.escape(f)}'>{html.escape(f.rsplit('.', 1)[-1].upper())}</a>"
+                            for f in r["files"])
+            hp += [f"<figure><img src='{html.escape(png)}' alt='{html.escape(r['name'])}'>"
+                   f"<figcaption><b>{html.escape(r['name'])}</b> ({html.escape(nb)}) "
+                   f"{html.escape(r.get('caption') or '')} {hl}</figcaption></figure>"]
+    hp.append("</body></html>")
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    p_md, p_html = fig_dir / "index.md", fig_dir / "index.html"
+    p_md.write_text("\n".join(md) + "\n", encoding="utf-8")
+    p_html.write_text("\n".join(hp) + "\n", encoding="utf-8")
+    return p_md, p_html
+

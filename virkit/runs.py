@@ -1,0 +1,432 @@
+"""Run directories: the one module that knows a run's files, its status and who may write it.
+
+A run directory holds
+
+=================  ===========================================================================
+``config.json``    the resolved config, its hash, versions, device, data (before epoch 1)
+``history.jsonl``  one JSON object per finished epoch
+``last.pt``        after every epoch (atomic); ``best.pt`` whenever held-out PGD accuracy improves
+``eval.json``      the final evaluation (and what ``virkit evaluate`` adds to it)
+``summary.json``   written last: ``status: finished`` (or ``failed`` with the reason)
+``.lock``          while a process writes the run: its PID, host, command and start time
+=================  ===========================================================================
+
+Every other module (trainer, evaluate, notebooks, sweep, report, cli) goes through :class:`RunDir`
+instead of opening these files by name.
+
+**One writer at a time.** ``train`` and ``evaluate`` hold :meth:`RunDir.lock` for their whole life:
+an exclusive ``flock`` on ``.lock``. A second writer is refused with one line naming the directory
+and the holder's PID (:class:`RunLockedError`, exit code 2) before it changes anything. The kernel
+drops a ``flock`` when its process dies, however it dies, so a lock left by a killed process is
+simply taken over (with a note naming the dead PID). Within one process the lock is re-entrant (the
+trainer's final evaluation runs under the trainer's lock). See docs/RELIABILITY.md for shared
+network storage.
+"""
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import VirkitError
+from .io import append_jsonl, atomic_torch_save, atomic_write_json
+
+__all__ = ["RunDir", "RunClaim", "RunStatus", "RunAction", "RunLockedError", "WriterLock", "eval_lock",
+           "RUN_FILES", "LOCK_FILE"]
+
+RUN_FILES = ("config.json", "history.jsonl", "last.pt", "best.pt", "eval.json", "summary.json")
+LOCK_FILE = ".lock"
+
+
+class RunStatus(str, enum.Enum):
+    """``new``: nothing of a run; ``running``: a live process holds the lock; ``finished``:
+    ``summary.json`` says so; ``failed``: files of a run that no process is writing and that did not
+    finish (killed, crashed or stopped on an error; resumable when ``last.pt`` exists)."""
+    NEW = "new"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class RunAction(str, enum.Enum):
+    """What ``train`` does with a run directory (:meth:`RunDir.plan`)."""
+    NEW = "new"
+    RESUME = "resume"
+    REUSE = "reuse"
+    OVERWRITE = "overwrite"
+
+
+class RunLockedError(VirkitError):
+    """Another live process writes this run (or this eval.json)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The writer lock
+# ------------------------------------------------------------------------------------------------
+
+_HELD: dict[str, "WriterLock"] = {}   # re-entrancy within one process, keyed by the lock file's path
+_HELD_GUARD = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe_holder(h: dict) -> str:
+    if not h:
+        return "another process"
+    where = f" on {h['host']}" if h.get("host") and h.get("host") != socket.gethostname() else ""
+    what = f" ({h['command']}, since {h['started']})" if h.get("command") else ""
+    return f"PID {h.get('pid', '?')}{where}{what}"
+
+
+class WriterLock:
+    """An exclusive, process-lifetime lock on ``lock_path`` (``flock``), re-entrant in one process.
+
+    ``acquire(wait=False)`` raises :class:`RunLockedError` naming ``what`` and the holder's PID when
+    another process holds it; ``wait=True`` blocks until it is free (notebooks sharing a run).
+    """
+
+    def __init__(self, lock_path: str | os.PathLike, what: str, command: str = "virkit"):
+        self.path = Path(lock_path)
+        self.what = what
+        self.command = command
+        self._fd: int | None = None
+        self._depth = 0
+        self.took_over: dict | None = None
+
+    def _key(self) -> str:
+        return str(self.path.resolve())
+
+    def acquire(self, wait: bool = False, note: Callable[[str], None] | None = None) -> "WriterLock":
+        with _HELD_GUARD:
+            held = _HELD.get(self._key())
+            if held is not None:
+                held._depth += 1
+                return held
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VirkitError(f"cannot create {self.path.parent}: {e.strerror}; choose a writable --out") from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                holder = _read_holder(self.path)
+                raise RunLockedError(f"{self.what} is being written by {_describe_holder(holder)}; wait for it to "
+                                     "finish, stop it, or choose another --out") from None
+            except OSError as e:   # e.g. ENOLCK on storage without locks
+                os.close(fd)
+                raise VirkitError(f"cannot lock {self.path}: {e.strerror}; this file system does not support "
+                                  "flock (see docs/RELIABILITY.md), use a local --out") from None
+            # the file may have been unlinked by the previous holder between open and flock: retry
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read_holder(self.path)
+        if previous.get("pid") and previous.get("pid") != os.getpid() and (
+                previous.get("host") in (None, socket.gethostname())):
+            self.took_over = previous
+            if note is not None:
+                state = "no longer running" if not _pid_alive(int(previous["pid"])) else "its lock was released"
+                note(f"took over the lock of {self.what} left by PID {previous['pid']} ({state})")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self._fd, self._depth = fd, 1
+        with _HELD_GUARD:
+            _HELD[self._key()] = self
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        with _HELD_GUARD:
+            _HELD.pop(self._key(), None)
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            self.path.unlink()          # before unlocking: a waiter re-checks the inode (see acquire)
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "WriterLock":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+    @staticmethod
+    def held_by_other(lock_path: str | os.PathLike) -> dict | None:
+        """The holder's record when a live process other than this one holds the lock, else None."""
+        p = Path(lock_path)
+        if not p.is_file():
+            return None
+        with _HELD_GUARD:
+            if str(p.resolve()) in _HELD:
+                return None
+        import fcntl
+
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(p) or {"pid": "?"}
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# The run directory
+# ------------------------------------------------------------------------------------------------
+
+class RunDir:
+    """One run directory: paths of its files, readers and atomic writers, status, the
+    resume/overwrite/reuse decision, and the writer lock."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ---- files ------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / "history.jsonl"
+
+    @property
+    def eval_file(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def checkpoint(self, which: str = "last") -> Path:
+        """The path of ``last.pt`` or ``best.pt`` (whether or not it exists yet)."""
+        if which not in ("last", "best"):
+            raise VirkitError(f"unknown checkpoint {which!r}; use last or best")
+        return self.path / f"{which}.pt"
+
+    def existing_checkpoint(self, which: str = "last") -> Path:
+        """``which``.pt if present, else the other one; a one-line error when there is none."""
+        for name in (which, "last", "best"):
+            if self.checkpoint(name).is_file():
+                return self.checkpoint(name)
+        raise VirkitError(f"run directory {self.path} holds no checkpoint (best.pt / last.pt); train it first")
+
+    # ---- readers ----------------------------------------------------------------------------------
+    @staticmethod
+    def _json(path: Path) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def read_config(self) -> dict | None:
+        d = self._json(self.config_file)
+        return d if isinstance(d, dict) else None
+
+    def config_hash(self) -> str | None:
+        return (self.read_config() or {}).get("config_hash")
+
+    def read_summary(self) -> dict | None:
+        d = self._json(self.summary_file)
+        return d if isinstance(d, dict) else None
+
+    def read_history(self) -> list[dict]:
+        if not self.history_file.is_file():
+            raise VirkitError(f"{self.history_file} does not exist; the run in {self.path} has not finished an epoch")
+        return [json.loads(line) for line in self.history_file.read_text().splitlines() if line.strip()]
+
+    def read_eval(self) -> dict:
+        if not self.eval_file.is_file():
+            raise VirkitError(f"{self.eval_file} does not exist; train the run with eval_attacks or run "
+                              f"'virkit evaluate --checkpoint {self.path}'")
+        d = self._json(self.eval_file)
+        if not isinstance(d, dict):
+            raise VirkitError(f"{self.eval_file} is not valid JSON; rerun 'virkit evaluate --checkpoint {self.path} "
+                              "--replace'")
+        return d
+
+    def has_run_files(self) -> bool:
+        return any((self.path / f).exists() for f in RUN_FILES)
+
+    def status(self) -> RunStatus:
+        s = self.read_summary()
+        if s is not None and s.get("status") == "finished":
+            return RunStatus.FINISHED
+        if WriterLock.held_by_other(self.lock_file) is not None:
+            return RunStatus.RUNNING
+        return RunStatus.FAILED if self.has_run_files() else RunStatus.NEW
+
+    def is_finished(self) -> bool:
+        return self.status() is RunStatus.FINISHED
+
+    # ---- the decision ----------------------------------------------------------------------------
+    def plan(self, cfg_hash: str, resume: bool = False, overwrite: bool = False, reuse: bool = False) -> RunAction:
+        """What ``train`` does here: new, resume, reuse or overwrite. Raises :class:`VirkitError`,
+        before anything is written, when the request would lose a run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise VirkitError(f"output path {self.path} exists and is not a directory; choose another --out")
+        status = self.status() if self.path.exists() else RunStatus.NEW
+        if status is RunStatus.RUNNING:
+            holder = WriterLock.held_by_other(self.lock_file) or {}
+            raise RunLockedError(f"{self.path} is being written by {_describe_holder(holder)}; wait for it to "
+                                 "finish, stop it, or choose another --out")
+        if status is RunStatus.NEW:
+            return RunAction.NEW
+        old = self.config_hash()
+        same = old == cfg_hash
+        if status is RunStatus.FINISHED and reuse and same:
+            return RunAction.REUSE
+        if overwrite:
+            return RunAction.OVERWRITE
+        if resume:
+            if status is RunStatus.FINISHED:
+                if same:
+                    return RunAction.REUSE
+                raise VirkitError(f"{self.path} holds a finished run with a different config; use --overwrite to "
+                                  "replace it or another --out")
+            if not self.checkpoint("last").is_file():
+                if old is None or same:
+                    return RunAction.OVERWRITE
+                raise VirkitError(f"{self.path} holds an unfinished run with a different config and no last.pt; "
+                                  "use --overwrite")
+            if old is not None and not same:
+                raise VirkitError(f"cannot resume {self.path}: its config differs from the one given (hash {old} vs "
+                                  f"{cfg_hash}); rerun with the same options or use --overwrite")
+            return RunAction.RESUME
+        what = "a finished run" if status is RunStatus.FINISHED else "an unfinished run"
+        raise VirkitError(f"{self.path} already holds {what}; pass --resume to continue it, --overwrite to replace "
+                          "it, or choose another --out")
+
+    # ---- writers (callers hold the lock) ---------------------------------------------------------
+    def clear(self) -> None:
+        """Remove the run's files (``--overwrite``)."""
+        for f in RUN_FILES:
+            (self.path / f).unlink(missing_ok=True)
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, record: dict) -> None:
+        atomic_write_json(self.config_file, record)
+
+    def write_history(self, records: list[dict]) -> None:
+        append_jsonl(self.history_file, records)
+
+    def save_checkpoint(self, state: dict, which: str = "last") -> None:
+        atomic_torch_save(state, self.checkpoint(which))
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.summary_file, summary)
+
+    # ---- the lock --------------------------------------------------------------------------------
+    def lock(self, command: str = "train", wait: bool = False, note: Callable[[str], None] | None = None
+             ) -> WriterLock:
+        """Take the run's writer lock (a context manager). Creates the directory if needed; a
+        directory this call created is removed again if the lock cannot be had."""
+        note = note if note is not None else (lambda s: print(f"virkit: {s}", file=sys.stderr))
+        if self.path.exists() and not self.path.is_dir():
+            raise VirkitError(f"output path {self.path} exists and is not a directory; choose another --out")
+        lk = WriterLock(self.lock_file, f"run directory {self.path}", command)
+        return lk.acquire(wait=wait, note=note)
+
+    def claim(self, command: str = "train", note: Callable[[str], None] | None = None) -> "RunClaim":
+        """A context manager around the writer lock: :meth:`RunClaim.acquire` takes it (creating the
+        directory), leaving the block releases it and removes a directory that the claim created and
+        that holds nothing (a refused or failed request leaves nothing behind)."""
+        return RunClaim(self, command, note)
+
+
+class RunClaim:
+    """See :meth:`RunDir.claim`."""
+
+    def __init__(self, run: RunDir, command: str, note: Callable[[str], None] | None):
+        self.run, self.command, self.note = run, command, note
+        self.lock: WriterLock | None = None
+        self.created = False
+
+    def acquire(self) -> "RunClaim":
+        self.created = not self.run.path.exists()
+        self.lock = self.run.lock(self.command, note=self.note)
+        return self
+
+    def __enter__(self) -> "RunClaim":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+            if self.created:
+                with contextlib.suppress(OSError):
+                    self.run.path.rmdir()      # only succeeds when empty
+        return False
+
+
+def eval_lock(path: str | os.PathLike, command: str = "evaluate") -> WriterLock:
+    """The lock for writing an eval.json: its run directory's lock when it is a run's ``eval.json``,
+    else ``.<name>.lock`` beside it."""
+    p = Path(path)
+    if p.name == "eval.json" and (p.parent / "config.json").is_file():
+        return RunDir(p.parent).lock(command)
+    lk = WriterLock(p.parent / f".{p.name}.lock", f"evaluation file {p}", command)
+    return lk.acquire(note=lambda s: print(f"virkit: {s}", file=sys.stderr))
