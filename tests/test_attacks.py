@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virkit.attacks import ATTACK_PRESETS, ATTACKS, attack_names, black_box_attacks, get_attack, white_box_attacks
+from virkit.attacks import ATTACK_PRESETS, ATTACKS, attack_names, black_box_attacks, get_attack, pgd, white_box_attacks
 from virkit.attacks.apgd import dlr_loss, dlr_targeted_loss
 from virkit.attacks.base import target_classes
 from virkit.attacks.fab import project_hyperplane_box_linf
@@ -284,6 +284,34 @@ def test_square_schedule_and_md_step_sizes():
     assert md_step_size(0, 50, 20, 2 * EPS) == pytest.approx(2 * EPS * 0.5 * (1 + math.cos(-math.pi / 30)))
     assert md_step_size(21, 50, 20, 2 * EPS) == pytest.approx(2 * EPS)     # stage 2 restarts the cosine
     assert md_step_size(49, 50, 20, 2 * EPS) < 0.05 * EPS
+
+
+def test_autoattack_square_uses_the_raw_schedule_standalone_square_the_rescaled_one():
+    """Official AutoAttack builds SquareAttack(..., resc_schedule=False); the official class (and
+    virkit's standalone Square, the paper's Square-5000 rows) rescales to the query budget."""
+    # at query 4,500 of 5,000 the raw schedule is at p_init/128 (a 3-pixel side on 32x32 images),
+    # the rescaled one at p_init/512 (1 pixel): squares shrink twice as fast
+    assert square_p_schedule(4500, 5000, rescale=False) == pytest.approx(0.8 / 128)
+    assert square_p_schedule(4500, 5000, rescale=True) == pytest.approx(0.8 / 512)
+    assert [square_p_schedule(i, 5000, rescale=False) for i in (10, 11, 50, 51, 8000, 8001)] == pytest.approx(
+        [0.8, 0.4, 0.4, 0.2, 0.8 / 256, 0.8 / 512])
+    aa = get_attack("aa")
+    square = aa.components()[-1]
+    assert type(square).__name__ == "Square" and square.resc_schedule is False
+    assert aa.describe()["square_resc_schedule"] is False
+    assert get_attack("square").resc_schedule is True
+
+
+def test_pgd_result_stays_in_the_box_even_without_steps():
+    """The TRADES-style normal start is not clipped (the first forward sees it as drawn), but what
+    pgd returns lies in the ball and the box, also with attack_steps=0."""
+    x = torch.cat([torch.zeros(4, 3, 8, 8), torch.ones(4, 3, 8, 8)])
+    y = torch.zeros(8, dtype=torch.long)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
+    g = torch.Generator().manual_seed(0)
+    for steps in (0, 1):
+        xa = pgd(net, x, y, eps=EPS, step_size=2 / 255, steps=steps, random_start="normal", generator=g)
+        assert xa.min() >= 0 and xa.max() <= 1 and (xa - x).abs().max() <= EPS + 1e-7
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

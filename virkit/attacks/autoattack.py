@@ -21,8 +21,9 @@ __all__ = ["AutoAttack"]
 class AutoAttack(Attack):
     """AutoAttack standard (Croce & Hein, ICML 2020), L-inf, eps 8/255: APGD-CE (100 steps),
     APGD-T (100 steps, ``n_target_classes`` 9), FAB-T (100 steps, 9 targets), Square (5000
-    queries), each on the points still robust after the previous ones; the same seed for all.
-    ``n_target_classes`` is capped at the number of classes minus one."""
+    queries, the raw p-schedule: the official code builds it with ``resc_schedule=False``), each on
+    the points still robust after the previous ones; the same seed for all. ``n_target_classes``
+    is capped at the number of classes minus one."""
 
     name = "AutoAttack (standard)"
     paper = "Croce & Hein, ICML 2020"
@@ -36,13 +37,14 @@ class AutoAttack(Attack):
         self.version = version
         self.apgd_steps, self.n_target_classes = int(apgd_steps), int(n_target_classes)
         self.fab_steps, self.square_queries = int(fab_steps), int(square_queries)
+        self.square_resc_schedule = False   # as the official standard version (recorded in eval.json)
 
     def components(self) -> list[Attack]:
         kw = dict(eps=self.eps, bounds=self.bounds, seed=self.seed)
         return [APGD(steps=self.apgd_steps, loss="ce", **kw),
                 APGDTargeted(steps=self.apgd_steps, n_target_classes=self.n_target_classes, **kw),
                 FABTargeted(steps=self.fab_steps, n_target_classes=self.n_target_classes, **kw),
-                Square(n_queries=self.square_queries, **kw)]
+                Square(n_queries=self.square_queries, resc_schedule=self.square_resc_schedule, **kw)]
 
     def perturb(self, model, x, y):
         def run(idx, atk):   # one component on the points every previous component failed to break

@@ -52,7 +52,8 @@ def random_init(x: torch.Tensor, eps: float, kind: str, generator: torch.Generat
 
     * ``uniform``: x + U(-eps, eps), clipped to the box (Madry et al. 2018);
     * ``normal``: x + 0.001 * N(0, I) (TRADES, MART, and the paper's Algorithm 1 line 5). As in
-      the TRADES code the start is not clipped; the first step's projection brings it back;
+      the TRADES code the start is not clipped: the first forward sees it as drawn, and every
+      step's projection (or, with no step, :func:`pgd`'s final projection) brings it back;
     * ``none``: x itself.
     """
     if kind == "none":
@@ -115,7 +116,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
             if count is not None:
                 count += (logits.detach().argmax(1) == y).int()
             x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps, bounds)
-    x_adv = x_adv.detach()
+    # the result always lies in the ball and the box: a no-op after a step (the projection is
+    # idempotent), and with ``steps=0`` it clips the unclipped normal start
+    x_adv = project_linf(x_adv.detach(), x, eps, bounds)
     return (x_adv, count) if count_correct else x_adv
 
 

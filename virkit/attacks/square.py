@@ -5,8 +5,11 @@ The attack only reads the model's logits (no gradients). It starts from vertical
 +-eps, then repeatedly proposes to set a random square window (per example, per channel a random
 sign) to x +- eps, and keeps the proposal when the margin loss ``z_y - max_{j!=y} z_j`` decreases.
 The side of the window shrinks with the schedule of the paper (fraction ``p`` of the pixels,
-starting at ``p_init = 0.8``, halved at fixed fractions of the query budget). A point is done as
-soon as its margin is negative (misclassified).
+starting at ``p_init = 0.8``, halved at fixed query counts). The official code can rescale those
+counts from 10,000 queries to the budget (``resc_schedule``): its ``SquareAttack`` class does by
+default, and so does virkit's standalone Square (the paper's Square-5000 rows); standard AutoAttack
+builds its Square with ``resc_schedule=False``, the raw schedule, and so does virkit's AutoAttack.
+A point is done as soon as its margin is negative (misclassified).
 """
 from __future__ import annotations
 
@@ -20,10 +23,13 @@ from .base import Attack, attack_rounds, correct_mask, register
 __all__ = ["Square", "square_p_schedule"]
 
 
-def square_p_schedule(it: int, n_queries: int, p_init: float = 0.8) -> float:
-    """Fraction of pixels changed at iteration ``it`` (Andriushchenko et al. 2020), with the
-    schedule rescaled from 10,000 queries to ``n_queries`` as in AutoAttack."""
-    it = int(it / n_queries * 10000)
+def square_p_schedule(it: int, n_queries: int, p_init: float = 0.8, rescale: bool = True) -> float:
+    """Fraction of pixels changed at iteration ``it`` (Andriushchenko et al. 2020). With ``rescale``
+    the schedule's query counts (written for 10,000 queries) are stretched to ``n_queries`` (the
+    official ``SquareAttack`` default); without it they are used as written (what standard
+    AutoAttack does: ``resc_schedule=False``)."""
+    if rescale:
+        it = int(it / n_queries * 10000)
     for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
                        (8000, 256)):
         if it <= bound:
@@ -35,7 +41,9 @@ def square_p_schedule(it: int, n_queries: int, p_init: float = 0.8) -> float:
 class Square(Attack):
     """Square Attack (Andriushchenko et al., ECCV 2020), L-inf, untargeted, margin loss, black box
     (logits only). Paper setting (Sec. 5.4): 5000 queries per example (the initial stripes count
-    as one), p_init 0.8, 1 restart, eps 8/255. Only correctly classified points are attacked; a
+    as one), p_init 0.8, 1 restart, eps 8/255. ``resc_schedule`` (default True, as the official
+    class): stretch the p-schedule to ``n_queries``; AutoAttack passes False. Only correctly
+    classified points are attacked; a
     point stops querying once it is misclassified (checked every ``check_every`` iterations, to
     avoid a host synchronisation per query)."""
 
@@ -44,9 +52,10 @@ class Square(Attack):
     black_box = True
 
     def __init__(self, eps: float = 8 / 255, n_queries: int = 5000, p_init: float = 0.8, n_restarts: int = 1,
-                 check_every: int = 10, bounds=(0.0, 1.0), seed: int = 0):
+                 check_every: int = 10, resc_schedule: bool = True, bounds=(0.0, 1.0), seed: int = 0):
         super().__init__(eps, bounds, seed)
         self.n_queries, self.p_init, self.n_restarts = int(n_queries), float(p_init), int(n_restarts)
+        self.resc_schedule = bool(resc_schedule)
         self.check_every = max(int(check_every), 1)
         self.name = f"Square ({self.n_queries} queries)"
 
@@ -71,7 +80,7 @@ class Square(Attack):
                 active = (m > 0).nonzero().squeeze(1)
                 if active.numel() == 0:
                     break
-            p = square_p_schedule(it - 1, self.n_queries, self.p_init)
+            p = square_p_schedule(it - 1, self.n_queries, self.p_init, self.resc_schedule)
             s = max(int(round(math.sqrt(p * h * w))), 1)
             s = min(s, h - 1, w - 1) if min(h, w) > 1 else 1
             k = active.numel()
