@@ -94,3 +94,70 @@ def test_trades_loss_matches_hand_formula_at_burn_in():
     kl = (torch.softmax(ln, 1) * (torch.log_softmax(ln, 1) - torch.log_softmax(la, 1))).sum(1)
     expected = torch.nn.functional.cross_entropy(ln, y) + 4.0 * kl.mean()
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ issue 13
+def _step(method, x, y, **over):
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, (0.5,) * 3, (0.25,) * 3)
+    cfg = resolve_config("tiny", method=method, device="cpu", attack_steps=2, **over)
+    out = method_step(model, x, y, cfg, epoch=cfg.reweight_start, generator=torch.Generator().manual_seed(1))
+    return model, out
+
+
+def test_scale_matched_controls_keep_total_or_redistribution():
+    """vir-at-flat: every example gets VIR's batch-mean weight; vir-at-mean1: VIR's weights over their
+    batch mean. Same model, batch and attack start, so the VIR weights are the same three times."""
+    _, x, y = _batch()
+    _, vir = _step("vir-at", x, y)
+    _, flat = _step("vir-at-flat", x, y)
+    _, mean1 = _step("vir-at-mean1", x, y)
+    assert torch.equal(vir.x_adv, flat.x_adv) and torch.equal(vir.x_adv, mean1.x_adv)
+    assert torch.allclose(flat.weights, vir.weights.mean().expand_as(vir.weights))
+    assert float(flat.weights.std()) == 0.0 and float(vir.weights.std()) > 0
+    assert torch.allclose(mean1.weights, vir.weights / vir.weights.mean())
+    # the batch loss: flat has VIR's total weight, mean1 the unweighted scale
+    ce = vir.loss_per_example / vir.weights
+    assert torch.allclose(flat.loss, (vir.weights.mean() * ce).mean(), rtol=1e-5)
+    assert torch.allclose(mean1.loss, (mean1.weights * ce).mean(), rtol=1e-5)
+
+
+def test_vir_at_w1_is_at_with_the_vir_start():
+    """Table 6's first row: the VIR pipeline with w = 1 is `at` with the 0.001 N(0, I) start."""
+    _, x, y = _batch()
+    _, w1 = _step("vir-at-w1", x, y)
+    _, at = _step("at", x, y, random_start="normal")
+    _, at_uniform = _step("at", x, y)
+    assert torch.equal(w1.loss, at.loss) and torch.equal(w1.weights, torch.ones_like(w1.weights))
+    assert not torch.equal(w1.x_adv, at_uniform.x_adv)
+
+
+def test_trades_runs_three_train_forwards_like_the_official_code():
+    """trades.py runs model(x), model(x'), model(x) in train mode: BatchNorm's running statistics see
+    x twice. The default does the same (the third forward without a graph); the loss is unchanged."""
+    _, x, y = _batch()
+    m3, out3 = _step("trades", x, y)
+    m2, out2 = _step("trades", x, y, trades_forwards=2)
+    assert torch.allclose(out3.loss, out2.loss, rtol=1e-5, atol=1e-6)
+    # replay the official order by hand on a fresh copy of the model
+    torch.manual_seed(0)
+    ref = build_model("small-cnn", 10, (0.5,) * 3, (0.25,) * 3)
+    ref.train()
+    with torch.no_grad():
+        for inp in (x, out3.x_adv, x):
+            ref(inp)
+    bn = lambda m: [b for n, b in m.named_buffers() if n.endswith("running_mean")]  # noqa: E731
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(bn(m3), bn(ref)))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(bn(m2), bn(ref)))
+
+
+def test_reweighting_starts_follow_each_official_code():
+    """VIR: the 76th epoch (Sec. 5.1); GAIRAT: its first lr drop; MAIL: one epoch later (0-based > 75)."""
+    starts = {m: resolve_config("paper", method=m).reweight_start for m in ("vir-at", "vir-trades", "gairat",
+                                                                             "mail-at", "mail-trades")}
+    assert starts == {"vir-at": 76, "vir-trades": 76, "gairat": 76, "mail-at": 77, "mail-trades": 77}
+    q = resolve_config("quick", method="vir-at")
+    # the quick preset's schedule is the paper's scaled to 10 epochs: the lr drops and reweighting
+    # starts in the same epoch, as at 75/76 of 115
+    assert q.lr_milestones == (7, 8) and q.reweight_start == 8
+    assert resolve_config("paper", method="vir-at", reweight_start=77).reweight_start == 77

@@ -107,11 +107,16 @@ def test_table4_and_ablation_tables(tmp_path):
     t4 = make_table(collect_runs(dirs), 4)
     assert list(t4.columns) == ["NATURAL", "PGD-20", "AA"] and t4.loc["VIR-AT", "PGD-20"] == "26.00"
     abl = [make_run(tmp_path, m, method=m, accs={"natural": 0.84, "pgd100": 0.5, "spsa": 0.56})
-           for m in ("vir-at", "vir-at-sd", "at", "vir-at-sv", "trades", "vir-trades", "vir-trades-sv", "vir-trades-sd")]
+           for m in ("vir-at", "vir-at-sd", "vir-at-w1", "vir-at-sv", "trades", "vir-trades", "vir-trades-sv",
+                     "vir-trades-sd", "vir-at-flat")]
     t6 = make_table(collect_runs(abl), 6)
     assert t6.index.name == "REWEIGHTING COMPONENT"
     assert list(t6.columns) == ["NATURAL", "PGD-100", "CW", "AA", "SQUARE", "SPSA"]
-    assert [s.split("[")[-1] for s in t6.index] == ["AT]", "VIR-AT-SV]", "VIR-AT-SD]", "VIR-AT]"]
+    # the first row is the VIR pipeline with w = 1 (an ablation varies the weight only); the
+    # scale-matched control rows follow the paper's
+    assert [s.split("[")[-1] for s in t6.index] == ["VIR-AT-W1]", "VIR-AT-SV]", "VIR-AT-SD]", "VIR-AT]",
+                                                    "VIR-AT-FLAT]"]
+    assert t6.index[0] == "L_CE(f(x'), y) [VIR-AT-W1]" and t6.index[-1] == "mean(w) · L_CE(f(x'), y) [VIR-AT-FLAT]"
     t7 = make_table(collect_runs(abl), 7)
     assert [s.split("[")[-1] for s in t7.index] == ["TRADES]", "VIR-TRADES-SV]", "VIR-TRADES-SD]", "VIR-TRADES]"]
     mart = [make_run(tmp_path, "mart", method="mart", accs={"natural": 0.8})]

@@ -50,8 +50,11 @@ def test_quick_grid_expands_to_named_trials(tmp_path):
 
 PAPER = {  # grid file -> (table, trials, the varied values of the paper's table)
     "table1_resnet18.yaml": (1, 28, {"method": ["at", "trades", "mart", "gairat", "mail-at", "vir-trades", "vir-at"]}),
-    "table6_ablation_at.yaml": (6, 16, {"method": ["at", "vir-at-sv", "vir-at-sd", "vir-at"]}),
-    "table7_ablation_trades.yaml": (7, 16, {"method": ["trades", "vir-trades-sv", "vir-trades-sd", "vir-trades"]}),
+    # Table 6's first row is the VIR pipeline with w = 1; both tables gain the scale-matched controls
+    "table6_ablation_at.yaml": (6, 24, {"method": ["vir-at-w1", "vir-at-sv", "vir-at-sd", "vir-at", "vir-at-mean1",
+                                                   "vir-at-flat"]}),
+    "table7_ablation_trades.yaml": (7, 24, {"method": ["trades", "vir-trades-sv", "vir-trades-sd", "vir-trades",
+                                                       "vir-trades-mean1", "vir-trades-flat"]}),
     "table9_beta_vir_at.yaml": (9, 12, {"beta": [0.0, 0.007, 0.1]}),
     "table10_beta_vir_trades.yaml": (10, 12, {"beta": [0.5, 1.6, 2.0]}),
     "table11_alpha_gamma_vir_at.yaml": (11, 40, {"alpha,gamma": [(1, 10), (2, 10), (3, 10), (5, 10), (7, 10), (8, 10),
@@ -263,3 +266,80 @@ def test_notebook_trials(tmp_path):
     assert (tmp_path / "out" / "x=1" / "output.ipynb").is_file()
     doc2 = sweep.run_grid(grid, out=tmp_path / "out", jobs=2)
     assert [t["status"] for t in doc2["trials"]] == ["skipped", "failed"]
+
+
+# ------------------------------------------------------------------------------------------------
+# --jobs N on one GPU (issue: several runs on one GPU); no GPU needed: the visible GPUs are mocked
+# ------------------------------------------------------------------------------------------------
+_BARRIER_CHILD = r"""
+import json, os, sys, time
+from pathlib import Path
+d, name, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+(d / f"{name}.started").write_text(json.dumps({"pid": os.getpid(), "cvd": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                               "omp": os.environ.get("OMP_NUM_THREADS")}))
+end = time.time() + 60
+while len(list(d.glob("*.started"))) < n:   # every trial process must be alive at once to get past this
+    if time.time() > end:
+        sys.exit(3)
+    time.sleep(0.02)
+"""
+
+
+def test_jobs_n_on_one_gpu_runs_n_trial_processes_at_once_on_that_gpu(tmp_path, monkeypatch):
+    from virkit.sweep import backends
+
+    n = 3
+    monkeypatch.setattr(backends, "_visible_gpus", lambda: ["0"])
+
+    def fake_trial(spec, env_extra=None, own_session=True):   # a real child process per trial, as run_trial_process
+        p = subprocess.run([sys.executable, "-c", _BARRIER_CHILD, str(tmp_path), spec["name"], str(n)],
+                           env={**os.environ, **(env_extra or {})}, timeout=120)
+        return {"name": spec["name"], "status": "finished" if p.returncode == 0 else "failed", "rc": p.returncode}
+
+    monkeypatch.setattr(backends, "run_trial_process", fake_trial)
+    results = []
+    backends.run_local([{"name": f"t{i}"} for i in range(n)], n, results.append)
+    assert sorted(r["name"] for r in results) == [f"t{i}" for i in range(n)]
+    assert all(r["status"] == "finished" for r in results), results   # all passed the barrier: concurrent
+    seen = [json.loads((tmp_path / f"t{i}.started").read_text()) for i in range(n)]
+    assert [s["cvd"] for s in seen] == ["0"] * n          # every trial on the one GPU
+    assert len({s["pid"] for s in seen}) == n             # n processes
+    assert all(int(s["omp"]) >= 1 for s in seen)
+
+
+def test_local_backend_gpu_slots_default_jobs_and_round_robin(monkeypatch):
+    import threading
+
+    from virkit.sweep import backends
+
+    assert backends.slot_env(2, ["0"], 4)["CUDA_VISIBLE_DEVICES"] == "0"
+    assert [backends.slot_env(s, ["4", "5"], 4)["CUDA_VISIBLE_DEVICES"] for s in range(4)] == ["4", "5", "4", "5"]
+    assert "CUDA_VISIBLE_DEVICES" not in backends.slot_env(0, [], 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert backends._visible_gpus() == ["3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert backends._visible_gpus() == []
+
+    def run(gpus, jobs, n):
+        monkeypatch.setattr(backends, "_visible_gpus", lambda: gpus)
+        lock, active, peak, envs = threading.Lock(), [0], [0], []
+
+        def fake_trial(spec, env_extra=None, own_session=True):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+                envs.append(env_extra.get("CUDA_VISIBLE_DEVICES"))
+            time.sleep(0.3)
+            with lock:
+                active[0] -= 1
+            return {"name": spec["name"], "status": "finished"}
+
+        monkeypatch.setattr(backends, "run_trial_process", fake_trial)
+        backends.run_local([{"name": f"t{i}"} for i in range(n)], jobs, lambda r: None)
+        return peak[0], envs
+
+    assert run(["0"], None, 3) == (1, ["0"] * 3)           # default on one GPU: one trial at a time
+    peak, envs = run(["0"], 4, 4)                          # --jobs 4 on one GPU: four at once, all on it
+    assert peak == 4 and envs == ["0"] * 4
+    peak, envs = run(["0", "1"], 4, 4)                     # two GPUs: two trials on each
+    assert peak == 4 and sorted(envs) == ["0", "0", "1", "1"]

@@ -152,12 +152,23 @@ def _sweep_points(sweep: paper.Sweep, grids: Mapping) -> list[dict[str, float]]:
     return points
 
 
+def ablation_methods(table: int, components: Sequence[str]) -> list[str]:
+    """The methods of Table 6 or 7's runs: the paper's first row (the pipeline with w = 1), the
+    full method with each of ``components`` (``sv``, ``sd``; the controls ``mean1``, ``flat``), and
+    the full method, e.g. ``["vir-at-w1", "vir-at-sv", "vir-at", "vir-at-flat"]``."""
+    rows = paper.TABLES[table].paper_rows
+    base, full = rows[0].method, rows[-1].method
+    return [base, *[f"{full}-{c}" for c in components if f"{full}-{c}" in paper.METHODS and c in ("sv", "sd")],
+            full, *[f"{full}-{c}" for c in components if c not in ("sv", "sd")]]
+
+
 def ablation_results(ctx, tables: Iterable[int], grids: Mapping[str, Sequence], seeds: Sequence[int]
                      ) -> dict[int, dict]:
     """Train/reuse the runs of the ablation Tables 6, 7 and 9-12 and build each table.
 
     ``grids``: notebook 07's parameters (pass ``ctx.params``): ``components`` (Tables 6-7 rows
-    besides the baseline and the full method, e.g. ``["sv", "sd"]``) and, for Tables 9-12, the
+    besides the baseline and the full method, e.g. ``["sv", "sd"]``, and the scale-matched controls
+    ``"mean1"``, ``"flat"``) and, for Tables 9-12, the
     extra values of each swept hyperparameter under :func:`grid_parameter`'s names
     (``beta_grid_at``, ``alpha_grid_trades``, ...); the paper's value (:data:`virkit.paper.SWEEPS`)
     is always included. Returns {table: {"title", "table" (DataFrame of 'mean ± std' strings, %),
@@ -171,8 +182,7 @@ def ablation_results(ctx, tables: Iterable[int], grids: Mapping[str, Sequence], 
     for t in tables:
         spec = paper.TABLES.get(t)
         if spec is not None and spec.ablation:    # Tables 6-7: baseline, components, full method
-            base, full = spec.methods[0], spec.methods[-1]
-            methods = [base, *[f"{full}-{c}" for c in grids.get("components", [])], full]
+            methods = ablation_methods(t, grids.get("components", []))
             runs = [ctx.run(m, seed=s) for m in methods for s in seeds]
             out[t] = {"title": spec.title, "table": paper_table(report.collect_runs(runs), t)}
             continue

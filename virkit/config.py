@@ -48,9 +48,12 @@ class TrainConfig:
     random_start: str | None = None     # None: the method's own (see virkit.methods.METHODS)
 
     # --- reweighting ------------------------------------------------------------------------------
-    reweight_start: int = 76            # first epoch (1-based) with weights != 1 (Sec. 5.1: "on the
-                                        # 76th epoch"; Algorithm 1 line 12 reads "w=1 if epoch <= 76",
-                                        # i.e. 77: set reweight_start=77 for that reading)
+    reweight_start: int | None = None   # first epoch (1-based) with weights != 1; None: the method's
+                                        # own, the first lr milestone + MethodSpec.reweight_delay: 76 of
+                                        # 115 for VIR (Sec. 5.1: "on the 76th epoch"; Algorithm 1 line 12
+                                        # reads "w=1 if epoch <= 76", i.e. 77: set 77 for that reading)
+                                        # and GAIRAT (its code starts at its first lr drop), 77 for MAIL
+                                        # (its code: 0-based epoch > 75)
     alpha: float | None = None          # VIR S_v scale (None: the method's default, Sec. 5.3)
     gamma: float | None = None          # VIR S_v exponent / MAIL slope
     beta: float | None = None           # VIR additive floor / MAIL bias
@@ -63,6 +66,9 @@ class TrainConfig:
     weight_norm: str = "none"           # "none" (Algorithm 1 sums w_i * L_i) or "mean1" (batch mean 1)
     batch_reduction: str = "mean"       # "mean": (1/M) sum_i w_i L_i as every baseline's code does, so
                                         # the lr means the same across methods; "sum": Algorithm 1 literally
+    trades_forwards: int = 3            # train-mode forwards per TRADES-family step: 3 (x, x', x) as the
+                                        # official trades.py, so BatchNorm statistics see x twice (about
+                                        # 3% slower, docs/BASELINES.md); 2 (x', x): virkit before 0.2
 
     # --- engineering ------------------------------------------------------------------------------
     device: str = "auto"                # auto | cpu | cuda | cuda:N | mps
@@ -76,6 +82,10 @@ class TrainConfig:
     eval_checkpoint: str = "last"       # which checkpoint the final evaluation uses: last | best
     preset: str = "paper"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.reweight_start is None and self.method in METHODS:
+            self.reweight_start = default_reweight_start(self.method, self.lr_milestones, self.epochs)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -102,6 +112,23 @@ class TrainConfig:
         return METHODS[self.method].defaults.get(name) if v is None else v
 
 
+def default_reweight_start(method: str, lr_milestones, epochs: int) -> int:
+    """The method's first reweighted epoch: the first lr milestone + ``MethodSpec.reweight_delay``
+    (without milestones: 76/115 of the epochs, the paper's fraction)."""
+    first = min(lr_milestones) if lr_milestones else round(75 / 115 * epochs)
+    return int(first) + METHODS[method].reweight_delay
+
+
+def scaled_schedule(epochs: int) -> dict[str, Any]:
+    """The paper's schedule (Sec. 5.1: 115 epochs, lr/10 after 75 and 90, reweighting from 76) scaled
+    to ``epochs`` by its fractions, in one place for every scaled preset: milestones
+    ``round(75/115 E)`` and ``round(90/115 E)`` (kept distinct), and reweighting from the epoch after
+    the first (each method's rule, :func:`default_reweight_start`), i.e. with the first lr drop."""
+    m1 = max(1, round(75 / 115 * epochs))
+    m2 = max(m1 + 1, round(90 / 115 * epochs))
+    return {"epochs": int(epochs), "lr_milestones": (m1, m2) if m2 < epochs else (m1,)}
+
+
 # Presets: overrides on top of the dataclass defaults. ``paper`` follows Sec. 5.1/5.3; ``quick`` runs
 # on 2 CPU cores in a few minutes per method on the CIFAR-10 stand-in.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -112,11 +139,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_subset": 10000,      # 1/5 of CIFAR-10: ~30 s an epoch of PGD-3 AT on 2 cores
         "test_subset": 1000,
         "holdout": 500,
-        "epochs": 10,
+        **scaled_schedule(10),      # 10 epochs: lr/10 after epochs 7 and 8, VIR reweights from epoch 8
         "lr": 0.05,                 # the small CNN with BatchNorm tolerates a larger lr than RN-18
         "weight_decay": 5e-4,
-        "lr_milestones": (7, 9),    # 75/115 and 90/115 of 10 epochs, rounded
-        "reweight_start": 7,        # 76/115 of 10 epochs -> epoch 7 (same fraction as the paper)
         "attack_steps": 3,          # PGD-3 with step 2.5*eps/3 keeps training affordable on a CPU
         "step_size": 2.5 * 8 / 255 / 3,
         "holdout_pgd_steps": 10,
@@ -217,6 +242,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_choice("weight_norm", cfg.weight_norm, ["none", "mean1"])
     check_choice("batch_reduction", cfg.batch_reduction, ["mean", "sum"])
     check_choice("eval_checkpoint", cfg.eval_checkpoint, ["last", "best"])
+    if cfg.trades_forwards not in (2, 3):
+        raise VirkitError(f"trades_forwards={cfg.trades_forwards} must be 2 or 3 (3: x, x', x as the official "
+                          "trades.py)")
     if cfg.random_start is not None:
         check_choice("random_start", cfg.random_start, ["uniform", "normal", "none"])
     check_range("epochs", cfg.epochs, 1, 10000)

@@ -17,9 +17,18 @@ mail-trades    PGD KL     normal       CE(f(x_i), y_i) + (1/lambda) w_i KL_i    
 vir-at         PGD CE     normal       w_i CE(f(x'_i), y_i), w = S_v S_d + beta      (Eq. 8, Alg. 1)
 vir-trades     PGD KL     normal       CE(f(x_i), y_i) + (1/lambda) w_i KL_i                  (Eq. 10)
 vir-at-sv/-sd, vir-trades-sv/-sd: Tables 6-7 ablations, w = S_v or w = S_d alone.
+vir-at-w1      PGD CE     normal       CE(f(x'_i), y_i): the VIR pipeline with w = 1 (Table 6, first row)
+vir-at-mean1, vir-trades-mean1: VIR's weights rescaled to batch mean 1 (redistribution only)
+vir-at-flat, vir-trades-flat: every example gets VIR's batch-mean weight (rescaling only)
 =============  =========  ===========  =============================================================
 
-KL_i = KL(softmax f(x_i) || softmax f(x'_i)). Before ``reweight_start`` every weight is 1.
+The last two pairs are the scale-matched control: with the paper's raw weights the mean VIR-AT
+weight after burn-in is far below 1, so the reweighted epochs take much smaller steps. ``-flat``
+keeps that total weight but spreads it evenly, ``-mean1`` keeps VIR's redistribution at the
+unweighted step size; together they separate *where* VIR puts its weight from *how much*.
+
+KL_i = KL(softmax f(x_i) || softmax f(x'_i)). Before ``reweight_start`` every weight is 1; its default
+follows each official code relative to the first lr drop (:attr:`MethodSpec.reweight_delay`).
 Crafting always runs with the model in eval mode (as every official code does) and restores it.
 """
 from __future__ import annotations
@@ -47,6 +56,13 @@ class MethodSpec:
     weighting: str              # none | vir | vir-sv | vir-sd | gairat | mail
     description: str
     defaults: dict = field(default_factory=dict)
+    #: the default first reweighted epoch is the first lr milestone + this: 1 is the first epoch at
+    #: the lowered lr (VIR: "on the 76th epoch" with the drop after 75; GAIRAT's code: begin_epoch =
+    #: its first lr drop), 2 is one epoch later (MAIL's code: a 0-based ``epoch > 75``, lr dropped at 75)
+    reweight_delay: int = 1
+    #: what happens to the weights of a batch: none | mean1 (rescaled to batch mean 1) | flat (every
+    #: example gets the batch mean)
+    weight_transform: str = "none"
 
     @property
     def reweighted(self) -> bool:
@@ -64,10 +80,10 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     MethodSpec("mart", "mart", "ce", "normal", "none", "MART (Wang et al. 2019), beta=5", {"trades_beta": 5.0}),
     MethodSpec("gairat", "at", "ce", "uniform", "gairat", "GAIRAT (Zhang et al. 2020), Tanh weights, lambda=-1"),
     MethodSpec("mail-at", "at", "ce", "normal", "mail", "MAIL-AT (Liu et al. 2021), gamma(slope)=10, beta(bias)=-0.5",
-               {"gamma": 10.0, "beta": -0.5}),
+               {"gamma": 10.0, "beta": -0.5}, reweight_delay=2),
     MethodSpec("mail-trades", "trades", "kl", "normal", "mail",
                "MAIL-TRADES (Liu et al. 2021), gamma(slope)=2, beta(bias)=0, 1/lambda=5",
-               {"gamma": 2.0, "beta": 0.0, "trades_beta": 5.0}),
+               {"gamma": 2.0, "beta": 0.0, "trades_beta": 5.0}, reweight_delay=2),
     MethodSpec("vir-at", "at", "ce", "normal", "vir", "VIR-AT (Eq. 8): alpha=7, beta=0.007, gamma=10", _VIR_AT),
     MethodSpec("vir-trades", "trades", "kl", "normal", "vir",
                "VIR-TRADES (Eq. 10): alpha=8, beta=1.6, gamma=3, 1/lambda=5", _VIR_TRADES),
@@ -77,6 +93,18 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
                _VIR_TRADES),
     MethodSpec("vir-trades-sd", "trades", "kl", "normal", "vir-sd", "Table 7 ablation: CE + (1/lambda) S_d KL",
                _VIR_TRADES),
+    MethodSpec("vir-at-w1", "at", "ce", "normal", "none",
+               "Table 6 first row: the VIR-AT pipeline (0.001 N(0, I) start, Algorithm 1) with w = 1", _VIR_AT),
+    MethodSpec("vir-at-mean1", "at", "ce", "normal", "vir", "control: VIR-AT weights rescaled to batch mean 1",
+               _VIR_AT, weight_transform="mean1"),
+    MethodSpec("vir-at-flat", "at", "ce", "normal", "vir",
+               "control: every example gets VIR-AT's batch-mean weight (same total weight, no redistribution)",
+               _VIR_AT, weight_transform="flat"),
+    MethodSpec("vir-trades-mean1", "trades", "kl", "normal", "vir",
+               "control: VIR-TRADES weights rescaled to batch mean 1", _VIR_TRADES, weight_transform="mean1"),
+    MethodSpec("vir-trades-flat", "trades", "kl", "normal", "vir",
+               "control: every example gets VIR-TRADES' batch-mean weight (same total weight, no redistribution)",
+               _VIR_TRADES, weight_transform="flat"),
 ]}
 
 MAIL_SCALE = 3.0  # MAIL's official constant multiplier on the sigmoid (docs/BASELINES.md)
@@ -138,8 +166,18 @@ def method_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, epoch: 
 
     # ---- 2. training forwards in train mode -------------------------------------------------------
     with ac():
-        logits_adv = model(x_adv)
-        logits_nat = model(x) if spec.family in ("trades", "mart") else None
+        if spec.family == "trades" and cfg.trades_forwards == 3:
+            # as the official trades.py: model(x) for the CE term, then model(x') and model(x) again
+            # for the KL term, so BatchNorm's running statistics see x, x', x. In train mode the
+            # third forward's output equals the first's, so its gradient is the first's: run it
+            # without a graph, for the statistics alone
+            logits_nat = model(x)
+            logits_adv = model(x_adv)
+            with torch.no_grad():
+                model(x)
+        else:
+            logits_adv = model(x_adv)
+            logits_nat = model(x) if spec.family in ("trades", "mart") else None
         if active and spec.weighting.startswith("vir") and cfg.weight_logits == "train" and logits_nat is None:
             with torch.no_grad():
                 logits_nat_w = model(x)  # extra natural forward in train mode (updates BN statistics)
@@ -162,8 +200,10 @@ def method_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, epoch: 
         elif spec.weighting == "mail":
             # MAIL's official code uses the (detached) train-mode logits of the training forward
             w = rw.mail_weights(logits_adv.detach(), y, cfg.hp("gamma"), cfg.hp("beta"), MAIL_SCALE)
-        if cfg.weight_norm == "mean1" and spec.weighting not in ("gairat",):
+        if (cfg.weight_norm == "mean1" and spec.weighting not in ("gairat",)) or spec.weight_transform == "mean1":
             w = rw.normalize_batch_mean(w)
+        elif spec.weight_transform == "flat":
+            w = w.mean().expand_as(w).clone()   # the batch's total weight, spread evenly
         w = w.detach()
 
     # ---- 4. loss ------------------------------------------------------------------------------------

@@ -68,6 +68,13 @@ METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in [
     Method("vir-at-sd", "VIR-AT-SD", "VIR-AT (S_d only)", "#c49c94"),
     Method("vir-trades-sv", "VIR-TRADES-SV", "VIR-TRADES (S_v only)", "#dbdb8d"),
     Method("vir-trades-sd", "VIR-TRADES-SD", "VIR-TRADES (S_d only)", "#c7c7c7"),
+    # not in the paper: the first row of Table 6 as an ablation (the VIR pipeline with w = 1) and the
+    # scale-matched controls (docs/RESULTS.md)
+    Method("vir-at-w1", "VIR-AT-W1", "VIR-AT (w = 1)", "#17becf"),
+    Method("vir-at-mean1", "VIR-AT-MEAN1", "VIR-AT (batch mean 1)", "#ff7f7f"),
+    Method("vir-at-flat", "VIR-AT-FLAT", "VIR-AT (flat weight)", "#8c0000"),
+    Method("vir-trades-mean1", "VIR-TRADES-MEAN1", "VIR-TRADES (batch mean 1)", "#e6e600"),
+    Method("vir-trades-flat", "VIR-TRADES-FLAT", "VIR-TRADES (flat weight)", "#7f7f00"),
 ]})
 METHOD_ORDER: tuple[str, ...] = tuple(METHODS)
 
@@ -288,6 +295,8 @@ class Row:
     method: str
     label: str | None = None
     params: tuple[tuple[str, float], ...] = ()
+    #: a row virkit adds to the paper's table (the scale-matched controls of Tables 6-7)
+    extension: bool = False
 
     @property
     def hyperparameters(self) -> dict[str, float]:
@@ -321,8 +330,13 @@ class Table:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """The methods of the rows, in the paper's order, each once."""
+        """The methods of the rows, in the paper's order (virkit's extension rows last), each once."""
         return tuple(dict.fromkeys(r.method for r in self.rows))
+
+    @property
+    def paper_rows(self) -> tuple[Row, ...]:
+        """The rows the paper prints (without virkit's extension rows)."""
+        return tuple(r for r in self.rows if not r.extension)
 
     @property
     def ablation(self) -> bool:
@@ -410,10 +424,14 @@ TABLES: Mapping[int, Table] = MappingProxyType({t.number: t for t in [
           "Ablation studies on VIR-AT showing the impact of reweighting components proposed in Eq. 5 and 6 on "
           "white-box and black-box attack robustness (accuracy %).", "Sec. 5.6.1", TableKind.COMPONENTS, _C10,
           _RN18, _ABLATION, (
-              Row("at", "L_CE(f(x'), y)"),
+              # the paper's first row equals its Table 1 AT row, i.e. the VIR pipeline with w = 1
+              # (0.001 N(0, I) start): vir-at-w1, so that the rows differ in the weight only
+              Row("vir-at-w1", "L_CE(f(x'), y)"),
               Row("vir-at-sv", "S_v(x, y) · L_CE(f(x'), y)"),
               Row("vir-at-sd", "S_d(x, x') · L_CE(f(x'), y)"),
-              Row("vir-at", "w(x, x', y) · L_CE(f(x'), y)"))),
+              Row("vir-at", "w(x, x', y) · L_CE(f(x'), y)"),
+              Row("vir-at-mean1", "w / mean(w) · L_CE(f(x'), y)", extension=True),
+              Row("vir-at-flat", "mean(w) · L_CE(f(x'), y)", extension=True))),
     Table(7, "Ablation of the VIR-TRADES reweighting components (accuracy %)",
           "Ablation studies on VIR-TRADES showing the impact of reweighting components proposed in Eq. 5 and 6 "
           "on white-box and black-box attack robustness (accuracy %).", "Sec. 5.6.1", TableKind.COMPONENTS, _C10,
@@ -421,7 +439,9 @@ TABLES: Mapping[int, Table] = MappingProxyType({t.number: t for t in [
               Row("trades", "L_CE(f(x), y) + 1/λ KL(f(x) ‖ f(x'))"),
               Row("vir-trades-sv", "L_CE(f(x), y) + 1/λ S_v(x, y) KL(f(x) ‖ f(x'))"),
               Row("vir-trades-sd", "L_CE(f(x), y) + 1/λ S_d(x, x') KL(f(x) ‖ f(x'))"),
-              Row("vir-trades", "L_CE(f(x), y) + 1/λ w(x, x', y) KL(f(x) ‖ f(x'))"))),
+              Row("vir-trades", "L_CE(f(x), y) + 1/λ w(x, x', y) KL(f(x) ‖ f(x'))"),
+              Row("vir-trades-mean1", "L_CE(f(x), y) + 1/λ w / mean(w) KL(f(x) ‖ f(x'))", extension=True),
+              Row("vir-trades-flat", "L_CE(f(x), y) + 1/λ mean(w) KL(f(x) ‖ f(x'))", extension=True))),
     Table(8, "Robust accuracy (%), trained on 20M EDM-generated images",
           "Comparing robustness (accuracy %) for Wideresnet-28-10 on CIFAR-10 trained on 20M EDM-generated "
           "data.", "Appendix B", TableKind.DEFENSES, _C10, "wrn-28-10", _APPENDIX,

@@ -9,7 +9,7 @@ import numpy as np
 
 from .style import _finish, method_color, method_label, styled
 
-__all__ = ["plot_class_weights", "plot_training_curves"]
+__all__ = ["plot_class_weights", "plot_training_curves", "effective_lr"]
 
 
 @styled
@@ -63,25 +63,44 @@ def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequ
     return _finish(fig, title)
 
 
+def effective_lr(hist: Sequence[Mapping]) -> list[float]:
+    """Per epoch, the learning rate times the epoch's mean sample weight: the step size the weighted
+    loss actually takes (with raw VIR weights far below 1 it falls long before the lr schedule does)."""
+    return [float(h["lr"]) * float(h.get("weight_mean", 1.0)) for h in hist]
+
+
 @styled
-def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str | None = None):
-    """Held-out natural and PGD accuracy per epoch for each run (labels: method names)."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for i, (m, hist) in enumerate(histories.items()):
-        ep = [h["epoch"] for h in hist]
-        axes[0].plot(ep, [100 * h["holdout_nat_acc"] for h in hist], "o-", ms=3, color=method_color(m, i),
-                     label=method_label(m))
-        axes[1].plot(ep, [100 * h["holdout_pgd_acc"] for h in hist], "o-", ms=3, color=method_color(m, i),
-                     label=method_label(m))
+def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str | None = None,
+                         effective: bool | None = None):
+    """Held-out natural and PGD accuracy per epoch for each run (labels: method names) and, with
+    ``effective`` (default: when the histories record ``lr``), the effective learning rate
+    (lr × mean sample weight, log scale) side by side."""
     from matplotlib.ticker import MaxNLocator
 
+    if effective is None:
+        effective = all("lr" in h for hist in histories.values() for h in hist)
+
+    fig, axes = plt.subplots(1, 3 if effective else 2, figsize=(17 if effective else 12, 4))
+    for i, (m, hist) in enumerate(histories.items()):
+        ep = [h["epoch"] for h in hist]
+        style = dict(ms=3, color=method_color(m, i), label=method_label(m))
+        axes[0].plot(ep, [100 * h["holdout_nat_acc"] for h in hist], "o-", **style)
+        axes[1].plot(ep, [100 * h["holdout_pgd_acc"] for h in hist], "o-", **style)
+        if effective:
+            axes[2].plot(ep, [float(h["lr"]) for h in hist], ":", lw=1, color=style["color"])
+            axes[2].plot(ep, effective_lr(hist), "o-", **style)
     for ax, what in zip(axes, ("natural", "PGD")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("epoch")
         ax.set_ylabel(f"held-out {what} accuracy (%)")
         ax.set_title(f"Held-out {what} accuracy")
-    axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if effective:
+        axes[2].set_yscale("log")
+        axes[2].set_ylabel("lr × mean sample weight")
+        axes[2].set_title("Effective learning rate (dotted: lr)")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _finish(fig, title)
 
 
