@@ -102,3 +102,26 @@ def test_truncated_cifar_pickle_is_a_clear_error(tmp_path):
         (d / n).write_bytes(b"\x80\x04\x95garbage")
     with pytest.raises(VirkitError, match="corrupt"):
         load_dataset("cifar10", tmp_path, "test")
+
+
+def test_validation_split_is_carved_from_train_and_picks_best_without_test_images(tiny_cfg):
+    """best.pt is chosen on a seeded class-balanced validation split of the training set (issue 13);
+    the run trains on the rest and no test image is in it."""
+    from virkit.data import validation_split
+    from virkit.trainer import prepare_data
+
+    cfg = tiny_cfg("vir-at", holdout=100)
+    d = prepare_data(cfg, torch.device("cpu"))
+    rows = lambda s: {bytes(r) for r in s.x.flatten(1).numpy()}  # noqa: E731
+    full_train = load_dataset("cifar10", cfg.data_root, "train")
+    full_test = load_dataset("cifar10", cfg.data_root, "test")
+    val, train, test_rows = rows(d.holdout), rows(d.train), rows(full_test)
+    assert len(d.holdout) == 100 and not (val & train), "validation images leak into training"
+    assert val <= rows(full_train) and not (val & test_rows), "validation must come from the training split"
+    assert torch.bincount(d.holdout.y, minlength=10).tolist() == [10] * 10
+    assert d.meta["holdout"]["from"] == "train" and d.meta["holdout"]["size"] == 100
+    # fixed per dataset: the same images whatever the run's seed
+    rest, val2, rec = validation_split(full_train, 100)
+    assert rows(val2) == val and rec == d.meta["holdout"] and len(rest) == len(full_train) - 100
+    old = prepare_data(tiny_cfg("vir-at", holdout=100, holdout_from="test"), torch.device("cpu"))
+    assert rows(old.holdout) <= test_rows and old.meta["holdout"]["from"] == "test"

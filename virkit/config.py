@@ -28,7 +28,11 @@ class TrainConfig:
     data_root: str | None = None        # default: $VIRKIT_DATA or ~/.cache/virkit/data
     train_subset: int | None = None     # seeded class-balanced subset of the training split
     test_subset: int | None = None      # first N of a seeded subset of the test split (final eval)
-    holdout: int = 1000                 # test images evaluated every epoch (natural + PGD), fixed
+    holdout: int = 1000                 # validation images evaluated every epoch (natural + PGD); best.pt is
+                                        # the best of them. Carved from the training split (fixed seeded,
+                                        # class-balanced draw per dataset; the run trains on the rest)
+    holdout_from: str = "train"         # "train" (a validation split: no test image selects best.pt) or
+                                        # "test" (held-out test images, virkit before 0.2, for old runs)
     normalize: str = "dataset"          # "dataset": per-channel mean/std inside the model; "none"
 
     # --- optimisation (Sec. 5.1) ----------------------------------------------------------------
@@ -242,6 +246,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_choice("weight_norm", cfg.weight_norm, ["none", "mean1"])
     check_choice("batch_reduction", cfg.batch_reduction, ["mean", "sum"])
     check_choice("eval_checkpoint", cfg.eval_checkpoint, ["last", "best"])
+    check_choice("holdout_from", cfg.holdout_from, ["train", "test"])
     if cfg.trades_forwards not in (2, 3):
         raise VirkitError(f"trades_forwards={cfg.trades_forwards} must be 2 or 3 (3: x, x', x as the official "
                           "trades.py)")

@@ -31,7 +31,8 @@ import torch
 from .errors import VirkitError, check_choice
 
 __all__ = ["DATASETS", "Split", "DeviceLoader", "load_dataset", "data_root", "dataset_names", "subset",
-           "HOLDOUT_SEED", "holdout_subset", "test_subset", "random_crop_flip"]
+           "HOLDOUT_SEED", "holdout_subset", "test_subset", "validation_split", "subset_indices", "take",
+           "random_crop_flip"]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 STANDIN_ARCHIVE = "cifar10-jpeg.tar.gz"
@@ -419,10 +420,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     return s
 
 
-def subset(split: Split, n: int | None, seed: int, stratified: bool = True) -> Split:
-    """A seeded subset of ``n`` examples (class-balanced when ``stratified``), in a fixed order."""
-    if n is None or n >= len(split):
-        return split
+def subset_indices(split: Split, n: int, seed: int, stratified: bool = True) -> torch.Tensor:
+    """The sorted positions of a seeded subset of ``n`` examples (class-balanced when ``stratified``:
+    round-robin over the classes in a seeded permutation)."""
     if n <= 0:
         raise VirkitError(f"subset size must be positive, got {n}")
     g = torch.Generator().manual_seed(seed)
@@ -439,9 +439,20 @@ def subset(split: Split, n: int | None, seed: int, stratified: bool = True) -> S
         idx = perm[order[:n]]
     else:
         idx = torch.randperm(len(split), generator=g)[:n]
-    idx, _ = torch.sort(idx)
+    return torch.sort(idx).values
+
+
+def take(split: Split, idx: torch.Tensor, **extra) -> Split:
+    """The examples at positions ``idx`` (in that order), ``extra`` added to the split's record."""
     return Split(split.x[idx], split.y[idx], split.classes, split.name, split.source, split.mean, split.std,
-                 {**split.extra, "subset_indices_seed": seed})
+                 {**split.extra, **extra})
+
+
+def subset(split: Split, n: int | None, seed: int, stratified: bool = True) -> Split:
+    """A seeded subset of ``n`` examples (class-balanced when ``stratified``), in a fixed order."""
+    if n is None or n >= len(split):
+        return split
+    return take(split, subset_indices(split, n, seed, stratified), subset_indices_seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -454,8 +465,26 @@ HOLDOUT_SEED = 20240101
 
 
 def holdout_subset(test: Split, n: int) -> Split:
-    """The ``n`` held-out images evaluated after every epoch (a seeded class-balanced draw)."""
+    """``n`` held-out test images (a seeded class-balanced draw): what runs with
+    ``holdout_from='test'`` monitor every epoch (virkit before the validation split)."""
     return subset(test, min(n, len(test)), seed=HOLDOUT_SEED)
+
+
+def validation_split(train: Split, n: int) -> tuple[Split, Split, dict]:
+    """Carve a seeded, class-balanced validation split of ``n`` images out of the training split:
+    returns ``(rest, validation, record)``; the trainer trains on ``rest`` and picks ``best.pt`` on
+    ``validation``, so no test image selects a checkpoint. The draw is fixed per dataset
+    (:data:`HOLDOUT_SEED`), so every run of a dataset is monitored on the same images; ``record``
+    (size, seed, SHA-1 of the indices) goes into config.json."""
+    import hashlib
+
+    n = min(int(n), len(train) - 1)
+    idx = subset_indices(train, n, seed=HOLDOUT_SEED)
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[idx] = False
+    record = {"from": "train", "size": n, "seed": HOLDOUT_SEED,
+              "indices_sha1": hashlib.sha1(idx.numpy().astype("int64").tobytes()).hexdigest()[:16]}
+    return take(train, keep.nonzero().squeeze(1)), take(train, idx, validation=True), record
 
 
 def test_subset(test: Split, n: int | None) -> Split:

@@ -28,7 +28,8 @@ from .attacks.base import eval_mode
 from .attacks.pgd import pgd
 from .checkpoint import FORMAT, build_model_from_meta, read_checkpoint
 from .config import TrainConfig, config_hash, validate
-from .data import HOLDOUT_SEED, DeviceLoader, Split, holdout_subset, load_dataset, subset, test_subset
+from .data import (HOLDOUT_SEED, DeviceLoader, Split, holdout_subset, load_dataset, subset, test_subset,
+                   validation_split)
 from .devices import resolve_device
 from .distributed import DistContext
 from .distributed import setup as _dist_setup
@@ -80,20 +81,26 @@ class RunData:
 
 
 def prepare_data(cfg: TrainConfig, device: torch.device) -> RunData:
-    """(train, test, holdout) splits on ``device``: the training subset seeded by the run's seed, the
-    held-out and test subsets by :mod:`virkit.data`'s fixed draws. Reads data only: nothing is written."""
+    """(train, test, holdout) splits on ``device``: the validation split carved from the training
+    split (:func:`virkit.data.validation_split`, fixed per dataset), the training subset of the rest
+    seeded by the run's seed, the test subset by :func:`virkit.data.test_subset`. Reads data only."""
     gmm = cfg.extra.get("gmm") if cfg.dataset == "gaussian-mixture" else None
     train = load_dataset(cfg.dataset, cfg.data_root, "train", gmm=gmm)
     test = load_dataset(cfg.dataset, cfg.data_root, "test", gmm=gmm)
+    holdout, held = None, None
+    if cfg.holdout and cfg.holdout_from == "train":
+        train, holdout, held = validation_split(train, cfg.holdout)
+    elif cfg.holdout:
+        holdout = holdout_subset(test, cfg.holdout)
+        held = {"from": "test", "size": len(holdout), "seed": HOLDOUT_SEED}
     train = subset(train, cfg.train_subset, seed=cfg.seed)
-    holdout = holdout_subset(test, cfg.holdout) if cfg.holdout else None
     test = test_subset(test, cfg.test_subset)
     if cfg.batch_size > len(train):
         raise VirkitError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} examples); "
                           "lower --batch-size or raise --train-subset")
     meta = {"classes": train.classes, "mean": list(train.mean) if train.mean else None,
             "std": list(train.std) if train.std else None, "shape": list(train.x.shape[1:]),
-            "source": train.source, "dataset": cfg.dataset}
+            "source": train.source, "dataset": cfg.dataset, "holdout": held}
     return RunData(train.to(device), test.to(device), holdout.to(device) if holdout is not None else None, meta)
 
 
