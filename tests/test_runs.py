@@ -178,3 +178,33 @@ def test_refused_writer_leaves_no_new_directory(tmp_path, stand_in_root):
     r = _cli("train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root",
              str(tmp_path / "no-data"), "--out", str(out))
     assert r.returncode == 2 and not out.exists(), r.stderr
+
+
+# ------------------------------------------------------------------------------------------ shared burn-in
+def test_branched_run_equals_an_independent_run(tmp_path, tiny_cfg):
+    """VIR-AT branched from the burn-in of the VIR pipeline with w = 1 ends with exactly the weights
+    of a VIR-AT run trained from scratch (CPU), and config.json records the parent."""
+    import torch
+
+    from virkit.checkpoint import read_checkpoint
+    from virkit.config import burnin_key
+    from virkit.trainer import train
+
+    torch.set_num_threads(1)
+    common = dict(epochs=3, reweight_start=3, lr_milestones=(2,), train_subset=256, holdout=64, seed=5)
+    parent = train(tiny_cfg("vir-at-w1", **common), tmp_path / "w1", log=False)
+    assert read_checkpoint(parent / "burnin.pt", "burnin")["epoch"] == 2
+    child = train(tiny_cfg("vir-at", **common), tmp_path / "child", log=False, branch_from=parent)
+    alone = train(tiny_cfg("vir-at", **common), tmp_path / "alone", log=False)
+    a, b = read_checkpoint(child / "last.pt")["model"], read_checkpoint(alone / "last.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    hist = lambda r: [json.loads(x) for x in (r / "history.jsonl").read_text().splitlines()]  # noqa: E731
+    # epochs 1-2 were not trained again: their records (timings included) are the parent's
+    assert hist(child)[:2] == hist(parent)[:2] and hist(child)[:2] != hist(alone)[:2]
+    rec = json.loads((child / "config.json").read_text())["parent"]
+    assert rec["epoch"] == 2 and rec["config_hash"] == json.loads((parent / "config.json").read_text())["config_hash"]
+    assert rec["burnin_key"] == burnin_key(tiny_cfg("mail-at", **common)) != burnin_key(tiny_cfg("gairat", **common))
+    # a run whose burn-in differs (TRADES pipeline) is refused with one line, before anything is written
+    with pytest.raises(VirkitError, match="burn-in differs"):
+        train(tiny_cfg("vir-trades", **common), tmp_path / "bad", log=False, branch_from=parent)
+    assert not (tmp_path / "bad").exists()

@@ -15,7 +15,7 @@ from .errors import VirkitError, check_choice, check_range
 from .methods import METHODS
 from .models import MODELS
 
-__all__ = ["TrainConfig", "PRESETS", "resolve_config", "preset_names", "config_hash"]
+__all__ = ["TrainConfig", "PRESETS", "resolve_config", "preset_names", "config_hash", "burnin_key"]
 
 
 @dataclass
@@ -208,6 +208,29 @@ def config_hash(cfg: TrainConfig | dict) -> str:
     d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
     # num_workers: a field of older configs (data lives on the device), dropped from their hash too
     for k in ("device", "data_root", "eval_attacks", "eval_batch_size", "eval_checkpoint", "num_workers", "compile"):
+        d.pop(k, None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+#: settings that only act once reweighting starts (or not on training at all): two configs that agree
+#: on everything else train epochs 1 .. reweight_start-1 identically
+_AFTER_BURNIN = ("method", "alpha", "beta", "gamma", "gairat_lambda", "weight_logits", "weight_norm",
+                 "reweight_start", "epochs", "preset", "extra")
+
+
+def burnin_key(cfg: TrainConfig) -> str:
+    """A short hash of everything that shapes epochs 1 .. ``reweight_start - 1``: the training
+    pipeline of the method (family, attack loss, resolved random start, 1/lambda), seed, data,
+    model, schedule, attack, precision. Runs with the same key share their burn-in
+    (:func:`virkit.trainer.train` with ``branch_from``). VIR-AT, its ablations and controls and
+    MAIL-AT follow the AT pipeline with the 0.001 N(0, I) start (``vir-at-w1``), GAIRAT the one with
+    the uniform start (``at``); VIR-TRADES and MAIL-TRADES (1/lambda 5) share with each other."""
+    import hashlib
+    spec = METHODS[cfg.method]
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _AFTER_BURNIN}
+    d.update(family=spec.family, attack_loss=spec.attack_loss, random_start=cfg.random_start or spec.random_start,
+             trades_beta=cfg.hp("trades_beta") if spec.family in ("trades", "mart") else None)
+    for k in ("device", "data_root", "eval_attacks", "eval_batch_size", "eval_checkpoint", "compile"):
         d.pop(k, None)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -5,7 +5,9 @@ A run directory holds
 =================  ===========================================================================
 ``config.json``    the resolved config, its hash, versions, device, data (before epoch 1)
 ``history.jsonl``  one JSON object per finished epoch
-``last.pt``        after every epoch (atomic); ``best.pt`` whenever held-out PGD accuracy improves
+``last.pt``        after every epoch (atomic); ``best.pt`` whenever validation PGD accuracy improves
+``burnin.pt``      the state after the last epoch before reweighting (``reweight_start - 1``): other
+                   runs with the same burn-in start from it (``virkit train --from RUN``)
 ``eval.json``      the final evaluation (and what ``virkit evaluate`` adds to it)
 ``summary.json``   written last: ``status: finished`` (or ``failed`` with the reason)
 ``.lock``          while a process writes the run: its PID, host, command and start time
@@ -41,7 +43,7 @@ from .io import append_jsonl, atomic_torch_save, atomic_write_json
 __all__ = ["RunDir", "RunClaim", "RunStatus", "RunAction", "RunLockedError", "WriterLock", "eval_lock",
            "RUN_FILES", "LOCK_FILE"]
 
-RUN_FILES = ("config.json", "history.jsonl", "last.pt", "best.pt", "eval.json", "summary.json")
+RUN_FILES = ("config.json", "history.jsonl", "last.pt", "best.pt", "burnin.pt", "eval.json", "summary.json")
 LOCK_FILE = ".lock"
 
 
@@ -259,8 +261,8 @@ class RunDir:
         return self.path / LOCK_FILE
 
     def checkpoint(self, which: str = "last") -> Path:
-        """The path of ``last.pt`` or ``best.pt`` (whether or not it exists yet)."""
-        if which not in ("last", "best"):
+        """The path of ``last.pt``, ``best.pt`` or ``burnin.pt`` (whether or not it exists yet)."""
+        if which not in ("last", "best", "burnin"):
             raise VirkitError(f"unknown checkpoint {which!r}; use last or best")
         return self.path / f"{which}.pt"
 

@@ -27,7 +27,7 @@ from torch import nn
 from .attacks.base import eval_mode
 from .attacks.pgd import pgd
 from .checkpoint import FORMAT, build_model_from_meta, read_checkpoint
-from .config import TrainConfig, config_hash, validate
+from .config import TrainConfig, burnin_key, config_hash, validate
 from .data import (HOLDOUT_SEED, DeviceLoader, Split, holdout_subset, load_dataset, subset, test_subset,
                    validation_split)
 from .devices import resolve_device
@@ -302,11 +302,49 @@ def _save_epoch(run: RunDir, model: nn.Module, optimizer, progress: Progress, im
             run.save_checkpoint(state, "last")
             if improved:
                 run.save_checkpoint({**state, "optimizer": {}}, "best")
+            if progress.epoch == burnin_epoch(json.loads(state["config"])):
+                run.save_checkpoint(state, "burnin")   # other runs with the same burn-in branch from here
             run.write_history(progress.history)
     except OSError as e:
         error = VirkitError(f"cannot write checkpoint in {run.path}: {e.strerror or e}; training stopped so that no "
                             "epoch goes unsaved; free space or fix permissions, then --resume")
     dctx.raise_if_main_failed(error)
+
+
+def burnin_epoch(cfg: dict | TrainConfig) -> int:
+    """The last epoch before reweighting can start: where ``burnin.pt`` is written."""
+    start = cfg["reweight_start"] if isinstance(cfg, dict) else cfg.reweight_start
+    return int(start) - 1
+
+
+def _branch_state(cfg: TrainConfig, parent: str | os.PathLike, device, log) -> tuple[dict, dict]:
+    """The parent's ``burnin.pt`` (read on ``device``) and the record config.json keeps of it, after
+    checking that the parent trained epochs 1 .. ``reweight_start - 1`` exactly as ``cfg`` would."""
+    spec = str(parent)
+    path, _, at = spec.partition("@")
+    prun = RunDir(path)
+    pcfg = prun.read_config()
+    if pcfg is None:
+        raise VirkitError(f"--from {spec}: {path} is not a virkit run directory (no config.json)")
+    ck_path = prun.checkpoint("burnin")
+    if not ck_path.is_file():
+        raise VirkitError(f"--from {spec}: {path} has no burnin.pt (it has not finished epoch "
+                          f"{burnin_epoch(pcfg)} yet, or was trained before virkit wrote one)")
+    ck = read_checkpoint(ck_path, "burnin", map_location=device)
+    epoch = int(ck["epoch"])
+    if at and int(at) != epoch:
+        raise VirkitError(f"--from {spec}: {path} keeps its burn-in state at epoch {epoch} only; use --from {path}")
+    mine = burnin_key(cfg)
+    theirs = burnin_key(TrainConfig.from_dict({k: v for k, v in pcfg.items() if k in TrainConfig.__dataclass_fields__}))
+    if mine != theirs:
+        raise VirkitError(f"--from {spec}: its burn-in differs from this run's (pipeline, seed, data, model or "
+                          f"schedule: key {theirs} vs {mine}); train from scratch or branch from a matching run")
+    if epoch > cfg.reweight_start - 1:
+        raise VirkitError(f"--from {spec}: its burn-in ends at epoch {epoch}, after this run's reweighting starts "
+                          f"(epoch {cfg.reweight_start})")
+    log(f"branching from {path} after epoch {epoch} (burn-in key {mine})")
+    return ck, {"path": str(Path(path).resolve()), "config_hash": pcfg.get("config_hash"), "epoch": epoch,
+                "burnin_key": mine}
 
 
 def _epoch_line(cfg: TrainConfig, r: dict) -> str:
@@ -317,13 +355,19 @@ def _epoch_line(cfg: TrainConfig, r: dict) -> str:
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
           reuse: bool = False, log: Callable[[str], None] | None = None, progress: bool = False,
-          stop_after_epoch: int | None = None, sync_bn: bool | None = None) -> Path:
+          stop_after_epoch: int | None = None, sync_bn: bool | None = None,
+          branch_from: str | os.PathLike | None = None) -> Path:
     """Train ``cfg`` into ``out_dir`` (default ``runs/<dataset>-<model>-<method>-<preset>-s<seed>``).
 
     ``resume``: continue from ``last.pt``; ``overwrite``: replace a run already there; ``reuse``:
     return a finished run with the same config without training. ``stop_after_epoch`` ends the
     run early (unfinished, resumable), for tests. Returns the run directory. Another process
     writing the same directory is refused (:class:`virkit.runs.RunLockedError`, exit code 2).
+
+    ``branch_from`` (``RUN`` or ``RUN@EPOCH``): start from another run's ``burnin.pt`` (the state
+    after epoch ``reweight_start - 1``) when both train those epochs identically
+    (:func:`virkit.config.burnin_key`); the result equals training from scratch, weight for weight
+    on the CPU. config.json records the parent (path, config hash, epoch).
 
     Launched by torchrun with several processes, this is one DistributedDataParallel run
     (:mod:`virkit.distributed`): ``cfg.batch_size`` is the global batch, only rank 0 locks and writes
@@ -346,7 +390,12 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
         torch.manual_seed(cfg.seed)
         data = dctx.everywhere(lambda: prepare_data(cfg, device))   # leaves the directory untouched
         model, optimizer = _build(cfg, data.meta, device, dctx, log)
-        done = Progress()
+        done, parent = Progress(), None
+        if branch_from is not None and action is not RunAction.RESUME:
+            ck, parent = dctx.on_main(lambda: _branch_state(cfg, branch_from, "cpu" if dctx.enabled else device, log))
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            done = Progress(int(ck["epoch"]), float(ck["best_metric"]), list(ck["history"]))
         if action is RunAction.RESUME:
             ck = dctx.on_main(lambda: read_checkpoint(run.checkpoint("last"), "last",   # rank 0 reads, all get it
                                                       map_location="cpu" if dctx.enabled else device))
@@ -355,6 +404,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             done = Progress(int(ck["epoch"]), float(ck["best_metric"]), list(ck["history"]))
             log(f"resuming {run.path} after epoch {done.epoch}")
         cfg_record = _config_record(cfg, device, data.meta, dctx)
+        if parent is not None:
+            cfg_record["parent"] = parent
+        elif action is RunAction.RESUME and run.read_config() and run.read_config().get("parent"):
+            cfg_record["parent"] = run.read_config()["parent"]
         _start_files(run, action, cfg_record, dctx)
 
         autocast = _autocast_factory(cfg, device)
