@@ -208,3 +208,21 @@ def test_branched_run_equals_an_independent_run(tmp_path, tiny_cfg):
     with pytest.raises(VirkitError, match="burn-in differs"):
         train(tiny_cfg("vir-trades", **common), tmp_path / "bad", log=False, branch_from=parent)
     assert not (tmp_path / "bad").exists()
+
+
+def test_sweep_trials_branch_from_a_finished_trial_of_the_same_burn_in(tmp_path, stand_in_root):
+    """In a sweep, vir-at starts from the burn-in of vir-at-w1 (run first, same pipeline) by itself;
+    gairat would not (uniform start): its burn-in key differs."""
+    from virkit import sweep
+
+    grid = {"name": "burnin", "kind": "train", "preset": "tiny",
+            "fixed": {"train_subset": 128, "batch_size": 64, "epochs": 2, "reweight_start": 2, "lr_milestones": [],
+                      "holdout": 32, "holdout_pgd_steps": 1, "attack_steps": 1, "device": "cpu",
+                      "eval_attacks": [], "data_root": str(stand_in_root)},
+            "grid": {"method": ["vir-at-w1", "vir-at", "gairat"], "seed": [0]}}
+    doc = sweep.run_grid(grid, backend="local", jobs=1, out=tmp_path / "out", log=None)
+    assert all(t["status"] == "finished" for t in doc["trials"]), doc["trials"]
+    cfg = {m: json.loads((tmp_path / "out" / f"method={m}__seed=0" / "config.json").read_text())
+           for m in ("vir-at-w1", "vir-at", "gairat")}
+    assert cfg["vir-at"]["parent"]["path"].endswith("method=vir-at-w1__seed=0")
+    assert "parent" not in cfg["vir-at-w1"] and "parent" not in cfg["gairat"]

@@ -37,7 +37,7 @@ from .errors import NonFiniteLossError, VirkitError
 from .methods import METHODS, method_step
 from .runs import RunAction, RunDir
 
-__all__ = ["train", "resolve_device", "default_run_dir", "environment_info", "prepare_data", "holdout_accuracy",
+__all__ = ["train", "find_burnin_parent", "resolve_device", "default_run_dir", "environment_info", "prepare_data", "holdout_accuracy",
            "RunData", "EpochStats"]
 
 
@@ -345,6 +345,30 @@ def _branch_state(cfg: TrainConfig, parent: str | os.PathLike, device, log) -> t
     log(f"branching from {path} after epoch {epoch} (burn-in key {mine})")
     return ck, {"path": str(Path(path).resolve()), "config_hash": pcfg.get("config_hash"), "epoch": epoch,
                 "burnin_key": mine}
+
+
+def find_burnin_parent(cfg: TrainConfig, root: str | os.PathLike, exclude: str | os.PathLike | None = None
+                       ) -> Path | None:
+    """A run directory under ``root`` (one level) whose ``burnin.pt`` ``cfg`` can branch from (same
+    :func:`virkit.config.burnin_key`, burn-in ending before ``cfg``'s reweighting starts), else None.
+    Sweeps and notebooks call it before training a run from scratch."""
+    root = Path(root)
+    if not root.is_dir() or cfg.reweight_start - 1 < 1:
+        return None
+    key, skip = burnin_key(cfg), Path(exclude).resolve() if exclude else None
+    fields = TrainConfig.__dataclass_fields__
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        run = RunDir(d)
+        pcfg = run.read_config()
+        if pcfg is None or not run.checkpoint("burnin").is_file() or (skip and d.resolve() == skip):
+            continue
+        try:
+            theirs = burnin_key(TrainConfig.from_dict({k: v for k, v in pcfg.items() if k in fields}))
+        except (VirkitError, TypeError, ValueError):
+            continue
+        if theirs == key and burnin_epoch(pcfg) <= cfg.reweight_start - 1:
+            return d
+    return None
 
 
 def _epoch_line(cfg: TrainConfig, r: dict) -> str:

@@ -122,7 +122,7 @@ def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = N
     the run's eval.json lacks are evaluated and added to it.
     """
     from ..runs import RunDir
-    from ..trainer import train
+    from ..trainer import find_burnin_parent, train
 
     cfg = train_config(preset, method, seed, **overrides)
     root = Path(runs_root) if runs_root else default_runs_root(preset)
@@ -132,8 +132,10 @@ def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = N
         if not run.is_finished():
             t = time.time()
             resumable = run.has_run_files() and run.checkpoint("last").is_file()
+            # a run of the same burn-in (e.g. vir-at-w1 for vir-at) saves the first epochs
+            parent = None if resumable else find_burnin_parent(cfg, root, exclude=run.path)
             train(cfg, run.path, resume=resumable, overwrite=run.has_run_files() and not resumable, reuse=True,
-                  log=log)
+                  log=log, branch_from=parent)
             print(f"trained {run.path.name} in {time.time() - t:.0f} s")
         _add_attacks(run, cfg, PRESETS[preset].get("eval_attacks") or [], log)
     return run.path

@@ -68,11 +68,14 @@ def finished_eval(run_dir: str | os.PathLike) -> dict:
 def _run_train_trial(spec: dict) -> dict:
     from ..evaluate import evaluate_run
     from ..runs import RunDir
-    from ..trainer import train
+    from ..trainer import find_burnin_parent, train
 
     cfg = _resolve(spec["preset"], spec["overrides"])
     log = lambda s: print(s, flush=True)  # noqa: E731
-    run = RunDir(train(cfg, spec["run_dir"], resume=True, reuse=True, log=log))
+    fresh = not RunDir(spec["run_dir"]).has_run_files()
+    # a finished trial of the same burn-in in this sweep (e.g. AT for GAIRAT) saves the first epochs
+    parent = find_burnin_parent(cfg, Path(spec["run_dir"]).parent, exclude=spec["run_dir"]) if fresh else None
+    run = RunDir(train(cfg, spec["run_dir"], resume=True, reuse=True, log=log, branch_from=parent))
     with run.lock("sweep"):
         summary = run.read_summary() or {}
         done = summary.get("eval") or {}
