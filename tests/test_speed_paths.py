@@ -348,3 +348,28 @@ def test_compile_on_cpu_compiles_or_falls_back_cleanly():
     g_e = _attack_input_grad(eager, x, y, z, cfg)
     g_ref = _attack_input_grad(copy.deepcopy(eager).double(), x.double(), y, z.double(), cfg)
     _assert_within("attack input gradient", g_comp, g_ref, _error(g_e, g_ref, 0.9), 32 * 9, q=0.9)
+
+
+# ------------------------------------------------------------------------------- CPU defaults (issue 12)
+def test_cpu_defaults_channels_last_and_bf16_only_where_native(monkeypatch, tiny_cfg, tmp_path):
+    """precision/channels_last 'auto': on a CPU channels_last, and bf16 autocast only where the CPU
+    runs bf16 natively (AMX, AVX512-BF16); config.json records what ran. The test presets pin fp32."""
+    from virkit import devices
+    from virkit import trainer as tr
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.fast_defaults("auto", None, cpu) == ("bf16", True)
+    assert devices.fast_defaults("fp32", None, cpu) == ("fp32", True)
+    assert devices.fast_defaults("auto", False, cpu) == ("bf16", False)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.fast_defaults("auto", None, cpu) == ("fp32", True)
+    assert devices.fast_defaults("auto", None, torch.device("cuda")) == ("fp32", False)
+    assert resolve_config("quick").precision == "auto" and resolve_config("tiny").precision == "fp32"
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(tr, "fast_defaults", lambda p, c, d: ("bf16", True))
+    run = tr.train(tiny_cfg("at", precision="auto", channels_last=None, epochs=1, train_subset=128, holdout=0,
+                            reweight_start=1), tmp_path / "run", log=False)
+    rec = json.loads((run / "config.json").read_text())
+    assert rec["precision"] == "auto" and rec["speed"] == {"precision": "bf16", "channels_last": True,
+                                                            "cpu_native_bf16": True}

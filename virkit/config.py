@@ -76,9 +76,11 @@ class TrainConfig:
 
     # --- engineering ------------------------------------------------------------------------------
     device: str = "auto"                # auto | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"             # fp32 | bf16 (autocast for training forward/backward and the
-                                        # training attack; evaluation is always fp32)
-    channels_last: bool = False
+    precision: str = "auto"             # auto | fp32 | bf16: autocast for training forward/backward and the
+                                        # training attack; evaluation is always fp32. auto: bf16 on a CPU that
+                                        # runs it natively (AMX, AVX512-BF16), fp32 elsewhere (devices.py);
+                                        # config.json records what ran
+    channels_last: bool | None = None   # None: auto (on a CPU: yes, oneDNN convs are faster in NHWC)
     compile: bool = False               # torch.compile the model (falls back to eager on failure)
     holdout_pgd_steps: int = 10         # per-epoch held-out robust accuracy: PGD-10, step 2/255
     eval_attacks: tuple = ("natural", "fgsm", "pgd100", "cw")  # run after training, into eval.json
@@ -156,6 +158,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 0.05, "weight_decay": 5e-4, "lr_milestones": (2,), "reweight_start": 2, "attack_steps": 2,
         "step_size": 4 / 255, "holdout_pgd_steps": 3, "batch_size": 128,
         "eval_attacks": ("natural", "fgsm", "pgd10"),
+        # tests compare runs bit for bit and against set tolerances: the same kernels on every CPU
+        "precision": "fp32", "channels_last": False,
     },
     # The notebooks' budgets: `virkit notebooks run --preset demo` trains every run with this preset,
     # exactly what `virkit train --preset demo` trains. Units: images (subsets), 1-based epochs, step
@@ -191,6 +195,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "step_size": 8 / 255,
         "holdout_pgd_steps": 1,
         "eval_attacks": ("natural", "fgsm"),   # FGSM is the notebooks' robust attack here
+        "precision": "fp32", "channels_last": False,   # the same kernels on every CPU (tests)
     },
 }
 
@@ -263,7 +268,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_choice("dataset", cfg.dataset, DATASETS)
     check_choice("model", cfg.model, MODELS)
     check_choice("method", cfg.method, METHODS)
-    check_choice("precision", cfg.precision, ["fp32", "bf16"])
+    check_choice("precision", cfg.precision, ["auto", "fp32", "bf16"])
     check_choice("normalize", cfg.normalize, ["dataset", "none"])
     check_choice("weight_logits", cfg.weight_logits, ["eval", "train"])
     check_choice("weight_norm", cfg.weight_norm, ["none", "mean1"])

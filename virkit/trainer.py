@@ -11,6 +11,7 @@ uninterrupted run (on CPU; cuDNN may differ in the last bits on GPU).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from .checkpoint import FORMAT, build_model_from_meta, read_checkpoint
 from .config import TrainConfig, burnin_key, config_hash, validate
 from .data import (HOLDOUT_SEED, DeviceLoader, Split, holdout_subset, load_dataset, subset, test_subset,
                    validation_split)
-from .devices import resolve_device
+from .devices import cpu_has_native_bf16, fast_defaults, resolve_device
 from .distributed import DistContext
 from .distributed import setup as _dist_setup
 from .errors import NonFiniteLossError, VirkitError
@@ -411,9 +412,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             dctx.close()
             return run.path
         device = dctx.device if dctx.enabled else resolve_device(cfg.device)
+        precision, channels_last = fast_defaults(cfg.precision, cfg.channels_last, device)
+        rcfg = dataclasses.replace(cfg, precision=precision, channels_last=channels_last)   # what runs
         torch.manual_seed(cfg.seed)
         data = dctx.everywhere(lambda: prepare_data(cfg, device))   # leaves the directory untouched
-        model, optimizer = _build(cfg, data.meta, device, dctx, log)
+        model, optimizer = _build(rcfg, data.meta, device, dctx, log)
         done, parent = Progress(), None
         if branch_from is not None and action is not RunAction.RESUME:
             ck, parent = dctx.on_main(lambda: _branch_state(cfg, branch_from, "cpu" if dctx.enabled else device, log))
@@ -427,14 +430,16 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             optimizer.load_state_dict(ck["optimizer"])
             done = Progress(int(ck["epoch"]), float(ck["best_metric"]), list(ck["history"]))
             log(f"resuming {run.path} after epoch {done.epoch}")
-        cfg_record = _config_record(cfg, device, data.meta, dctx)
+        cfg_record = {**_config_record(cfg, device, data.meta, dctx),
+                      "speed": {"precision": precision, "channels_last": channels_last,
+                                "cpu_native_bf16": cpu_has_native_bf16() if device.type == "cpu" else None}}
         if parent is not None:
             cfg_record["parent"] = parent
         elif action is RunAction.RESUME and run.read_config() and run.read_config().get("parent"):
             cfg_record["parent"] = run.read_config()["parent"]
         _start_files(run, action, cfg_record, dctx)
 
-        autocast = _autocast_factory(cfg, device)
+        autocast = _autocast_factory(rcfg, device)
         loader = DeviceLoader(data.train, cfg.batch_size, shuffle=True, augment=data.train.x.dtype == torch.uint8,
                               drop_last=False, rank=dctx.rank, world_size=dctx.world_size)  # this rank's shard
         run_model = _maybe_compile(model, cfg, data.train.float_images(torch.arange(2, device=device)), log)
@@ -442,7 +447,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
         t_run = time.time()
         for epoch in range(done.epoch + 1, cfg.epochs + 1):
             t0 = time.time()
-            stats = _train_epoch(run_model, optimizer, loader, cfg, epoch, device, dctx, autocast, len(data.train),
+            stats = _train_epoch(run_model, optimizer, loader, rcfg, epoch, device, dctx, autocast, len(data.train),
                                  progress)
             if int(stats.bad_step) >= 0:
                 raise NonFiniteLossError(
