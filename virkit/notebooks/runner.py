@@ -45,7 +45,10 @@ def ensure_kernelspec(root: str | os.PathLike, threads: int | None = None) -> Pa
     kdir.mkdir(parents=True, exist_ok=True)
     # the kernel imports this checkout of virkit even when it is not installed
     pythonpath = os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    # log level ERROR: the kernel's start-up warning that it talks over local TCP without encryption
+    # (printed once per notebook) is noise here; errors still show, and cells' output goes to the notebook
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--IPKernelApp.log_level=ERROR"],
             "display_name": f"Python ({Path(sys.executable).name}, virkit)", "language": "python",
             "env": {"PYTHONPATH": pythonpath}, "metadata": {"debugger": False}}
     if threads:
@@ -142,6 +145,18 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     say(f"virkit notebooks: preset {preset!r} ({PRESETS[preset]['description']}), {len(nbs)} notebook(s), "
         f"jobs={jobs}")
 
+    previous = _previous_seconds(out_dir / "summary.json")
+    t0 = time.time()
+    finished: dict[str, float] = {}
+
+    def left(names_left: list[str]) -> str:
+        """An estimate of what is left: the last run's time of each notebook left, else the mean so far."""
+        if not names_left:
+            return "done"
+        mean = sum(finished.values()) / max(len(finished), 1)
+        est = sum(previous.get(n, mean) for n in names_left)
+        return f"about {est / 60:.1f} min left" if est >= 60 else f"about {est:.0f} s left"
+
     def one(plan) -> NotebookResult:
         nb, params = plan
         out_nb = out_dir / nb.name
@@ -152,11 +167,13 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
         status, err = runner(str(nb), str(out_nb), params, cwd, timeout)
         n_fig = len(manifest.read_text().splitlines()) if manifest.is_file() else 0
         res = NotebookResult(nb.stem, status, time.time() - t, str(out_nb), err, n_fig, params)
+        finished[nb.stem] = res.seconds
+        rest = [p.stem for p, _ in plans if p.stem not in finished]
         say(f"  {'ok    ' if status == 'ok' else 'FAILED'} {nb.stem:32s} {res.seconds:7.1f} s  {n_fig:2d} figure(s)"
+            f"  [{len(finished)}/{len(plans)}, {time.time() - t0:.0f} s so far, {left(rest)}]"
             + (f"  {err}" if err else ""))
         return res
 
-    t0 = time.time()
     if int(jobs) == 1:
         results = [one(p) for p in plans]
     else:
@@ -171,7 +188,61 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
         f"executed notebooks in {out_dir}; figures and index in {idx_md.parent} ({idx_md.name}, {idx_html.name})")
     for r in failed:
         say(f"  failed: {r.name}: {r.error} (see {r.output})")
+    for line in headline(runs_root, PRESETS[preset].get("robust_attack", "pgd10")):
+        say(line)
+    say(f"index page: {idx_html}")
     return 1 if failed else 0
+
+
+def _previous_seconds(path: Path) -> dict[str, float]:
+    """{notebook: seconds} of the last batch run of this preset (for the time-left estimate)."""
+    try:
+        doc = json.loads(path.read_text())
+        return {r["name"]: float(r["seconds"]) for r in doc.get("results", []) if r.get("status") == "ok"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def headline(runs_root: str | os.PathLike, attack: str = "pgd10") -> list[str]:
+    """The demo's headline numbers from its shared runs: the AT model's natural and ``attack``
+    accuracy, the gap between its best and worst class under ``attack``, and how many epochs of
+    VIR-AT reweighting Figure 3 sums over. Empty when the runs are not there."""
+    from ..runs import RunDir
+
+    runs: dict[str, RunDir] = {}
+    root = Path(runs_root)
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        cfg = RunDir(d).read_config()
+        if cfg and cfg.get("method") in ("at", "vir-at") and RunDir(d).is_finished():
+            runs.setdefault(cfg["method"], RunDir(d))
+    out = []
+    if "at" in runs and runs["at"].eval_file.is_file():
+        ev = runs["at"].read_eval()
+        att = ev.get("attacks", {})
+        if "natural" in att and attack in att:
+            fair = (ev.get("fairness") or {}).get(attack) or {}
+            per = att[attack].get("per_class_accuracy") or []
+            best = max((v for v in per if v is not None), default=None)
+            out.append(f"headline: AT on {ev.get('n_examples')} test images: natural {100 * att['natural']['accuracy']:.1f}%, "
+                       f"{attack} {100 * att[attack]['accuracy']:.1f}%")
+            if best is not None and fair.get("worst_class") is not None:
+                best_cls = ev["classes"][per.index(best)]
+                out.append(f"headline: classes under {attack}: best {best_cls} {100 * best:.1f}%, worst "
+                           f"{fair['worst_class']} {100 * fair['worst_class_accuracy']:.1f}% "
+                           f"(gap {100 * fair['best_minus_worst']:.1f} points)")
+    if "vir-at" in runs and runs["vir-at"].history_file.is_file():
+        hist = runs["vir-at"].read_history()
+        n = sum(1 for h in hist if h.get("reweighting_active"))
+        if hist:
+            last = hist[-1]["weight_sum_per_class"]
+            cfg = runs["vir-at"].read_config() or {}
+            classes = (cfg.get("data") or {}).get("classes") or list(range(len(last)))
+            tot = [sum(h["weight_sum_per_class"][c] for h in hist if h.get("reweighting_active"))
+                   for c in range(len(last))]
+            if n:
+                out.append(f"headline: Figure 3 sums VIR-AT weights over {n} reweighted epoch(s): most weight on "
+                           f"{classes[tot.index(max(tot))]}, least on {classes[tot.index(min(tot))]}")
+    return out
 
 
 def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathLike | None = None
