@@ -1,5 +1,7 @@
 """Where trials run: a child process per trial (:func:`run_trial_process`), ``--jobs`` of them at a
-time on this machine (:func:`run_local`, one GPU each) or as Ray tasks (:func:`run_ray`)."""
+time on this machine (:func:`run_local`: the visible GPUs dealt out round-robin, so several trials
+share a GPU when ``--jobs`` exceeds the number of GPUs, all of them on a one-GPU machine) or as Ray
+tasks (:func:`run_ray`)."""
 from __future__ import annotations
 
 import json
@@ -116,10 +118,23 @@ def _visible_gpus() -> list[str]:
         return []
 
 
+def slot_env(slot: int, gpus: list[str], jobs: int) -> dict:
+    """The environment of the trial process in ``slot`` (0 .. jobs-1): the cores split between the
+    ``jobs`` slots, and GPU ``gpus[slot % len(gpus)]`` as its only visible device. Slots share GPUs
+    round-robin, so with one visible GPU every trial runs on it: ``--jobs N`` on a one-GPU machine
+    runs N trials on that GPU at once (each its own process, CUDA context and memory)."""
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
 def run_local(specs: list[dict], jobs: int | None, on_result: Callable[[dict], None]) -> None:
+    """Run ``specs`` as child processes, ``jobs`` at a time (default: one per visible GPU, else 1),
+    each with :func:`slot_env`'s environment; ``on_result`` gets each result as it finishes."""
     gpus = _visible_gpus()
     jobs = max(1, jobs or len(gpus) or 1)
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
     slots: list[int] = list(range(jobs))
     lock = threading.Lock()
 
@@ -127,10 +142,7 @@ def run_local(specs: list[dict], jobs: int | None, on_result: Callable[[dict], N
         with lock:
             slot = slots.pop(0)
         try:
-            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-            return run_trial_process(spec, env)
+            return run_trial_process(spec, slot_env(slot, gpus, jobs))
         finally:
             with lock:
                 slots.append(slot)
