@@ -226,3 +226,25 @@ def test_sweep_trials_branch_from_a_finished_trial_of_the_same_burn_in(tmp_path,
            for m in ("vir-at-w1", "vir-at", "gairat")}
     assert cfg["vir-at"]["parent"]["path"].endswith("method=vir-at-w1__seed=0")
     assert "parent" not in cfg["vir-at-w1"] and "parent" not in cfg["gairat"]
+
+
+def test_final_evaluation_reports_last_and_best(tmp_path, tiny_cfg, monkeypatch):
+    """best.pt (chosen on the validation split) and last.pt are both evaluated at the end; eval.json
+    names both, and `virkit report --checkpoint best` reads best's numbers and says so."""
+    from virkit import trainer as tr
+    from virkit.report import collect_runs, make_table
+
+    accs = iter([(0.5, 0.40), (0.5, 0.30), (0.5, 0.20)])   # validation PGD accuracy falls: best is epoch 1
+    monkeypatch.setattr(tr, "holdout_accuracy", lambda *a, **k: next(accs))
+    run = tr.train(tiny_cfg("at", epochs=3, lr_milestones=(2,), reweight_start=3, train_subset=128,
+                            eval_attacks=("natural", "fgsm")), tmp_path / "run", log=False)
+    rec = json.loads((run / "eval.json").read_text())["checkpoints"]
+    assert rec["last"]["epoch"] == 3 and rec["best"]["epoch"] == 1 and rec["best"]["file"] == "eval-best.json"
+    best = json.loads((run / "eval-best.json").read_text())
+    assert best["extra"]["checkpoint"] == "best.pt" and best["attacks"]["natural"]["accuracy"] == \
+        rec["best"]["accuracy"]["natural"]
+    assert json.loads((run / "summary.json").read_text())["eval_checkpoints"] == rec
+    df = collect_runs([run], "best")
+    assert df["checkpoint"].tolist() == ["best.pt"]
+    assert "checkpoint best.pt" in make_table(df, 1).attrs["caption"]
+    assert collect_runs([run])["checkpoint"].tolist() == ["last.pt"]

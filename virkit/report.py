@@ -56,7 +56,7 @@ def _read_json(path: Path):
         raise ValueError(f"{path}: {e}") from None
 
 
-def collect_runs(run_dirs) -> pd.DataFrame:
+def collect_runs(run_dirs, checkpoint: str | None = None) -> pd.DataFrame:
     """One row per run directory with ``config.json`` and ``eval.json``: ``run_dir``, ``dataset``, ``model``,
     ``method``, ``seed``, ``alpha``, ``beta``, ``gamma``, ``source``, ``n_examples``, ``eps`` and one column per
     attack (accuracy as a fraction) plus ``worst_case``. Directories without ``eval.json`` (or with an
@@ -69,7 +69,8 @@ def collect_runs(run_dirs) -> pd.DataFrame:
         if not p.is_dir():
             _warn(f"skipping {p}: not a directory")
             continue
-        if not run.eval_file.is_file():
+        ev_file = _eval_file(run, checkpoint)
+        if not ev_file.is_file():
             _warn(f"skipping {p}: no eval.json (evaluate the run first: virkit evaluate --checkpoint {p})")
             continue
         if not run.config_file.is_file():
@@ -77,7 +78,7 @@ def collect_runs(run_dirs) -> pd.DataFrame:
             continue
         try:
             cfg = _read_json(run.config_file)
-            ev = _read_json(run.eval_file)
+            ev = _read_json(ev_file)
         except ValueError as e:
             _warn(f"skipping {p}: unreadable JSON ({e})")
             continue
@@ -86,6 +87,7 @@ def collect_runs(run_dirs) -> pd.DataFrame:
             continue
         resolved = cfg.get("resolved_hyperparameters") or {}
         row = {"run_dir": str(p), "dataset": cfg.get("dataset", ev.get("dataset")), "model": cfg.get("model"),
+               "checkpoint": (ev.get("extra") or {}).get("checkpoint"),
                "method": cfg.get("method"), "seed": cfg.get("seed"), "preset": cfg.get("preset"),
                "source": ev.get("source", ""), "n_examples": ev.get("n_examples"), "eps": ev.get("eps")}
         for h in HYPER:
@@ -246,6 +248,18 @@ def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
     return out
 
 
+def _eval_file(run: RunDir, checkpoint: str | None) -> Path:
+    """eval.json, or the evaluation of ``checkpoint`` (``last``/``best``) when eval.json holds the
+    other one (its ``checkpoints`` record names the file)."""
+    if checkpoint is None:
+        return run.eval_file
+    try:
+        rec = (json.loads(run.eval_file.read_text()).get("checkpoints") or {}).get(checkpoint) or {}
+    except (OSError, ValueError):
+        rec = {}
+    return run.path / rec["file"] if rec.get("file") else run.eval_file_for(checkpoint)
+
+
 def _caption(table: int, spec: paper.Table, models: list, datasets: list, df: pd.DataFrame) -> str:
     paper_where = f"{paper.model_label(spec.model)} on " + " and ".join(paper.dataset_label(d) for d in spec.datasets)
     standin = "source" in df and df["source"].fillna("").str.contains("stand-in").any()
@@ -264,6 +278,9 @@ def _caption(table: int, spec: paper.Table, models: list, datasets: list, df: pd
     if ns:
         text += f"; {' / '.join(f'{n:,}' for n in ns)} test images"
     text += f"; mean ± std over up to {int(seeds) if seeds == seeds else 0} seed(s)"
+    cks = sorted({str(c) for c in df["checkpoint"].dropna()}) if "checkpoint" in df else []
+    if cks:   # last.pt vs best.pt (chosen on the validation split) differ by robust overfitting
+        text += f"; checkpoint {' / '.join(cks)}"
     return text + "."
 
 
@@ -301,7 +318,7 @@ def to_csv(table: pd.DataFrame, path=None) -> str:
     return text
 
 
-def report_main(run_dirs, table: int, fmt: str = "md", out=None) -> int:
+def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str | None = None) -> int:
     """What ``virkit report`` runs: collect the runs, build Table ``table``, render it as Markdown
     (``md``) or CSV (``csv``), write it to ``out`` (atomically) or print it to stdout. Returns 0
     (the exit code); errors a person can fix raise :class:`VirkitError`."""
@@ -313,7 +330,7 @@ def report_main(run_dirs, table: int, fmt: str = "md", out=None) -> int:
         raise VirkitError(f"--table must be a number 1-7, got {table!r}") from None
     if table not in TABLES:
         raise VirkitError(f"unknown table {table}; valid tables: {', '.join(map(str, TABLES))}")
-    df = collect_runs(run_dirs)
+    df = collect_runs(run_dirs, checkpoint)
     t = make_table(df, table)
     text = to_markdown(t) if fmt == "md" else to_csv(t)
     if out is not None:

@@ -8,7 +8,9 @@ A run directory holds
 ``last.pt``        after every epoch (atomic); ``best.pt`` whenever validation PGD accuracy improves
 ``burnin.pt``      the state after the last epoch before reweighting (``reweight_start - 1``): other
                    runs with the same burn-in start from it (``virkit train --from RUN``)
-``eval.json``      the final evaluation (and what ``virkit evaluate`` adds to it)
+``eval.json``      the final evaluation of the eval checkpoint (and what ``virkit evaluate`` adds to
+                   it); ``eval-best.json`` the same of ``best.pt`` (robust overfitting is what separates
+                   them), summarised in eval.json under ``checkpoints``
 ``summary.json``   written last: ``status: finished`` (or ``failed`` with the reason)
 ``.lock``          while a process writes the run: its PID, host, command and start time
 =================  ===========================================================================
@@ -43,7 +45,8 @@ from .io import append_jsonl, atomic_torch_save, atomic_write_json
 __all__ = ["RunDir", "RunClaim", "RunStatus", "RunAction", "RunLockedError", "WriterLock", "eval_lock",
            "RUN_FILES", "LOCK_FILE"]
 
-RUN_FILES = ("config.json", "history.jsonl", "last.pt", "best.pt", "burnin.pt", "eval.json", "summary.json")
+RUN_FILES = ("config.json", "history.jsonl", "last.pt", "best.pt", "burnin.pt", "eval.json", "eval-best.json",
+             "eval-last.json", "summary.json")
 LOCK_FILE = ".lock"
 
 
@@ -251,6 +254,18 @@ class RunDir:
     @property
     def eval_file(self) -> Path:
         return self.path / "eval.json"
+
+    def eval_file_for(self, which: str) -> Path:
+        """The evaluation of ``which`` checkpoint when it is not the run's eval checkpoint:
+        ``eval-best.json`` (or ``eval-last.json``) beside ``eval.json``."""
+        return self.path / f"eval-{which}.json"
+
+    def note_checkpoints(self, record: dict) -> None:
+        """Add ``record`` (``{"last": {...}, "best": {...}}``: file, epoch and accuracies of each
+        checkpoint's final evaluation) to eval.json under ``checkpoints``, atomically."""
+        doc = self.read_eval()
+        doc["checkpoints"] = record
+        atomic_write_json(self.eval_file, doc)
 
     @property
     def summary_file(self) -> Path:

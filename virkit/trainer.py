@@ -498,7 +498,30 @@ def _finish(run: RunDir, cfg: TrainConfig, done: Progress, test: Split, device: 
                "final": done.history[-1] if done.history else {}, "best_holdout_pgd_acc": done.best,
                "config_hash": config_hash(cfg)}
     if cfg.eval_attacks:
-        doc = evaluate_run(run.path, list(cfg.eval_attacks), which=cfg.eval_checkpoint, batch_size=cfg.eval_batch_size,
+        main = cfg.eval_checkpoint
+        doc = evaluate_run(run.path, list(cfg.eval_attacks), which=main, batch_size=cfg.eval_batch_size,
                            device=device, replace=True, test_split=test, log=log)
         summary["eval"] = {k: v["accuracy"] for k, v in doc["attacks"].items()}
+        # both checkpoints: last and best (chosen on the validation split) differ by robust overfitting
+        epochs = {"last": done.epoch, "best": _best_epoch(done.history)}
+        record = {main: {"file": run.eval_file.name, "epoch": epochs[main], "accuracy": summary["eval"]}}
+        other = "best" if main == "last" else "last"
+        if run.checkpoint(other).is_file() and epochs[other] != epochs[main]:
+            odoc = evaluate_run(run.path, list(cfg.eval_attacks), which=other, batch_size=cfg.eval_batch_size,
+                                device=device, replace=True, test_split=test, out=run.eval_file_for(other),
+                                log=lambda m: log(m.replace("final evaluation", f"final evaluation of {other}")))
+            record[other] = {"file": run.eval_file_for(other).name, "epoch": epochs[other],
+                             "accuracy": {k: v["accuracy"] for k, v in odoc["attacks"].items()}}
+        elif run.checkpoint(other).is_file():
+            record[other] = {**record[main], "same_as": main}
+        run.note_checkpoints(record)
+        summary["eval_checkpoints"] = record
     run.write_summary(summary)
+
+
+def _best_epoch(history: list[dict]) -> int | None:
+    """The epoch best.pt holds: the first with the highest validation PGD accuracy (the last epoch
+    when there is none to compare)."""
+    scored = [(h["holdout_pgd_acc"], -h["epoch"]) for h in history
+              if isinstance(h.get("holdout_pgd_acc"), (int, float)) and h["holdout_pgd_acc"] == h["holdout_pgd_acc"]]
+    return -max(scored)[1] if scored else (history[-1]["epoch"] if history else None)
