@@ -27,8 +27,9 @@ from torch import nn
 
 from .attacks.base import eval_mode
 from .attacks.pgd import pgd
+from .burnin import branch_state, burnin_epoch
 from .checkpoint import FORMAT, build_model_from_meta, read_checkpoint
-from .config import TrainConfig, burnin_key, config_hash, validate
+from .config import TrainConfig, config_hash, validate
 from .data import (HOLDOUT_SEED, DeviceLoader, Split, holdout_subset, load_dataset, subset, test_subset,
                    validation_split)
 from .devices import cpu_has_native_bf16, fast_defaults, resolve_device
@@ -38,7 +39,7 @@ from .errors import NonFiniteLossError, VirkitError
 from .methods import METHODS, method_step
 from .runs import RunAction, RunDir
 
-__all__ = ["train", "find_burnin_parent", "resolve_device", "default_run_dir", "environment_info", "prepare_data", "holdout_accuracy",
+__all__ = ["train", "resolve_device", "default_run_dir", "environment_info", "prepare_data", "holdout_accuracy",
            "RunData", "EpochStats"]
 
 
@@ -312,66 +313,6 @@ def _save_epoch(run: RunDir, model: nn.Module, optimizer, progress: Progress, im
     dctx.raise_if_main_failed(error)
 
 
-def burnin_epoch(cfg: dict | TrainConfig) -> int:
-    """The last epoch before reweighting can start: where ``burnin.pt`` is written."""
-    start = cfg["reweight_start"] if isinstance(cfg, dict) else cfg.reweight_start
-    return int(start) - 1
-
-
-def _branch_state(cfg: TrainConfig, parent: str | os.PathLike, device, log) -> tuple[dict, dict]:
-    """The parent's ``burnin.pt`` (read on ``device``) and the record config.json keeps of it, after
-    checking that the parent trained epochs 1 .. ``reweight_start - 1`` exactly as ``cfg`` would."""
-    spec = str(parent)
-    path, _, at = spec.partition("@")
-    prun = RunDir(path)
-    pcfg = prun.read_config()
-    if pcfg is None:
-        raise VirkitError(f"--from {spec}: {path} is not a virkit run directory (no config.json)")
-    ck_path = prun.checkpoint("burnin")
-    if not ck_path.is_file():
-        raise VirkitError(f"--from {spec}: {path} has no burnin.pt (it has not finished epoch "
-                          f"{burnin_epoch(pcfg)} yet, or was trained before virkit wrote one)")
-    ck = read_checkpoint(ck_path, "burnin", map_location=device)
-    epoch = int(ck["epoch"])
-    if at and int(at) != epoch:
-        raise VirkitError(f"--from {spec}: {path} keeps its burn-in state at epoch {epoch} only; use --from {path}")
-    mine = burnin_key(cfg)
-    theirs = burnin_key(TrainConfig.from_dict({k: v for k, v in pcfg.items() if k in TrainConfig.__dataclass_fields__}))
-    if mine != theirs:
-        raise VirkitError(f"--from {spec}: its burn-in differs from this run's (pipeline, seed, data, model or "
-                          f"schedule: key {theirs} vs {mine}); train from scratch or branch from a matching run")
-    if epoch > cfg.reweight_start - 1:
-        raise VirkitError(f"--from {spec}: its burn-in ends at epoch {epoch}, after this run's reweighting starts "
-                          f"(epoch {cfg.reweight_start})")
-    log(f"branching from {path} after epoch {epoch} (burn-in key {mine})")
-    return ck, {"path": str(Path(path).resolve()), "config_hash": pcfg.get("config_hash"), "epoch": epoch,
-                "burnin_key": mine}
-
-
-def find_burnin_parent(cfg: TrainConfig, root: str | os.PathLike, exclude: str | os.PathLike | None = None
-                       ) -> Path | None:
-    """A run directory under ``root`` (one level) whose ``burnin.pt`` ``cfg`` can branch from (same
-    :func:`virkit.config.burnin_key`, burn-in ending before ``cfg``'s reweighting starts), else None.
-    Sweeps and notebooks call it before training a run from scratch."""
-    root = Path(root)
-    if not root.is_dir() or cfg.reweight_start - 1 < 1:
-        return None
-    key, skip = burnin_key(cfg), Path(exclude).resolve() if exclude else None
-    fields = TrainConfig.__dataclass_fields__
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        run = RunDir(d)
-        pcfg = run.read_config()
-        if pcfg is None or not run.checkpoint("burnin").is_file() or (skip and d.resolve() == skip):
-            continue
-        try:
-            theirs = burnin_key(TrainConfig.from_dict({k: v for k, v in pcfg.items() if k in fields}))
-        except (VirkitError, TypeError, ValueError):
-            continue
-        if theirs == key and burnin_epoch(pcfg) <= cfg.reweight_start - 1:
-            return d
-    return None
-
-
 def _epoch_line(cfg: TrainConfig, r: dict) -> str:
     return (f"epoch {r['epoch']:3d}/{cfg.epochs} lr {r['lr']:.4g} loss {r['train_loss']:.4f} "
             f"holdout nat {r['holdout_nat_acc']:.3f} pgd{cfg.holdout_pgd_steps} {r['holdout_pgd_acc']:.3f} "
@@ -419,7 +360,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
         model, optimizer = _build(rcfg, data.meta, device, dctx, log)
         done, parent = Progress(), None
         if branch_from is not None and action is not RunAction.RESUME:
-            ck, parent = dctx.on_main(lambda: _branch_state(cfg, branch_from, "cpu" if dctx.enabled else device, log))
+            ck, parent = dctx.on_main(lambda: branch_state(cfg, branch_from, "cpu" if dctx.enabled else device, log))
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             done = Progress(int(ck["epoch"]), float(ck["best_metric"]), list(ck["history"]))

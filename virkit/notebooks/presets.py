@@ -48,6 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "06_robustness_tables": {"methods": ["at", "vir-at"], "tables": [1]},
             "07_ablations": {"tables": [6], "components": ["sv"], **_NO_SWEEPS},
             "08_attributions": {"n_examples": 2, "n_pool": 64, "ig_steps": 8},
+            "09_outside_model": {"attacks": ["natural", "fgsm"]},
         },
     },
     "demo": {
@@ -76,6 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "06_robustness_tables": {"tables": [1, 2, 3, 4, 5]},
             "07_ablations": {"tables": [6, 7, 9, 10, 11, 12]},
             "08_attributions": {"n_examples": 4, "ig_steps": 64},
+            "09_outside_model": {"source": "virkit.examples:resnet18", "attacks": ["natural", "pgd100", "aa"]},
         },
     },
 }
@@ -122,7 +124,8 @@ def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = N
     the run's eval.json lacks are evaluated and added to it.
     """
     from ..runs import RunDir
-    from ..trainer import find_burnin_parent, train
+    from ..burnin import find_burnin_parent
+    from ..trainer import train
 
     cfg = train_config(preset, method, seed, **overrides)
     root = Path(runs_root) if runs_root else default_runs_root(preset)

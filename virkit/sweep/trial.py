@@ -68,7 +68,8 @@ def finished_eval(run_dir: str | os.PathLike) -> dict:
 def _run_train_trial(spec: dict) -> dict:
     from ..evaluate import evaluate_run
     from ..runs import RunDir
-    from ..trainer import find_burnin_parent, train
+    from ..burnin import find_burnin_parent
+    from ..trainer import train
 
     cfg = _resolve(spec["preset"], spec["overrides"])
     log = lambda s: print(s, flush=True)  # noqa: E731
