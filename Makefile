@@ -17,7 +17,7 @@ help:
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,ray]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,ray,robustbench]'
 	$(PY) -m pip install -q -c constraints.txt --no-deps torchattacks
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virkit.attacks import ATTACK_PRESETS, ATTACKS, attack_names, black_box_attacks, get_attack, pgd, white_box_attacks
+from virkit.attacks import (ATTACK_PRESETS, ATTACKS, attack_names, black_box_attacks, get_attack, l2_attacks,
+                            per_example_norm, pgd, white_box_attacks)
 from virkit.attacks.apgd import dlr_loss, dlr_targeted_loss
 from virkit.attacks.base import target_classes
-from virkit.attacks.fab import project_hyperplane_box_linf
+from virkit.attacks.fab import project_hyperplane_box_l2, project_hyperplane_box_linf
 from virkit.attacks.mde import md_step_size
 from virkit.attacks.square import square_p_schedule
 from virkit.errors import VirkitError
@@ -34,6 +35,7 @@ FAST: dict[str, dict] = {
     "apgd": {"steps": 10},
     "apgd-t": {"steps": 5, "n_target_classes": 3},
     "fab-t": {"steps": 5, "n_target_classes": 3},
+    "fab": {"steps": 5, "n_restarts": 2},
     "square": {"n_queries": 60},
     "spsa": {"iterations": 3, "samples": 16},
     "fmn": {"steps": 10},
@@ -42,7 +44,10 @@ FAST: dict[str, dict] = {
     "autoattack": {"apgd_steps": 5, "n_target_classes": 2, "fab_steps": 4, "square_queries": 30},
 }
 #: extra variants of registered classes
-VARIANTS = [("apgd", {"loss": "dlr"}), ("md", {"targeted": True, "n_target_classes": 2})]
+VARIANTS = [("apgd", {"loss": "dlr"}), ("md", {"targeted": True, "n_target_classes": 2}),
+            ("apgd", {"eot_iter": 2}), ("autoattack", {"version": "plus"}), ("autoattack", {"version": "rand"}),
+            ("autoattack", {"components": "apgd-ce,square"}), ("autoattack", {"individual": True})]
+EPS_L2 = 0.5
 
 
 class TinyCNN(nn.Module):
@@ -322,3 +327,141 @@ def test_attacks_run_on_cuda(model):
     for name in sorted(ATTACKS):
         xa = ATTACKS[name](eps=EPS, seed=0, **FAST[name])(m, x, y)
         assert xa.device == x.device and (xa - x).abs().max() <= EPS + 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# the L2 threat model
+L2_CLASSES = sorted(n for n, cls in ATTACKS.items() if "L2" in cls.norms)
+
+
+def test_l2_attacks_are_the_documented_ones():
+    assert L2_CLASSES == ["apgd", "apgd-t", "autoattack", "fab", "fab-t", "fgsm", "fmn", "pgd", "square"]
+    assert set(l2_attacks()) == set(attack_names()) - {"natural", "cw", "spsa", "mde"}
+    for name in ("cw", "spsa", "mde"):
+        with pytest.raises(VirkitError, match=f"attack '{name}' is Linf only"):
+            get_attack(name, eps=EPS_L2, norm="L2")
+    with pytest.raises(VirkitError, match="unknown norm 'L1'"):
+        get_attack("pgd10", norm="L1")
+
+
+@pytest.mark.parametrize("name", L2_CLASSES)
+def test_every_l2_attack_stays_in_the_l2_ball_and_the_box(name, model, batch):
+    x, y = batch
+    atk = ATTACKS[name](eps=EPS_L2, seed=3, norm="L2", **FAST[name])
+    x_adv = atk(model, x, y)
+    assert torch.equal(x_adv, atk(model, x, y)), f"{name} (L2) is not deterministic under a fixed seed"
+    assert per_example_norm(x_adv - x, "L2").max() <= EPS_L2 + 1e-5
+    assert x_adv.min() >= 0 and x_adv.max() <= 1 and torch.isfinite(x_adv).all()
+    assert _accuracy(model, x_adv, y) <= _accuracy(model, x, y)
+    d = atk.describe()
+    assert d["norm"] == "L2" and d["eps"] == EPS_L2
+    json.dumps(d)
+
+
+@pytest.mark.parametrize("name", L2_CLASSES)
+def test_every_l2_attack_breaks_a_natural_model(name, weak_model):
+    x, y = synthetic(24, seed=11)
+    atk = ATTACKS[name](eps=1.0, seed=0, norm="L2", **FAST[name])
+    assert _accuracy(weak_model, atk(weak_model, x, y), y) < _accuracy(weak_model, x, y), name
+
+
+def test_pgd_l2_steps_along_the_normalised_gradient():
+    """One PGD-L2 step without a random start moves exactly ``step_size`` in L2 (away from the box)."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
+    x = torch.full((4, 3, 8, 8), 0.5)
+    y = torch.arange(4)
+    xa = pgd(net, x, y, eps=1.0, step_size=0.1, steps=1, random_start="none", norm="L2")
+    assert per_example_norm(xa - x, "L2") == pytest.approx([0.1] * 4, abs=1e-6)
+    xa = pgd(net, x, y, eps=0.05, step_size=0.1, steps=1, random_start="none", norm="L2")
+    assert per_example_norm(xa - x, "L2") == pytest.approx([0.05] * 4, abs=1e-6)   # projected onto the ball
+    # presets keep their step as a fraction of eps in L2
+    assert get_attack("pgd10", eps=0.5, norm="L2").step_size == pytest.approx(0.5 / 4)
+    assert get_attack("pgd100", eps=0.5, norm="L2").step_size == pytest.approx(0.5 / 8)
+    assert get_attack("fgsm", eps=0.5, norm="L2").name == "FGM (L2)"
+
+
+def test_fab_l2_projection_matches_a_quadratic_program_and_the_official_code():
+    """Smallest L2 step onto the hyperplane within the box (scipy's SLSQP on small problems), and the
+    official AutoAttack projection where it is installed (pyautoattack, a dependency of robustbench)."""
+    scipy_opt = pytest.importorskip("scipy.optimize")
+    import numpy as np
+    g = torch.Generator().manual_seed(0)
+    d_ = 6
+    for trial in range(40):
+        t = torch.rand(1, d_, generator=g, dtype=torch.float64)
+        w = torch.randn(1, d_, generator=g, dtype=torch.float64)
+        if trial % 3 == 0:
+            w[0, :2] = 0
+        b = torch.randn(1, generator=g, dtype=torch.float64) * (2.0 if trial % 4 == 0 else 0.3)
+        d = project_hyperplane_box_l2(t, w, b)
+        assert ((t + d) >= -1e-12).all() and ((t + d) <= 1 + 1e-12).all()
+        c = float(b - (w * t).sum())
+        reach = float(torch.where(w * np.sign(c) > 0, 1 - t, -t).mul(w).sum()) if c else 0.0
+        if abs(reach) >= abs(c) - 1e-12:   # reachable: compare with the QP optimum
+            res = scipy_opt.minimize(lambda v: float(v @ v), np.zeros(d_), jac=lambda v: 2 * v, method="SLSQP",
+                                     constraints=[{"type": "eq", "fun": lambda v: float(w[0].numpy() @ v) - c}],
+                                     bounds=[(-float(t[0, i]), 1 - float(t[0, i])) for i in range(d_)],
+                                     options={"ftol": 1e-14, "maxiter": 500})
+            assert float((w * (t + d)).sum()) == pytest.approx(float(b), abs=1e-9)
+            assert float(d.norm()) == pytest.approx(float(np.linalg.norm(res.x)), abs=1e-6)
+    try:
+        from pyautoattack.fab_projections import projection_l2
+    except ImportError:
+        return
+    t = torch.rand(64, 50, generator=g)
+    w = torch.randn(64, 50, generator=g)
+    b = torch.randn(64, generator=g)
+    torch.testing.assert_close(project_hyperplane_box_l2(t, w, b), projection_l2(t, w, b), atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# AutoAttack's versions
+def test_autoattack_versions_follow_the_official_code():
+    std, plus, rand = (get_attack(n) for n in ("aa", "aa-plus", "aa-rand"))
+    assert std.component_names() == ("apgd-ce", "apgd-t", "fab-t", "square")
+    assert plus.component_names() == ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+    assert rand.component_names() == ("apgd-ce", "apgd-dlr")
+    assert (std.apgd_restarts, plus.apgd_restarts, plus.fab_restarts, rand.eot_iter) == (1, 5, 5, 20)
+    comps = {type(c).__name__ + ("-" + c.loss if hasattr(c, "loss") else ""): c for c in plus.components()}
+    assert comps["APGD-ce"].n_restarts == 5 and comps["APGD-dlr"].n_restarts == 5 and comps["FAB"].n_restarts == 5
+    assert comps["APGDTargeted"].n_target_classes == 9 and comps["FABTargeted"].n_restarts == 1
+    assert comps["Square"].n_queries == 5000 and comps["Square"].resc_schedule is False
+    assert all(c.eot_iter == 20 and c.n_restarts == 1 for c in rand.components())
+    custom = get_attack("aa", components="apgd-ce,square")
+    assert custom.version == "custom" and custom.component_names() == ("apgd-ce", "square")
+    assert custom.describe()["custom_components"] == "apgd-ce,square"
+    assert get_attack("aa", components="apgd-ce,apgd-t,fab-t,square").version == "standard"
+    with pytest.raises(ValueError, match="unknown AutoAttack component"):
+        get_attack("aa", components="apgd-ce,pgd")
+    # the standard L-inf settings read as before this issue (earlier eval.json files are recognised)
+    assert set(std.describe()) == {"name", "norm", "paper", "eps", "seed", "version", "apgd_steps", "n_target_classes",
+                                   "fab_steps", "square_queries", "square_resc_schedule"}
+
+
+def test_autoattack_component_flags_sequential_and_individual(model, batch):
+    x, y = batch
+    fast = FAST["autoattack"]
+    seq = get_attack("aa", seed=1, **fast)
+    xs = seq(model, x, y)
+    flags = seq.details["components"]
+    assert seq.details["mode"] == "sequential" and list(flags) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+        robust = model(xs).argmax(1) == y
+    prev = correct
+    for name, f in flags.items():   # running robust flags: never recover
+        assert not (f & ~prev).any(), name
+        prev = f
+    assert torch.equal(prev, robust)
+    ind = get_attack("aa", seed=1, individual=True, **fast)
+    xi = ind(model, x, y)
+    iflags = ind.details["components"]
+    assert ind.details["mode"] == "individual"
+    worst = correct.clone()
+    for f in iflags.values():
+        assert not (f & ~correct).any()
+        worst &= f
+    with torch.no_grad():
+        assert torch.equal(model(xi).argmax(1) == y, worst)
+    # APGD-CE runs first on the same points with the same seed in both modes
+    assert torch.equal(iflags["apgd-ce"], flags["apgd-ce"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from virkit.cli import main
+from virkit.errors import VirkitError
 
 STANDIN = Path(os.environ.get("VIRKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
@@ -70,3 +71,54 @@ def test_train_then_evaluate_via_cli(tmp_path, capsys):
     assert rc == 0
     assert json.loads((run / "eval.prev.json").read_text()) == after
     assert json.loads((run / "eval.json").read_text())["n_examples"] == 40
+
+
+def test_evaluate_help_names_every_model_source_and_new_option():
+    out = subprocess.run([sys.executable, "-m", "virkit", "evaluate", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for piece in ("--model", "--checkpoint", "module:callable", "robustbench:NAME", "TorchScript", "--weights",
+                  "--threat-model", "--model-dir", "--normalize", "--norm", "--aa-version", "--aa-components",
+                  "--aa-individual", "--save-adv", "torchrun"):
+        assert piece in out, piece
+    out = subprocess.run([sys.executable, "-m", "virkit", "export", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--format" in out and "robustbench" in out and "--allow-subset" in out
+
+
+def test_autoattack_options_become_attack_settings():
+    from virkit.cli import _attack_overrides, build_parser
+    p = build_parser()
+    args = p.parse_args(["evaluate", "--model", "x", "--aa-components", "apgd-ce,square", "--aa-individual",
+                         "--attack-settings", '{"aa": {"apgd_steps": 7}, "pgd10": {"steps": 3}}'])
+    over = _attack_overrides(args, ["natural", "aa", "aa-plus", "pgd10"])
+    assert over["aa"] == {"apgd_steps": 7, "version": "custom", "components": ["apgd-ce", "square"], "individual": True}
+    assert over["aa-plus"] == {"version": "custom", "components": ["apgd-ce", "square"], "individual": True}
+    assert over["pgd10"] == {"steps": 3}
+    args = p.parse_args(["evaluate", "--model", "x", "--aa-version", "plus"])
+    with pytest.raises(VirkitError, match="need an AutoAttack in --attacks"):
+        _attack_overrides(args, ["natural", "pgd10"])
+    args = p.parse_args(["evaluate", "--model", "x", "--aa-components", "apgd-ce,pgd"])
+    with pytest.raises(VirkitError, match="unknown AutoAttack component"):
+        _attack_overrides(args, ["aa"])
+
+
+@pytest.mark.skipif(not (STANDIN / "cifar10-jpeg.tar.gz").is_file(), reason="CIFAR-10 stand-in absent")
+def test_evaluate_a_run_with_model_l2_autoattack_options_and_save_adv(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--method", "at", "--data-root", str(STANDIN), "--out", str(run),
+                 "--eval-attacks", "", "--epochs", "1"]) == 0
+    out, adv = tmp_path / "l2.json", tmp_path / "adv"
+    rc = main(["evaluate", "--model", str(run), "--norm", "L2", "--attacks", "natural,aa-plus", "--aa-individual",
+               "--attack-settings", '{"aa-plus": {"apgd_steps": 3, "n_target_classes": 2, "fab_steps": 2, '
+                                    '"square_queries": 10, "apgd_restarts": 1, "fab_restarts": 1}}',
+               "--n-examples", "32", "--data-root", str(STANDIN), "--out", str(out), "--save-adv", str(adv)])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["norm"] == "L2" and doc["eps"] == 0.5
+    aa = doc["attacks"]["aa-plus"]
+    assert aa["settings"]["individual"] is True and aa["components"]["mode"] == "individual"
+    assert [k for k in aa["components"] if k != "mode"] == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    from virkit.evaluate import load_adversarial
+    x, y = load_adversarial(adv, "aa-plus").tensors
+    assert x.shape == (32, 3, 32, 32) and y.tolist() == doc["labels"]
+    assert "as 8-bit images" in capsys.readouterr().out

@@ -161,6 +161,9 @@ class _Spy:
     def describe(self):
         return self.real.describe()
 
+    def __getattr__(self, name):   # details (AutoAttack's components) and the rest: the real attack's
+        return getattr(self.real, name)
+
 
 def test_resume_keeps_finished_attacks(model, split, tmp_path, monkeypatch):
     calls: dict[str, int] = {}
@@ -302,3 +305,143 @@ def test_every_paper_attack_end_to_end_at_paper_settings(model, split, tmp_path)
     assert res["worst_case"]["accuracy"] <= min(acc.values())
     assert res["attacks"]["spsa"]["settings"]["samples"] == 256 and res["attacks"]["square"]["settings"]["n_queries"] == 5000
     print(f"every paper attack on 64 images: {elapsed:.1f} s; " + ", ".join(f"{k} {100 * v:.1f}" for k, v in acc.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue #15: L2, AutoAttack components, adversarial examples out, resume inside an attack
+AA_FAST = {"aa": {"apgd_steps": 4, "n_target_classes": 2, "fab_steps": 3, "square_queries": 20}}
+
+
+def test_check_adversarial_l2_is_per_example():
+    x = torch.rand(4, 3, 8, 8) * 0.5 + 0.25
+    d = torch.randn_like(x)
+    d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 0.5
+    check_adversarial(x + d, x, 0.5, norm="L2")
+    check_adversarial(x + d * (1 + 1e-6), x, 0.5, norm="L2")          # within the 1e-5 tolerance
+    bad = x + d
+    bad[2] = x[2] + d[2] * 1.01
+    with pytest.raises(AdversarialCheckError, match="L2 norm .* at example 2"):
+        check_adversarial(bad, x, 0.5, norm="L2")
+    # an L2 ball of 0.5 allows large single pixels an L-inf check would refuse
+    spike = x.clone()
+    spike[:, 0, 0, 0] += 0.2
+    check_adversarial(spike.clamp(0, 1), x, 0.5, norm="L2")
+    with pytest.raises(AdversarialCheckError):
+        check_adversarial(spike.clamp(0, 1), x, EPS)
+
+
+def test_l2_evaluation(model, split, tmp_path):
+    res = _run(model, split, ["natural", "pgd10", "aa"], tmp_path, norm="L2", eps=None,
+               attack_overrides={"pgd10": {"steps": 4}, **AA_FAST})
+    assert res["norm"] == "L2" and res["eps"] == 0.5
+    for k in ("pgd10", "aa"):
+        assert res["attacks"][k]["settings"]["norm"] == "L2"
+        assert res["attacks"][k]["accuracy"] <= res["attacks"]["natural"]["accuracy"]
+    assert res["attacks"]["pgd10"]["settings"]["step_size"] == pytest.approx(0.5 / 4)
+    # the same file cannot be resumed in the other threat model
+    with pytest.raises(VirkitError, match="norm"):
+        _run(model, split, ["natural"], tmp_path)
+    with pytest.raises(VirkitError, match="'cw' is Linf only"):
+        _run(model, split, ["natural", "cw"], norm="L2")
+
+
+def test_files_written_before_l2_existed_are_resumed(model, split, tmp_path):
+    first = _run(model, split, ["natural", "fgsm"], tmp_path)
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    del doc["norm"]
+    (tmp_path / "eval.json").write_text(json.dumps(doc))
+    second = _run(model, split, ["natural", "fgsm"], tmp_path)
+    assert second["attacks"]["fgsm"] == first["attacks"]["fgsm"]
+
+
+@pytest.mark.parametrize("individual", [False, True])
+def test_autoattack_components_in_eval_json(model, split, tmp_path, individual):
+    over = {"aa": {**AA_FAST["aa"], "individual": individual}}
+    res = _run(model, split, ["natural", "aa"], tmp_path, attack_overrides=over)
+    aa = res["attacks"]["aa"]
+    comps = aa["components"]
+    assert comps["mode"] == ("individual" if individual else "sequential")
+    names = [k for k in comps if k != "mode"]
+    assert names == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    nat = res["attacks"]["natural"]["robust"]
+    for k in names:
+        c = comps[k]
+        assert len(c["robust"]) == 40 and c["accuracy"] == pytest.approx(sum(c["robust"]) / 40)
+        assert all(a <= b for a, b in zip(c["robust"], nat))
+    worst = [min(comps[k]["robust"][i] for k in names) for i in range(40)]
+    assert aa["robust"] == worst                     # both modes: robust only if every component failed
+    if not individual:
+        assert comps["square"]["robust"] == aa["robust"]
+
+
+def test_save_adv_and_load_adversarial(model, split, tmp_path):
+    adv = tmp_path / "adv"
+    res = _run(model, split, ["natural", "fgsm", "pgd10"], tmp_path, save_adv=adv)
+    assert sorted(p.name for p in adv.iterdir()) == ["fgsm", "pgd10"]
+    x = split.float_images()[:40]
+    for name in ("fgsm", "pgd10"):
+        ds = ev.load_adversarial(adv, name)
+        xa, y = ds.tensors
+        assert xa.dtype == torch.float32 and xa.shape == x.shape and torch.equal(y, split.y[:40])
+        assert (xa - x).abs().max() <= EPS + 1e-6
+        with torch.no_grad():
+            assert ((model(xa).argmax(1) == y).int().tolist()) == res["attacks"][name]["robust"]
+        q, _, qpred = ev.load_adversarial(adv, name, quantized=True, with_predictions=True).tensors
+        assert torch.equal(q * 255, (q * 255).round()) and (q - xa).abs().max() <= 0.5 / 255 + 1e-6
+        u = res["attacks"][name]["uint8"]
+        with torch.no_grad():
+            assert torch.equal(model(q).argmax(1), qpred)
+        assert u["robust"] == (qpred == y).int().tolist() and u["n_outside_ball"] == 0
+        assert u["max_distance"] <= EPS + 1e-6   # eps = 8/255 lies on the grid: rounding stays in the ball
+    with pytest.raises(VirkitError, match="no adversarial examples of 'cw'.*fgsm, pgd10"):
+        ev.load_adversarial(adv, "cw")
+    # asking for the examples of an attack finished without --save-adv reruns it
+    calls: dict[str, int] = {}
+    real = ev.get_attack
+    import virkit.evaluate as evm
+    evm_get = evm.get_attack
+    try:
+        evm.get_attack = lambda name, **kw: _Spy(real(name, **kw), calls, name)
+        _run(model, split, ["natural", "fgsm", "pgd10"], tmp_path, save_adv=tmp_path / "adv2")
+    finally:
+        evm.get_attack = evm_get
+    assert set(calls) == {"fgsm", "pgd10"}
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_attack_interrupted_after_some_batches_continues_from_them(model, split, tmp_path, monkeypatch):
+    ref = _run(model, split, ["natural", "aa"], attack_overrides=AA_FAST, batch_size=8)
+    calls: dict[str, int] = {}
+    real = ev.get_attack
+
+    class Dies(_Spy):
+        def __call__(self, model, x, y):
+            if calls.get(self.name, 0) == 2:
+                raise _Interrupt
+            return super().__call__(model, x, y)
+
+    monkeypatch.setattr(ev, "get_attack", lambda name, **kw: Dies(real(name, **kw), calls, name))
+    with pytest.raises(_Interrupt):
+        _run(model, split, ["natural", "aa"], tmp_path, attack_overrides=AA_FAST, batch_size=8)
+    state = tmp_path / ".eval.json.state" / "aa"
+    assert sorted(p.name for p in state.glob("b*.pt")) == ["b000000.pt", "b000001.pt"]
+    calls.clear()
+    monkeypatch.setattr(ev, "get_attack", lambda name, **kw: _Spy(real(name, **kw), calls, name))
+    res = _run(model, split, ["natural", "aa"], tmp_path, attack_overrides=AA_FAST, batch_size=8)
+    n_batches = -(-sum(ref["attacks"]["natural"]["robust"]) // 8)
+    assert calls == {"aa": n_batches - 2}
+    for k in ("robust", "predictions", "components", "uint8", "settings"):
+        assert res["attacks"]["aa"][k] == ref["attacks"]["aa"][k], k
+    assert sorted(os.listdir(tmp_path)) == ["eval.json"]
+    # state of other settings is dropped, not mixed in
+    calls.clear()
+    monkeypatch.setattr(ev, "get_attack", lambda name, **kw: Dies(real(name, **kw), calls, name))
+    with pytest.raises(_Interrupt):
+        _run(model, split, ["natural", "aa"], tmp_path, attack_overrides=AA_FAST, batch_size=8, seed=1, replace=True)
+    calls.clear()
+    monkeypatch.setattr(ev, "get_attack", lambda name, **kw: _Spy(real(name, **kw), calls, name))
+    _run(model, split, ["natural", "aa"], tmp_path, attack_overrides=AA_FAST, batch_size=6, seed=1)
+    assert calls["aa"] == -(-sum(ref["attacks"]["natural"]["robust"]) // 6)

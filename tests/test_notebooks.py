@@ -28,7 +28,7 @@ from virkit.errors import VirkitError  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
 EXPECTED = ["01_weight_explorer", "02_gaussian_mixture_theory", "03_train_and_evaluate", "04_confusion_matrices",
-            "05_class_weights", "06_robustness_tables", "07_ablations", "08_attributions"]
+            "05_class_weights", "06_robustness_tables", "07_ablations", "08_attributions", "09_outside_model"]
 
 
 def test_notebooks_present_and_clean():
@@ -278,8 +278,9 @@ def test_shared_runs_are_reused(smoke_batch):
     runs_root = smoke_batch["root"] / "runs" / "smoke" / "runs"
     dirs = sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = {p.name.split("-s0-")[0] for p in dirs}
+    # five runs serve all nine notebooks (Table 6's first row is the VIR pipeline with w = 1)
     assert {"cifar10-small-cnn-natural", "cifar10-small-cnn-at", "cifar10-small-cnn-vir-at",
-            "cifar10-small-cnn-vir-at-sv"} == names  # four runs serve all eight notebooks
+            "cifar10-small-cnn-vir-at-sv", "cifar10-small-cnn-vir-at-w1"} == names
     vir = next(p for p in dirs if p.name.startswith("cifar10-small-cnn-vir-at-s0-"))
     mtime = (vir / "last.pt").stat().st_mtime_ns
     t = time.time()

@@ -2,8 +2,11 @@
 the same CIFAR-10 (JPEG stand-in) test images: robust accuracy must agree within 1.5 points (and so
 is never higher than the reference's by more than 1.5 points).
 
-References: torchattacks (APGD-CE, APGD-T, FAB-T, Square, AutoAttack's composition, SPSA; install
-with ``pip install --no-deps torchattacks``) and Foolbox (FMN, the implementation by FMN's authors).
+References: torchattacks (APGD-CE, APGD-T, FAB-T, Square, AutoAttack's composition, SPSA, PGD-L2;
+install with ``pip install --no-deps torchattacks``) and Foolbox (FMN, the implementation by FMN's
+authors). The L2 threat model (eps 0.5) is checked the same way (``test_l2_agrees_with_reference``):
+APGD-CE, APGD-T, FAB-T, Square, AutoAttack and PGD-10 against torchattacks' L2 versions, FMN against
+Foolbox's ``L2FMNAttack``.
 
 The model is a ``small-cnn`` trained once per session with virkit's trainer (PGD adversarial
 training, ``quick``-style settings, shortened). Both sides run with *identical, reduced* settings so
@@ -30,6 +33,7 @@ from virkit.attacks import get_attack  # noqa: E402
 
 N = 500                 # test images (class-balanced, seeded subset of the stand-in test split)
 EPS = 8 / 255
+EPS_L2 = 0.5
 TOL = 1.5               # percentage points
 #: reduced budgets, identical on both sides (paper values in brackets)
 SETTINGS = {
@@ -85,10 +89,13 @@ def _robust_accuracy(model, x_adv, y, idx) -> float:
     return 100.0 * float(ok.sum()) / N
 
 
-def _virkit(name, model, xs, ys, **kw):
-    atk = get_attack(name, eps=EPS, seed=0, **kw)
+def _virkit(name, model, xs, ys, norm="Linf", seed=0, **kw):
+    eps = EPS if norm == "Linf" else EPS_L2
+    atk = get_attack(name, eps=eps, seed=seed, norm=norm, **kw)
     xa = atk(model, xs, ys)
-    assert (xa - xs).abs().max() <= EPS + 1e-6 and xa.min() >= 0 and xa.max() <= 1
+    d = (xa - xs).flatten(1)
+    assert (d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)).max() <= eps + 1e-5
+    assert xa.min() >= 0 and xa.max() <= 1
     return xa
 
 
@@ -114,22 +121,26 @@ class _ForReference(torch.nn.Module):
         return self.model(_ContiguousGrad.apply(x))
 
 
-def _reference(name, model, xs, ys):
+def _reference(name, model, xs, ys, norm="Linf", seed=0):
     s = SETTINGS
     ta = torchattacks
+    eps = EPS if norm == "Linf" else EPS_L2
     model = _ForReference(model).eval()
     if name == "fmn":
         fmodel = foolbox.PyTorchModel(model, bounds=(0, 1))
-        _, clipped, _ = foolbox.attacks.LInfFMNAttack(steps=s["fmn_steps"])(fmodel, xs, ys, epsilons=EPS)
+        fmn = foolbox.attacks.LInfFMNAttack if norm == "Linf" else foolbox.attacks.L2FMNAttack
+        _, clipped, _ = fmn(steps=s["fmn_steps"])(fmodel, xs, ys, epsilons=eps)
         return clipped
-    apgd = lambda: ta.APGD(model, norm="Linf", eps=EPS, steps=s["apgd_steps"], n_restarts=1, seed=0, loss="ce",  # noqa: E731
+    if name == "pgd10":   # L2 only: PGD-L2, 10 steps of eps/4, random start (virkit's pgd10 preset in L2)
+        return ta.PGDL2(model, eps=eps, alpha=eps / 4, steps=10, random_start=True)(xs, ys)
+    apgd = lambda: ta.APGD(model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0, loss="ce",  # noqa: E731
                            rho=0.75)
-    apgdt = lambda: ta.APGDT(model, norm="Linf", eps=EPS, steps=s["apgd_steps"], n_restarts=1, seed=0,  # noqa: E731
+    apgdt = lambda: ta.APGDT(model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0,  # noqa: E731
                              n_classes=s["n_targets"] + 1)
-    fabt = lambda: ta.FAB(model, norm="Linf", eps=EPS, steps=s["fab_steps"], n_restarts=1, seed=0,  # noqa: E731
+    fabt = lambda: ta.FAB(model, norm=norm, eps=eps, steps=s["fab_steps"], n_restarts=1, seed=0,  # noqa: E731
                           multi_targeted=True, n_classes=s["n_targets"] + 1)
-    square = lambda: ta.Square(model, norm="Linf", eps=EPS, n_queries=s["square_queries"], n_restarts=1,  # noqa: E731
-                               p_init=0.8, loss="margin", resc_schedule=True, seed=0)
+    square = lambda: ta.Square(model, norm=norm, eps=eps, n_queries=s["square_queries"], n_restarts=1,  # noqa: E731
+                               p_init=0.8, loss="margin", resc_schedule=True, seed=seed)
     atk = {"apgd-ce": apgd, "apgd-t": apgdt, "fab-t": fabt, "square": square,
            # torchattacks' AutoAttack('standard') is exactly this MultiAttack (with its own budgets)
            "aa": lambda: ta.MultiAttack([apgd(), apgdt(), fabt(), square()]),
@@ -150,21 +161,62 @@ CASES = {
 }
 
 
+#: Square is compared as the mean over these seeds on both sides: torchattacks' port draws one window and
+#: one sign per channel for the whole batch, so at 60 queries its robust accuracy moves by +-1.5 points
+#: from one seed to the next (25.0-28.4% over five seeds on one model); virkit draws them per example
+#: and varies by +-0.2 points. One seed each could differ by more than the tolerance by chance.
+SQUARE_SEEDS = (0, 1, 2)
+
+
+def _seeds(name):
+    return SQUARE_SEEDS if name == "square" else (0,)
+
+
+def _both(name, model, x, y, idx, norm, settings):
+    """(virkit %, reference %, virkit s, reference s), Square averaged over SQUARE_SEEDS."""
+    xs, ys = x[idx], y[idx]
+    preset = {"fmn": "fmn100"}.get(name, name)
+    ours, ref, t_ours, t_ref = [], [], 0.0, 0.0
+    for seed in _seeds(name):
+        t0 = time.time()
+        ours.append(_robust_accuracy(model, _virkit(preset, model, xs, ys, norm=norm, seed=seed, **settings), y, idx))
+        t1 = time.time()
+        torch.manual_seed(seed)
+        xr = _reference(name, model, xs, ys, norm=norm, seed=seed).detach()
+        if norm == "L2" and name != "fmn":
+            assert (xr - xs).flatten(1).norm(dim=1).max() <= EPS_L2 + 1e-4
+        ref.append(_robust_accuracy(model, xr, y, idx))
+        t2 = time.time()
+        t_ours, t_ref = t_ours + t1 - t0, t_ref + t2 - t1
+    return sum(ours) / len(ours), sum(ref) / len(ref), t_ours, t_ref
+
+
+#: the L2 threat model: the same budgets; PGD-10 in L2 (step eps/4) against torchattacks' PGDL2
+CASES_L2 = {k: v for k, v in CASES.items() if k != "spsa"}
+CASES_L2["pgd10"] = {}
+
+
+@pytest.mark.parametrize("name", list(CASES_L2))
+def test_l2_agrees_with_reference(name, reference_setup):
+    model, x, y, correct = reference_setup
+    idx = correct.nonzero().squeeze(1)
+    ours, ref, t_ours, t_ref = _both(name, model, x, y, idx, "L2", CASES_L2[name])
+    RESULTS[f"{name} (L2)"] = {"virkit": round(ours, 2), "reference": round(ref, 2), "diff": round(ours - ref, 2),
+                               "virkit_s": round(t_ours, 1), "reference_s": round(t_ref, 1)}
+    print(f"\n{name} L2: virkit {ours:.2f}%  reference {ref:.2f}%  ({t_ours:.0f} s vs {t_ref:.0f} s)")
+    assert abs(ours - ref) <= TOL, f"{name} (L2): virkit {ours:.2f}% vs reference {ref:.2f}%"
+    assert ours - ref <= TOL
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_agrees_with_reference(name, reference_setup):
     model, x, y, correct = reference_setup
     idx = correct.nonzero().squeeze(1)
-    xs, ys = x[idx], y[idx]
-    t0 = time.time()
-    ours = _robust_accuracy(model, _virkit("fmn100" if name == "fmn" else name, model, xs, ys, **CASES[name]), y, idx)
-    t1 = time.time()
-    torch.manual_seed(0)
-    ref = _robust_accuracy(model, _reference(name, model, xs, ys).detach(), y, idx)
-    t2 = time.time()
+    ours, ref, t_ours, t_ref = _both(name, model, x, y, idx, "Linf", CASES[name])
     RESULTS[name] = {"virkit": round(ours, 2), "reference": round(ref, 2), "diff": round(ours - ref, 2),
-                     "virkit_s": round(t1 - t0, 1), "reference_s": round(t2 - t1, 1)}
+                     "virkit_s": round(t_ours, 1), "reference_s": round(t_ref, 1)}
     print(f"\n{name}: virkit {ours:.2f}%  reference {ref:.2f}%  (natural {RESULTS['_setup']['natural']:.2f}%, "
-          f"{t1 - t0:.0f} s vs {t2 - t1:.0f} s)")
+          f"{t_ours:.0f} s vs {t_ref:.0f} s)")
     assert abs(ours - ref) <= TOL, f"{name}: virkit {ours:.2f}% vs reference {ref:.2f}%"
     assert ours - ref <= TOL
 

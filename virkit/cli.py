@@ -1,4 +1,4 @@
-"""Command line: ``virkit train | evaluate | report | notebooks | sweep | list``.
+"""Command line: ``virkit train | evaluate | export | report | notebooks | sweep | list``.
 
 Every user error prints one line ``virkit: error: ...`` and exits with code 2, before anything is
 created or overwritten.
@@ -52,7 +52,11 @@ def _add_train(sub) -> None:
     p.add_argument("--data-root", help="data folder (default: $VIRKIT_DATA, else ~/.cache/virkit/data)")
     p.add_argument("--train-subset", type=int)
     p.add_argument("--test-subset", type=int)
-    p.add_argument("--holdout", type=int, help="held-out test images evaluated every epoch")
+    p.add_argument("--holdout", type=int,
+                   help="validation images evaluated every epoch (best.pt is the best of them), carved from the "
+                        "training split")
+    p.add_argument("--holdout-from", choices=["train", "test"],
+                   help="train (default): a validation split; test: held-out test images (virkit before 0.2)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -64,7 +68,10 @@ def _add_train(sub) -> None:
     p.add_argument("--step-size", type=_fraction, help="training PGD step, e.g. 2/255")
     p.add_argument("--attack-steps", type=int)
     p.add_argument("--random-start", choices=["uniform", "normal", "none"])
-    p.add_argument("--reweight-start", type=int, help="first epoch (1-based) with instance weights")
+    p.add_argument("--reweight-start", type=int,
+                   help="first epoch (1-based) with instance weights (default: the method's own, README)")
+    p.add_argument("--trades-forwards", type=int, choices=[2, 3],
+                   help="train-mode forwards per TRADES step: 3 (x, x', x) as trades.py (default) or 2")
     p.add_argument("--alpha", type=float)
     p.add_argument("--beta", type=float)
     p.add_argument("--gamma", type=float)
@@ -75,14 +82,21 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-reduction", choices=["mean", "sum"])
     p.add_argument("--normalize", choices=["dataset", "none"])
     p.add_argument("--device")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
-    p.add_argument("--channels-last", action="store_const", const=True)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="training autocast (default auto: bf16 on a CPU with native bf16, AMX or AVX512-BF16; "
+                        "fp32 elsewhere); evaluation is always fp32")
+    p.add_argument("--channels-last", action="store_const", const=True,
+                   help="NHWC memory format (default: on a CPU)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
     p.add_argument("--compile", action="store_const", const=True)
     p.add_argument("--eval-attacks", type=lambda s: tuple(a for a in s.split(",") if a),
                    help="attacks run after training (comma-separated; '' for none)")
     p.add_argument("--eval-checkpoint", choices=["last", "best"])
     p.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<method>-<preset>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--from", dest="branch_from", metavar="RUN[@EPOCH]",
+                   help="start from another run's burn-in state (burnin.pt, after epoch reweight-start - 1) when "
+                        "both train the burn-in epochs identically, e.g. --method vir-at --from runs/vir-at-w1")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--progress", action="store_true", help="progress bar per epoch")
     p.add_argument("--sync-bn", action="store_true",
@@ -97,50 +111,182 @@ def _cmd_train(args) -> int:
     overrides = {k: getattr(args, k) for k in args._fields if hasattr(args, k) and k != "preset"}
     cfg = resolve_config(args.preset, **overrides)
     out = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress,
-                sync_bn=args.sync_bn or None)
+                sync_bn=args.sync_bn or None, branch_from=args.branch_from)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, also under torchrun
         print(f"run directory: {out}")
     return 0
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint under attacks", epilog=_epilog(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run directory or .pt file")
-    p.add_argument("--attacks", default="natural,fgsm,pgd100,cw", help="comma-separated attack names")
+    p = sub.add_parser("evaluate", help="evaluate a model under attacks (a virkit run, module:callable, "
+                                        "robustbench:NAME, a TorchScript file)", epilog=_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Evaluate a model under attacks and write eval.json. --model takes a virkit run "
+                                   "directory or checkpoint, module:callable (an nn.Module on [0,1] images; "
+                                   "--weights FILE), robustbench:NAME (weights from --weights or "
+                                   "<model-dir>/<dataset>/<threat-model>/NAME.pt; never downloads) or a TorchScript "
+                                   "file. Several processes: torchrun --nproc-per-node N -m virkit evaluate ...")
+    p.add_argument("--model", "--checkpoint", dest="model", required=True, metavar="SOURCE",
+                   help="run directory or .pt checkpoint, module:callable, robustbench:NAME or a TorchScript file")
+    p.add_argument("--attacks", default=None,
+                   help="comma-separated attack names (default natural,fgsm,pgd100,cw; without cw for --norm L2)")
+    p.add_argument("--norm", choices=["Linf", "L2"], default=None,
+                   help="threat model of every attack (default Linf; a robustbench model: its --threat-model)")
+    p.add_argument("--eps", type=_fraction, default=None,
+                   help="radius (default: the run's training eps; outside models 8/255 for Linf, 0.5 for L2)")
+    p.add_argument("--aa-version", choices=["standard", "plus", "rand"], default=None,
+                   help="AutoAttack version of the attack 'aa' (also the names aa-plus, aa-rand)")
+    p.add_argument("--aa-components", default=None, metavar="LIST",
+                   help="AutoAttack with these components (custom version), e.g. apgd-ce,square; from "
+                        "apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t")
+    p.add_argument("--aa-individual", action="store_true",
+                   help="run every AutoAttack component on every point and report each (individual mode)")
+    p.add_argument("--attack-settings", default=None, metavar="JSON",
+                   help='settings replacing the presets\' per attack, e.g. \'{"aa": {"apgd_steps": 10}}\'')
     p.add_argument("--n-examples", type=int,
                    help="a class-balanced subset of N test images, the same seeded draw as the trainer's "
                         "--test-subset (so a run's own eval.json is extended, not redone); default: the run's "
-                        "test subset (all test images if it had none)")
+                        "test subset (all test images if it had none; all for outside models)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--which", choices=["best", "last"], default=None,
                    help="checkpoint in a run directory (default: the run's eval checkpoint, last unless set)")
     p.add_argument("--data-root")
-    p.add_argument("--dataset", help="default: the checkpoint's dataset")
-    p.add_argument("--eps", type=_fraction, default=None, help="default: the training eps")
+    p.add_argument("--dataset", help="default: the checkpoint's dataset; outside models: cifar10")
+    p.add_argument("--weights", metavar="FILE",
+                   help="state dict for module:callable or robustbench:NAME (.safetensors, or .pt read with "
+                        "weights_only=True)")
+    p.add_argument("--threat-model", choices=["Linf", "L2"], default=None,
+                   help="robustbench:NAME: which of RobustBench's model zoos (default: --norm, else Linf)")
+    p.add_argument("--model-dir", default="./models",
+                   help="RobustBench's weights folder: <model-dir>/<dataset>/<threat-model>/NAME.pt (default ./models)")
+    p.add_argument("--normalize", metavar="MEAN,STD", default=None,
+                   help="wrap a model that expects normalized inputs: MEAN,STD, per-channel means then stds, or "
+                        "cifar10 | cifar100 | imagenet")
+    p.add_argument("--probabilities", action="store_true",
+                   help="the model returns probabilities: attack log-probabilities (logits with the same softmax)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=None, help="attacks' random seed (default: the run's seed)")
-    p.add_argument("--out", help="eval.json path (default: beside the checkpoint)")
+    p.add_argument("--seed", type=int, default=None, help="attacks' random seed (default: the run's seed; else 0)")
+    p.add_argument("--out", help="eval.json path (default: beside the checkpoint; outside models: "
+                                 "runs/eval/<source>-<dataset>-<norm>/eval.json)")
+    p.add_argument("--save-adv", metavar="DIR", default=None,
+                   help="write each attack's adversarial examples to DIR/<attack>/adversarial.safetensors")
+    p.add_argument("--save-adv-png", action="store_true", help="with --save-adv: one PNG per adversarial image too")
     p.add_argument("--replace", action="store_true",
                    help="if --out holds an evaluation with other settings, start anew (the old file is kept "
                         "as eval.prev.json); without it that is an error")
     p.set_defaults(func=_cmd_evaluate)
 
 
+def _attack_overrides(args, attacks: list[str]) -> dict:
+    import json
+
+    from .attacks import is_autoattack
+    overrides: dict = {}
+    if args.attack_settings:
+        try:
+            overrides = json.loads(args.attack_settings)
+        except ValueError as e:
+            raise VirkitError(f"--attack-settings is not JSON ({e}); e.g. "
+                              "'{\"aa\": {\"apgd_steps\": 10}}'") from None
+        if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+            raise VirkitError("--attack-settings must map attack names to settings, e.g. "
+                              "'{\"pgd100\": {\"steps\": 20}}'")
+    aa = {}
+    if args.aa_version:
+        aa["version"] = args.aa_version
+    if args.aa_components:
+        from .attacks.autoattack import _component_list
+        try:
+            aa.update(version="custom", components=list(_component_list(args.aa_components)))
+        except ValueError as e:
+            raise VirkitError(f"--aa-components: {e}") from None
+    if args.aa_individual:
+        aa["individual"] = True
+    for a in attacks:
+        if aa and is_autoattack(a):
+            overrides[a] = {**overrides.get(a, {}), **aa}
+    if aa and not any(is_autoattack(a) for a in attacks):
+        raise VirkitError("--aa-version/--aa-components/--aa-individual need an AutoAttack in --attacks (aa, aa-plus "
+                          "or aa-rand)")
+    return overrides
+
+
 def _cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run
-    from .runs import RunDir
-    res = evaluate_run(args.checkpoint, args.attacks, which=args.which, n_examples=args.n_examples,
-                       batch_size=args.batch_size, device=args.device, seed=args.seed, eps=args.eps,
-                       dataset=args.dataset, data_root=args.data_root, out=args.out, replace=args.replace,
-                       progress=sys.stderr.isatty())
+    from . import distributed
+    from .evaluate import _attack_list, evaluate_run
+    from .sources import classify, default_out, evaluate_source, source_slug
+
+    norm = args.norm or (args.threat_model if args.model.startswith("robustbench:") else None) or "Linf"
+    default = "natural,fgsm,pgd100,cw" if norm == "Linf" else "natural,fgsm,pgd100"
+    attacks = _attack_list(args.attacks or default)
+    kind = classify(args.model)
+    overrides = _attack_overrides(args, attacks)
+    if kind != "virkit":
+        for flag, value in (("--which", args.which),):
+            if value:
+                raise VirkitError(f"{flag} is for virkit runs; {args.model} is a {kind} model")
+    elif args.weights or args.normalize or args.probabilities or args.threat_model:
+        raise VirkitError("--weights, --normalize, --probabilities and --threat-model are for outside models; "
+                          f"{args.model} is a virkit run or checkpoint")
+    dist = distributed.setup(args.device) if distributed.launched_by_torchrun() else distributed.DistContext()
+    common = dict(n_examples=args.n_examples, batch_size=args.batch_size, device=args.device, eps=args.eps,
+                  data_root=args.data_root, out=args.out, replace=args.replace, progress=sys.stderr.isatty(),
+                  attack_overrides=overrides, norm=norm, save_adv=args.save_adv, save_adv_png=args.save_adv_png,
+                  dist=dist)
+    try:
+        if kind == "virkit":
+            res = evaluate_run(args.model, attacks, which=args.which, seed=args.seed, dataset=args.dataset, **common)
+        else:
+            res = evaluate_source(args.model, attacks, weights=args.weights, dataset=args.dataset or "cifar10",
+                                  threat_model=args.threat_model, model_dir=args.model_dir, normalize=args.normalize,
+                                  probabilities=args.probabilities, seed=args.seed or 0, **common)
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return 0
     for name, r in res["attacks"].items():
-        print(f"{name:>10s}: {100 * r['accuracy']:.2f}%  ({r['seconds']:.1f} s)")
+        uint8 = f", {100 * r['uint8']['accuracy']:.2f}% as 8-bit images" if "uint8" in r and args.save_adv else ""
+        print(f"{name:>10s}: {100 * r['accuracy']:.2f}%  ({r['seconds']:.1f} s{uint8})")
     if res.get("worst_case"):
         print(f"{'worst case':>10s}: {100 * res['worst_case']['accuracy']:.2f}%")
-    src = Path(args.checkpoint)
-    out = Path(args.out) if args.out else RunDir(src if src.is_dir() else src.parent).eval_file
+    if args.out:
+        out = Path(args.out)
+    elif kind == "virkit":
+        from .runs import RunDir
+        src = Path(args.model)
+        out = RunDir(src if src.is_dir() else src.parent).eval_file
+    else:
+        out = default_out(source_slug(args.model), args.dataset or "cifar10", norm)
     print(f"written: {out} ({res['n_examples']} test images)")
+    if args.save_adv:
+        print(f"adversarial examples: {args.save_adv}/<attack>/adversarial.safetensors "
+              "(virkit.evaluate.load_adversarial)")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run for RobustBench (state dict in its key layout + model info)",
+                       description="Write a run's weights in RobustBench's key layout (WideResNet-34-10/-28-10, "
+                                   "PreActResNet-18) and a model-info JSON with RobustBench's fields filled from the "
+                                   "run's eval.json.")
+    p.add_argument("run", help="run directory (or checkpoint)")
+    p.add_argument("--format", choices=["robustbench"], default="robustbench")
+    p.add_argument("--out", default=None, help="folder (default <run>/export-robustbench)")
+    p.add_argument("--name", default=None, help="model name (default: the run directory's name)")
+    p.add_argument("--which", choices=["best", "last"], default=None, help="checkpoint (default: the run's eval one)")
+    p.add_argument("--eval", dest="eval_file", default=None, help="eval.json to read (default: the run's)")
+    p.add_argument("--allow-subset", action="store_true",
+                   help="fill autoattack_acc from fewer than the full test set or a reduced AutoAttack budget; the "
+                        "footnote says so")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from .export import export_robustbench
+    res = export_robustbench(args.run, args.out, name=args.name, which=args.which, eval_file=args.eval_file,
+                             allow_subset=args.allow_subset)
+    for k, v in res.items():
+        print(f"{k}: {v}")
     return 0
 
 
@@ -149,13 +295,15 @@ def _add_report(sub) -> None:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--table", type=int, default=1, choices=range(1, 8), metavar="1..7")
     p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--checkpoint", choices=["last", "best"],
+                   help="numbers of this checkpoint (default: each run's eval.json, its eval checkpoint)")
     p.add_argument("--out")
     p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args) -> int:
     from .report import report_main
-    return report_main(args.run_dirs, args.table, args.format, args.out) or 0
+    return report_main(args.run_dirs, args.table, args.format, args.out, args.checkpoint) or 0
 
 
 def _add_list(sub) -> None:
@@ -179,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_export(sub)
     _add_report(sub)
     from . import notebooks, sweep
     notebooks.add_cli(sub)

@@ -1,13 +1,17 @@
 """The eval.json document: its header (what was evaluated), per-attack summaries, the worst case,
 fairness figures and gradient-masking warnings, and the rule for resuming or replacing an earlier one.
+Also the two files an evaluation keeps beside it: the per-batch state of an attack in progress
+(:class:`AttackState`) and the saved adversarial examples (:func:`write_adversarial`,
+:func:`load_adversarial`).
 
-:mod:`virkit.evaluate` runs the attacks; this module owns what the file says.
+:mod:`virkit.evaluate` runs the attacks; this module owns what the files say.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,8 +19,9 @@ from torch import nn
 
 from .errors import VirkitError
 
-__all__ = ["EVAL_FORMAT", "masking_warnings", "model_fingerprint", "tensors_fingerprint", "summarize",
-           "build_document", "load_previous"]
+__all__ = ["EVAL_FORMAT", "ADV_FORMAT", "masking_warnings", "model_fingerprint", "tensors_fingerprint", "summarize",
+           "build_document", "load_previous", "AttackState", "state_root", "write_adversarial", "load_adversarial",
+           "adversarial_file", "flags_summary"]
 
 EVAL_FORMAT = "virkit-eval-v1"
 
@@ -41,8 +46,11 @@ def tensors_fingerprint(tensors) -> str:
     return h.hexdigest()[:16]
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    return tensors_fingerprint([v.float() if v.is_floating_point() else v for v in model.state_dict().values()])
+def model_fingerprint(model: nn.Module, extra: list[torch.Tensor] | None = None) -> str:
+    """Fingerprint of the weights (``extra``: tensors that shape the outputs without being in the
+    state dict, e.g. a normalization wrapped around an outside model)."""
+    return tensors_fingerprint([v.float() if v.is_floating_point() else v for v in model.state_dict().values()]
+                               + list(extra or []))
 
 
 def summarize(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
@@ -54,6 +62,16 @@ def summarize(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
         per_class.append(float(conf[c, c]) / n_c if n_c else None)
     return {"accuracy": float(correct.float().mean()) if len(y) else 0.0, "per_class_accuracy": per_class,
             "confusion_matrix": conf.tolist(), "robust": correct.int().tolist(), "predictions": pred.tolist()}
+
+
+def flags_summary(robust: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    """Accuracy, per-class accuracy and the 0/1 flags of per-example robust flags (bool, all examples)."""
+    per_class = []
+    for c in range(num_classes):
+        m = y == c
+        per_class.append(float(robust[m].float().mean()) if bool(m.any()) else None)
+    return {"accuracy": float(robust.float().mean()) if len(y) else 0.0, "per_class_accuracy": per_class,
+            "robust": robust.int().tolist()}
 
 
 def _fairness(per_class: list, classes: list[str]) -> dict:
@@ -82,12 +100,13 @@ def masking_warnings(acc: dict[str, float]) -> list[str]:
     out = []
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     pgds = sorted((int(k[3:]), k) for k in acc if k.startswith("pgd") and k[3:].isdigit())
+    ensembles = [k for k in ("aa", "aa-plus", "aa-rand", "mde") if k in acc]
     if "fgsm" in acc:
         for _, k in pgds:
             if acc[k] > acc["fgsm"]:
                 out.append(f"{k} accuracy {pct(acc[k])} is above fgsm accuracy {pct(acc['fgsm'])}: an iterative attack "
                            "weaker than a single step suggests gradient masking")
-    for ens in ("aa", "mde"):
+    for ens in ensembles:
         if ens in acc:
             for _, k in pgds:
                 if acc[ens] > acc[k]:
@@ -112,7 +131,11 @@ def masking_warnings(acc: dict[str, float]) -> list[str]:
 def _header_mismatch(doc: dict, header: dict) -> str | None:
     """The first header field in which an earlier evaluation differs from this one, else None."""
     for k, v in header.items():
-        if k == "extra":  # recorded for the reader; the fingerprints already identify model and data
+        if k in ("extra", "model_source"):  # recorded for the reader; the fingerprints identify model and data
+            continue
+        if k == "norm":   # files written before L2 existed are L-inf
+            if doc.get("norm", "Linf") != v:
+                return f"norm {doc.get('norm', 'Linf')!r} there, {v!r} here"
             continue
         if k == "eps":
             if not isinstance(doc.get("eps"), (int, float)) or abs(doc["eps"] - v) > 1e-12:
@@ -174,3 +197,122 @@ def build_document(header: dict, results: dict[str, dict], order: list[str], cla
         doc["fairness"] = {}
     doc["warnings"] = masking_warnings({k: r["accuracy"] for k, r in ordered.items()})
     return doc
+
+
+# ------------------------------------------------------------------------------------------------
+# The state of an attack in progress: one file per finished batch, beside eval.json
+# ------------------------------------------------------------------------------------------------
+def state_root(out_path: Path) -> Path:
+    """``.<eval file name>.state/`` beside the eval.json: one folder per attack in progress."""
+    return out_path.parent / f".{out_path.name}.state"
+
+
+class AttackState:
+    """The finished batches of one attack of one evaluation: ``<state_root>/<attack>/key.json`` (what
+    the batches belong to: the eval.json header, the attack's settings, the batch layout) and
+    ``b<index>.pt`` per finished batch (written atomically, read with ``weights_only=True``). A
+    process killed in the middle leaves whole batch files; the next run with the same key skips
+    them. Under torchrun every rank writes its own batches and rank 0 reads them all."""
+
+    def __init__(self, out_path: Path, attack: str, key: dict):
+        from .io import to_jsonable
+        self.dir = state_root(out_path) / "".join(c if c.isalnum() or c in "-_." else "_" for c in attack)
+        self.key = json.loads(json.dumps(to_jsonable(key), sort_keys=True))
+
+    def prepare(self) -> int:
+        """Keep the batches of the same evaluation, drop any other; returns how many are kept."""
+        try:
+            old = json.loads((self.dir / "key.json").read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != self.key:
+            self.clear()
+        from .io import atomic_write_json
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if old != self.key:
+            atomic_write_json(self.dir / "key.json", self.key)
+        return len(self.done())
+
+    def done(self) -> set[int]:
+        if not self.dir.is_dir():
+            return set()
+        return {int(p.stem[1:]) for p in self.dir.glob("b*.pt") if p.stem[1:].isdigit()}
+
+    def save(self, index: int, record: dict) -> None:
+        from .io import atomic_torch_save
+        atomic_torch_save(record, self.dir / f"b{index:06d}.pt")
+
+    def load(self, index: int) -> dict:
+        from .io import safe_torch_load
+        return safe_torch_load(self.dir / f"b{index:06d}.pt")
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.dir.parent.rmdir()   # the state folder goes when its last attack is done
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Saved adversarial examples (--save-adv DIR)
+# ------------------------------------------------------------------------------------------------
+ADV_FORMAT = "virkit-adv-v1"
+
+
+def adversarial_file(folder, attack: str) -> Path:
+    """``DIR/<attack>/adversarial.safetensors``."""
+    return Path(folder) / attack / "adversarial.safetensors"
+
+
+def write_adversarial(folder, attack: str, tensors: dict[str, torch.Tensor], meta: dict, png: bool = False) -> Path:
+    """Write one attack's adversarial examples: ``adversarial.safetensors`` holding ``x_adv`` (float32),
+    ``x_adv_uint8`` (the PNG-exact copy: round to the nearest /255 value, clip), ``labels``,
+    ``clean_pred``, ``adv_pred``, ``uint8_pred``, ``attacked`` and ``index`` (position in the
+    evaluated subset), metadata as strings; with ``png`` one ``png/<i>.png`` per image as well."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise VirkitError("--save-adv needs the safetensors package: pip install safetensors") from None
+    from .io import atomic_write_bytes
+    path = adversarial_file(folder, attack)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"format": ADV_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}})
+    tmp.replace(path)
+    if png:
+        import io
+
+        from PIL import Image
+        q = tensors["x_adv_uint8"]
+        if q.dim() == 4 and q.shape[1] in (1, 3):
+            (path.parent / "png").mkdir(exist_ok=True)
+            for i, img in enumerate(q):
+                arr = img.permute(1, 2, 0).numpy()
+                buf = io.BytesIO()
+                Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG")
+                atomic_write_bytes(path.parent / "png" / f"{i:06d}.png", buf.getvalue())
+    return path
+
+
+def load_adversarial(folder, attack: str, quantized: bool = False, with_predictions: bool = False):
+    """The adversarial examples of ``attack`` saved under ``folder`` (``--save-adv DIR``) as a
+    ``torch.utils.data.TensorDataset`` of (image, label): float32 images as the attack returned them,
+    or with ``quantized`` the uint8 copies as float32 /255 (what survives saving as an image).
+    ``with_predictions`` adds the adversarial predictions as a third tensor."""
+    from torch.utils.data import TensorDataset
+    path = adversarial_file(folder, attack)
+    if not path.is_file():
+        have = sorted(p.parent.name for p in Path(folder).glob("*/adversarial.safetensors"))
+        raise VirkitError(f"no adversarial examples of {attack!r} under {folder}"
+                          + (f" (there are: {', '.join(have)})" if have else ""))
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise VirkitError("reading saved adversarial examples needs the safetensors package: pip install "
+                          "safetensors") from None
+    t = load_file(str(path))
+    x = t["x_adv_uint8"].float() / 255.0 if quantized else t["x_adv"]
+    parts = [x, t["labels"]] + ([t["uint8_pred"] if quantized else t["adv_pred"]] if with_predictions else [])
+    return TensorDataset(*parts)

@@ -7,69 +7,89 @@ Protocol (Sec. 5.4 of the paper, and AutoAttack's conventions):
 * an example the model misclassifies naturally counts as non-robust under every attack (the clean
   input lies in the eps-ball), so each attack only runs on the naturally correct examples;
   robust accuracy can therefore never exceed natural accuracy;
-* every adversarial example is checked to lie in the L-inf eps-ball and in [0, 1] (tolerance
-  1e-6) before it is scored; a violation raises :class:`AdversarialCheckError`;
+* every adversarial example is checked to lie in the eps-ball of the threat model (L-inf, or L2 per
+  example) and in [0, 1] before it is scored; a violation raises :class:`AdversarialCheckError`;
 * ``worst_case`` counts an example robust only if it is robust under every attack run;
 * the file is written atomically after natural accuracy and after every attack, and a later call
-  with the same settings (data, model weights, eps, seed) keeps the attacks already finished
-  (resume after an interruption, or add attacks to an existing evaluation).
+  with the same settings (data, model weights, eps, norm, seed) keeps the attacks already finished;
+  inside an attack every finished batch is kept in a state file beside eval.json, so a killed
+  evaluation continues where it stopped (:class:`virkit.eval_doc.AttackState`);
+* under torchrun the batches of each attack are shared out across the ranks (batch ``i`` on rank
+  ``i mod W``) and rank 0 merges them: the same per-example results as one process, because every
+  batch is the same and its attack draws from a generator seeded with the seed alone.
 
-Two entry points: :func:`evaluate_model` (a model and a split) and :func:`evaluate_run` (a run
-directory or checkpoint: the run's own test subset, seed, eps and eval checkpoint by default, under
-the run's writer lock). What the file holds is :mod:`virkit.eval_doc`'s business.
+Entry points: :func:`evaluate_model` (a model and a split), :func:`evaluate_run` (a run directory or
+checkpoint: the run's own test subset, seed, eps and eval checkpoint by default, under the run's
+writer lock) and :func:`evaluate_source` (any model: ``module:callable``, ``robustbench:NAME``, a
+TorchScript file; :mod:`virkit.sources`). What the files hold is :mod:`virkit.eval_doc`'s business;
+:func:`load_adversarial` reads the adversarial examples ``save_adv`` wrote.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .attacks import ATTACK_PRESETS, attack_names, get_attack
+from .attacks import ATTACK_PRESETS, DEFAULT_EPS, NORMS, attack_names, get_attack, per_example_norm
 from .attacks.base import eval_mode
-from .devices import model_device, resolve_device
-from .errors import VirkitError, check_range
-from .eval_doc import (EVAL_FORMAT, build_document, load_previous, masking_warnings, model_fingerprint,
-                       summarize, tensors_fingerprint)
+from .devices import model_device
+from .distributed import DistContext
+from .errors import VirkitError, check_choice, check_range
+from .eval_doc import (EVAL_FORMAT, AttackState, adversarial_file, build_document, flags_summary, load_adversarial,
+                       load_previous, masking_warnings, model_fingerprint, summarize, tensors_fingerprint,
+                       write_adversarial)
 from .io import atomic_write_json, to_jsonable
 
-__all__ = ["evaluate_model", "evaluate_run", "EvalSettings", "check_adversarial", "AdversarialCheckError",
-           "masking_warnings", "EVAL_FORMAT"]
+__all__ = ["evaluate_model", "evaluate_run", "evaluate_source", "EvalSettings", "check_adversarial",
+           "AdversarialCheckError", "masking_warnings", "load_adversarial", "EVAL_FORMAT", "TOLERANCE",
+           "L2_TOLERANCE", "UINT8_SLACK"]
 
 TOLERANCE = 1e-6
+#: an L2 norm summed over thousands of float32 coordinates carries a larger rounding error
+L2_TOLERANCE = 1e-5
+#: rounding an adversarial image to the nearest /255 value moves each pixel by at most half a level
+UINT8_SLACK = 0.5 / 255
 
 
 class AdversarialCheckError(RuntimeError):
     """An attack returned a point outside the eps-ball or the box: a bug in the attack."""
 
 
-def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds=(0.0, 1.0), tol: float = TOLERANCE,
-                      name: str = "attack") -> None:
+def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds=(0.0, 1.0), tol: float | None = None,
+                      name: str = "attack", norm: str = "Linf") -> None:
     """Raise :class:`AdversarialCheckError` unless ``x_adv`` has the shape of ``x``, is finite, lies in the
-    L-inf ball of radius ``eps`` around ``x`` and in ``bounds`` (each up to ``tol``)."""
+    ``norm`` ball of radius ``eps`` around ``x`` (L-inf, or L2 per example) and in ``bounds``, each up
+    to ``tol`` (default 1e-6; 1e-5 for L2 norms)."""
     if x_adv.shape != x.shape:
         raise AdversarialCheckError(f"{name} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
     if x_adv.numel() == 0:
         return
-    diff = (x_adv.detach().float() - x.detach().float()).abs().flatten(1).amax(1)
+    tol = (TOLERANCE if norm == "Linf" else L2_TOLERANCE) if tol is None else tol
+    diff = per_example_norm(x_adv.detach().float() - x.detach().float(), norm)
     worst = float(diff.max())
     if not math.isfinite(worst) or not bool(torch.isfinite(x_adv).all()):
         raise AdversarialCheckError(f"{name} returned non-finite values")
     if worst > eps + tol:
-        raise AdversarialCheckError(f"{name} returned a perturbation of L-inf norm {worst:.8f} > eps {eps:.8f} "
-                                    f"(tolerance {tol:g}) at example {int(diff.argmax())} of the batch")
+        raise AdversarialCheckError(f"{name} returned a perturbation of {'L-inf' if norm == 'Linf' else norm} norm "
+                                    f"{worst:.8f} > eps {eps:.8f} (tolerance {tol:g}) at example "
+                                    f"{int(diff.argmax())} of the batch")
     if bounds is not None:
         lo, hi = float(x_adv.min()), float(x_adv.max())
         if lo < bounds[0] - tol or hi > bounds[1] + tol:
             raise AdversarialCheckError(f"{name} returned values in [{lo:.8f}, {hi:.8f}], outside the box {bounds}")
+
+
+def quantize(x_adv: torch.Tensor) -> torch.Tensor:
+    """What survives saving as an 8-bit image: each value rounded to the nearest k/255, clipped to [0, 1]."""
+    return (x_adv * 255).round().clamp(0, 255) / 255
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,15 +115,18 @@ class EvalSettings:
     :class:`VirkitError` naming it).
 
     ``attacks``: names from :func:`virkit.attacks.attack_names` (a list or a comma-separated
-    string); ``n_examples``: the first N of the split (None: all); ``attack_overrides`` maps an
-    attack name to settings that replace the paper's (e.g. ``{"spsa": {"iterations": 10}}``),
+    string); ``norm``: ``Linf`` or ``L2`` (every attack in that threat model; ``eps`` defaults to
+    8/255 and 0.5); ``n_examples``: the first N of the split (None: all); ``attack_overrides`` maps
+    an attack name to settings that replace the paper's (e.g. ``{"spsa": {"iterations": 10}}``),
     recorded in each attack's ``settings``; ``extra`` is recorded as is; ``replace``: an
-    ``out_path`` holding another evaluation is kept as ``.prev.json`` and a new one starts
-    (without it that is an error); ``progress``: a bar per attack and a line per finished attack.
+    ``out_path`` holding another evaluation is kept as ``.prev.json`` and a new one starts (without
+    it that is an error); ``progress``: a bar per attack and a line per finished attack;
+    ``save_adv``: a folder for each attack's adversarial examples (``save_adv_png``: one PNG per
+    image as well).
     """
 
     attacks: list[str]
-    eps: float = 8 / 255
+    eps: float | None = None
     seed: int = 0
     batch_size: int = 256
     n_examples: int | None = None
@@ -111,45 +134,66 @@ class EvalSettings:
     extra: dict = field(default_factory=dict)
     replace: bool = False
     progress: bool = True
+    norm: str = "Linf"
+    save_adv: str | os.PathLike | None = None
+    save_adv_png: bool = False
 
     def __post_init__(self):
         self.attacks = _attack_list(self.attacks)
+        check_choice("norm", self.norm, NORMS)
+        if self.eps is None:
+            self.eps = DEFAULT_EPS[self.norm]
         self.attack_overrides = dict(self.attack_overrides or {})
         for k in self.attack_overrides:
             if k not in ATTACK_PRESETS:
                 raise VirkitError(f"attack_overrides names unknown attack {k!r}; valid: {', '.join(ATTACK_PRESETS)}")
-        check_range("eps", self.eps, 0.0, 1.0, hint=" (eps is a fraction of the [0,1] pixel range: 8/255 = 0.0314)")
+        hint = " (eps is a fraction of the [0,1] pixel range: 8/255 = 0.0314)" if self.norm == "Linf" else \
+            " (an L2 radius in [0,1] pixel units; RobustBench's CIFAR-10 L2 is 0.5)"
+        check_range("eps", self.eps, 0.0, 1.0 if self.norm == "Linf" else 1e4, hint=hint)
         check_range("batch_size", self.batch_size, 1, 10 ** 7)
         if self.n_examples is not None and int(self.n_examples) <= 0:
             raise VirkitError(f"n_examples must be positive, got {self.n_examples}")
         self.extra = dict(self.extra or {})
+        for a in self.attacks:   # an attack without this norm is refused now, not after hours of others
+            if a != "natural":
+                try:
+                    get_attack(a, eps=self.eps, seed=self.seed, norm=self.norm, **self.attack_overrides.get(a, {}))
+                except (TypeError, ValueError) as e:
+                    raise VirkitError(f"attack {a!r}: {e}") from None
 
 
 def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = None, batch_size: int = 256,
-                   device=None, seed: int = 0, eps: float = 8 / 255, out_path=None, progress: bool = True,
+                   device=None, seed: int = 0, eps: float | None = None, out_path=None, progress: bool = True,
                    extra: dict | None = None, attack_overrides: dict[str, dict] | None = None,
-                   replace: bool = False) -> dict:
+                   replace: bool = False, norm: str = "Linf", save_adv=None, dist: DistContext | None = None,
+                   model_source: dict | None = None, fingerprint_extra: list | None = None) -> dict:
     """Evaluate ``model`` on the first ``n_examples`` of ``split`` (split order) under ``attacks``;
     the keyword arguments are those of :class:`EvalSettings` (or pass an :class:`EvalSettings` as
     ``attacks`` and leave them out). An ``out_path`` holding an evaluation of the same model, images,
-    eps and seed is resumed (its finished attacks are kept). Returns the dict written to
+    eps, norm and seed is resumed (its finished attacks are kept, and the finished batches of an
+    attack in progress). ``dist`` (a :class:`virkit.distributed.DistContext` under torchrun)
+    shares the batches out across ranks; ``model_source`` is recorded in the header;
+    ``fingerprint_extra`` (tensors) joins the model fingerprint. Returns the dict written to
     ``out_path`` (if given) as ``eval.json``."""
     settings = attacks if isinstance(attacks, EvalSettings) else EvalSettings(
         attacks, eps=eps, seed=seed, batch_size=batch_size, n_examples=n_examples,
-        attack_overrides=attack_overrides or {}, extra=extra or {}, replace=replace, progress=progress)
-    return _Evaluation(model, split, settings, device, out_path).run()
+        attack_overrides=attack_overrides or {}, extra=extra or {}, replace=replace, progress=progress, norm=norm,
+        save_adv=save_adv)
+    return _Evaluation(model, split, settings, device, out_path, dist or DistContext(), model_source,
+                       fingerprint_extra).run()
 
 
 class _Evaluation:
     """One evaluation: the fp32 model on its device, the images, the header, the results so far."""
 
-    def __init__(self, model: nn.Module, split, s: EvalSettings, device, out_path):
+    def __init__(self, model: nn.Module, split, s: EvalSettings, device, out_path, dist: DistContext,
+                 model_source: dict | None = None, fingerprint_extra=None):
         total = len(split)
         n = total if s.n_examples is None else int(s.n_examples)
         if n > total:
             raise VirkitError(f"n_examples={n} is larger than the {getattr(split, 'name', '') or 'test'} split "
                               f"({total} examples); use --n-examples <= {total}")
-        self.s = s
+        self.s, self.dist = s, dist
         self.classes = [str(c) for c in split.classes]
         self.num_classes = len(self.classes)
         self.dev = model_device(model) if device is None or str(device) == "auto" else torch.device(device)
@@ -166,37 +210,46 @@ class _Evaluation:
             self.model = copy.deepcopy(model).float()
         self.header = {"format": EVAL_FORMAT, "dataset": getattr(split, "name", ""),
                        "source": getattr(split, "source", ""), "classes": self.classes, "n_examples": n,
-                       "eps": float(s.eps), "seed": int(s.seed),
+                       "norm": s.norm, "eps": float(s.eps), "seed": int(s.seed),
                        "data_fingerprint": tensors_fingerprint([self.x_all, self.y_all]),
-                       "model_fingerprint": model_fingerprint(self.model), "extra": to_jsonable(s.extra)}
+                       "model_fingerprint": model_fingerprint(self.model, fingerprint_extra),
+                       "extra": to_jsonable(s.extra)}
+        if model_source is not None:
+            self.header["model_source"] = to_jsonable(model_source)
         self.out_path = Path(out_path) if out_path is not None else None
-        self.previous = load_previous(self.out_path, self.header, s.replace)
+        if dist.enabled and self.out_path is None:
+            raise VirkitError("a sharded evaluation (torchrun) needs an output file (--out)")
+        self.previous = dist.on_main(lambda: load_previous(self.out_path, self.header, s.replace))
         self.results: dict[str, dict] = {}
         self.doc: dict[str, Any] = {}
 
     def note(self, msg: str) -> None:
-        if self.s.progress:
+        if self.s.progress and self.dist.is_main:
             print(f"virkit: {msg}", file=sys.stderr)
 
     def write(self) -> None:
         self.doc.clear()
         self.doc.update(build_document(self.header, self.results, self.s.attacks, self.classes, self.y_all))
-        if self.out_path is not None:
+        if self.out_path is not None and self.dist.is_main:
             try:
                 atomic_write_json(self.out_path, self.doc)
             except OSError as e:
                 raise VirkitError(f"cannot write {self.out_path}: {e.strerror or e}; choose a writable output path"
                                   ) from None
 
+    def _start(self) -> None:
+        if self.out_path is None:
+            return
+        try:
+            self.out_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.s.replace and not self.previous and self.out_path.is_file():
+                os.replace(self.out_path, self.out_path.with_suffix(".prev.json"))
+        except OSError as e:
+            raise VirkitError(f"cannot write in {self.out_path.parent}: {e.strerror}; choose a writable output "
+                              "path") from None
+
     def run(self) -> dict:
-        if self.out_path is not None:
-            try:
-                self.out_path.parent.mkdir(parents=True, exist_ok=True)
-                if self.s.replace and not self.previous and self.out_path.is_file():
-                    os.replace(self.out_path, self.out_path.with_suffix(".prev.json"))
-            except OSError as e:
-                raise VirkitError(f"cannot write in {self.out_path.parent}: {e.strerror}; choose a writable output "
-                                  "path") from None
+        self.dist.on_main(self._start)
         for k in self.previous:  # attacks of an earlier call with the same settings stay in the file
             if k not in self.s.attacks:
                 self.results[k] = self.previous[k]
@@ -213,9 +266,10 @@ class _Evaluation:
         finally:
             if moved:
                 self.model.to(orig_device)
-        self.write()
-        for w in self.doc["warnings"]:
-            print(f"virkit: warning: {w}", file=sys.stderr)
+        self.dist.on_main(self.write)
+        if self.dist.is_main:
+            for w in self.doc["warnings"]:
+                print(f"virkit: warning: {w}", file=sys.stderr)
         return self.doc
 
     def _batch(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,41 +291,134 @@ class _Evaluation:
             self.results["natural"] = {**summarize(nat_pred, self.y_all, self.num_classes), "seconds": seconds,
                                        "n_attacked": n, "settings": {"name": "natural"}}
         if "natural" in self.s.attacks:
-            self.write()
+            self.dist.on_main(self.write)
         return nat_pred
 
     def _attack(self, name: str, nat_pred: torch.Tensor) -> None:
-        s = self.s
-        atk = get_attack(name, eps=s.eps, seed=s.seed, **{**s.attack_overrides.get(name, {}),
+        s, dist = self.s, self.dist
+        atk = get_attack(name, eps=s.eps, seed=s.seed, **{**({"norm": s.norm} if s.norm != "Linf" else {}),
+                                                          **s.attack_overrides.get(name, {}),
                                                           **({"bounds": None} if self.bounds is None else {})})
         settings = to_jsonable(atk.describe())
+        correct = (nat_pred == self.y_all).nonzero().squeeze(1)     # in split order; attacked in full batches
+        batches = [correct[b:b + s.batch_size] for b in range(0, len(correct), s.batch_size)]
+        header = {k: v for k, v in self.header.items() if k not in ("extra", "model_source")}
+        key = {"settings": settings, "header": header,
+               "batch_size": s.batch_size, "n_attacked": len(correct), "save_adv": s.save_adv is not None}
+        state = AttackState(self.out_path, name, key) if self.out_path is not None else None
         prev = self.previous.get(name)
-        if prev is not None and prev.get("settings") == settings:
+        if prev is not None and prev.get("settings") == settings and not (
+                s.save_adv is not None and not adversarial_file(s.save_adv, name).is_file()):
             self.results[name] = prev
+            if state is not None:
+                dist.on_main(state.clear)
             self.note(f"{name}: kept from {self.out_path} (accuracy {100 * prev['accuracy']:.2f}%)")
             return
-        correct = (nat_pred == self.y_all).nonzero().squeeze(1)     # in split order; attacked in full batches
-        pred = nat_pred.clone()
-        seconds = 0.0
-        bar = _progress_bar(len(correct), name) if s.progress else None
-        for b in range(0, len(correct), s.batch_size):
-            idx = correct[b:b + s.batch_size]
-            xb = self._batch(self.x_all[idx.to(self.x_all.device)])
-            yb = self.y_all[idx].to(self.dev)
-            t0 = time.perf_counter()
-            xa = atk(self.model, xb, yb)
-            check_adversarial(xa, xb, s.eps, self.bounds, name=name)
-            with torch.no_grad():
-                pred[idx] = self.model(xa.float()).argmax(1).cpu()
-            seconds += time.perf_counter() - t0
-            if bar is not None:
-                bar.update(len(idx))
+        kept = dist.on_main(state.prepare) if state is not None else 0
+        if kept and dist.is_main:   # always said: the evaluation continues, it does not start over
+            print(f"virkit: {name}: {kept} of {len(batches)} batches kept from an interrupted run", file=sys.stderr)
+        done = state.done() if state is not None else set()
+        mine = [i for i in range(len(batches)) if i % dist.world_size == dist.rank and i not in done]
+        records: dict[int, dict] = {}
+        bar = _progress_bar(len(correct), name) if s.progress and dist.is_main else None
         if bar is not None:
-            bar.close()
-        self.results[name] = {**summarize(pred, self.y_all, self.num_classes), "seconds": seconds,
-                              "n_attacked": len(correct), "settings": settings}
-        self.note(f"{name}: accuracy {100 * self.results[name]['accuracy']:.2f}% ({seconds:.1f} s)")
+            bar.update(sum(len(batches[i]) for i in done))
+
+        def work():
+            for i in mine:
+                rec = self._run_batch(atk, name, batches[i])
+                if state is not None:
+                    state.save(i, rec)
+                else:
+                    records[i] = rec
+                if bar is not None:
+                    bar.update(len(batches[i]))
+
+        try:
+            dist.everywhere(work)
+        finally:
+            if bar is not None:
+                bar.close()
+        dist.on_main(lambda: self._merge(name, settings, batches, nat_pred, state, records))
+
+    def _run_batch(self, atk, name: str, idx: torch.Tensor) -> dict:
+        s = self.s
+        xb = self._batch(self.x_all[idx.to(self.x_all.device)])
+        yb = self.y_all[idx].to(self.dev)
+        t0 = time.perf_counter()
+        xa = atk(self.model, xb, yb)
+        check_adversarial(xa, xb, s.eps, self.bounds, name=name, norm=s.norm)
+        with torch.no_grad():
+            rec: dict[str, Any] = {"pred": self.model(xa.float()).argmax(1).cpu()}
+            details = getattr(atk, "details", None)
+            if details:
+                rec["components"] = {k: v.cpu() for k, v in details["components"].items()}
+                rec["mode"] = details["mode"]
+            if self.images:   # what survives saving the adversarial image with 8 bits per value
+                q = quantize(xa.float())
+                dist_q = per_example_norm(q - xb, s.norm)
+                if s.norm == "Linf" and float(dist_q.max()) > s.eps + UINT8_SLACK + TOLERANCE:
+                    raise AdversarialCheckError(f"{name}: a quantized image lies {float(dist_q.max()):.6f} from its "
+                                                "input, more than eps + 0.5/255")
+                rec["uint8_pred"] = self.model(q).argmax(1).cpu()
+                rec["uint8_dist"] = dist_q.cpu()
+            if s.save_adv is not None:
+                rec["x_adv"] = xa.detach().float().cpu()
+        rec["seconds"] = time.perf_counter() - t0
+        return rec
+
+    def _merge(self, name: str, settings: dict, batches: list, nat_pred: torch.Tensor, state, records) -> None:
+        """Rank 0: the batches (from memory or the state files) into the attack's eval.json entry."""
+        n = len(self.y_all)
+        pred, seconds = nat_pred.clone(), 0.0
+        comps: dict[str, torch.Tensor] = {}
+        mode = None
+        upred, udist = nat_pred.clone(), torch.zeros(n)
+        x_adv = _float_batch(self.x_all, self.images).cpu().clone() if self.s.save_adv is not None else None
+        correct = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)
+        for i, idx in enumerate(batches):
+            rec = records[i] if i in records else state.load(i)
+            pred[idx] = rec["pred"]
+            seconds += float(rec["seconds"])
+            for k, v in (rec.get("components") or {}).items():
+                comps.setdefault(k, torch.zeros(n, dtype=torch.bool))[idx] = v.bool()
+            mode = rec.get("mode", mode)
+            if "uint8_pred" in rec:
+                upred[idx], udist[idx] = rec["uint8_pred"], rec["uint8_dist"].float()
+            if x_adv is not None:
+                x_adv[idx] = rec["x_adv"]
+        result = {**summarize(pred, self.y_all, self.num_classes), "seconds": seconds, "n_attacked": len(correct),
+                  "settings": settings}
+        if comps:
+            result["components"] = {"mode": mode, **{k: flags_summary(v, self.y_all, self.num_classes)
+                                                     for k, v in comps.items()}}
+        if self.images and len(correct):
+            ok = upred == self.y_all
+            result["uint8"] = {**flags_summary(ok, self.y_all, self.num_classes),
+                               "rule": "round to the nearest /255 value, clip to [0, 1], predict again; the point may "
+                                       "leave the eps-ball by at most 0.5/255 per pixel",
+                               "max_distance": float(udist.max()),
+                               "n_outside_ball": int((udist > self.s.eps + (TOLERANCE if self.s.norm == "Linf"
+                                                                              else L2_TOLERANCE)).sum())}
+        if x_adv is not None:
+            self._save_adv(name, x_adv, nat_pred, pred, upred, correct)
+        self.results[name] = result
+        self.note(f"{name}: accuracy {100 * result['accuracy']:.2f}% ({seconds:.1f} s)")
         self.write()
+        if state is not None:
+            state.clear()
+
+    def _save_adv(self, name, x_adv, nat_pred, pred, upred, correct) -> None:
+        attacked = torch.zeros(len(self.y_all), dtype=torch.uint8)
+        attacked[correct] = 1
+        tensors = {"x_adv": x_adv, "labels": self.y_all, "clean_pred": nat_pred, "adv_pred": pred,
+                   "uint8_pred": upred, "attacked": attacked, "index": torch.arange(len(self.y_all))}
+        if self.images:
+            tensors["x_adv_uint8"] = (x_adv * 255).round().clamp(0, 255).to(torch.uint8)
+        meta = {"attack": name, "eps": self.s.eps, "norm": self.s.norm, "dataset": self.header["dataset"],
+                "classes": self.classes, "data_fingerprint": self.header["data_fingerprint"],
+                "model_fingerprint": self.header["model_fingerprint"]}
+        write_adversarial(self.s.save_adv, name, tensors, meta, png=self.s.save_adv_png and self.images)
 
 
 def _progress_bar(total: int, name: str):
@@ -306,69 +453,16 @@ class _autocast_off:
 
 
 # ---------------------------------------------------------------------------------------------
-def evaluate_run(source: str | os.PathLike, attacks=None, *, which: str | None = None, n_examples: int | None = None,
-                 batch_size: int = 256, device: str | torch.device = "auto", seed: int | None = None,
-                 eps: float | None = None, dataset: str | None = None, data_root: str | None = None,
-                 out: str | os.PathLike | None = None, replace: bool = False, progress: bool = False,
-                 attack_overrides: dict | None = None, test_split=None, log: Callable[[str], None] | None = None
-                 ) -> dict:
-    """Evaluate a virkit run directory (or one of its checkpoints) and write its eval.json.
 
-    By default it evaluates what the trainer evaluated: the run's eval checkpoint (``last`` unless
-    the run says otherwise), its seed and eps, and its seeded class-balanced test subset
-    (:func:`virkit.data.test_subset`), so adding attacks extends the run's own ``eval.json``.
-    ``n_examples`` takes the same seeded draw with another size; ``out`` writes elsewhere. The
-    eval.json (and, for a run's own eval.json, the run) is locked for the whole evaluation: a
-    second writer is refused. ``attacks`` defaults to the run's ``eval_attacks``. ``test_split``
-    (already on the device) skips reading the data again (the trainer's final evaluation).
-    Returns the eval.json document; with ``log`` a one-line summary is logged.
-    """
-    from .checkpoint import load_checkpoint, resolve_checkpoint_path
-    from .data import load_dataset, test_subset
-    from .runs import RunDir, eval_lock
 
-    early = EvalSettings(attacks if attacks is not None else ["natural"], batch_size=batch_size,
-                         n_examples=n_examples, eps=eps if eps is not None else 8 / 255,
-                         attack_overrides=attack_overrides or {}, replace=replace, progress=progress)
-    src = Path(source)
-    run = RunDir(src if src.is_dir() else src.parent)
-    out_path = Path(out) if out is not None else run.eval_file
-    # one writer per eval.json: refused before anything else when its folder exists (a run's own
-    # eval.json); a new --out folder is only created once every input has been checked
-    lock = eval_lock(out_path) if out_path.parent.is_dir() else None
-    try:
-        if which is None:
-            which = (run.read_config() or {}).get("eval_checkpoint") if src.is_dir() else None
-            which = which if which in ("best", "last") else "last"
-        ck_path = resolve_checkpoint_path(src, which)
-        dev = resolve_device(device)
-        model, cfg = load_checkpoint(ck_path, "cpu")
-        ds = dataset or cfg["dataset"]
-        n = n_examples if n_examples is not None else (cfg.get("test_subset") if ds == cfg["dataset"] else None)
-        settings = dataclasses.replace(early, attacks=attacks if attacks is not None else
-                                       list(cfg.get("eval_attacks") or ["natural"]), n_examples=None,
-                                       eps=eps if eps is not None else float(cfg.get("eps", 8 / 255)),
-                                       seed=seed if seed is not None else int(cfg.get("seed", 0)))
-        if test_split is None:
-            full = load_dataset(ds, data_root or cfg.get("data_root"), "test",
-                                gmm=(cfg.get("extra") or {}).get("gmm") if ds == "gaussian-mixture" else None)
-            n_model = len((cfg.get("data") or {}).get("classes") or full.classes)
-            if n_model != full.num_classes:
-                raise VirkitError(f"checkpoint {ck_path} has {n_model} classes but the dataset has "
-                                  f"{full.num_classes}; evaluate it on the dataset it was trained on")
-            if n is not None and n > len(full):
-                raise VirkitError(f"--n-examples={n} is more than the test set has ({len(full)}); use at most "
-                                  f"{len(full)}")
-            test_split = test_subset(full, n).to(dev)
-        settings.extra = {"checkpoint": ck_path.name, "test_subset": n, "dataset_source": test_split.source}
-        if lock is None:
-            lock = eval_lock(out_path)
-        doc = evaluate_model(model.to(dev), test_split, settings, device=dev, out_path=out_path)
-    finally:
-        if lock is not None:
-            lock.release()
-    if log is not None:
-        log(f"final evaluation ({ck_path.name}, {len(test_split)} test images): " +
-            ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in doc["attacks"].items()))
-    return doc
+def evaluate_run(*args, **kwargs) -> dict:
+    """Evaluate a virkit run directory or checkpoint; see :func:`virkit.eval_run.evaluate_run`."""
+    from .eval_run import evaluate_run as run
+    return run(*args, **kwargs)
 
+
+def evaluate_source(*args, **kwargs) -> dict:
+    """Evaluate any model (``module:callable``, ``robustbench:NAME``, TorchScript); see
+    :func:`virkit.sources.evaluate_source`."""
+    from .sources import evaluate_source as run
+    return run(*args, **kwargs)

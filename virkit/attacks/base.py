@@ -6,8 +6,9 @@ An attack is an object with ``attack(model, x, y) -> x_adv``:
 
 * ``model`` maps images in [0, 1] to logits (normalization lives inside the model);
 * ``x`` is a float batch in [0, 1] (shape B x C x H x W), ``y`` the int64 labels;
-* ``x_adv`` has the shape of ``x``, lies in the L-inf ball of radius ``eps`` around ``x`` and in
-  the box ``bounds`` (checked again by :func:`virkit.evaluate.check_adversarial`).
+* ``x_adv`` has the shape of ``x``, lies in the ball of radius ``eps`` around ``x`` in the attack's
+  ``norm`` (``Linf``, or ``L2`` for the attacks that have an L2 version: :mod:`virkit.attacks.norms`)
+  and in the box ``bounds`` (checked again by :func:`virkit.evaluate.check_adversarial`).
 
 Attacks put the model in eval mode while they run and restore its previous mode afterwards, and
 take gradients with respect to the input only (``torch.autograd.grad``), so parameter ``.grad``
@@ -20,6 +21,8 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+
+from .norms import NORMS, project
 
 __all__ = ["Attack", "eval_mode", "project_linf", "ATTACKS", "register", "correct_mask", "clean_targets",
            "attack_rounds", "on_correct", "target_classes"]
@@ -46,25 +49,38 @@ def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds=(0.0, 
 
 
 class Attack:
-    """Base class. Subclasses set ``name``, ``paper``, ``norm`` and implement :meth:`perturb`.
+    """Base class. Subclasses set ``name``, ``paper``, ``norms`` and implement :meth:`perturb`.
 
-    Parameters common to all: ``eps`` (L-inf radius, default 8/255), ``bounds`` (the valid input
-    box, default (0, 1)), ``seed`` (attacks that draw random numbers use a generator seeded with
-    it, so the same seed gives the same adversarial examples on the same device).
+    Parameters common to all: ``eps`` (radius, default 8/255), ``bounds`` (the valid input box,
+    default (0, 1)), ``seed`` (attacks that draw random numbers use a generator seeded with it, so
+    the same seed gives the same adversarial examples on the same device), ``norm`` (``Linf``; the
+    attacks whose class lists ``L2`` in ``norms`` also run in the L2 ball). After a call,
+    ensembles leave per-component robust flags of the batch in ``details`` (see AutoAttack).
     """
 
     name: str = "attack"
     paper: str = ""
     norm: str = "Linf"
+    #: the threat models this attack implements
+    norms: tuple[str, ...] = ("Linf",)
     #: True for score-based black-box attacks, which read only the model's outputs (logits) and never
     #: its gradients (Square, SPSA); False for white-box attacks, which use input gradients (also
     #: the ensembles, AutoAttack and MDE, whose components are mostly gradient-based).
     black_box: bool = False
+    #: settings added after eval.json files were first written: left out of :meth:`describe` while
+    #: they hold these values, so earlier evaluations with the same attack are still recognised
+    quiet_defaults: dict = {}
 
-    def __init__(self, eps: float = 8 / 255, bounds=(0.0, 1.0), seed: int = 0):
+    def __init__(self, eps: float = 8 / 255, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf"):
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+        if norm not in self.norms:
+            raise ValueError(f"{self.name} is {' / '.join(self.norms)} only; it has no {norm} version")
         self.eps = float(eps)
         self.bounds = bounds
         self.seed = int(seed)
+        self.norm = norm
+        self.details: dict | None = None
 
     def generator(self, device: torch.device) -> torch.Generator:
         g = torch.Generator(device=device)
@@ -75,14 +91,21 @@ class Attack:
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.details = None
         with eval_mode(model):
             x_adv = self.perturb(model, x.detach(), y.detach())
-        return project_linf(x_adv.detach(), x, self.eps, self.bounds)
+        return project(x_adv.detach(), x, self.eps, self.norm, self.bounds)
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Onto this attack's ball (``norm``, ``eps``) around ``x``, then the box."""
+        return project(x_adv, x, self.eps, self.norm, self.bounds)
 
     def describe(self) -> dict:
         """Settings of this attack as a JSON-serializable dict (written into eval.json)."""
         out = {"name": self.name, "norm": self.norm, "paper": self.paper}
         for k, v in vars(self).items():
+            if k == "details" or (k in self.quiet_defaults and v == self.quiet_defaults[k]):
+                continue
             if isinstance(v, (int, float, str, bool)) or v is None:
                 out[k] = v
         return out

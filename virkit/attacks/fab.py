@@ -1,21 +1,26 @@
-"""FAB-T: the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020, "Minimally distorted
-adversarial examples with a fast adaptive boundary attack"), L-inf, as used in AutoAttack.
+"""FAB: the Fast Adaptive Boundary attack (Croce & Hein, ICML 2020, "Minimally distorted adversarial
+examples with a fast adaptive boundary attack"), L-inf and L2, untargeted (``fab``, AutoAttack's
+``plus`` version) and targeted (FAB-T, AutoAttack's ``standard`` version).
 
 FAB is a minimum-norm attack. At each step it linearises the decision boundary between the true
-class ``y`` and the target ``t`` at the current iterate, projects both the iterate and the original
-point onto that hyperplane (within the [0,1] box, minimal L-inf distance), moves to a convex
-combination of the two projections with extrapolation ``eta``, and, once adversarial, steps back
-towards the original point by the factor ``beta``. The attack succeeds at radius eps when it
-finds an adversarial point no farther than eps from the input.
+class ``y`` and a class ``t`` at the current iterate (FAB-T: the target; untargeted FAB: the class
+whose linearised boundary is nearest in the attack's norm, which needs the gradient of every
+logit), projects both the iterate and the original point onto that hyperplane (within the [0,1]
+box, minimal distance in the norm), moves to a convex combination of the two projections with
+extrapolation ``eta``, and, once adversarial, steps back towards the original point by the factor
+``beta``. The attack succeeds at radius eps when it finds an adversarial point no farther than eps
+from the input.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import Attack, attack_rounds, clean_targets, register
+from .base import Attack, attack_rounds, clean_targets, correct_mask, register
+from .norms import per_example_norm, random_on_sphere
 
-__all__ = ["FABTargeted", "project_hyperplane_box_linf", "fab_targeted_run"]
+__all__ = ["FAB", "FABTargeted", "project_hyperplane_box_linf", "project_hyperplane_box_l2", "fab_run",
+           "fab_targeted_run"]
 
 
 def project_hyperplane_box_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
@@ -53,46 +58,112 @@ def project_hyperplane_box_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return sgn * torch.minimum(lam, room)
 
 
-def fab_targeted_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, *, eps: float,
-                     steps: int, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-                     random_start: bool = False, generator: torch.Generator | None = None,
-                     bounds=(0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
-    """One FAB-T run towards ``target``. Returns ``(x_best, norm)``: the adversarial point of smallest
-    L-inf distance found and that distance (``inf`` where none was found; ``x_best`` is ``x`` there).
+def project_hyperplane_box_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                              lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """Per row: the perturbation ``d`` of smallest L2 norm with ``w . (t + d) = b`` and
+    ``lo <= t + d <= hi`` (the L2 projection of FAB); when the box makes the hyperplane
+    unreachable, the corner in the direction of ``sign(w)``.
+
+    With ``c = b - w.t >= 0`` (flipping ``w`` otherwise), the optimum is
+    ``d_i = sign(w_i) * min(lam * |w_i|, r_i)`` with ``r_i`` the room to the box in that direction
+    and ``lam`` solving ``g(lam) = sum_i |w_i| min(lam |w_i|, r_i) = c``: piecewise linear and
+    increasing with kinks at ``r_i / |w_i|``, solved with one sort and a search.
     """
+    c = b - (w * t).sum(dim=1)
+    flip = torch.where(c < 0, -1.0, 1.0).to(w.dtype)
+    w = w * flip.unsqueeze(1)
+    c = c * flip
+    a = w.abs()
+    active = a > 1e-12
+    room = torch.where(w > 0, hi - t, t - lo).clamp_min(0.0)
+    room = torch.where(active, room, torch.zeros_like(room))
+    kink = torch.where(active, room / a.clamp_min(1e-30), torch.zeros_like(room))
+    k_sorted, order = kink.sort(dim=1)
+    a_sorted, r_sorted = a.gather(1, order), room.gather(1, order)
+    cum_ar = (a_sorted * r_sorted).cumsum(dim=1)         # saturated part: sum_{j<=k} |w_j| r_j
+    cum_a2 = (a_sorted * a_sorted).cumsum(dim=1)
+    total_a2 = cum_a2[:, -1:]
+    g_at = cum_ar + k_sorted * (total_a2 - cum_a2)       # g at each kink, non-decreasing
+    cc = c.unsqueeze(1)
+    k = torch.searchsorted(g_at.contiguous(), cc.contiguous()).clamp(max=room.shape[1] - 1)
+    prev_ar = torch.where(k > 0, cum_ar.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(cc))
+    prev_a2 = torch.where(k > 0, cum_a2.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(cc))
+    lam = (cc - prev_ar) / (total_a2 - prev_a2).clamp_min(1e-30)
+    reachable = g_at[:, -1:] >= cc
+    lam = torch.where(reachable, lam, k_sorted[:, -1:]).clamp_min(0.0)
+    return torch.sign(w) * torch.minimum(lam * a, room)
+
+
+def _project(norm: str):
+    return project_hyperplane_box_linf if norm == "Linf" else project_hyperplane_box_l2
+
+
+def _dual(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """The dual norm of each row of ``g`` (last dimension): L1 for L-inf, L2 for L2."""
+    return g.abs().sum(-1) if norm == "Linf" else g.pow(2).sum(-1).sqrt()
+
+
+def _boundary(model: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, norm: str):
+    """(f, g): the logit difference ``z_t - z_y`` (> 0: classified as ``t``) at ``z`` and its input
+    gradient (B x D), for the target, or (untargeted) for the class ``t`` whose linearised boundary
+    is nearest in ``norm`` (``|f| / ||g||_dual``, as the official FAB)."""
+    z = z.detach().requires_grad_(True)
+    u = torch.arange(z.shape[0], device=z.device)
+    with torch.enable_grad():
+        logits = model(z).float()
+        if target is not None:
+            f = logits[u, target] - logits[u, y]
+            g, = torch.autograd.grad(f.sum(), z)
+            return f.detach(), g.detach().flatten(1)
+        k = logits.shape[1]
+        grads = []
+        for j in range(k):   # the Jacobian, one backward per class
+            gj, = torch.autograd.grad(logits[:, j].sum(), z, retain_graph=j < k - 1)
+            grads.append(gj.flatten(1))
+    jac = torch.stack(grads, 1)                                  # B x K x D
+    lg = logits.detach()
+    df = lg - lg[u, y].unsqueeze(1)
+    dg = jac - jac[u, y].unsqueeze(1)
+    dist = df.abs() / (_dual(dg, norm) + 1e-12)
+    dist[u, y] = float("inf")
+    t = dist.argmin(1)
+    return df[u, t], dg[u, t]
+
+
+def fab_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, *,
+            eps: float, steps: int, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
+            random_start: bool = False, generator: torch.Generator | None = None, bounds=(0.0, 1.0),
+            norm: str = "Linf") -> tuple[torch.Tensor, torch.Tensor]:
+    """One FAB run, towards ``target`` (FAB-T) or untargeted (``target=None``). Returns
+    ``(x_best, dist)``: the adversarial point of smallest distance in ``norm`` found and that
+    distance (``inf`` where none was found; ``x_best`` is ``x`` there). The random start
+    (restarts after the first) lies at distance ``eps / 2``."""
     lo, hi = bounds if bounds is not None else (-float("inf"), float("inf"))
+    project_hb = _project(norm)
     x = x.detach()
     bsz = x.shape[0]
     view = (bsz,) + (1,) * (x.dim() - 1)
-    u = torch.arange(bsz, device=x.device)
     x0 = x.flatten(1)
     best = x.clone()
     best_norm = torch.full((bsz,), float("inf"), device=x.device)
     x1 = x.clone()
     if random_start:
-        t = 2 * torch.rand(x.shape, generator=generator, device=x.device) - 1
-        t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)
-        x1 = (x + 0.5 * eps * t).clamp(lo, hi)
+        x1 = (x + 0.5 * eps * random_on_sphere(x, norm, generator)).clamp(lo, hi)
     for _ in range(steps):
-        z = x1.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(z).float()
-            f = logits[u, target] - logits[u, y]              # > 0 means classified as the target
-            g, = torch.autograd.grad(f.sum(), z)
-        f, g = f.detach(), g.detach().flatten(1)
+        f, g = _boundary(model, x1, y, target, norm)
         xf = x1.flatten(1)
         # hyperplane f + g.(p - x1) = 0  <=>  g.p = g.x1 - f
         bb = (g * xf).sum(1) - f
-        d = project_hyperplane_box_linf(torch.cat((xf, x0)), torch.cat((g, g)), torch.cat((bb, bb)), lo, hi)
+        d = project_hb(torch.cat((xf, x0)), torch.cat((g, g)), torch.cat((bb, bb)), lo, hi)
         d1, d2 = d[:bsz], d[bsz:]
-        a1 = d1.abs().amax(1).clamp_min(1e-8)
-        a2 = d2.abs().amax(1).clamp_min(1e-8)
+        a1 = per_example_norm(d1, norm).clamp_min(1e-8)
+        a2 = per_example_norm(d2, norm).clamp_min(1e-8)
         alpha = (a1 / (a1 + a2)).clamp(0.0, alpha_max).unsqueeze(1)
         xf = ((xf + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha).clamp(lo, hi)
         x1 = xf.view_as(x)
         with torch.no_grad():
             adv = model(x1).argmax(1) != y
-        dist = (x1 - x).flatten(1).abs().amax(1)
+        dist = per_example_norm(x1 - x, norm)
         improve = adv & (dist < best_norm)
         best = torch.where(improve.view(view), x1, best)
         best_norm = torch.where(improve, dist, best_norm)
@@ -100,20 +171,32 @@ def fab_targeted_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target:
     return best, best_norm
 
 
+def fab_targeted_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, *, eps: float,
+                     steps: int, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
+                     random_start: bool = False, generator: torch.Generator | None = None,
+                     bounds=(0.0, 1.0), norm: str = "Linf") -> tuple[torch.Tensor, torch.Tensor]:
+    """One FAB-T run towards ``target`` (:func:`fab_run` with a target)."""
+    return fab_run(model, x, y, target, eps=eps, steps=steps, alpha_max=alpha_max, eta=eta, beta=beta,
+                   random_start=random_start, generator=generator, bounds=bounds, norm=norm)
+
+
 @register("fab-t")
 class FABTargeted(Attack):
-    """FAB-T (Croce & Hein, ICML 2020), L-inf, the targeted version used in AutoAttack standard:
+    """FAB-T (Croce & Hein, ICML 2020), L-inf or L2, the targeted version used in AutoAttack standard:
     ``n_target_classes`` targets (the highest non-true logits, 9 for CIFAR-10), 100 steps each,
     1 restart (the first run starts at the input; later restarts from random points at half the
-    radius), alpha_max 0.1, eta 1.05, beta 0.9, eps 8/255. A point counts as broken when FAB finds
-    an adversarial example within eps; only still-robust points are attacked for the next target."""
+    radius), alpha_max 0.1, eta 1.05, beta 0.9, eps 8/255 (L2: 0.5). A point counts as broken when
+    FAB finds an adversarial example within eps; only still-robust points are attacked for the next
+    target."""
 
     name = "FAB-T"
     paper = "Croce & Hein, ICML 2020 (FAB); AutoAttack, ICML 2020"
+    norms = ("Linf", "L2")
 
     def __init__(self, eps: float = 8 / 255, steps: int = 100, n_target_classes: int = 9, n_restarts: int = 1,
-                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0):
-        super().__init__(eps, bounds, seed)
+                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0,
+                 norm: str = "Linf"):
+        super().__init__(eps, bounds, seed, norm)
         self.steps, self.n_target_classes, self.n_restarts = int(steps), int(n_target_classes), int(n_restarts)
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
 
@@ -123,11 +206,36 @@ class FABTargeted(Attack):
 
         def run(idx, round_):
             k, r = round_
-            xb, norm = fab_targeted_run(model, x[idx], y[idx], targets[idx, k], eps=self.eps, steps=self.steps,
-                                        alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
-                                        random_start=r > 0, generator=gen, bounds=self.bounds)
-            return xb, norm <= self.eps
+            xb, dist = fab_run(model, x[idx], y[idx], targets[idx, k], eps=self.eps, steps=self.steps,
+                               alpha_max=self.alpha_max, eta=self.eta, beta=self.beta, random_start=r > 0,
+                               generator=gen, bounds=self.bounds, norm=self.norm)
+            return xb, dist <= self.eps
 
         rounds = [(k, r) for k in range(targets.shape[1]) for r in range(self.n_restarts)]
         return attack_rounds(x, robust, rounds, run)
 
+
+@register("fab")
+class FAB(FABTargeted):
+    """FAB (Croce & Hein, ICML 2020), L-inf or L2, untargeted, as in AutoAttack's ``plus`` version:
+    at every step the boundary of the nearest class (needs the gradient of every logit: one
+    backward per class), ``n_restarts`` runs (5 in ``plus``; the first from the input, the others
+    from random points at half the radius), 100 steps, alpha_max 0.1, eta 1.05, beta 0.9."""
+
+    name = "FAB"
+
+    def __init__(self, eps: float = 8 / 255, steps: int = 100, n_restarts: int = 1, alpha_max: float = 0.1,
+                 eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf"):
+        super().__init__(eps, steps, 0, n_restarts, alpha_max, eta, beta, bounds, seed, norm)
+        del self.n_target_classes
+
+    def perturb(self, model, x, y):
+        gen = self.generator(x.device)
+
+        def run(idx, r):
+            xb, dist = fab_run(model, x[idx], y[idx], None, eps=self.eps, steps=self.steps,
+                               alpha_max=self.alpha_max, eta=self.eta, beta=self.beta, random_start=r > 0,
+                               generator=gen, bounds=self.bounds, norm=self.norm)
+            return xb, dist <= self.eps
+
+        return attack_rounds(x, correct_mask(model, x, y), range(self.n_restarts), run)

@@ -1,7 +1,9 @@
-"""Gradient-sign attacks used for training and for the core evaluation: FGSM, PGD and CW-inf.
+"""Gradient attacks used for training and for the core evaluation: FGSM, PGD and CW-inf.
 
 :func:`pgd` is the functional core (used by the trainer with a pluggable loss); the classes
-registered below wrap it with the paper's evaluation settings (Sec. 5.4).
+registered below wrap it with the paper's evaluation settings (Sec. 5.4). FGSM and PGD also have
+an L2 version (``norm='L2'``: FGM and PGD-L2, steps along the L2-normalised gradient, projection
+onto the L2 ball then the box); CW-inf is L-inf only.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import nn
 
 from ..ops import kl_per_example, log_probs, true_and_best_other
 from .base import Attack, project_linf, register
+from .norms import project, random_in_ball, steepest
 
 __all__ = ["attack_loss", "cw_margin_loss", "input_grad_only", "pgd", "FGSM", "PGD", "CWInf"]
 
@@ -47,10 +50,11 @@ def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, target_logp: t
 
 
 def random_init(x: torch.Tensor, eps: float, kind: str, generator: torch.Generator | None = None,
-                bounds=(0.0, 1.0)) -> torch.Tensor:
+                bounds=(0.0, 1.0), norm: str = "Linf") -> torch.Tensor:
     """Starting point of PGD.
 
-    * ``uniform``: x + U(-eps, eps), clipped to the box (Madry et al. 2018);
+    * ``uniform``: x + U(-eps, eps), clipped to the box (Madry et al. 2018); for ``norm='L2'`` a
+      random direction with a radius drawn from U(0, eps) (:func:`virkit.attacks.norms.random_in_ball`);
     * ``normal``: x + 0.001 * N(0, I) (TRADES, MART, and the paper's Algorithm 1 line 5). As in
       the TRADES code the start is not clipped: the first forward sees it as drawn, and every
       step's projection (or, with no step, :func:`pgd`'s final projection) brings it back;
@@ -58,6 +62,9 @@ def random_init(x: torch.Tensor, eps: float, kind: str, generator: torch.Generat
     """
     if kind == "none":
         return x.clone()
+    if kind == "uniform" and norm == "L2":
+        x0 = x + random_in_ball(x, eps, "L2", generator)
+        return x0.clamp(*bounds) if bounds is not None else x0
     if kind == "uniform":
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * (2 * eps) - eps
         x0 = x + noise
@@ -88,8 +95,10 @@ def input_grad_only(model: nn.Module) -> Iterator[None]:
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
         loss: str = "ce", random_start: str = "uniform", target_logits: torch.Tensor | None = None,
         kappa: float = 50.0, bounds=(0.0, 1.0), generator: torch.Generator | None = None,
-        count_correct: bool = False):
-    """L-inf PGD (Madry et al. 2018) with sign steps and projection after every step.
+        count_correct: bool = False, norm: str = "Linf"):
+    """PGD (Madry et al. 2018) with projection after every step: L-inf (sign steps, the default) or
+    L2 (``norm='L2'``: steps of ``step_size`` along the L2-normalised gradient, projection onto the
+    L2 ball and then the box).
 
     The caller chooses the model's mode (training attacks and evaluation both use eval mode;
     see :func:`virkit.attacks.base.eval_mode`). Gradients are taken with respect to the input
@@ -104,7 +113,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
             with torch.no_grad():
                 target_logits = model(x)
         target_logp = log_probs(target_logits.detach())
-    x_adv = random_init(x, eps, random_start, generator, bounds)
+    x_adv = random_init(x, eps, random_start, generator, bounds, norm)
     count = torch.zeros(x.shape[0], device=x.device, dtype=torch.int32) if count_correct else None
     with input_grad_only(model):
         for _ in range(steps):
@@ -115,47 +124,61 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
                 grad, = torch.autograd.grad(lvec.sum(), x_adv)
             if count is not None:
                 count += (logits.detach().argmax(1) == y).int()
-            x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps, bounds)
+            if norm == "Linf":
+                x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps, bounds)
+            else:
+                x_adv = project(x_adv.detach() + step_size * steepest(grad, norm), x, eps, norm, bounds)
     # the result always lies in the ball and the box: a no-op after a step (the projection is
     # idempotent), and with ``steps=0`` it clips the unclipped normal start
-    x_adv = project_linf(x_adv.detach(), x, eps, bounds)
+    x_adv = project(x_adv.detach(), x, eps, norm, bounds)
     return (x_adv, count) if count_correct else x_adv
 
 
 @register("fgsm")
 class FGSM(Attack):
     """FGSM (Goodfellow et al. 2015, "Explaining and harnessing adversarial examples"):
-    one sign step of size eps on the cross-entropy, L-inf, no random start. Default eps 8/255."""
+    one sign step of size eps on the cross-entropy, L-inf, no random start. Default eps 8/255.
+    With ``norm='L2'`` it is FGM: one step of length eps along the L2-normalised gradient."""
 
     name = "FGSM"
     paper = "Goodfellow et al., ICLR 2015"
+    norms = ("Linf", "L2")
+
+    def __init__(self, eps: float = 8 / 255, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf"):
+        super().__init__(eps, bounds, seed, norm)
+        if norm == "L2":
+            self.name = "FGM (L2)"
 
     def perturb(self, model, x, y):
         return pgd(model, x, y, eps=self.eps, step_size=self.eps, steps=1, loss="ce", random_start="none",
-                   bounds=self.bounds)
+                   bounds=self.bounds, norm=self.norm)
 
 
 @register("pgd")
 class PGD(Attack):
     """PGD (Madry et al. 2018, "Towards deep learning models resistant to adversarial attacks"):
     L-inf, cross-entropy, sign steps. Paper evaluation (Sec. 5.4): eps 8/255, step 1/255, 100 steps
-    (``pgd100``), uniform random start, one restart. ``pgd20`` is the Tiny-ImageNet setting."""
+    (``pgd100``), uniform random start, one restart. ``pgd20`` is the Tiny-ImageNet setting.
+    ``norm='L2'``: PGD-L2 (normalised-gradient steps of ``step_size``, L2 projection)."""
 
     name = "PGD"
     paper = "Madry et al., ICLR 2018"
+    norms = ("Linf", "L2")
 
     def __init__(self, eps: float = 8 / 255, step_size: float = 1 / 255, steps: int = 100,
                  random_start: str = "uniform", loss: str = "ce", kappa: float = 50.0, bounds=(0.0, 1.0),
-                 seed: int = 0):
-        super().__init__(eps, bounds, seed)
+                 seed: int = 0, norm: str = "Linf"):
+        super().__init__(eps, bounds, seed, norm)
         self.step_size, self.steps, self.random_start = float(step_size), int(steps), random_start
         self.loss, self.kappa = loss, float(kappa)
         self.name = f"PGD-{self.steps}" if loss == "ce" else f"PGD-{self.steps} ({loss})"
+        if norm == "L2":
+            self.name += " (L2)"
 
     def perturb(self, model, x, y):
         return pgd(model, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps, loss=self.loss,
                    random_start=self.random_start, kappa=self.kappa, bounds=self.bounds,
-                   generator=self.generator(x.device))
+                   generator=self.generator(x.device), norm=self.norm)
 
 
 @register("cw")
@@ -166,6 +189,7 @@ class CWInf(PGD):
 
     name = "CW-inf"
     paper = "Carlini & Wagner, IEEE S&P 2017 (loss); PGD-20 optimizer"
+    norms = ("Linf",)
 
     def __init__(self, eps: float = 8 / 255, step_size: float = 1 / 255, steps: int = 20, kappa: float = 50.0,
                  random_start: str = "uniform", bounds=(0.0, 1.0), seed: int = 0):
