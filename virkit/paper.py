@@ -136,6 +136,11 @@ ATTACKS: Mapping[str, Attack] = MappingProxyType({a.name: a for a in [
     Attack("apgd-ce", "APGD-CE", "APGD-CE", Threat.WHITE_BOX),
     Attack("apgd-t", "APGD-T", "APGD-T", Threat.WHITE_BOX),
     Attack("fab-t", "FAB-T", "FAB-T", Threat.WHITE_BOX),
+    # not in the paper's tables: AutoAttack's other versions and components (virkit evaluate)
+    Attack("aa-plus", "AA+", "AA+", Threat.ENSEMBLE),
+    Attack("aa-rand", "AA-RAND", "AA (rand)", Threat.ENSEMBLE),
+    Attack("apgd-dlr", "APGD-DLR", "APGD-DLR", Threat.WHITE_BOX),
+    Attack("fab", "FAB", "FAB", Threat.WHITE_BOX),
     Attack("worst_case", "WORST CASE", "Worst case", Threat.SUMMARY),
 ]})
 
