@@ -64,6 +64,10 @@ def _add_train(sub) -> None:
     p.add_argument("--momentum", type=float)
     p.add_argument("--lr-milestones", type=lambda s: tuple(int(v) for v in s.split(",") if v),
                    help="comma-separated epochs after which lr is divided by 10, e.g. 75,90")
+    p.add_argument("--lr-schedule", choices=["step", "onecycle"],
+                   help="step: lr/10 after each milestone (Sec. 5.1); onecycle: per step, linear up to --lr at "
+                        "--lr-peak of training, then linear to 0 (milestones dropped)")
+    p.add_argument("--lr-peak", type=float, help="onecycle: fraction of training at which lr peaks (default 0.3)")
     p.add_argument("--eps", type=_fraction, help="L-inf radius, e.g. 8/255")
     p.add_argument("--step-size", type=_fraction, help="training PGD step, e.g. 2/255")
     p.add_argument("--attack-steps", type=int)

@@ -106,10 +106,20 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> RunData:
     return RunData(train.to(device), test.to(device), holdout.to(device) if holdout is not None else None, meta)
 
 
-def _lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Piecewise-constant schedule: lr * gamma^(number of milestones m with m < epoch), epoch 1-based.
-    With milestones (75, 90): epochs 1-75 at lr, 76-90 at lr/10, 91+ at lr/100 (Sec. 5.1)."""
-    return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if m < epoch)
+def _lr_at(cfg: TrainConfig, epoch: int, step: int | None = None, steps: int | None = None) -> float:
+    """The learning rate of step ``step`` (0-based) of ``steps`` in ``epoch`` (1-based); without a
+    step, the epoch's value (onecycle: the one at the middle of the epoch, as history.jsonl records).
+
+    ``step`` schedule: lr * gamma^(number of milestones m with m < epoch), constant within an epoch.
+    With milestones (75, 90): epochs 1-75 at lr, 76-90 at lr/10, 91+ at lr/100 (Sec. 5.1).
+    ``onecycle``: at the training fraction u (midpoint of the step), lr * u / peak up to ``lr_peak``,
+    then lr * (1 - u) / (1 - peak)."""
+    if cfg.lr_schedule == "step":
+        return cfg.lr * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if m < epoch)
+    frac = 0.5 if step is None or not steps else (step + 0.5) / steps
+    u = (epoch - 1 + frac) / cfg.epochs
+    peak = cfg.lr_peak
+    return cfg.lr * (u / peak if u <= peak else (1.0 - u) / (1.0 - peak))
 
 
 def _epoch_seed(cfg: TrainConfig, epoch: int) -> int:
@@ -261,9 +271,10 @@ class EpochStats:
 def _train_epoch(model: nn.Module, optimizer, loader: DeviceLoader, cfg: TrainConfig, epoch: int,
                  device: torch.device, dctx: DistContext, autocast, n_train: int, progress: bool) -> EpochStats:
     """One epoch of ``cfg.method``; stops early (all ranks together) at the first non-finite loss."""
-    lr = _lr_at(cfg, epoch)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    per_step = cfg.lr_schedule != "step"
+    if not per_step:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(cfg, epoch)
     seed = _epoch_seed(cfg, epoch)
     torch.manual_seed(seed)
     gen = torch.Generator(device=device)
@@ -277,6 +288,9 @@ def _train_epoch(model: nn.Module, optimizer, loader: DeviceLoader, cfg: TrainCo
     for step, (x, y, _idx) in enumerate(iterator):
         if cfg.channels_last and device.type in ("cuda", "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
+        if per_step:
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(cfg, epoch, step, len(loader))
         res = method_step(model, x, y, cfg, epoch, autocast=autocast, generator=gen)
         optimizer.zero_grad(set_to_none=True)
         # distributed: scale the shard's loss so that DDP's gradient average is the global-batch gradient
