@@ -10,8 +10,11 @@ start at the border of the eps-ball, a per-example step size that starts at 2*ep
 at checkpoints when the loss oscillates (fewer than ``rho``-fraction of the last steps increased
 it) or when it has not improved since the previous checkpoint (in which case the iterate restarts
 from the best point found). Checkpoints come after 22% of the steps, then at shrinking intervals
-(by 3% of the steps, at least 6%). Everything runs on the whole batch on its device: the
-checkpoint schedule is fixed in advance, so the loop never synchronises with the host.
+(by 3% of the steps, at least 6%). Everything runs on the batch on its device: the checkpoint
+schedule is fixed in advance, so the step-size rule never synchronises with the host. With
+``early_stop`` (the default) points stop at their first misclassified iterate and leave the batch
+(active-set compaction, looked for every ``compact_every`` steps); APGD-T runs all its targets in
+one batch with ``batch_targets`` (:func:`apgd_targets_batched`).
 
 L2 (``norm='L2'``), as the official ``autopgd_base.py``: the start is ``x + eps * t / ||t||_2`` with
 ``t`` standard normal, each step moves ``step * g / ||g||_2`` and every point is projected onto the
@@ -30,10 +33,11 @@ from torch import nn
 
 from ..ops import true_and_best_other
 from .base import (Attack, attack_rounds, clean_targets, correct_mask, on_correct,  # noqa: F401 (re-exported)
-                   project_linf, register, target_classes)
+                   project_linf, register, target_classes, targets_in_one_batch)
 from .norms import project, random_on_sphere, steepest
 
-__all__ = ["APGD", "APGDTargeted", "apgd_run", "dlr_loss", "dlr_targeted_loss", "margin",
+__all__ = ["APGD", "APGDTargeted", "apgd_run", "apgd_start", "apgd_targets_batched", "dlr_loss", "dlr_targeted_loss",
+           "margin",
            "correct_mask", "on_correct", "target_classes"]
 
 
@@ -76,6 +80,27 @@ def _uniform(shape, generator, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=device)
 
 
+def apgd_start(x: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """APGD's random start directions for the rows of ``x`` (unit norm per row; the start is
+    ``x + eps * t``): L-inf ``t = u / ||u||_inf`` with ``u`` uniform in [-1, 1], L2 ``t / ||t||_2`` with
+    ``t`` standard normal (the official ``autopgd_base.py``)."""
+    if norm == "Linf":
+        view = (x.shape[0],) + (1,) * (x.dim() - 1)
+        t = 2 * _uniform(x.shape, generator, x.device) - 1
+        return t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(view)
+    return random_on_sphere(x, norm, generator)
+
+
+def _with_target(loss_fn, target):
+    return lambda logits, yy: loss_fn(logits, yy, target)
+
+
+def default_compact_every(device: torch.device) -> int:
+    """How often (in steps) the iterative attacks look for finished rows to compact away: every
+    step on the CPU (the check is a host read that costs nothing there), every 8 steps elsewhere."""
+    return 1 if torch.device(device).type == "cpu" else 8
+
+
 def _schedule(steps: int) -> dict[int, int]:
     """APGD checkpoints: {iteration index: window length k}. First after 22% of the steps, then the
     window shrinks by 3% of the steps per checkpoint, down to 6% (Croce & Hein 2020, Sec. 3.2)."""
@@ -92,20 +117,39 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, eps: float, steps: int,
              rho: float = 0.75, momentum: float = 0.75, bounds=(0.0, 1.0),
              generator: torch.Generator | None = None, norm: str = "Linf",
-             eot_iter: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run on the whole batch; ``loss_fn(logits, y)`` gives the per-example loss to maximize.
+             eot_iter: int = 1, target: torch.Tensor | None = None, start: torch.Tensor | None = None,
+             early_stop: bool = False, group: torch.Tensor | None = None, rank: torch.Tensor | None = None,
+             compact_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run on the whole batch; ``loss_fn(logits, y)`` (``loss_fn(logits, y, target)`` when a
+    per-row ``target`` is given) gives the per-example loss to maximize.
 
-    Returns ``(x_adv, fooled)``: ``fooled[i]`` is True when some iterate was misclassified, and then
-    ``x_adv[i]`` is the last such iterate; otherwise ``x_adv[i]`` is the iterate of highest loss.
+    ``start``: the random start's unit directions (:func:`apgd_start`), drawn from ``generator``
+    when not given. Returns ``(x_adv, fooled)``: ``fooled[i]`` is True when some iterate was
+    misclassified; otherwise ``x_adv[i]`` is the iterate of highest loss. Every row's trajectory
+    depends on that row alone (per-example step sizes, checkpoints and losses).
+
+    ``early_stop=False`` (the full run): every row runs all ``steps``; a fooled row returns its
+    **last** misclassified iterate (as the official code). ``early_stop=True`` (active-set
+    compaction): a row stops at its **first** misclassified iterate, which it returns, and the
+    remaining rows are compacted so that the model only sees rows still running; the robust flags
+    are those of the full run. The fooled rows are found every ``compact_every`` steps (default 1
+    on the CPU, where that costs nothing; 8 on accelerators, to wait for the device that seldom);
+    until then a fooled row keeps its first misclassified iterate. With ``group`` (the example a
+    row belongs to) and ``rank`` (its order among that example's runs, e.g. the target index),
+    a row is also dropped once a row of the same group with a lower rank is fooled (several
+    target classes in one batch: the example's result is its first target in order that breaks it,
+    so later targets no longer matter); such a row returns ``fooled=False``.
     """
     x = x.detach()
     b = x.shape[0]
     view = (b,) + (1,) * (x.dim() - 1)
-    if norm == "Linf":
-        t = 2 * _uniform(x.shape, generator, x.device) - 1
-        t = t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(view)
-    else:
-        t = random_on_sphere(x, norm, generator)
+    t = apgd_start(x, norm, generator) if start is None else start
+    if early_stop:
+        return _apgd_compact(model, x, y, loss_fn, t, eps=eps, steps=steps, rho=rho, momentum=momentum,
+                             bounds=bounds, norm=norm, eot_iter=eot_iter, target=target, group=group, rank=rank,
+                             compact_every=compact_every)
+    if target is not None:
+        loss_fn = _with_target(loss_fn, target)
     x_adv = x + eps * t
     if bounds is not None:
         x_adv = x_adv.clamp(*bounds)
@@ -165,26 +209,167 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return torch.where(fooled.view(view), x_fool, x_best), fooled
 
 
+def _apgd_compact(model, x, y, loss_fn, t, *, eps, steps, rho, momentum, bounds, norm, eot_iter, target,
+                  group, rank, compact_every):
+    """:func:`apgd_run` with ``early_stop=True``: the same per-row arithmetic on the rows still
+    running (see there)."""
+    b, dev = x.shape[0], x.device
+    nd = x.dim() - 1
+
+    def v(m):
+        return m.view((-1,) + (1,) * nd)
+
+    every = max(int(compact_every or default_compact_every(dev)), 1)
+    out_x = x.clone()
+    out_fooled = torch.zeros(b, dtype=torch.bool, device=dev)
+    best_rank = None
+    if group is not None:
+        best_rank = torch.full((int(group.max()) + 1 if b else 0,), torch.iinfo(torch.long).max,
+                               dtype=torch.long, device=dev)
+
+    def proj(z, xx):
+        return project_linf(z, xx, eps, bounds) if norm == "Linf" else project(z, xx, eps, norm, bounds)
+
+    def evaluate(z, yy, tt):
+        z = z.detach().requires_grad_(True)
+        g = None
+        for _ in range(eot_iter):
+            with torch.enable_grad():
+                logits = model(z)
+                lvec = loss_fn(logits, yy) if tt is None else loss_fn(logits, yy, tt)
+                gi, = torch.autograd.grad(lvec.sum(), z)
+            g = gi if g is None else g + gi
+        if eot_iter > 1:
+            g = g / eot_iter
+        return lvec.detach(), logits.detach(), g.detach()
+
+    x_adv = x + eps * t
+    if bounds is not None:
+        x_adv = x_adv.clamp(*bounds)
+    loss, logits, grad = evaluate(x_adv, y, target)
+    hist = torch.zeros(b, steps + 1, device=dev, dtype=loss.dtype)
+    hist[:, 0] = loss
+    st = {"x": x, "y": y, "x_adv": x_adv, "x_prev": x_adv, "x_best": x_adv.clone(), "loss_best": loss.clone(),
+          "grad": grad, "grad_best": grad.clone(), "step": torch.full((b,), 2.0 * eps, device=dev, dtype=x.dtype),
+          "hist": hist, "loss_best_last": loss.clone(), "reduced_last": torch.ones(b, dtype=torch.bool, device=dev),
+          "x_fool": x_adv.clone(), "fooled": logits.argmax(1) != y, "rows": torch.arange(b, device=dev)}
+    if target is not None:
+        st["t"] = target
+    if group is not None:
+        st["group"], st["rank"] = group, rank
+
+    def finish(s, done):
+        r = s["rows"][done]
+        out_x[r] = torch.where(v(s["fooled"][done]), s["x_fool"][done], s["x_best"][done])
+        out_fooled[r] = s["fooled"][done]
+
+    def compact(s):
+        fooled = s["fooled"]
+        keep = ~fooled
+        if best_rank is not None:
+            if bool(fooled.any()):
+                best_rank.scatter_reduce_(0, s["group"][fooled], s["rank"][fooled], "amin")
+            keep &= s["rank"] < best_rank[s["group"]]
+        if bool(keep.all()):
+            return s
+        finish(s, ~keep)
+        kidx = keep.nonzero().squeeze(1)
+        return {k: val[kidx] for k, val in s.items()}
+
+    st = compact(st)
+    checkpoints = _schedule(steps)
+    for i in range(steps):
+        if st["rows"].numel() == 0:
+            break
+        a = momentum if i > 0 else 1.0
+        xo, x_adv, x_prev, step = st["x"], st["x_adv"], st["x_prev"], v(st["step"])
+        direction = st["grad"].sign() if norm == "Linf" else steepest(st["grad"], norm)
+        z = proj(x_adv + step * direction, xo)
+        z = proj(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), xo)
+        st["x_prev"], st["x_adv"] = x_adv, z
+        loss, logits, grad = evaluate(z, st["y"], st.get("t"))
+        mis = logits.argmax(1) != st["y"]
+        st["x_fool"] = torch.where(v(mis & ~st["fooled"]), z, st["x_fool"])
+        st["fooled"] = st["fooled"] | mis
+        st["hist"][:, i + 1] = loss
+        better = loss > st["loss_best"]
+        st["x_best"] = torch.where(v(better), z, st["x_best"])
+        st["grad_best"] = torch.where(v(better), grad, st["grad_best"])
+        st["loss_best"] = torch.where(better, loss, st["loss_best"])
+        st["grad"] = grad
+        k = checkpoints.get(i)
+        if k is not None:
+            hist = st["hist"]
+            increases = (hist[:, i + 2 - k:i + 2] > hist[:, i + 1 - k:i + 1]).sum(dim=1)
+            oscillating = increases <= k * rho
+            stalled = ~st["reduced_last"] & (st["loss_best_last"] >= st["loss_best"])
+            reduce = oscillating | stalled
+            st["reduced_last"], st["loss_best_last"] = reduce, st["loss_best"].clone()
+            st["step"] = torch.where(reduce, st["step"] / 2, st["step"])
+            st["x_adv"] = torch.where(v(reduce), st["x_best"], st["x_adv"])
+            st["grad"] = torch.where(v(reduce), st["grad_best"], st["grad"])
+        if (i + 1) % every == 0:
+            st = compact(st)
+    if st["rows"].numel():
+        finish(st, torch.ones_like(st["fooled"]))
+    return out_x, out_fooled
+
+
+def apgd_targets_batched(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
+                         starts: torch.Tensor, loss_fn, *, group_size: int | None = None, early_stop: bool = True,
+                         **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """APGD runs towards several targets per example in one batch
+    (:func:`~virkit.attacks.base.targets_in_one_batch`): row (i, k) attacks example ``i`` towards
+    ``targets[i, k]`` with ``loss_fn(logits, y, target)`` from ``x[i] + eps * starts[k, i]``.
+    Returns ``(x_adv, fooled)`` per example."""
+    def run(ii, kk, group):
+        return apgd_run(model, x[ii], y[ii], loss_fn, target=targets[ii, kk], start=starts[kk, ii],
+                        early_stop=early_stop, group=group if early_stop else None,
+                        rank=kk if early_stop else None, **kw)
+
+    return targets_in_one_batch(x, targets.shape[1], run, group_size)
+
+
+#: the speed levers of the iterative attacks (constructor keywords, on by default; the values that
+#: reproduce the earlier code path are the ``quiet_defaults``' complements, see docs/EVALUATION.md)
+LEVER_DEFAULTS = {"early_stop": True, "batch_targets": True, "compact_every": None}
+
+
+def _clean(model, x, y, n_targets, clean_logits):
+    """(robust mask, targets) from ``clean_logits`` when the caller already has them (AutoAttack
+    computes the clean logits once for all components), else from one clean forward."""
+    if clean_logits is None:
+        return clean_targets(model, x, y, n_targets)
+    return (clean_logits.argmax(1) == y,
+            target_classes(clean_logits, y, n_targets) if n_targets is not None else None)
+
+
 @register("apgd")
 class APGD(Attack):
     """APGD (Croce & Hein, ICML 2020), L-inf or L2, untargeted, on the cross-entropy (``loss='ce'``,
     AutoAttack's APGD-CE) or the DLR loss (``loss='dlr'``). AutoAttack-standard settings: eps 8/255
     (L2: 0.5), 100 steps, 1 restart, rho 0.75, momentum 0.75, initial step 2*eps; ``eot_iter`` 1
     (20 in AutoAttack's ``rand`` version). Only correctly classified points are attacked; each
-    restart only those not yet fooled."""
+    restart only those not yet fooled. ``early_stop`` (default True): a point stops at its first
+    misclassified iterate and leaves the batch (same robust flags as the full run, which
+    ``early_stop=False`` gives); ``compact_every``: steps between looks for such points (default:
+    1 on the CPU, 8 elsewhere)."""
 
     name = "APGD-CE"
     paper = "Croce & Hein, ICML 2020"
     norms = ("Linf", "L2")
-    quiet_defaults = {"eot_iter": 1}
+    quiet_defaults = {"eot_iter": 1, "early_stop": True, "compact_every": None}
 
     def __init__(self, eps: float = 8 / 255, steps: int = 100, n_restarts: int = 1, loss: str = "ce",
-                 rho: float = 0.75, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf", eot_iter: int = 1):
+                 rho: float = 0.75, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf", eot_iter: int = 1,
+                 early_stop: bool = True, compact_every: int | None = None):
         super().__init__(eps, bounds, seed, norm)
         if loss not in ("ce", "dlr"):
             raise ValueError(f"unknown APGD loss {loss!r}; valid: ce, dlr")
         self.steps, self.n_restarts, self.loss, self.rho = int(steps), int(n_restarts), loss, float(rho)
         self.eot_iter = max(int(eot_iter), 1)
+        self.early_stop = bool(early_stop)
+        self.compact_every = None if compact_every is None else int(compact_every)
         self.name = f"APGD-{loss.upper()}"
 
     def _loss(self, logits, y):
@@ -192,14 +377,16 @@ class APGD(Attack):
             return F.cross_entropy(logits.float(), y, reduction="none")
         return dlr_loss(logits, y)
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, clean_logits=None):
         gen = self.generator(x.device)
 
         def run(idx, _restart):
             return apgd_run(model, x[idx], y[idx], self._loss, eps=self.eps, steps=self.steps, rho=self.rho,
-                            bounds=self.bounds, generator=gen, norm=self.norm, eot_iter=self.eot_iter)
+                            bounds=self.bounds, generator=gen, norm=self.norm, eot_iter=self.eot_iter,
+                            early_stop=self.early_stop, compact_every=self.compact_every)
 
-        return attack_rounds(x, correct_mask(model, x, y), range(self.n_restarts), run)
+        robust, _ = _clean(model, x, y, None, clean_logits)
+        return attack_rounds(x, robust, range(self.n_restarts), run)
 
 
 @register("apgd-t")
@@ -207,29 +394,51 @@ class APGDTargeted(Attack):
     """APGD-T (Croce & Hein, ICML 2020), L-inf or L2: APGD on the targeted DLR loss, once per target
     class, the targets being the ``n_target_classes`` highest non-true logits of the clean input
     (9 for CIFAR-10, as in AutoAttack standard). eps 8/255 (L2: 0.5), 100 steps per target,
-    1 restart. Each target run only attacks points not yet fooled."""
+    1 restart. Each target run only attacks points not yet fooled. ``early_stop`` and
+    ``compact_every`` as for :class:`APGD`; ``batch_targets`` (default True; an int: that many
+    targets at a time): the targets of every still-robust point run in one batch, a point's result
+    being its first target in order that fools it (as one target after another gives); the random
+    starts are then drawn per target for all attacked points at once, before the runs (one target
+    after another, ``batch_targets=False``, draws each target's starts for the points still robust
+    at its turn), so the two orders differ only through those draws."""
 
     name = "APGD-T"
     paper = "Croce & Hein, ICML 2020"
     norms = ("Linf", "L2")
-    quiet_defaults = {"eot_iter": 1}
+    quiet_defaults = {"eot_iter": 1, "early_stop": True, "batch_targets": True, "compact_every": None}
 
     def __init__(self, eps: float = 8 / 255, steps: int = 100, n_target_classes: int = 9, n_restarts: int = 1,
-                 rho: float = 0.75, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf", eot_iter: int = 1):
+                 rho: float = 0.75, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf", eot_iter: int = 1,
+                 early_stop: bool = True, batch_targets: bool | int = True, compact_every: int | None = None):
         super().__init__(eps, bounds, seed, norm)
         self.steps, self.n_target_classes = int(steps), int(n_target_classes)
         self.n_restarts, self.rho = int(n_restarts), float(rho)
         self.eot_iter = max(int(eot_iter), 1)
+        self.early_stop = bool(early_stop)
+        self.batch_targets = batch_targets if isinstance(batch_targets, bool) else int(batch_targets)
+        self.compact_every = None if compact_every is None else int(compact_every)
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, clean_logits=None):
         gen = self.generator(x.device)
-        robust, targets = clean_targets(model, x, y, self.n_target_classes)
+        robust, targets = _clean(model, x, y, self.n_target_classes, clean_logits)
+        kw = dict(eps=self.eps, steps=self.steps, rho=self.rho, bounds=self.bounds, norm=self.norm,
+                  eot_iter=self.eot_iter, compact_every=self.compact_every)
+        if self.batch_targets is not False and self.n_restarts == 1:
+            idx = robust.nonzero().squeeze(1)
+            x_adv = x.clone()
+            if idx.numel() == 0:
+                return x_adv
+            xs = x[idx]
+            starts = torch.stack([apgd_start(xs, self.norm, gen) for _ in range(targets.shape[1])])
+            gs = None if self.batch_targets is True else int(self.batch_targets)
+            xa, _ = apgd_targets_batched(model, xs, y[idx], targets[idx], starts, dlr_targeted_loss, group_size=gs,
+                                         early_stop=self.early_stop, **kw)
+            x_adv[idx] = xa
+            return x_adv
 
         def run(idx, round_):
-            t = targets[idx, round_[0]]
-            return apgd_run(model, x[idx], y[idx], lambda z, yy: dlr_targeted_loss(z, yy, t), eps=self.eps,
-                            steps=self.steps, rho=self.rho, bounds=self.bounds, generator=gen, norm=self.norm,
-                            eot_iter=self.eot_iter)
+            return apgd_run(model, x[idx], y[idx], dlr_targeted_loss, target=targets[idx, round_[0]], generator=gen,
+                            early_stop=self.early_stop, **kw)
 
         rounds = [(k, r) for k in range(targets.shape[1]) for r in range(self.n_restarts)]
         return attack_rounds(x, robust, rounds, run)

@@ -25,7 +25,7 @@ from torch import nn
 from .norms import NORMS, project
 
 __all__ = ["Attack", "eval_mode", "project_linf", "ATTACKS", "register", "correct_mask", "clean_targets",
-           "attack_rounds", "on_correct", "target_classes"]
+           "attack_rounds", "on_correct", "target_classes", "targets_in_one_batch"]
 
 
 @contextlib.contextmanager
@@ -167,6 +167,39 @@ def attack_rounds(x: torch.Tensor, robust: torch.Tensor, rounds, run) -> torch.T
         x_adv[idx] = torch.where(fooled.view(view), xa, x_adv[idx])
         robust[idx] = ~fooled
     return x_adv
+
+
+def targets_in_one_batch(x: torch.Tensor, n_targets: int, run, group_size: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Several target classes per example in one batch (APGD-T, FAB-T with ``batch_targets``).
+    ``run(ii, kk, group) -> (x_rows, fooled_rows)`` attacks row ``r`` = example ``ii[r]`` towards its
+    target number ``kk[r]``; ``group[r]`` numbers the examples of the call (0..m-1), so that a run
+    may drop an example's later targets once an earlier one fooled it. The result of an example is
+    that of its **first** target in order that fooled it: what running the targets one after
+    another on the still-robust examples gives, when each row's result depends on that row alone.
+    ``group_size`` targets at a time (default all); examples fooled by a group skip the later ones.
+    Returns ``(x_adv, fooled)`` per example (``x`` where not fooled)."""
+    n = x.shape[0]
+    x_adv, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+    gs = n_targets if not group_size or group_size <= 0 else int(group_size)
+    big = torch.iinfo(torch.long).max
+    for k0 in range(0, n_targets, gs):
+        idx = (~fooled).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        ks = torch.arange(k0, min(k0 + gs, n_targets), device=x.device)
+        m = idx.numel()
+        ii = idx.repeat(ks.numel())                      # row k * m + j: example idx[j], target ks[k]
+        kk = ks.repeat_interleave(m)
+        group = torch.arange(m, device=x.device).repeat(ks.numel())
+        xa, fo = run(ii, kk, group)
+        first = torch.full((m,), big, dtype=torch.long, device=x.device)
+        first.scatter_reduce_(0, group[fo], kk[fo], "amin")
+        hit = first < big
+        row = (first - k0).clamp(0, ks.numel() - 1) * m + torch.arange(m, device=x.device)
+        x_adv[idx[hit]] = xa[row[hit]]
+        fooled[idx[hit]] = True
+    return x_adv, fooled
 
 
 def on_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -62,10 +62,13 @@ class Square(Attack):
     black_box = True
     norms = ("Linf", "L2")
 
+    quiet_defaults = {"early_stop": True, "inference_mode": True}
+
     def __init__(self, eps: float = 8 / 255, n_queries: int = 5000, p_init: float = 0.8, n_restarts: int = 1,
                  check_every: int = 10, resc_schedule: bool = True, bounds=(0.0, 1.0), seed: int = 0,
-                 norm: str = "Linf"):
+                 norm: str = "Linf", early_stop: bool = True, inference_mode: bool = True):
         super().__init__(eps, bounds, seed, norm)
+        self.early_stop, self.inference_mode = bool(early_stop), bool(inference_mode)
         self.n_queries, self.p_init, self.n_restarts = int(n_queries), float(p_init), int(n_restarts)
         self.resc_schedule = bool(resc_schedule)
         self.check_every = max(int(check_every), 1)
@@ -77,9 +80,54 @@ class Square(Attack):
     def _clip(self, z):
         return z.clamp(*self.bounds) if self.bounds is not None else z
 
-    @torch.no_grad()
+    def _grad_free(self):
+        return torch.inference_mode() if self.inference_mode else torch.no_grad()
+
     def _run(self, model, x, y, gen):
         """One restart on points ``x`` (all classified correctly). Returns (x_best, margin)."""
+        with self._grad_free():
+            out = (self._run_compact if self.early_stop else self._run_plain)(model, x, y, gen)
+        return tuple(t.clone() for t in out)   # ordinary tensors again outside inference mode
+
+    def _run_compact(self, model, x, y, gen):
+        """:meth:`_run_plain` with the rows still querying kept in compact tensors between the looks
+        for fooled points (every ``check_every`` iterations) instead of gathered and scattered back
+        at every query: the same random draws, in the same order and shapes, the same result."""
+        n, c, h, w = x.shape
+        dev = x.device
+        x_best = self._clip(x + self.eps * self._sign((n, c, 1, w), gen, dev))
+        m = margin(model(x_best), y)
+        rows = torch.arange(h, device=dev).view(1, 1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, 1, w)
+        active = xa = ya = xb_a = m_a = None
+        k = 0
+        for it in range(1, self.n_queries):
+            if (it - 1) % self.check_every == 0:
+                if active is not None:
+                    x_best[active], m[active] = xb_a, m_a
+                active = (m > 0).nonzero().squeeze(1)
+                if active.numel() == 0:
+                    break
+                xa, ya, xb_a, m_a = x[active], y[active], x_best[active], m[active]
+                k = active.numel()
+            p = square_p_schedule(it - 1, self.n_queries, self.p_init, self.resc_schedule)
+            s = max(int(round(math.sqrt(p * h * w))), 1)
+            s = min(s, h - 1, w - 1) if min(h, w) > 1 else 1
+            vh = torch.randint(0, max(h - s, 1), (k, 1, 1, 1), generator=gen, device=dev)
+            vw = torch.randint(0, max(w - s, 1), (k, 1, 1, 1), generator=gen, device=dev)
+            sign = self._sign((k, c, 1, 1), gen, dev)
+            window = (rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s)
+            x_new = torch.where(window, self._clip(xa + self.eps * sign), xb_a)
+            m_new = margin(model(x_new), ya)
+            better = m_new < m_a
+            xb_a = torch.where(better.view(-1, 1, 1, 1), x_new, xb_a)
+            m_a = torch.where(better, m_new, m_a)
+        else:
+            if active is not None and active.numel():
+                x_best[active], m[active] = xb_a, m_a
+        return x_best, m
+
+    def _run_plain(self, model, x, y, gen):
         n, c, h, w = x.shape
         dev = x.device
         x_best = self._clip(x + self.eps * self._sign((n, c, 1, w), gen, dev))
@@ -184,7 +232,7 @@ class Square(Attack):
             m[active] = torch.where(better, m_new, m[active])
         return x_best, m
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, clean_logits=None):
         gen = self.generator(x.device)
         run_one = self._run if self.norm == "Linf" else self._run_l2
 
@@ -192,4 +240,5 @@ class Square(Attack):
             xb, m = run_one(model, x[idx], y[idx], gen)
             return xb, m <= 0
 
-        return attack_rounds(x, correct_mask(model, x, y), range(self.n_restarts), run)
+        robust = correct_mask(model, x, y) if clean_logits is None else clean_logits.argmax(1) == y
+        return attack_rounds(x, robust, range(self.n_restarts), run)
