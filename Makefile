@@ -7,11 +7,12 @@ STAMP   := $(VENV)/.installed
 export VIRKIT_DATA ?= $(if $(wildcard ../shared/datasets/cifar10-jpeg.tar.gz),$(abspath ../shared/datasets),)
 export MPLBACKEND ?= Agg
 
-.PHONY: demo test test-fast test-avx2 venv bench clean help
+.PHONY: demo gallery test test-fast test-avx2 venv bench clean help
 
 help:
-	@echo "make demo   - run every notebook (demo preset, CPU, ~4 min on 2 cores); figures in figures/demo/,"
+	@echo "make demo   - run every notebook (demo preset, CPU, under 10 min on 2 cores); figures in figures/demo/,"
 	@echo "             executed notebooks and runs in runs/notebooks/demo/"
+	@echo "make gallery - after make demo: its key figures into figures/gallery/ (tracked) with provenance"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - CPU benchmark (see BENCHMARKS.md)"
 
@@ -25,7 +26,10 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m virkit notebooks run --preset demo
+	$(PY) -m virkit notebooks run --preset demo --jobs 2
+
+gallery: $(STAMP)   # after make demo: its key figures into figures/gallery/ (tracked), with provenance
+	$(PY) -m virkit notebooks gallery --preset demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

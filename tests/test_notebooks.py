@@ -21,7 +21,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 
-from virkit import analysis  # noqa: E402
+from virkit import analysis, paper  # noqa: E402
 from virkit import notebooks as N  # noqa: E402
 from virkit.errors import VirkitError  # noqa: E402
 
@@ -73,7 +73,7 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
 
     for preset, spec in N.PRESETS.items():
         assert preset in TRAINER_PRESETS
-        assert set(spec) <= {"description", "robust_attack", "seeds", "notebooks", "eval_attacks"}, preset
+        assert set(spec) <= {"description", "robust_attack", "seeds", "notebooks", "eval_attacks", "runs"}, preset
         for m in ("natural", "at", "vir-at", "vir-trades-sd"):
             assert N.train_config(preset, m, seed=1) == resolve_config(preset, method=m, seed=1)
         assert set(spec.get("eval_attacks", [])) <= set(attack_names())
@@ -81,7 +81,9 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
                      *spec.get("eval_attacks", [])]
         assert spec["robust_attack"] in evaluated, preset
     demo = resolve_config("demo")
-    assert (demo.model, demo.train_subset, demo.epochs, demo.attack_steps) == ("small-cnn", 1500, 3, 2)
+    # the demo's promises (issue 12): 1,000 test images, Figure 3 over at least 3 reweighted epochs
+    assert demo.model == "small-cnn" and demo.test_subset == 1000
+    assert demo.epochs - resolve_config("demo", method="vir-at").reweight_start + 1 >= 3
     smoke = resolve_config("smoke")
     assert (smoke.model, smoke.train_subset, smoke.epochs, smoke.attack_steps) == ("small-cnn", 128, 2, 1)
 
@@ -282,6 +284,11 @@ def test_shared_runs_are_reused(smoke_batch):
     assert {"cifar10-small-cnn-natural", "cifar10-small-cnn-at", "cifar10-small-cnn-vir-at",
             "cifar10-small-cnn-vir-at-sv", "cifar10-small-cnn-vir-at-w1"} == names
     vir = next(p for p in dirs if p.name.startswith("cifar10-small-cnn-vir-at-s0-"))
+    # trained before the notebooks (virkit.notebooks.prepare): the ablations branched from VIR-AT's burn-in
+    for d in dirs:
+        if d.name.startswith(("cifar10-small-cnn-vir-at-w1-", "cifar10-small-cnn-vir-at-sv-")):
+            parent = json.loads((d / "config.json").read_text())["parent"]
+            assert Path(parent["path"]) == vir.resolve() and parent["epoch"] == 1
     mtime = (vir / "last.pt").stat().st_mtime_ns
     t = time.time()
     again = N.shared_run("vir-at", "smoke", runs_root)
@@ -349,3 +356,42 @@ def test_ablation_sweeps_logic(monkeypatch):
     # the paper's point passes no override, so it reuses the method's main run
     assert ("vir-at", 0, {}) in ctx.calls and ("vir-trades", 1, {}) in ctx.calls
     assert not any(over == {"beta": 0.007} for _, _, over in ctx.calls)
+
+
+def test_planned_runs_share_burn_ins(tmp_path):
+    """The preset's run list, with the burn-in parents the parallel training phase uses: in each group
+    of the same burn-in key, the run whose reweighting starts first trains epochs 1 .. start-1."""
+    from virkit.notebooks.prepare import planned_runs
+
+    by = {r.method: r for r in planned_runs("smoke", tmp_path)}
+    assert set(by) == {"natural", "at", "vir-at", "vir-at-w1", "vir-at-sv"}
+    assert by["vir-at-w1"].parent is by["vir-at"] and by["vir-at-sv"].parent is by["vir-at"]
+    assert by["at"].parent is None and by["natural"].parent is None and by["vir-at"].parent is None
+    demo = {r.method: r for r in planned_runs("demo", tmp_path)}
+    assert set(paper.TABLES[1].methods) <= set(demo)          # every row of Table 1's layout
+    assert demo["gairat"].parent is demo["at"]                # the uniform-start AT pipeline
+    assert demo["mail-at"].parent is demo["vir-at"]           # 0.001 N(0, I) start; MAIL starts one epoch later
+    assert demo["trades"].parent is None and demo["vir-trades"].parent is None   # 1/lambda 4 vs 5
+
+
+def test_gallery_copies_key_figures_with_provenance(smoke_batch, tmp_path):
+    """``virkit notebooks gallery``: the key figures of a batch run, small, with the run's provenance;
+    a missing batch run is a one-line error (exit 2) that writes nothing."""
+    from virkit.notebooks.gallery import GALLERY, make_gallery
+
+    root = smoke_batch["root"]
+    dest = make_gallery("smoke", root / "figures", root / "runs", dest=tmp_path / "gallery")
+    pngs = sorted(p.name for p in dest.glob("*.png"))
+    assert pngs == sorted(f"{stem}.png" for stem, _ in GALLERY)
+    assert sum((dest / p).stat().st_size for p in pngs) < 2_000_000
+    prov = (dest / "PROVENANCE.md").read_text()
+    summary = json.loads((root / "runs" / "smoke" / "summary.json").read_text())
+    assert summary["provenance"]["commit"] and summary["provenance"]["commit"] in prov
+    assert summary["provenance"]["cpu"] in prov and f"`{summary['provenance']['command']}`" in prov
+    assert all(h.removeprefix("headline: ") in prov for h in summary["headline"])
+    assert summary["headline"], "the smoke batch prints headline numbers"
+    with pytest.raises(VirkitError, match="no batch run of preset 'demo'"):
+        make_gallery("demo", root / "figures", tmp_path / "nothing", dest=tmp_path / "g2")
+    assert not (tmp_path / "g2").exists()
+    assert N.main(["gallery", "--preset", "demo", "--out-root", str(tmp_path / "nothing"),
+                   "--fig-root", str(tmp_path / "f")]) == 2

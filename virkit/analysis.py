@@ -18,7 +18,7 @@ from .errors import VirkitError
 
 __all__ = ["eval_table", "robust_attack", "table_runs", "paper_table", "grid_parameter", "ablation_results",
            "class_accuracy", "per_class_accuracy", "fairness_rows", "confusion_panels", "class_accuracy_table",
-           "weight_vs_robustness", "theorem1_check", "robust_error_table", "vulnerability_attributions"]
+           "weight_vs_robustness", "class_weight_totals", "figure3_verdict", "theorem1_check", "robust_error_table", "vulnerability_attributions"]
 
 #: the model of the paper's Tables 1, 3 and 4, for which the preset's own model stands in
 _STAND_IN_MODEL = "resnet18"
@@ -287,6 +287,47 @@ def class_accuracy_table(evals: Mapping[str, Mapping], methods: Sequence[str], a
 
     return pd.DataFrame({paper.method_label(m, "figure"): class_accuracy(evals[m], _shown(m, attack))
                          for m in methods}, index=classes).round(1)
+
+
+def class_weight_totals(hist: Sequence[Mapping]) -> tuple[list[float], int]:
+    """Figure 3's quantity summed over the reweighted epochs of one run: per class, the sum of all
+    sample weights over every epoch with reweighting active, and how many such epochs there were
+    (burn-in epochs, where every weight is 1, are left out: they only count images)."""
+    active = [h for h in hist if h.get("reweighting_active")]
+    if not active:
+        return [], 0
+    k = len(active[0]["weight_sum_per_class"])
+    return [sum(float(h["weight_sum_per_class"][c]) for h in active) for c in range(k)], len(active)
+
+
+def figure3_verdict(hists: Mapping[str, Sequence[Mapping]], classes: Sequence[str]) -> list[str]:
+    """One sentence per method: which class got the most and the least total weight over the
+    reweighted epochs, against the paper's finding (:data:`virkit.paper.FIGURE3_MOST_WEIGHT`,
+    :data:`~virkit.paper.FIGURE3_LEAST_WEIGHT`), and whether this run agrees."""
+    out = []
+    for m, hist in hists.items():
+        tot, n = class_weight_totals(hist)
+        label = paper.method_label(m, "figure")
+        if not n:
+            out.append(f"{label}: no reweighted epoch in this run, so nothing to compare with the paper.")
+            continue
+        most, least = classes[tot.index(max(tot))], classes[tot.index(min(tot))]
+        if paper.FIGURE3_MOST_WEIGHT not in classes or paper.FIGURE3_LEAST_WEIGHT not in classes:
+            out.append(f"{label}: over {n} reweighted epoch(s) the most total weight went to {most!r} and the least "
+                       f"to {least!r} (the paper's Figure 3 is about CIFAR-10's classes).")
+            continue
+        agree = [most == paper.FIGURE3_MOST_WEIGHT, least == paper.FIGURE3_LEAST_WEIGHT]
+        verdict = ("agrees with the paper on both" if all(agree) else
+                   "agrees with the paper on the most-weighted class only" if agree[0] else
+                   "agrees with the paper on the least-weighted class only" if agree[1] else
+                   "agrees with the paper on neither")
+        rank = sorted(range(len(tot)), key=lambda c: -tot[c])
+        out.append(f"{label}: over {n} reweighted epoch(s) the most total weight went to {most!r} and the least to "
+                   f"{least!r} (the paper: {paper.FIGURE3_MOST_WEIGHT!r} most, {paper.FIGURE3_LEAST_WEIGHT!r} least); "
+                   f"this run {verdict} ('{paper.FIGURE3_MOST_WEIGHT}' ranks "
+                   f"{rank.index(classes.index(paper.FIGURE3_MOST_WEIGHT)) + 1} of {len(tot)}, "
+                   f"'{paper.FIGURE3_LEAST_WEIGHT}' {rank.index(classes.index(paper.FIGURE3_LEAST_WEIGHT)) + 1}).")
+    return out
 
 
 def weight_vs_robustness(hists: Mapping[str, list], evals: Mapping[str, Mapping], classes, preferred: str):

@@ -6,7 +6,7 @@ from torch import nn
 
 from .errors import VirkitError
 
-__all__ = ["resolve_device", "model_device", "cpu_has_native_bf16", "fast_defaults"]
+__all__ = ["resolve_device", "model_device", "cpu_name", "cpu_has_native_bf16", "fast_defaults"]
 
 
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
@@ -33,6 +33,19 @@ def model_device(model: nn.Module) -> torch.device:
     if t is None:
         t = next(iter(model.buffers()), None)
     return t.device if t is not None else torch.device("cpu")
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (else the platform's word for it)."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def cpu_has_native_bf16() -> bool:

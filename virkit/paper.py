@@ -232,6 +232,11 @@ def _style(style: str) -> str:
 # Hyperparameters (Sec. 5.3) and the sweeps of Appendix C
 # ------------------------------------------------------------------------------------------------
 #: Sec. 5.5: "Experiments were repeated four times with different random seeds" (mean ± std over them)
+#: Figure 3 (Sec. 5.5): "the largest weight to the most vulnerable class '3' and the least weight to
+#: the least vulnerable class '1' for both VIR-AT and VIR-TRADES" (CIFAR-10: 3 = cat, 1 = automobile)
+FIGURE3_MOST_WEIGHT: str = "cat"
+FIGURE3_LEAST_WEIGHT: str = "automobile"
+
 PAPER_SEEDS: int = 4
 
 HYPERPARAMETERS: tuple[str, ...] = ("alpha", "beta", "gamma")

@@ -2,6 +2,8 @@
 held-out accuracy per epoch (notebook 03)."""
 from __future__ import annotations
 
+import math
+
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -17,7 +19,8 @@ def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequ
                        key: str = "weight_sum_per_class", title: str | None = None):
     """Figure 3: per-class sum of sample weights, one column per method.
 
-    Top: the sums in the last epoch (bars, the largest and smallest class marked). Bottom: each
+    Top: the sums over every reweighted epoch (bars, the largest and smallest class marked; the last
+    epoch when no epoch reweighted), the quantity the paper's Figure 3 ranks classes by. Bottom: each
     class's share of the total weight per epoch (%), so epochs with different weight scales are
     comparable; burn-in epochs (all weights 1, shares equal to class frequencies) are shaded.
     ``histories``: {method: history records with ``epoch``, ``key`` and ``reweighting_active``}.
@@ -32,7 +35,7 @@ def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequ
         vals = np.array([h[key] for h in hist], dtype=float)
         active = np.array([bool(h.get("reweighting_active", True)) for h in hist])
         ax = axes[0][j]
-        last = vals[-1]
+        last = vals[active].sum(0) if active.any() else vals[-1]
         bars = ax.bar(range(len(classes)), last, color=colors, edgecolor="white")
         hi, lo = int(np.argmax(last)), int(np.argmin(last))
         bars[hi].set_edgecolor("k")
@@ -44,8 +47,10 @@ def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequ
         ax.set_xticks(range(len(classes)))
         ax.set_xticklabels(classes, rotation=35, ha="right")
         ax.set_ylabel("sum of sample weights")
-        state = "reweighting active" if active[-1] else "burn-in, w = 1"
-        ax.set_title(f"{method_label(method)}: last epoch ({int(ep[-1])}, {state})")
+        n_active = int(active.sum())
+        ax.set_title(f"{method_label(method)}: summed over {n_active} reweighted epoch(s) "
+                     f"({int(ep[active].min())}-{int(ep[active].max())})" if n_active else
+                     f"{method_label(method)}: last epoch ({int(ep[-1])}, burn-in, w = 1)")
         ax.grid(axis="x", visible=False)
         ax.set_ylim(0, last.max() * 1.15 if last.max() > 0 else 1)
         ax = axes[1][j]
@@ -80,23 +85,33 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str 
     if effective is None:
         effective = all("lr" in h for hist in histories.values() for h in hist)
 
-    fig, axes = plt.subplots(1, 3 if effective else 2, figsize=(17 if effective else 12, 4))
+    def acc(h, key):
+        v = h.get(key)
+        return math.nan if v is None else 100 * float(v)
+
+    # runs without per-epoch held-out PGD (e.g. holdout_pgd_steps=0) get no PGD panel
+    panels = [k for k in ("holdout_nat_acc", "holdout_pgd_acc")
+              if any(not math.isnan(acc(h, k)) for hist in histories.values() for h in hist)] or ["holdout_nat_acc"]
+    n = len(panels) + bool(effective)
+    fig, axes = plt.subplots(1, n, figsize=(5.7 * n, 4))
+    axes = list(axes) if n > 1 else [axes]
     for i, (m, hist) in enumerate(histories.items()):
         ep = [h["epoch"] for h in hist]
         style = dict(ms=3, color=method_color(m, i), label=method_label(m))
-        axes[0].plot(ep, [100 * h["holdout_nat_acc"] for h in hist], "o-", **style)
-        axes[1].plot(ep, [100 * h["holdout_pgd_acc"] for h in hist], "o-", **style)
+        for ax, key in zip(axes, panels):
+            ax.plot(ep, [acc(h, key) for h in hist], "o-", **style)
         if effective:
-            axes[2].plot(ep, [float(h["lr"]) for h in hist], ":", lw=1, color=style["color"])
-            axes[2].plot(ep, effective_lr(hist), "o-", **style)
-    for ax, what in zip(axes, ("natural", "PGD")):
+            axes[-1].plot(ep, [float(h["lr"]) for h in hist], ":", lw=1, color=style["color"])
+            axes[-1].plot(ep, effective_lr(hist), "o-", **style)
+    for ax, key in zip(axes, panels):
+        what = "natural" if key == "holdout_nat_acc" else "PGD"
         ax.set_ylim(bottom=0)
         ax.set_ylabel(f"held-out {what} accuracy (%)")
         ax.set_title(f"Held-out {what} accuracy")
     if effective:
-        axes[2].set_yscale("log")
-        axes[2].set_ylabel("lr × mean sample weight")
-        axes[2].set_title("Effective learning rate (dotted: lr)")
+        axes[-1].set_yscale("log")
+        axes[-1].set_ylabel("lr × mean sample weight")
+        axes[-1].set_title("Effective learning rate (dotted: lr)")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")

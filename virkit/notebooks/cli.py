@@ -27,7 +27,15 @@ def _param_pair(text: str) -> tuple[str, Any]:
 def _cmd_run(args) -> int:
     return run_notebooks(preset=args.preset, only=args.only, jobs=args.jobs, out_root=args.out_root,
                          fig_root=args.fig_root, parameters_override=dict(args.param or []),
-                         folder=args.notebook_dir, timeout=args.timeout, threads=args.threads)
+                         folder=args.notebook_dir, timeout=args.timeout, threads=args.threads,
+                         train_jobs=args.train_jobs)
+
+
+def _cmd_gallery(args) -> int:
+    from .gallery import make_gallery
+    dest = make_gallery(args.preset, args.fig_root, args.out_root)
+    print(f"gallery written to {dest} (PROVENANCE.md says where the figures come from)")
+    return 0
 
 
 def _cmd_list(args) -> int:
@@ -56,7 +64,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="execute notebooks (all, or --only NAMES)")
     r.add_argument("--preset", default="demo", choices=list(PRESETS),
                    help="the trainer preset every run uses (virkit train --preset NAME trains the same): smoke: "
-                        "seconds (tests); demo (default): ~4 min on 2 CPU cores; paper: the paper's settings (GPU)")
+                        "seconds (tests); demo (default): under 10 min on 2 CPU cores; paper: the paper's settings (GPU)")
     r.add_argument("--only", default=None, metavar="NAMES",
                    help="comma-separated notebook names, stems or numbers, e.g. 01,03 or weight_explorer")
     r.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks executed in parallel (default 1)")
@@ -70,7 +78,16 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads per notebook kernel (default: torch's choice; cores/jobs with --jobs > 1); "
                         "1 is much faster on a CPU busy with other work")
+    r.add_argument("--train-jobs", type=int, default=None, metavar="N",
+                   help="before the notebooks, train the preset's shared runs N at a time, cores/N threads each "
+                        "(default: one per core without a GPU, else 1); only when every notebook runs")
     r.set_defaults(func=_cmd_run)
+    g = sub.add_parser("gallery", help="copy the key figures of the last batch run into figures/gallery/ (tracked), "
+                                       "with its provenance")
+    g.add_argument("--preset", default="demo", choices=list(PRESETS))
+    g.add_argument("--out-root", default="runs/notebooks")
+    g.add_argument("--fig-root", default="figures")
+    g.set_defaults(func=_cmd_gallery)
     ls = sub.add_parser("list", help="list notebooks and their parameters")
     ls.add_argument("--preset", default="demo", choices=list(PRESETS))
     ls.add_argument("--notebook-dir", default=None)
@@ -83,6 +100,10 @@ def main(argv=None) -> int:
     if isinstance(argv, argparse.Namespace):
         return int(argv.func(argv) or 0)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--train-one"]:
+        from .prepare import train_one
+        print(json.dumps(train_one(json.loads(argv[1]))))
+        return 0
     if argv[:1] == ["--exec-one"]:
         spec = json.loads(argv[1])
         status, err = execute_one(spec["nb"], spec["out"], spec["parameters"], spec["cwd"], spec["timeout"])

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from ..errors import check_choice
 
-__all__ = ["PRESETS", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run", "run_paths",
+__all__ = ["PRESETS", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run", "run_paths", "run_dir_for",
            "default_runs_root", "load_history", "load_eval"]
 
 #: parameters every notebook has (the runner sets them)
@@ -32,13 +32,17 @@ _NO_SWEEPS = {"beta_grid_at": [], "beta_grid_trades": [], "alpha_grid_at": [], "
               "alpha_grid_trades": [], "gamma_grid_trades": []}
 
 #: ``{name: {"description", "robust_attack", "seeds", "notebooks": {notebook: {parameter: value}}}}``,
-#: plus ``eval_attacks`` where the notebooks need attacks the trainer preset does not evaluate.
+#: plus ``eval_attacks`` where the notebooks need attacks the trainer preset does not evaluate, and
+#: ``runs``: the runs the notebooks ask for (method names or ``{"method": ..., **overrides}``), which
+#: ``virkit notebooks run`` trains first, several at a time (:mod:`virkit.notebooks.prepare`).
 #: Each name is also a trainer preset: that is the budget of every run.
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "description": "smoke test for the test suite: 4 tiny runs, seconds per notebook, models barely trained",
         "robust_attack": "fgsm",
         "seeds": [0],
+        # the runs the notebooks ask for, trained first, in parallel (virkit.notebooks.prepare)
+        "runs": ["natural", "at", "vir-at", "vir-at-w1", "vir-at-sv"],
         "notebooks": {
             "01_weight_explorer": {"batch_size": 32, "attack_steps": 2},
             "02_gaussian_mixture_theory": {"mc_samples": 20000, "K_grid": [1.0, 2.0, 3.0], "n_train": 1000,
@@ -52,16 +56,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "demo": {
-        "description": ("2 CPU cores, all notebooks in about 4 minutes: small CNN, 1,500 CIFAR-10 images, 3 epochs "
-                        "of PGD-2 training, 11 shared runs, 250 test images (natural, FGSM, PGD-10)"),
+        "description": ("2 CPU cores, all notebooks in under 10 minutes: small CNN, 2,500 CIFAR-10 images, 8 epochs "
+                        "of PGD-2 training (onecycle), 9 shared runs trained two at a time, 1,000 test images "
+                        "(natural, FGSM, PGD-10)"),
         "robust_attack": "pgd10",
         "seeds": [0],
+        # Table 1's methods and natural training (notebooks 03-06, 08, 09), Table 6's first row (07)
+        "runs": ["at", "vir-at", "trades", "vir-trades", "mart", "gairat", "mail-at", "natural", "vir-at-w1"],
         "notebooks": {
-            "01_weight_explorer": {"batch_size": 200, "attack_steps": 5},
+            "01_weight_explorer": {"batch_size": 500, "attack_steps": 10},
             "02_gaussian_mixture_theory": {"mc_samples": 200000},
             "06_robustness_tables": {"tables": [1]},
-            "07_ablations": {"tables": [6, 9], "components": ["sv", "sd"], **_NO_SWEEPS, "beta_grid_at": [0.0]},
-            "08_attributions": {"n_examples": 3, "n_pool": 250, "ig_steps": 24},
+            # Table 6 as w = 1 against full VIR-AT (the S_v / S_d rows: -p 'components=["sv","sd"]', +2 runs)
+            "07_ablations": {"tables": [6], "components": [], **_NO_SWEEPS},
+            "08_attributions": {"n_examples": 3, "n_pool": 500, "ig_steps": 24},
         },
     },
     "paper": {
@@ -109,6 +117,11 @@ def _run_name(cfg) -> str:
     return f"{cfg.dataset}-{cfg.model}-{cfg.method}-s{cfg.seed}-{config_hash(cfg)[:8]}"
 
 
+def run_dir_for(cfg, runs_root: str | os.PathLike) -> Path:
+    """The directory of the shared run of ``cfg`` under ``runs_root`` (the name carries the config hash)."""
+    return Path(runs_root) / _run_name(cfg)
+
+
 def default_runs_root(preset: str, out_root: str | os.PathLike = "runs/notebooks") -> Path:
     return Path(out_root) / preset / "runs"
 
@@ -129,7 +142,7 @@ def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = N
 
     cfg = train_config(preset, method, seed, **overrides)
     root = Path(runs_root) if runs_root else default_runs_root(preset)
-    run = RunDir(root / _run_name(cfg))
+    run = RunDir(run_dir_for(cfg, root))
     log = print if verbose else None
     with run.lock("notebook", wait=True):   # a concurrent notebook training the same run: wait for it
         if not run.is_finished():

@@ -108,13 +108,16 @@ def _execute_subprocess(nb_path: str, out_path: str, parameters: dict, cwd: str,
 def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str | os.PathLike = "runs/notebooks",
                   fig_root: str | os.PathLike = "figures", parameters_override: Mapping[str, Any] | None = None,
                   folder: str | os.PathLike | None = None, timeout: int | None = None, quiet: bool = False,
-                  threads: int | None = None) -> int:
+                  threads: int | None = None, train_jobs: int | None = None) -> int:
     """Execute the notebooks of ``preset`` with papermill; returns the exit code (0: all passed,
     1: some failed). Raises :class:`VirkitError` (exit 2) on bad presets, names or parameters, before
     any notebook runs.
 
     ``threads``: torch threads per kernel (default: torch's own choice with ``jobs=1``, and
-    cores // jobs with ``jobs > 1`` so parallel notebooks do not oversubscribe the CPU)."""
+    cores // jobs with ``jobs > 1`` so parallel notebooks do not oversubscribe the CPU).
+
+    When every notebook runs (no ``only``) and the preset lists its runs, those are trained first,
+    ``train_jobs`` at a time (:func:`virkit.notebooks.prepare.prepare_runs`); the notebooks then reuse them."""
     check_choice("notebook preset", preset, PRESETS)
     if int(jobs) < 1:
         raise VirkitError(f"--jobs must be >= 1, got {jobs}")
@@ -146,6 +149,14 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
         f"jobs={jobs}")
 
     previous = _previous_seconds(out_dir / "summary.json")
+    t_start = time.time()
+    before = _run_dirs(runs_root)
+    # the preset's run list describes the repo's notebooks: with another folder or a subset, each
+    # notebook trains what it needs itself
+    prepare = only is None and folder is None and bool(PRESETS[preset].get("runs")) and "runs_root" not in overrides
+    if prepare:
+        from .prepare import prepare_runs
+        prepare_runs(preset, runs_root, jobs=train_jobs, say=say)
     t0 = time.time()
     finished: dict[str, float] = {}
 
@@ -179,19 +190,54 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     else:
         with ThreadPoolExecutor(max_workers=int(jobs)) as ex:
             results = list(ex.map(one, plans))
-    total = time.time() - t0
+    total = time.time() - t_start
     idx_md, idx_html = write_index(fig_dir, preset, out_dir)
-    summary = {"preset": preset, "seconds": total, "results": [r.__dict__ for r in results]}
+    heads = headline(runs_root, PRESETS[preset].get("robust_attack", "pgd10"))
+    summary = {"preset": preset, "seconds": total, "results": [r.__dict__ for r in results],
+               "provenance": provenance(), "headline": heads}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     failed = [r for r in results if r.status != "ok"]
     say(f"summary: {len(results) - len(failed)} passed, {len(failed)} failed, {total:.0f} s total; "
         f"executed notebooks in {out_dir}; figures and index in {idx_md.parent} ({idx_md.name}, {idx_html.name})")
     for r in failed:
         say(f"  failed: {r.name}: {r.error} (see {r.output})")
-    for line in headline(runs_root, PRESETS[preset].get("robust_attack", "pgd10")):
+    if prepare:
+        from .prepare import planned_runs
+        extra = sorted(_run_dirs(runs_root) - before - {r.path.name for r in planned_runs(preset, runs_root)})
+        if extra:
+            say(f"note: the notebooks trained {len(extra)} run(s) the preset's run list lacks (one at a time): "
+                f"{', '.join(extra)}; add them to PRESETS[{preset!r}]['runs'] in virkit/notebooks/presets.py")
+    for line in heads:
         say(line)
     say(f"index page: {idx_html}")
     return 1 if failed else 0
+
+
+def provenance() -> dict:
+    """Where a batch run happened: commit (and whether the checkout had changes), date, machine,
+    versions and the command line; summary.json keeps it, the figure gallery cites it."""
+    import platform
+
+    import torch
+
+    from ..devices import cpu_has_native_bf16, cpu_name
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_name(), "cores": os.cpu_count(),
+            "native_bf16": cpu_has_native_bf16(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "command": " ".join(["virkit", *sys.argv[1:]]) if sys.argv and "virkit" in sys.argv[0] else " ".join(sys.argv)}
+
+
+def _run_dirs(runs_root: Path) -> set[str]:
+    return {p.name for p in runs_root.iterdir() if p.is_dir()} if runs_root.is_dir() else set()
 
 
 def _previous_seconds(path: Path) -> dict[str, float]:
@@ -231,17 +277,14 @@ def headline(runs_root: str | os.PathLike, attack: str = "pgd10") -> list[str]:
                            f"{fair['worst_class']} {100 * fair['worst_class_accuracy']:.1f}% "
                            f"(gap {100 * fair['best_minus_worst']:.1f} points)")
     if "vir-at" in runs and runs["vir-at"].history_file.is_file():
+        from ..analysis import class_weight_totals, figure3_verdict
+
         hist = runs["vir-at"].read_history()
-        n = sum(1 for h in hist if h.get("reweighting_active"))
-        if hist:
-            last = hist[-1]["weight_sum_per_class"]
+        tot, n = class_weight_totals(hist)
+        if n:
             cfg = runs["vir-at"].read_config() or {}
-            classes = (cfg.get("data") or {}).get("classes") or list(range(len(last)))
-            tot = [sum(h["weight_sum_per_class"][c] for h in hist if h.get("reweighting_active"))
-                   for c in range(len(last))]
-            if n:
-                out.append(f"headline: Figure 3 sums VIR-AT weights over {n} reweighted epoch(s): most weight on "
-                           f"{classes[tot.index(max(tot))]}, least on {classes[tot.index(min(tot))]}")
+            classes = (cfg.get("data") or {}).get("classes") or [str(c) for c in range(len(tot))]
+            out.append(f"headline: Figure 3: " + figure3_verdict({"vir-at": hist}, classes)[0])
     return out
 
 
