@@ -25,13 +25,14 @@ GALLERY: tuple[tuple[str, str], ...] = (
      "Figure 1: confusion matrices of natural training on clean images and of AT, TRADES and MART under "
      "attack; the diagonal is per-class accuracy."),
     ("06_robustness_tables__per_class_robust_accuracy",
-     "Per-class accuracy under attack of every Table 1 method: 'cat', 'bird' and 'deer' far below "
-     "'automobile', 'ship' and 'truck'."),
+     "Per-class accuracy under attack of every Table 1 method: how far the least robust classes lag "
+     "behind the most robust ones."),
     ("06_robustness_tables__fairness",
      "Robustness against class disparity per method: the mean of the three worst classes against the "
      "average, and the spread of class accuracies."),
     ("05_class_weights__figure3_class_weights",
-     "Figure 3: the sum of VIR sample weights per class and epoch; burn-in epochs (w = 1) shaded."),
+     "Figure 3: the sum of VIR sample weights per class over the reweighted epochs (top) and each "
+     "class's share per epoch (bottom; burn-in epochs, w = 1, shaded)."),
     ("02_gaussian_mixture_theory__theorem1_class_risks",
      "Appendix A, Theorem 1: the class risks of the optimal linear classifier on the Gaussian mixture, "
      "closed form against Monte Carlo, as the variance ratio K grows."),
