@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from virkit.attacks.autoattack import AutoAttack  # noqa: E402
+from virkit.devices import cpu_name  # noqa: E402
 from virkit.data import load_dataset, subset  # noqa: E402
 
 #: the levers of virkit's AutoAttack (constructor keywords) and their "off" values
@@ -50,16 +51,6 @@ def load_average():
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:  # pragma: no cover
         return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment() -> dict:

@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:
 
 from virkit.config import resolve_config  # noqa: E402
 from virkit.data import DeviceLoader, Split, load_dataset, subset  # noqa: E402
+from virkit.devices import cpu_name  # noqa: E402
 from virkit.errors import VirkitError  # noqa: E402
 from virkit.methods import METHODS, method_step  # noqa: E402
 from virkit.models import build_model  # noqa: E402
@@ -83,7 +84,7 @@ def load_average() -> list[float] | None:
 def environment(device: torch.device) -> dict:
     import torchvision
     env = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "numpy": np.__version__, "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+           "numpy": np.__version__, "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -100,16 +101,6 @@ def environment(device: torch.device) -> dict:
     except Exception:  # noqa: BLE001
         pass
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _rss_mb() -> float:

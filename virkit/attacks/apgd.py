@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import true_and_best_other
-from .base import (Attack, attack_rounds, clean_targets, correct_mask, on_correct,  # noqa: F401 (re-exported)
-                   project_linf, register, target_classes, targets_in_one_batch)
+from .base import (Attack, attack_rounds, clean_targets, compact_rows, correct_mask,  # noqa: F401 (re-exported)
+                   on_correct, project_linf, register, target_classes, targets_in_one_batch)
 from .norms import project, random_on_sphere, steepest
 
 __all__ = ["APGD", "APGDTargeted", "apgd_run", "apgd_start", "apgd_targets_batched", "dlr_loss", "dlr_targeted_loss",
@@ -264,17 +264,7 @@ def _apgd_compact(model, x, y, loss_fn, t, *, eps, steps, rho, momentum, bounds,
         out_fooled[r] = s["fooled"][done]
 
     def compact(s):
-        fooled = s["fooled"]
-        keep = ~fooled
-        if best_rank is not None:
-            if bool(fooled.any()):
-                best_rank.scatter_reduce_(0, s["group"][fooled], s["rank"][fooled], "amin")
-            keep &= s["rank"] < best_rank[s["group"]]
-        if bool(keep.all()):
-            return s
-        finish(s, ~keep)
-        kidx = keep.nonzero().squeeze(1)
-        return {k: val[kidx] for k, val in s.items()}
+        return compact_rows(s, s["fooled"], best_rank, finish)
 
     st = compact(st)
     checkpoints = _schedule(steps)

@@ -25,7 +25,7 @@ from torch import nn
 from .norms import NORMS, project
 
 __all__ = ["Attack", "eval_mode", "project_linf", "ATTACKS", "register", "correct_mask", "clean_targets",
-           "attack_rounds", "on_correct", "target_classes", "targets_in_one_batch"]
+           "attack_rounds", "on_correct", "target_classes", "targets_in_one_batch", "compact_rows"]
 
 
 @contextlib.contextmanager
@@ -167,6 +167,24 @@ def attack_rounds(x: torch.Tensor, robust: torch.Tensor, rounds, run) -> torch.T
         x_adv[idx] = torch.where(fooled.view(view), xa, x_adv[idx])
         robust[idx] = ~fooled
     return x_adv
+
+
+def compact_rows(state: dict, done: torch.Tensor, best_rank: torch.Tensor | None, finish) -> dict:
+    """One compaction step of the ``early_stop`` loops (APGD, FAB): the rows of ``state`` (a dict of
+    tensors with one row per running attack) whose attack succeeded (``done``) leave; with
+    ``best_rank`` (several targets of an example in one batch: ``state["group"]``, ``state["rank"]``)
+    so do the rows whose example was already broken by a target of lower rank. ``finish(state,
+    mask)`` writes the leaving rows' results. Returns the state of the rows still running."""
+    keep = ~done
+    if best_rank is not None:
+        if bool(done.any()):
+            best_rank.scatter_reduce_(0, state["group"][done], state["rank"][done], "amin")
+        keep &= state["rank"] < best_rank[state["group"]]
+    if bool(keep.all()):
+        return state
+    finish(state, ~keep)
+    kidx = keep.nonzero().squeeze(1)
+    return {k: val[kidx] for k, val in state.items()}
 
 
 def targets_in_one_batch(x: torch.Tensor, n_targets: int, run, group_size: int | None = None

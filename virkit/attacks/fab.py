@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Attack, attack_rounds, register, targets_in_one_batch
+from .base import Attack, attack_rounds, compact_rows, register, targets_in_one_batch
 from .norms import per_example_norm, random_on_sphere
 
 __all__ = ["FAB", "FABTargeted", "project_hyperplane_box_linf", "project_hyperplane_box_l2", "fab_run",
@@ -219,17 +219,7 @@ def _fab_compact(model, x, y, target, x1, *, eps, steps, alpha_max, eta, beta, l
         out_norm[r] = s["best_norm"][done]
 
     def compact(s):
-        fooled = s["best_norm"] <= eps
-        keep = ~fooled
-        if best_rank is not None:
-            if bool(fooled.any()):
-                best_rank.scatter_reduce_(0, s["group"][fooled], s["rank"][fooled], "amin")
-            keep &= s["rank"] < best_rank[s["group"]]
-        if bool(keep.all()):
-            return s
-        finish(s, ~keep)
-        kidx = keep.nonzero().squeeze(1)
-        return {k: v[kidx] for k, v in s.items()}
+        return compact_rows(s, s["best_norm"] <= eps, best_rank, finish)
 
     for i in range(steps):
         if st["rows"].numel() == 0:
