@@ -50,6 +50,7 @@ for p in (str(ROOT), str(HERE)):
 import torch  # noqa: E402
 
 import bench  # noqa: E402  (benchmarks/bench.py)
+from virkit.devices import compile_model, tf32_mode  # noqa: E402
 from campaign_report import PHASES, write_json_atomic  # noqa: E402
 
 PAPER_EPOCHS, PAPER_MILESTONES, PAPER_REWEIGHT = 115, (75, 90), 76   # Sec. 5.1
@@ -824,6 +825,31 @@ def _b_model(ph: Phase, args, dev):
                                f"({time.time() - t:.0f} s)"), test
 
 
+def _b_compiled(ph: Phase, args, model, vk, timed, xb, yb, eager_s) -> None:
+    """virkit's AutoAttack once more on the first chunk, with the model torch.compile'd as
+    ``virkit evaluate --compile on`` does it (automatic dynamic shapes), if the budget pays for the
+    compilation: seconds and robust count next to the eager chunk's."""
+    est = 60.0 + 1.2 * (eager_s or 0.0)    # compiling ResNet-18 forward + backward, then one chunk
+    if smoke(args) or eager_s is None or ph.left() < est:
+        ph.skip("virkit AutoAttack, compiled model", "smoke mode" if smoke(args) else
+                f"phase budget: {ph.left():.0f} s left, compiling and one chunk take about {est:.0f} s")
+        return
+    ph.running(f"virkit AutoAttack on images 0-{len(yb) - 1} again, model torch.compile'd")
+    t = time.perf_counter()
+    compiled = compile_model(model, xb, dynamic=None, log=ph.note)
+    compile_s = time.perf_counter() - t
+    if compiled is model:
+        ph.doc["virkit_compiled"] = {"status": "fallback-eager", "compile_s": compile_s}
+        return
+    rc = timed(lambda a, b: vk(compiled, a, b), xb, yb)
+    first = ph.doc["virkit"]["chunks"][0]
+    ph.doc["virkit_compiled"] = {"status": "compiled", "compile_s": compile_s, **rc,
+                                 "eager_seconds": first["seconds"], "eager_robust": first["robust"],
+                                 "speedup_vs_eager": first["seconds"] / rc["seconds"] if rc["seconds"] > 0 else None,
+                                 "note": "the first timed call includes the recompiles of the shrinking batches"}
+    ph.save()
+
+
 def phase_b_autoattack(ph: Phase, args) -> None:
     dev = device_or_skip(ph)
     if dev is None:
@@ -832,6 +858,9 @@ def phase_b_autoattack(ph: Phase, args) -> None:
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = False   # AutoAttack's shrinking subsets: no autotuning for every new shape
     budget = _aa_budget(args)
+    # fp32 as virkit's evaluation runs it: TF32 off for both implementations (PyTorch leaves cuDNN's
+    # on), for the rest of this process (the phase is one process)
+    ph.doc["tf32"] = tf32_mode(dev, allow=False).__enter__()
     ph.running("preparing the model")
     model, origin, test = _b_model(ph, args, dev)
     model = model.float().eval()
@@ -929,6 +958,7 @@ def phase_b_autoattack(ph: Phase, args) -> None:
                 "max_linf": max(c["max_linf"] for c in ch), "peak_mem_mib": max(c["peak_mem_mib"] for c in ch)}
 
     ph.doc["virkit"].update(total(ph.doc["virkit"]))
+    _b_compiled(ph, args, model, vk, timed, x[:chunk], y[:chunk], last_vk)
     if "chunks" in ph.doc["torchattacks"] and ph.doc["torchattacks"]["chunks"]:
         both = len(ph.doc["torchattacks"]["chunks"])
         ph.doc["torchattacks"].update(total(ph.doc["torchattacks"]))

@@ -141,6 +141,13 @@ def markdown_rows(doc: dict) -> list[str]:
         else:
             ta, speed = f"not measured: {t.get('skipped', 'skipped')}", "-"
         lines.append(f"| {date} | {dev} | {on} | {vk} | {ta} | {speed} | {_pct(b.get('natural_acc'))}% |")
+        vc = b.get("virkit_compiled") or {}
+        if vc.get("status") == "compiled":
+            lines.append(f"| {date} | {dev} | {b.get('model')}, n={vc.get('n')}, virkit with the model "
+                         f"torch.compile'd (compile {_f(vc.get('compile_s'))} s) | {_f(vc.get('seconds'))} s (robust "
+                         f"{vc.get('robust')}/{vc.get('n')}) | eager virkit on the same images: "
+                         f"{_f(vc.get('eager_seconds'))} s (robust {vc.get('eager_robust')}) | "
+                         f"{_f(vc.get('speedup_vs_eager'), '{:.2f}x')} vs eager | |")
     else:
         lines.append(f"| {date} | {dev} | ResNet-18, 1,000 images | not measured ({b.get('status', 'not run')}) "
                      "| | | |")

@@ -185,6 +185,8 @@ CASES = [
      ["is not a virkit checkpoint"]),
     ("n-examples", lambda t, r: _evaluate(t, r, {}, "--n-examples", "10001"),
      ["--n-examples=10001 is more than the test set has (10000)"]),
+    ("compile-cudagraphs-cpu", lambda t, r: _evaluate(t, r, {}, "--compile", "cudagraphs"),
+     ["compile=cudagraphs needs a CUDA device", "--compile on"]),
     # output directories holding a run
     ("out-finished", lambda t, r: (fake_run(t / "run", True), TRAIN + ["--out", str(t / "run")])[1],
      ["already holds a finished run", "--resume", "--overwrite"]),

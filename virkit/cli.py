@@ -178,6 +178,12 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--replace", action="store_true",
                    help="if --out holds an evaluation with other settings, start anew (the old file is kept "
                         "as eval.prev.json); without it that is an error")
+    p.add_argument("--allow-tf32", action="store_true",
+                   help="CUDA: TF32 matmuls and convolutions (faster, 10-bit mantissas); default off, the evaluation "
+                        "is fp32; recorded in eval.json")
+    p.add_argument("--compile", choices=["off", "on", "cudagraphs"], default="off",
+                   help="attack a torch.compile'd model (on), with CUDA graphs (cudagraphs, CUDA only); default off; "
+                        "eval.json's runtime.compile says what ran")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -236,7 +242,7 @@ def _cmd_evaluate(args) -> int:
     common = dict(n_examples=args.n_examples, batch_size=args.batch_size, device=args.device, eps=args.eps,
                   data_root=args.data_root, out=args.out, replace=args.replace, progress=sys.stderr.isatty(),
                   attack_overrides=overrides, norm=norm, save_adv=args.save_adv, save_adv_png=args.save_adv_png,
-                  dist=dist)
+                  dist=dist, allow_tf32=args.allow_tf32, compile=args.compile)
     try:
         if kind == "virkit":
             res = evaluate_run(args.model, attacks, which=args.which, seed=args.seed, dataset=args.dataset, **common)

@@ -1,12 +1,16 @@
 """Where tensors run: the one place that turns a device name or a model into a ``torch.device``."""
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+
 import torch
 from torch import nn
 
 from .errors import VirkitError
 
-__all__ = ["resolve_device", "model_device", "cpu_name", "cpu_has_native_bf16", "fast_defaults"]
+__all__ = ["resolve_device", "model_device", "cpu_name", "cpu_has_native_bf16", "fast_defaults", "tf32_mode",
+           "compile_model"]
 
 
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
@@ -71,3 +75,54 @@ def fast_defaults(precision: str, channels_last: bool | None, device: torch.devi
     if channels_last is None:
         channels_last = device.type == "cpu"
     return precision, bool(channels_last)
+
+
+def _tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def _set_tf32_flags(matmul: bool, cudnn: bool) -> None:
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+    except RuntimeError:   # pragma: no cover - a caller already used the newer fp32_precision API
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if cudnn else "ieee"
+
+
+@contextlib.contextmanager
+def tf32_mode(device: torch.device, allow: bool = False) -> Iterator[bool]:
+    """For the duration of the block, TF32 on CUDA for float32 matmuls and cuDNN convolutions on
+    (``allow``) or off (the default), whatever the process had; restored afterwards. PyTorch's own
+    default leaves cuDNN's TF32 *on* (10-bit mantissas inside every fp32 convolution on Ampere and
+    newer), so an fp32 evaluation has to switch it off. Yields whether TF32 is in effect: never on
+    a device other than CUDA (there is no TF32 there), ``allow`` on CUDA."""
+    if device.type != "cuda":
+        yield False
+        return
+    old = _tf32_flags()
+    _set_tf32_flags(allow, allow)
+    try:
+        yield bool(allow)
+    finally:
+        _set_tf32_flags(*old)
+
+
+def compile_model(model: nn.Module, example: torch.Tensor, *, dynamic: bool | None = False,
+                  mode: str | None = None, log: Callable[[str], None] | None = None) -> nn.Module:
+    """``torch.compile(model, dynamic=..., mode=...)``, checked by one no-grad forward of ``example``
+    in eval mode; any failure (no C compiler, an unsupported op, a backend error) is logged and the
+    eager ``model`` comes back. ``dynamic=None`` is PyTorch's automatic dynamic shapes: the first
+    batch size is compiled static, a second one recompiles once with a symbolic batch dimension
+    (what an attack that drops finished rows needs)."""
+    from .attacks.base import eval_mode
+    try:
+        compiled = torch.compile(model, dynamic=dynamic, mode=mode)
+        with torch.no_grad(), eval_mode(compiled):
+            compiled(example)
+        return compiled
+    except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager mode
+        if log is not None:
+            log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                "continuing in eager mode")
+        return model

@@ -131,7 +131,12 @@ def masking_warnings(acc: dict[str, float]) -> list[str]:
 def _header_mismatch(doc: dict, header: dict) -> str | None:
     """The first header field in which an earlier evaluation differs from this one, else None."""
     for k, v in header.items():
-        if k in ("extra", "model_source"):  # recorded for the reader; the fingerprints identify model and data
+        if k in ("extra", "model_source", "runtime"):  # for the reader; the fingerprints identify model and data
+            continue
+        if k == "numerics":   # files written before TF32 was recorded are fp32 without TF32 (CPU only)
+            there = doc.get("numerics") or {"dtype": "float32", "tf32": False}
+            if there != v:
+                return f"numerics {there} there, {v} here (--allow-tf32 differs)"
             continue
         if k == "norm":   # files written before L2 existed are L-inf
             if doc.get("norm", "Linf") != v:

@@ -25,8 +25,8 @@ def evaluate_run(source: str | os.PathLike, attacks=None, *, which: str | None =
                  eps: float | None = None, dataset: str | None = None, data_root: str | None = None,
                  out: str | os.PathLike | None = None, replace: bool = False, progress: bool = False,
                  attack_overrides: dict | None = None, test_split=None, log: Callable[[str], None] | None = None,
-                 norm: str = "Linf", save_adv=None, save_adv_png: bool = False, dist: DistContext | None = None
-                 ) -> dict:
+                 norm: str = "Linf", save_adv=None, save_adv_png: bool = False, dist: DistContext | None = None,
+                 allow_tf32: bool = False, compile: str = "off") -> dict:
     """Evaluate a virkit run directory (or one of its checkpoints) and write its eval.json.
 
     By default it evaluates what the trainer evaluated: the run's eval checkpoint (``last`` unless
@@ -37,6 +37,7 @@ def evaluate_run(source: str | os.PathLike, attacks=None, *, which: str | None =
     second writer is refused. ``attacks`` defaults to the run's ``eval_attacks``. ``test_split``
     (already on the device) skips reading the data again (the trainer's final evaluation).
     ``norm='L2'`` evaluates in the L2 threat model (eps default 0.5, not the training eps).
+    ``allow_tf32`` and ``compile`` as in :class:`virkit.evaluate.EvalSettings`.
     Returns the eval.json document; with ``log`` a one-line summary is logged.
     """
     from .checkpoint import load_checkpoint, resolve_checkpoint_path
@@ -46,7 +47,8 @@ def evaluate_run(source: str | os.PathLike, attacks=None, *, which: str | None =
     dist = dist or DistContext()
     early = EvalSettings(attacks if attacks is not None else ["natural"], batch_size=batch_size,
                          n_examples=n_examples, eps=eps, norm=norm, attack_overrides=attack_overrides or {},
-                         replace=replace, progress=progress, save_adv=save_adv, save_adv_png=save_adv_png)
+                         replace=replace, progress=progress, save_adv=save_adv, save_adv_png=save_adv_png,
+                         allow_tf32=allow_tf32, compile=compile)
     src = Path(source)
     run = RunDir(src if src.is_dir() else src.parent)
     out_path = Path(out) if out is not None else run.eval_file
@@ -59,6 +61,7 @@ def evaluate_run(source: str | os.PathLike, attacks=None, *, which: str | None =
             which = which if which in ("best", "last") else "last"
         ck_path = resolve_checkpoint_path(src, which)
         dev = dist.device if dist.enabled and dist.device is not None else resolve_device(device)
+        early.check_device(dev)
         model, cfg = load_checkpoint(ck_path, "cpu")
         ds = dataset or cfg["dataset"]
         n = n_examples if n_examples is not None else (cfg.get("test_subset") if ds == cfg["dataset"] else None)

@@ -3,7 +3,13 @@
 Protocol (Sec. 5.4 of the paper, and AutoAttack's conventions):
 
 * the model runs in eval mode and in fp32 (autocast off; a non-fp32 model is evaluated on an fp32
-  copy); modes, devices and the caller's model are restored afterwards;
+  copy; on CUDA TF32 off, which PyTorch leaves on for cuDNN convolutions, unless ``allow_tf32``);
+  modes, devices, TF32 flags and the caller's model are restored afterwards; its parameters stop
+  requiring gradients meanwhile (every attack differentiates with respect to the input only);
+* ``compile``: the attacks call a ``torch.compile``'d model (automatic dynamic shapes, so the
+  batches that shrink as points break recompile once; ``mode="reduce-overhead"``, CUDA graphs, on
+  CUDA with ``compile="cudagraphs"``); eval.json records what ran under ``numerics`` and
+  ``runtime``;
 * an example the model misclassifies naturally counts as non-robust under every attack (the clean
   input lies in the eps-ball), so each attack only runs on the naturally correct examples;
   robust accuracy can therefore never exceed natural accuracy;
@@ -40,7 +46,8 @@ from torch import nn
 
 from .attacks import ATTACK_PRESETS, DEFAULT_EPS, NORMS, attack_names, get_attack, per_example_norm
 from .attacks.base import eval_mode
-from .devices import model_device
+from .attacks.pgd import input_grad_only
+from .devices import compile_model, model_device, tf32_mode
 from .distributed import DistContext
 from .errors import VirkitError, check_choice, check_range
 from .eval_doc import (EVAL_FORMAT, AttackState, adversarial_file, build_document, flags_summary, load_adversarial,
@@ -57,6 +64,8 @@ TOLERANCE = 1e-6
 L2_TOLERANCE = 1e-5
 #: rounding an adversarial image to the nearest /255 value moves each pixel by at most half a level
 UINT8_SLACK = 0.5 / 255
+#: ``EvalSettings.compile``: eager, ``torch.compile``, or ``torch.compile`` with CUDA graphs
+COMPILE_MODES = ("off", "on", "cudagraphs")
 
 
 class AdversarialCheckError(RuntimeError):
@@ -122,7 +131,9 @@ class EvalSettings:
     ``out_path`` holding another evaluation is kept as ``.prev.json`` and a new one starts (without
     it that is an error); ``progress``: a bar per attack and a line per finished attack;
     ``save_adv``: a folder for each attack's adversarial examples (``save_adv_png``: one PNG per
-    image as well).
+    image as well); ``allow_tf32``: TF32 matmuls and convolutions on CUDA (off by default: the
+    evaluation is fp32); ``compile``: ``off`` (default), ``on`` (``torch.compile``, any device) or
+    ``cudagraphs`` (``torch.compile`` with CUDA graphs, ``mode="reduce-overhead"``; CUDA only).
     """
 
     attacks: list[str]
@@ -137,10 +148,15 @@ class EvalSettings:
     norm: str = "Linf"
     save_adv: str | os.PathLike | None = None
     save_adv_png: bool = False
+    allow_tf32: bool = False
+    compile: str = "off"
 
     def __post_init__(self):
         self.attacks = _attack_list(self.attacks)
         check_choice("norm", self.norm, NORMS)
+        if self.compile in (True, False, None):
+            self.compile = "on" if self.compile else "off"
+        check_choice("compile", self.compile, COMPILE_MODES)
         if self.eps is None:
             self.eps = DEFAULT_EPS[self.norm]
         self.attack_overrides = dict(self.attack_overrides or {})
@@ -161,12 +177,19 @@ class EvalSettings:
                 except (TypeError, ValueError) as e:
                     raise VirkitError(f"attack {a!r}: {e}") from None
 
+    def check_device(self, dev: torch.device) -> None:
+        """Refuse what ``dev`` cannot run, before anything is written."""
+        if self.compile == "cudagraphs" and dev.type != "cuda":
+            raise VirkitError(f"compile=cudagraphs needs a CUDA device (this evaluation runs on {dev.type}); "
+                              "use --compile on")
+
 
 def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = None, batch_size: int = 256,
                    device=None, seed: int = 0, eps: float | None = None, out_path=None, progress: bool = True,
                    extra: dict | None = None, attack_overrides: dict[str, dict] | None = None,
                    replace: bool = False, norm: str = "Linf", save_adv=None, dist: DistContext | None = None,
-                   model_source: dict | None = None, fingerprint_extra: list | None = None) -> dict:
+                   model_source: dict | None = None, fingerprint_extra: list | None = None,
+                   allow_tf32: bool = False, compile: str = "off") -> dict:
     """Evaluate ``model`` on the first ``n_examples`` of ``split`` (split order) under ``attacks``;
     the keyword arguments are those of :class:`EvalSettings` (or pass an :class:`EvalSettings` as
     ``attacks`` and leave them out). An ``out_path`` holding an evaluation of the same model, images,
@@ -178,7 +201,7 @@ def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = No
     settings = attacks if isinstance(attacks, EvalSettings) else EvalSettings(
         attacks, eps=eps, seed=seed, batch_size=batch_size, n_examples=n_examples,
         attack_overrides=attack_overrides or {}, extra=extra or {}, replace=replace, progress=progress, norm=norm,
-        save_adv=save_adv)
+        save_adv=save_adv, allow_tf32=allow_tf32, compile=compile)
     return _Evaluation(model, split, settings, device, out_path, dist or DistContext(), model_source,
                        fingerprint_extra).run()
 
@@ -197,6 +220,7 @@ class _Evaluation:
         self.classes = [str(c) for c in split.classes]
         self.num_classes = len(self.classes)
         self.dev = model_device(model) if device is None or str(device) == "auto" else torch.device(device)
+        s.check_device(self.dev)
         self.images = split.x.dtype == torch.uint8
         self.bounds = (0.0, 1.0) if self.images else None
         self.x_all, self.y_all = split.x[:n], split.y[:n].long().cpu()
@@ -213,6 +237,8 @@ class _Evaluation:
                        "norm": s.norm, "eps": float(s.eps), "seed": int(s.seed),
                        "data_fingerprint": tensors_fingerprint([self.x_all, self.y_all]),
                        "model_fingerprint": model_fingerprint(self.model, fingerprint_extra),
+                       # TF32 changes the numbers: an evaluation with it is another evaluation
+                       "numerics": {"dtype": "float32", "tf32": bool(s.allow_tf32 and self.dev.type == "cuda")},
                        "extra": to_jsonable(s.extra)}
         if model_source is not None:
             self.header["model_source"] = to_jsonable(model_source)
@@ -258,7 +284,9 @@ class _Evaluation:
         if moved:
             self.model.to(self.dev)
         try:
-            with eval_mode(self.model), _autocast_off(self.dev):
+            with eval_mode(self.model), _autocast_off(self.dev), tf32_mode(self.dev, self.s.allow_tf32), \
+                    input_grad_only(self.model):
+                self._compile()
                 nat_pred = self._natural()
                 for name in self.s.attacks:
                     if name != "natural":
@@ -274,6 +302,18 @@ class _Evaluation:
 
     def _batch(self, x: torch.Tensor) -> torch.Tensor:
         return _float_batch(x, self.images).to(self.dev)
+
+    def _compile(self) -> None:
+        """The model the attacks call: eager, or compiled (``runtime.compile`` says which ran:
+        ``off``, ``compiled``, ``cudagraphs`` or ``fallback-eager`` after a compile failure)."""
+        self.attack_model, status = self.model, "off"
+        if self.s.compile != "off":
+            example = self._batch(self.x_all[:min(len(self.y_all), self.s.batch_size)])
+            mode = "reduce-overhead" if self.s.compile == "cudagraphs" else None
+            self.attack_model = compile_model(self.model, example, dynamic=None, mode=mode, log=self.note)
+            status = "fallback-eager" if self.attack_model is self.model else (
+                "cudagraphs" if mode else "compiled")
+        self.header["runtime"] = {"device": str(self.dev), "compile": status, "torch": torch.__version__}
 
     def _natural(self) -> torch.Tensor:
         """Natural predictions (always needed: attacks only run on the naturally correct examples)."""
@@ -302,7 +342,7 @@ class _Evaluation:
         settings = to_jsonable(atk.describe())
         correct = (nat_pred == self.y_all).nonzero().squeeze(1)     # in split order; attacked in full batches
         batches = [correct[b:b + s.batch_size] for b in range(0, len(correct), s.batch_size)]
-        header = {k: v for k, v in self.header.items() if k not in ("extra", "model_source")}
+        header = {k: v for k, v in self.header.items() if k not in ("extra", "model_source", "runtime")}
         key = {"settings": settings, "header": header,
                "batch_size": s.batch_size, "n_attacked": len(correct), "save_adv": s.save_adv is not None}
         state = AttackState(self.out_path, name, key) if self.out_path is not None else None
@@ -346,9 +386,9 @@ class _Evaluation:
         xb = self._batch(self.x_all[idx.to(self.x_all.device)])
         yb = self.y_all[idx].to(self.dev)
         t0 = time.perf_counter()
-        xa = atk(self.model, xb, yb)
+        xa = atk(self.attack_model, xb, yb)
         check_adversarial(xa, xb, s.eps, self.bounds, name=name, norm=s.norm)
-        with torch.no_grad():
+        with torch.no_grad():   # scored by the eager fp32 model, whatever the attack ran on
             rec: dict[str, Any] = {"pred": self.model(xa.float()).argmax(1).cpu()}
             details = getattr(atk, "details", None)
             if details:

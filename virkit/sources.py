@@ -388,7 +388,8 @@ def evaluate_source(source: str, attacks=None, *, weights=None, dataset: str = "
                     batch_size: int = 256, device="auto", seed: int = 0,
                     eps: float | None = None, data_root: str | None = None, out=None,
                     replace: bool = False, progress: bool = False, attack_overrides: dict | None = None,
-                    save_adv=None, save_adv_png: bool = False, dist=None, log=None) -> dict:
+                    save_adv=None, save_adv_png: bool = False, dist=None, log=None, allow_tf32: bool = False,
+                    compile: str = "off") -> dict:
     """Evaluate a model from outside virkit (:mod:`virkit.sources`: ``module:callable`` with optional
     ``weights``, ``robustbench:NAME``, a TorchScript file) on the seeded class-balanced draw of
     ``n_examples`` test images of ``dataset`` (all of them by default).
@@ -413,7 +414,7 @@ def evaluate_source(source: str, attacks=None, *, weights=None, dataset: str = "
                                                    ["natural", "fgsm", "pgd100"])
     settings = EvalSettings(attacks, batch_size=batch_size, eps=eps, norm=norm, seed=seed,
                             attack_overrides=attack_overrides or {}, replace=replace, progress=progress,
-                            save_adv=save_adv, save_adv_png=save_adv_png)
+                            save_adv=save_adv, save_adv_png=save_adv_png, allow_tf32=allow_tf32, compile=compile)
     src = load_source(source, weights=weights, dataset=dataset, threat_model=threat_model, model_dir=model_dir,
                       normalize=normalize, probabilities=probabilities)
     full = load_dataset(dataset, data_root, "test")
@@ -421,6 +422,7 @@ def evaluate_source(source: str, attacks=None, *, weights=None, dataset: str = "
         raise VirkitError(f"--n-examples={n_examples} is more than the {dataset} test set has ({len(full)}); use at "
                           f"most {len(full)}")
     dev = dist.device if dist.enabled and dist.device is not None else resolve_device(device)
+    settings.check_device(dev)
     split = test_subset(full, n_examples).to(dev)
     model = src.model.to(dev)
     probe = split.float_images(torch.arange(min(len(split), 16), device=split.x.device)).to(dev)

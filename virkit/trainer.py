@@ -32,7 +32,7 @@ from .checkpoint import FORMAT, build_model_from_meta, read_checkpoint
 from .config import TrainConfig, config_hash, validate
 from .data import (HOLDOUT_SEED, DeviceLoader, Split, holdout_subset, load_dataset, subset, test_subset,
                    validation_split)
-from .devices import cpu_has_native_bf16, fast_defaults, resolve_device
+from .devices import compile_model, cpu_has_native_bf16, fast_defaults, resolve_device
 from .distributed import DistContext
 from .distributed import setup as _dist_setup
 from .errors import NonFiniteLossError, VirkitError
@@ -158,14 +158,7 @@ def _autocast_factory(cfg: TrainConfig, device: torch.device) -> Callable | None
 def _maybe_compile(model: nn.Module, cfg: TrainConfig, example: torch.Tensor, log) -> nn.Module:
     if not cfg.compile:
         return model
-    try:
-        compiled = torch.compile(model, dynamic=False)
-        with torch.no_grad(), eval_mode(compiled):
-            compiled(example[:2])
-        return compiled
-    except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager mode
-        log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); continuing in eager mode")
-        return model
+    return compile_model(model, example[:2], dynamic=False, log=log)
 
 
 def _build(cfg: TrainConfig, meta: dict, device: torch.device, dctx: DistContext, log) -> tuple[nn.Module, torch.optim.Optimizer]:
