@@ -32,7 +32,7 @@ gallery: $(STAMP)   # after make demo: its key figures into figures/gallery/ (tr
 	$(PY) -m virkit notebooks gallery --preset demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser"
