@@ -60,9 +60,9 @@ def test_figures_and_report_use_the_catalogue():
     assert report.ABLATION_LABELS["vir-at-sv"] == "S_v(x, y) · L_CE(f(x'), y) [VIR-AT-SV]"
     # the old dict layout still reads (virkit.notebooks): Tables 1-5 list every method present
     # Table 6's first row is the VIR pipeline with w = 1 (issue 13: an ablation varies the weight only),
-    # then the paper's rows, then virkit's scale-matched controls
+    # then the paper's rows, then virkit's scale-matched controls and Madry et al.'s AT (uniform start)
     assert report.TABLES[6]["methods"] == ["vir-at-w1", "vir-at-sv", "vir-at-sd", "vir-at", "vir-at-mean1",
-                                           "vir-at-flat"]
+                                           "vir-at-flat", "at"]
     assert report.TABLES[1]["methods"] is None and report.TABLES[1]["title"] == "White-box robust accuracy (%)"
     assert report.TABLES[3]["datasets"] == ["svhn", "cifar100"] and report.TABLES[7].get("ablation") is True
 

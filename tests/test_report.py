@@ -176,3 +176,21 @@ def test_cli_report(runs, tmp_path, capsys):
     assert main(["report", str(empty)]) == 2
     err = capsys.readouterr().err
     assert "virkit: error:" in err and "no-eval" in err
+
+
+def test_report_columns_chosen_with_attacks(tmp_path, capsys):
+    """--attacks replaces the paper's columns (the control grid measures natural, PGD-20 and AA);
+    Madry's AT appears in Table 6 as virkit's extension row after the paper's."""
+    from virkit.cli import main
+    dirs = [make_run(tmp_path, f"{m}-{s}", method=m, seed=s,
+                     accs={"natural": 0.40 + 0.01 * s, "pgd20": 0.25, "aa": 0.20 + (0.02 if m == "at" else 0.0)})
+            for m in ("at", "vir-at-w1", "vir-at") for s in (0, 1)]
+    t6 = make_table(collect_runs(dirs), 6, ["natural", "pgd20", "aa"])
+    assert list(t6.columns) == ["NATURAL", "PGD-20", "AA"]
+    assert [s.split("[")[-1] for s in t6.index] == ["VIR-AT-W1]", "VIR-AT]", "AT]"]
+    assert t6.loc["L_CE(f(x'), y), uniform start [AT]", "AA"] == "22.00 ± 0.00"
+    assert t6.loc["L_CE(f(x'), y) [VIR-AT-W1]", "NATURAL"] == "40.50 ± 0.71"
+    assert main(["report", *map(str, dirs), "--table", "6", "--attacks", "natural,aa", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "REWEIGHTING COMPONENT,NATURAL,AA"
+    assert main(["report", *map(str, dirs), "--table", "6", "--attacks", "natural,pgd7"]) == 2
+    assert "unknown attack(s) pgd7" in capsys.readouterr().err

@@ -441,7 +441,9 @@ TABLES: Mapping[int, Table] = MappingProxyType({t.number: t for t in [
               Row("vir-at-sd", "S_d(x, x') · L_CE(f(x'), y)"),
               Row("vir-at", "w(x, x', y) · L_CE(f(x'), y)"),
               Row("vir-at-mean1", "w / mean(w) · L_CE(f(x'), y)", extension=True),
-              Row("vir-at-flat", "mean(w) · L_CE(f(x'), y)", extension=True))),
+              Row("vir-at-flat", "mean(w) · L_CE(f(x'), y)", extension=True),
+              # Madry et al.'s AT (uniform start): beside vir-at-w1 it shows what the random start alone does
+              Row("at", "L_CE(f(x'), y), uniform start", extension=True))),
     Table(7, "Ablation of the VIR-TRADES reweighting components (accuracy %)",
           "Ablation studies on VIR-TRADES showing the impact of reweighting components proposed in Eq. 5 and 6 "
           "on white-box and black-box attack robustness (accuracy %).", "Sec. 5.6.1", TableKind.COMPONENTS, _C10,

@@ -146,10 +146,11 @@ def _method_rank(m: str) -> tuple:
     return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), str(m))
 
 
-def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
+def make_table(df: pd.DataFrame, table: int, attacks: list[str] | None = None) -> pd.DataFrame:
     """Table ``table`` (1-7) of the paper from :func:`collect_runs` rows: a DataFrame of strings
     (``mean ± std`` in %, ``–`` for attacks not run), index = defense (or reweighting component),
-    columns = attacks (a (dataset, attack) MultiIndex for Table 3). ``.attrs`` holds ``caption``,
+    columns = attacks (a (dataset, attack) MultiIndex for Table 3): the paper's, or ``attacks``
+    (names as in eval.json, e.g. ``["natural", "pgd20", "aa"]``). ``.attrs`` holds ``caption``,
     ``table`` and the numbers: ``mean``, ``std`` and ``n`` (seeds) as DataFrames of the same shape."""
     if table not in TABLES:
         raise VirkitError(f"unknown table {table}; valid tables: {', '.join(map(str, TABLES))}")
@@ -212,7 +213,7 @@ def make_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
         bits += [str(v) for v in key[2:]]
         return f"{base} ({'; '.join(bits)})" if bits else base
 
-    attacks = list(spec.attacks)
+    attacks = list(attacks) if attacks else list(spec.attacks)
     if grouped_slots:
         columns = pd.MultiIndex.from_tuples([(paper.dataset_label(s) if s else "(no runs)", paper.attack_label(a))
                                              for s in slots for a in attacks])
@@ -318,10 +319,12 @@ def to_csv(table: pd.DataFrame, path=None) -> str:
     return text
 
 
-def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str | None = None) -> int:
-    """What ``virkit report`` runs: collect the runs, build Table ``table``, render it as Markdown
-    (``md``) or CSV (``csv``), write it to ``out`` (atomically) or print it to stdout. Returns 0
-    (the exit code); errors a person can fix raise :class:`VirkitError`."""
+def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str | None = None,
+                attacks: str | list[str] | None = None) -> int:
+    """What ``virkit report`` runs: collect the runs, build Table ``table`` (with the columns
+    ``attacks`` instead of the paper's, if given), render it as Markdown (``md``) or CSV (``csv``),
+    write it to ``out`` (atomically) or print it to stdout. Returns 0 (the exit code); errors a
+    person can fix raise :class:`VirkitError`."""
     if fmt not in ("md", "csv"):
         raise VirkitError(f"unknown format {fmt!r}; valid formats: md, csv")
     try:
@@ -330,8 +333,16 @@ def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str
         raise VirkitError(f"--table must be a number 1-7, got {table!r}") from None
     if table not in TABLES:
         raise VirkitError(f"unknown table {table}; valid tables: {', '.join(map(str, TABLES))}")
+    if isinstance(attacks, str):
+        attacks = [a.strip() for a in attacks.split(",") if a.strip()]
+    if attacks:
+        from .attacks import attack_names
+        valid = ["worst_case", *attack_names()]
+        bad = [a for a in attacks if a not in valid]
+        if bad:
+            raise VirkitError(f"--attacks names unknown attack(s) {', '.join(bad)}; valid: {', '.join(valid)}")
     df = collect_runs(run_dirs, checkpoint)
-    t = make_table(df, table)
+    t = make_table(df, table, attacks)
     text = to_markdown(t) if fmt == "md" else to_csv(t)
     if out is not None:
         from .io import atomic_write_bytes
