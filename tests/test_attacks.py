@@ -305,6 +305,9 @@ def test_autoattack_square_uses_the_raw_schedule_standalone_square_the_rescaled_
     assert type(square).__name__ == "Square" and square.resc_schedule is False
     assert aa.describe()["square_resc_schedule"] is False
     assert get_attack("square").resc_schedule is True
+    # the rescaled schedule inside AutoAttack on request (to measure what the fix changed)
+    before = get_attack("aa", square_resc_schedule=True)
+    assert before.components()[-1].resc_schedule is True and before.describe()["square_resc_schedule"] is True
 
 
 def test_pgd_result_stays_in_the_box_even_without_steps():

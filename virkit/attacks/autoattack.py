@@ -61,7 +61,8 @@ class AutoAttack(Attack):
     ``standard`` (default), ``plus``, ``rand`` or ``custom`` (with ``components``), sequential or
     ``individual``. ``apgd_steps``, ``fab_steps``, ``square_queries``, ``n_target_classes`` (capped
     at the number of classes minus one) and the restarts replace the version's budgets; the same
-    seed for every component.
+    seed for every component. ``square_resc_schedule=True`` rescales Square's p-schedule to its
+    budget (the standalone class's default) instead of the official AutoAttack's raw schedule.
 
     Speed levers (docs/EVALUATION.md, "AutoAttack's speed levers"), none changes an attack's
     definition; ``None`` takes the value of ``fast`` (default True; ``fast=False``: the code path
@@ -87,7 +88,7 @@ class AutoAttack(Attack):
                  norm: str = "Linf", fast: bool = True, early_stop: bool | None = None,
                  batch_targets: bool | int | None = None, compact_every: int | None = None,
                  reuse_logits: bool | None = None, inference_mode: bool | None = None,
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, square_resc_schedule: bool = False):
         super().__init__(eps, bounds, seed, norm)
         # the speed levers (docs/EVALUATION.md, "AutoAttack's speed levers"); None: the value of ``fast``
         fast = bool(fast)
@@ -115,7 +116,9 @@ class AutoAttack(Attack):
         self.apgd_restarts = int(apgd_restarts) if apgd_restarts is not None else (5 if several else 1)
         self.fab_restarts = int(fab_restarts) if fab_restarts is not None else (5 if several else 1)
         self.eot_iter = int(eot_iter) if eot_iter is not None else (20 if version == "rand" else 1)
-        self.square_resc_schedule = False   # as the official code (recorded in eval.json)
+        # False: the raw p-schedule, as the official code builds Square (recorded in eval.json); True:
+        # rescaled to the budget (virkit's AutoAttack before issue 13; kept to measure the difference)
+        self.square_resc_schedule = bool(square_resc_schedule)
         self.name = f"AutoAttack ({version}{', individual' if self.individual else ''}" + \
             (f", {norm})" if norm != "Linf" else ")")
 
