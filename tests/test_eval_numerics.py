@@ -118,3 +118,24 @@ def test_real_torch_compile_matches_eager(model, split):
         diff = sum(x != y for x, y in zip(res["attacks"][a]["robust"], eager["attacks"][a]["robust"]))
         assert diff <= 1, f"{a}: {diff} examples differ between the compiled and the eager model"
     assert 0 < eager["attacks"]["natural"]["accuracy"]
+
+
+def test_reuse_from_takes_only_an_evaluation_of_the_same_weights(model, split, tmp_path):
+    import copy
+    first = _run(model, split, ["natural", "pgd10"], tmp_path)
+    src = tmp_path / "eval.json"
+    (tmp_path / "b").mkdir()
+    again = _run(model, split, ["natural", "pgd10"], tmp_path / "b", reuse_from=[tmp_path / "none.json", src])
+    assert again["attacks"]["pgd10"]["reused_from"] == str(src)
+    assert again["attacks"]["pgd10"]["robust"] == first["attacks"]["pgd10"]["robust"]
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.f[0].weight.mul_(1.01)                       # other weights: computed, not reused
+    (tmp_path / "c").mkdir()
+    res = _run(other, split, ["natural", "pgd10"], tmp_path / "c", reuse_from=[src])
+    assert all("reused_from" not in r for r in res["attacks"].values())
+    # an attack with other settings than the reused file's is run, not taken
+    (tmp_path / "d").mkdir()
+    res = _run(model, split, ["natural", "pgd10"], tmp_path / "d", reuse_from=[src],
+               attack_overrides={"pgd10": {"steps": 2, "step_size": 4 / 255}})
+    assert "reused_from" in res["attacks"]["natural"] and "reused_from" not in res["attacks"]["pgd10"]

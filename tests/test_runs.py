@@ -210,6 +210,56 @@ def test_branched_run_equals_an_independent_run(tmp_path, tiny_cfg):
     assert not (tmp_path / "bad").exists()
 
 
+def test_branched_run_holds_the_best_checkpoint_of_an_independent_run(tmp_path, tiny_cfg, monkeypatch):
+    """When validation accuracy peaks during the burn-in, an independent run's best.pt holds a burn-in
+    epoch: a branched run gets that same best.pt (from burnin.pt; from the parent's best.pt for a
+    burnin.pt written before it carried one), and its final evaluation covers it."""
+    import torch
+
+    from virkit import trainer
+    from virkit.checkpoint import read_checkpoint
+    from virkit.trainer import train
+
+    torch.set_num_threads(1)
+    real = trainer.holdout_accuracy
+    calls = []
+
+    def falling(model, split, cfg):   # validation PGD accuracy falls every epoch: epoch 1 is the best
+        nat, _ = real(model, split, cfg)
+        calls.append(1)
+        return nat, 0.5 - 0.1 * (len(calls) - 1)     # epoch e: 0.6 - 0.1 e
+    common = dict(epochs=3, reweight_start=3, lr_milestones=(2,), train_subset=256, holdout=64, seed=5,
+                  eval_attacks=("natural",))
+    monkeypatch.setattr(trainer, "holdout_accuracy", falling)
+
+    def run(method, out, **kw):
+        calls[:] = [1, 1] if "branch_from" in kw else []   # a branched run's first epoch is epoch 3
+        return train(tiny_cfg(method, **common), tmp_path / out, log=False, **kw)
+    parent = run("vir-at-w1", "w1")
+    alone = run("vir-at", "alone")
+    child = run("vir-at", "child", branch_from=parent)
+    best = lambda r: read_checkpoint(r / "best.pt", "best")  # noqa: E731
+    assert best(alone)["epoch"] == 1 == best(child)["epoch"]
+    a, b = best(child)["model"], best(alone)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert best(child)["history"] == best(parent)["history"]
+    assert json.loads(best(child)["config"])["method"] == "vir-at"        # this run's config, not the parent's
+    checkpoints = json.loads((child / "summary.json").read_text())["eval_checkpoints"]
+    assert checkpoints["best"]["epoch"] == 1 and (child / checkpoints["best"]["file"]).is_file()
+    # the same weights as the parent's best.pt: its evaluation is reused, and it is what evaluating
+    # them independently (the run trained alone) gives
+    ev = lambda r: json.loads((r / "eval-best.json").read_text())["attacks"]["natural"]  # noqa: E731
+    assert ev(child)["reused_from"] == str(parent / "eval-best.json") and "reused_from" not in ev(alone)
+    assert ev(child)["robust"] == ev(alone)["robust"] == ev(parent)["robust"]
+    # a burnin.pt from before it carried best.pt's state: the parent's best.pt (epoch 1 <= 2) stands in
+    ck = torch.load(parent / "burnin.pt", weights_only=False)
+    del ck["best_checkpoint"]
+    torch.save(ck, parent / "burnin.pt")
+    old = run("vir-at", "old", branch_from=parent)
+    a = best(old)["model"]
+    assert best(old)["epoch"] == 1 and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sweep_trials_branch_from_a_finished_trial_of_the_same_burn_in(tmp_path, stand_in_root):
     """In a sweep, vir-at starts from the burn-in of vir-at-w1 (run first, same pipeline) by itself;
     gairat would not (uniform start): its burn-in key differs."""

@@ -49,9 +49,32 @@ def branch_state(cfg: TrainConfig, parent: str | os.PathLike, device, log) -> tu
     if epoch > cfg.reweight_start - 1:
         raise VirkitError(f"--from {spec}: its burn-in ends at epoch {epoch}, after this run's reweighting starts "
                           f"(epoch {cfg.reweight_start})")
+    if "best_checkpoint" not in ck:   # a burnin.pt written before it carried best.pt's state
+        ck["best_checkpoint"] = _parent_best_until(prun, epoch, log)
     log(f"branching from {path} after epoch {epoch} (burn-in key {mine})")
     return ck, {"path": str(Path(path).resolve()), "config_hash": pcfg.get("config_hash"), "epoch": epoch,
                 "burnin_key": mine}
+
+
+def best_record(best: dict | None) -> dict | None:
+    """What ``burnin.pt`` keeps of ``best.pt`` (its model state, epoch, metric and history), or None."""
+    if best is None:
+        return None
+    return {k: best[k] for k in ("model", "epoch", "best_metric", "history")}
+
+
+def _parent_best_until(prun: RunDir, epoch: int, log) -> dict | None:
+    """The parent's best.pt if it still holds an epoch of the burn-in (then it is the best state as of
+    the burn-in epoch too), else None."""
+    path = prun.checkpoint("best")
+    if not path.is_file():
+        return None
+    best = read_checkpoint(path, "best", map_location="cpu")
+    if int(best["epoch"]) <= epoch:
+        return best_record(best)
+    log(f"{prun.path}'s best.pt is from epoch {best['epoch']}, after its burn-in: the best state as of epoch "
+        f"{epoch} is not kept, so this run's best.pt starts with its own epochs")
+    return None
 
 
 def find_burnin_parent(cfg: TrainConfig, root: str | os.PathLike, exclude: str | os.PathLike | None = None
@@ -76,3 +99,27 @@ def find_burnin_parent(cfg: TrainConfig, root: str | os.PathLike, exclude: str |
         if theirs == key and burnin_epoch(pcfg) <= cfg.reweight_start - 1:
             return d
     return None
+
+
+def relative_evals(run: RunDir) -> list[Path]:
+    """The evaluation files of a branched run's relatives: its parent and the parent's other
+    branches under the same folder (empty for a run trained from scratch). A branched run whose
+    best.pt is a burn-in epoch has weights a relative's evaluation may already cover
+    (:class:`virkit.evaluate.EvalSettings`'s ``reuse_from``: reused only on equal fingerprints)."""
+    parent = ((run.read_config() or {}).get("parent") or {}).get("path")
+    if not parent or not Path(parent).is_dir():
+        return []
+    here = run.path.resolve()
+    family = [Path(parent)]
+    for d in sorted(p for p in Path(parent).parent.iterdir() if p.is_dir()):
+        if d.resolve() in (here, Path(parent).resolve()):
+            continue
+        cfg = RunDir(d).read_config() or {}
+        if ((cfg.get("parent") or {}).get("path")) == parent:
+            family.append(d)
+    files = []
+    for d in family:
+        r = RunDir(d)
+        files += [f for f in (r.eval_file, r.eval_file_for("best"), r.eval_file_for("last")) if f.is_file()]
+    return files
+

@@ -26,7 +26,7 @@ def evaluate_run(source: str | os.PathLike, attacks=None, *, which: str | None =
                  out: str | os.PathLike | None = None, replace: bool = False, progress: bool = False,
                  attack_overrides: dict | None = None, test_split=None, log: Callable[[str], None] | None = None,
                  norm: str = "Linf", save_adv=None, save_adv_png: bool = False, dist: DistContext | None = None,
-                 allow_tf32: bool = False, compile: str = "off") -> dict:
+                 allow_tf32: bool = False, compile: str = "off", reuse_from: list | None = None) -> dict:
     """Evaluate a virkit run directory (or one of its checkpoints) and write its eval.json.
 
     By default it evaluates what the trainer evaluated: the run's eval checkpoint (``last`` unless
@@ -37,7 +37,7 @@ def evaluate_run(source: str | os.PathLike, attacks=None, *, which: str | None =
     second writer is refused. ``attacks`` defaults to the run's ``eval_attacks``. ``test_split``
     (already on the device) skips reading the data again (the trainer's final evaluation).
     ``norm='L2'`` evaluates in the L2 threat model (eps default 0.5, not the training eps).
-    ``allow_tf32`` and ``compile`` as in :class:`virkit.evaluate.EvalSettings`.
+    ``allow_tf32``, ``compile`` and ``reuse_from`` as in :class:`virkit.evaluate.EvalSettings`.
     Returns the eval.json document; with ``log`` a one-line summary is logged.
     """
     from .checkpoint import load_checkpoint, resolve_checkpoint_path
@@ -48,7 +48,7 @@ def evaluate_run(source: str | os.PathLike, attacks=None, *, which: str | None =
     early = EvalSettings(attacks if attacks is not None else ["natural"], batch_size=batch_size,
                          n_examples=n_examples, eps=eps, norm=norm, attack_overrides=attack_overrides or {},
                          replace=replace, progress=progress, save_adv=save_adv, save_adv_png=save_adv_png,
-                         allow_tf32=allow_tf32, compile=compile)
+                         allow_tf32=allow_tf32, compile=compile, reuse_from=list(reuse_from or []))
     src = Path(source)
     run = RunDir(src if src.is_dir() else src.parent)
     out_path = Path(out) if out is not None else run.eval_file

@@ -133,7 +133,11 @@ class EvalSettings:
     ``save_adv``: a folder for each attack's adversarial examples (``save_adv_png``: one PNG per
     image as well); ``allow_tf32``: TF32 matmuls and convolutions on CUDA (off by default: the
     evaluation is fp32); ``compile``: ``off`` (default), ``on`` (``torch.compile``, any device) or
-    ``cudagraphs`` (``torch.compile`` with CUDA graphs, ``mode="reduce-overhead"``; CUDA only).
+    ``cudagraphs`` (``torch.compile`` with CUDA graphs, ``mode="reduce-overhead"``; CUDA only);
+    ``reuse_from``: other eval.json files; when ``out_path`` holds nothing to resume, the first of
+    them written with the same header (the same model weights, images, eps, norm, seed and numerics)
+    gives the attacks it finished with the same settings, marked ``reused_from`` (a run branched from
+    another's burn-in whose best.pt is a burn-in epoch has the weights its parent's best.pt had).
     """
 
     attacks: list[str]
@@ -150,6 +154,7 @@ class EvalSettings:
     save_adv_png: bool = False
     allow_tf32: bool = False
     compile: str = "off"
+    reuse_from: list = field(default_factory=list)
 
     def __post_init__(self):
         self.attacks = _attack_list(self.attacks)
@@ -189,7 +194,7 @@ def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = No
                    extra: dict | None = None, attack_overrides: dict[str, dict] | None = None,
                    replace: bool = False, norm: str = "Linf", save_adv=None, dist: DistContext | None = None,
                    model_source: dict | None = None, fingerprint_extra: list | None = None,
-                   allow_tf32: bool = False, compile: str = "off") -> dict:
+                   allow_tf32: bool = False, compile: str = "off", reuse_from: list | None = None) -> dict:
     """Evaluate ``model`` on the first ``n_examples`` of ``split`` (split order) under ``attacks``;
     the keyword arguments are those of :class:`EvalSettings` (or pass an :class:`EvalSettings` as
     ``attacks`` and leave them out). An ``out_path`` holding an evaluation of the same model, images,
@@ -201,7 +206,7 @@ def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = No
     settings = attacks if isinstance(attacks, EvalSettings) else EvalSettings(
         attacks, eps=eps, seed=seed, batch_size=batch_size, n_examples=n_examples,
         attack_overrides=attack_overrides or {}, extra=extra or {}, replace=replace, progress=progress, norm=norm,
-        save_adv=save_adv, allow_tf32=allow_tf32, compile=compile)
+        save_adv=save_adv, allow_tf32=allow_tf32, compile=compile, reuse_from=list(reuse_from or []))
     return _Evaluation(model, split, settings, device, out_path, dist or DistContext(), model_source,
                        fingerprint_extra).run()
 
@@ -245,9 +250,25 @@ class _Evaluation:
         self.out_path = Path(out_path) if out_path is not None else None
         if dist.enabled and self.out_path is None:
             raise VirkitError("a sharded evaluation (torchrun) needs an output file (--out)")
-        self.previous = dist.on_main(lambda: load_previous(self.out_path, self.header, s.replace))
+        self.previous = dist.on_main(lambda: load_previous(self.out_path, self.header, s.replace) or
+                                     self._reusable())
         self.results: dict[str, dict] = {}
         self.doc: dict[str, Any] = {}
+
+    def _reusable(self) -> dict:
+        """The finished attacks of the first ``reuse_from`` file with this evaluation's header."""
+        for cand in self.s.reuse_from:
+            cand = Path(cand)
+            if self.out_path is not None and cand.resolve() == self.out_path.resolve():
+                continue
+            try:
+                prev = load_previous(cand, self.header, replace=True)
+            except VirkitError:
+                prev = {}
+            if prev:
+                self.note(f"reusing {', '.join(prev)} from {cand}: the same weights, images and settings")
+                return {k: {**v, "reused_from": str(cand)} for k, v in prev.items()}
+        return {}
 
     def note(self, msg: str) -> None:
         if self.s.progress and self.dist.is_main:
@@ -352,7 +373,8 @@ class _Evaluation:
             self.results[name] = prev
             if state is not None:
                 dist.on_main(state.clear)
-            self.note(f"{name}: kept from {self.out_path} (accuracy {100 * prev['accuracy']:.2f}%)")
+            self.note(f"{name}: kept from {prev.get('reused_from') or self.out_path} "
+                      f"(accuracy {100 * prev['accuracy']:.2f}%)")
             return
         kept = dist.on_main(state.prepare) if state is not None else 0
         if kept and dist.is_main:   # always said: the evaluation continues, it does not start over

@@ -27,7 +27,7 @@ from torch import nn
 
 from .attacks.base import eval_mode
 from .attacks.pgd import pgd
-from .burnin import branch_state, burnin_epoch
+from .burnin import best_record, branch_state, burnin_epoch, relative_evals
 from .checkpoint import FORMAT, build_model_from_meta, read_checkpoint
 from .config import TrainConfig, config_hash, validate
 from .data import (HOLDOUT_SEED, DeviceLoader, Split, holdout_subset, load_dataset, subset, test_subset,
@@ -312,12 +312,27 @@ def _save_epoch(run: RunDir, model: nn.Module, optimizer, progress: Progress, im
             if improved:
                 run.save_checkpoint({**state, "optimizer": {}}, "best")
             if progress.epoch == burnin_epoch(json.loads(state["config"])):
-                run.save_checkpoint(state, "burnin")   # other runs with the same burn-in branch from here
+                # other runs with the same burn-in branch from here; best.pt as it stands now goes with
+                # it, so that a branched run holds the best.pt an independent run would have
+                best = read_checkpoint(run.checkpoint("best"), "best", map_location="cpu") \
+                    if run.checkpoint("best").is_file() else None
+                run.save_checkpoint({**state, "best_checkpoint": best_record(best)}, "burnin")
             run.write_history(progress.history)
     except OSError as e:
         error = VirkitError(f"cannot write checkpoint in {run.path}: {e.strerror or e}; training stopped so that no "
                             "epoch goes unsaved; free space or fix permissions, then --resume")
     dctx.raise_if_main_failed(error)
+
+
+def _branch_best(run: RunDir, best: dict | None, cfg_record: dict, meta: dict, log) -> None:
+    """A branched run's best.pt: the parent's best state as of the burn-in epoch (what training from
+    scratch would hold there), under this run's config."""
+    if best is None:
+        log("the parent's burn-in carries no best.pt state: best.pt starts with this run's first epoch")
+        return
+    run.save_checkpoint({"format": FORMAT, "model": best["model"], "optimizer": {}, "epoch": best["epoch"],
+                         "best_metric": best["best_metric"], "history": best["history"],
+                         "config": json.dumps(cfg_record), "data": meta}, "best")
 
 
 def _epoch_line(cfg: TrainConfig, r: dict) -> str:
@@ -386,6 +401,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
         elif action is RunAction.RESUME and run.read_config() and run.read_config().get("parent"):
             cfg_record["parent"] = run.read_config()["parent"]
         _start_files(run, action, cfg_record, dctx)
+        if parent is not None:
+            if ck.get("best_checkpoint") is None:
+                done.best = -1.0   # no best state to inherit: best.pt starts with this run's own epochs
+            if dctx.is_main:
+                _branch_best(run, ck.get("best_checkpoint"), cfg_record, data.meta, log)
 
         autocast = _autocast_factory(rcfg, device)
         loader = DeviceLoader(data.train, cfg.batch_size, shuffle=True, augment=data.train.x.dtype == torch.uint8,
@@ -451,12 +471,14 @@ def _finish(run: RunDir, cfg: TrainConfig, done: Progress, test: Split, device: 
                            device=device, replace=True, test_split=test, log=log)
         summary["eval"] = {k: v["accuracy"] for k, v in doc["attacks"].items()}
         # both checkpoints: last and best (chosen on the validation split) differ by robust overfitting
-        epochs = {"last": done.epoch, "best": _best_epoch(done.history)}
+        epochs = {"last": done.epoch, "best": _best_epoch(run)}
         record = {main: {"file": run.eval_file.name, "epoch": epochs[main], "accuracy": summary["eval"]}}
         other = "best" if main == "last" else "last"
         if run.checkpoint(other).is_file() and epochs[other] != epochs[main]:
+            # a branched run's best.pt from the burn-in may be a relative's, already evaluated
             odoc = evaluate_run(run.path, list(cfg.eval_attacks), which=other, batch_size=cfg.eval_batch_size,
                                 device=device, replace=True, test_split=test, out=run.eval_file_for(other),
+                                reuse_from=relative_evals(run),
                                 log=lambda m: log(m.replace("final evaluation", f"final evaluation of {other}")))
             record[other] = {"file": run.eval_file_for(other).name, "epoch": epochs[other],
                              "accuracy": {k: v["accuracy"] for k, v in odoc["attacks"].items()}}
@@ -467,9 +489,7 @@ def _finish(run: RunDir, cfg: TrainConfig, done: Progress, test: Split, device: 
     run.write_summary(summary)
 
 
-def _best_epoch(history: list[dict]) -> int | None:
-    """The epoch best.pt holds: the first with the highest validation PGD accuracy (the last epoch
-    when there is none to compare)."""
-    scored = [(h["holdout_pgd_acc"], -h["epoch"]) for h in history
-              if isinstance(h.get("holdout_pgd_acc"), (int, float)) and h["holdout_pgd_acc"] == h["holdout_pgd_acc"]]
-    return -max(scored)[1] if scored else (history[-1]["epoch"] if history else None)
+def _best_epoch(run: RunDir) -> int | None:
+    """The epoch best.pt holds (the first with the highest validation PGD accuracy), else None."""
+    path = run.checkpoint("best")
+    return int(read_checkpoint(path, "best", map_location="cpu")["epoch"]) if path.is_file() else None
