@@ -363,6 +363,9 @@ def test_autoattack_components_in_eval_json(model, split, tmp_path, individual):
     assert comps["mode"] == ("individual" if individual else "sequential")
     names = [k for k in comps if k != "mode"]
     assert names == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    # where the time went, per component, summed over the batches (not part of the results' identity)
+    assert list(aa["component_seconds"]) == names and all(v >= 0 for v in aa["component_seconds"].values())
+    assert sum(aa["component_seconds"].values()) <= aa["seconds"]
     nat = res["attacks"]["natural"]["robust"]
     for k in names:
         c = comps[k]

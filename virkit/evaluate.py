@@ -416,6 +416,7 @@ class _Evaluation:
             if details:
                 rec["components"] = {k: v.cpu() for k, v in details["components"].items()}
                 rec["mode"] = details["mode"]
+                rec["component_seconds"] = dict(getattr(atk, "timings", None) or {})
             if self.images:   # what survives saving the adversarial image with 8 bits per value
                 q = quantize(xa.float())
                 dist_q = per_example_norm(q - xb, s.norm)
@@ -434,6 +435,7 @@ class _Evaluation:
         n = len(self.y_all)
         pred, seconds = nat_pred.clone(), 0.0
         comps: dict[str, torch.Tensor] = {}
+        comp_seconds: dict[str, float] = {}
         mode = None
         upred, udist = nat_pred.clone(), torch.zeros(n)
         x_adv = _float_batch(self.x_all, self.images).cpu().clone() if self.s.save_adv is not None else None
@@ -445,6 +447,8 @@ class _Evaluation:
             for k, v in (rec.get("components") or {}).items():
                 comps.setdefault(k, torch.zeros(n, dtype=torch.bool))[idx] = v.bool()
             mode = rec.get("mode", mode)
+            for k, v in (rec.get("component_seconds") or {}).items():
+                comp_seconds[k] = comp_seconds.get(k, 0.0) + float(v)
             if "uint8_pred" in rec:
                 upred[idx], udist[idx] = rec["uint8_pred"], rec["uint8_dist"].float()
             if x_adv is not None:
@@ -454,6 +458,8 @@ class _Evaluation:
         if comps:
             result["components"] = {"mode": mode, **{k: flags_summary(v, self.y_all, self.num_classes)
                                                      for k, v in comps.items()}}
+        if comp_seconds:   # where an AutoAttack's time went (summed over batches)
+            result["component_seconds"] = comp_seconds
         if self.images and len(correct):
             ok = upred == self.y_all
             result["uint8"] = {**flags_summary(ok, self.y_all, self.num_classes),
