@@ -139,3 +139,19 @@ def test_reuse_from_takes_only_an_evaluation_of_the_same_weights(model, split, t
     res = _run(model, split, ["natural", "pgd10"], tmp_path / "d", reuse_from=[src],
                attack_overrides={"pgd10": {"steps": 2, "step_size": 4 / 255}})
     assert "reused_from" in res["attacks"]["natural"] and "reused_from" not in res["attacks"]["pgd10"]
+
+
+def test_reuse_with_replace_still_sets_the_old_file_aside(model, split, tmp_path):
+    import copy
+    src_dir, out_dir = tmp_path / "src", tmp_path / "out"
+    src_dir.mkdir()
+    out_dir.mkdir()
+    _run(model, split, ["natural"], src_dir)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.f[0].weight.mul_(1.01)
+    old = _run(other, split, ["natural"], out_dir)                  # out holds another model's evaluation
+    res = _run(model, split, ["natural"], out_dir, replace=True, reuse_from=[src_dir / "eval.json"])
+    assert res["attacks"]["natural"]["reused_from"] == str(src_dir / "eval.json")
+    kept = json.loads((out_dir / "eval.prev.json").read_text())
+    assert kept["model_fingerprint"] == old["model_fingerprint"] != res["model_fingerprint"]

@@ -250,8 +250,9 @@ class _Evaluation:
         self.out_path = Path(out_path) if out_path is not None else None
         if dist.enabled and self.out_path is None:
             raise VirkitError("a sharded evaluation (torchrun) needs an output file (--out)")
-        self.previous = dist.on_main(lambda: load_previous(self.out_path, self.header, s.replace) or
-                                     self._reusable())
+        own = dist.on_main(lambda: load_previous(self.out_path, self.header, s.replace))
+        self.resumed = bool(own)   # out_path holds this evaluation (else, with replace, it is set aside)
+        self.previous = own or dist.on_main(self._reusable)
         self.results: dict[str, dict] = {}
         self.doc: dict[str, Any] = {}
 
@@ -289,7 +290,7 @@ class _Evaluation:
             return
         try:
             self.out_path.parent.mkdir(parents=True, exist_ok=True)
-            if self.s.replace and not self.previous and self.out_path.is_file():
+            if self.s.replace and not self.resumed and self.out_path.is_file():
                 os.replace(self.out_path, self.out_path.with_suffix(".prev.json"))
         except OSError as e:
             raise VirkitError(f"cannot write in {self.out_path.parent}: {e.strerror}; choose a writable output "
