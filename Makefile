@@ -31,15 +31,19 @@ demo: $(STAMP)
 gallery: $(STAMP)   # after make demo: its key figures into figures/gallery/ (tracked), with provenance
 	$(PY) -m virkit notebooks gallery --preset demo
 
+# The suite runs on TEST_JOBS pytest-xdist workers (default 2, one per core of the CI machine); a test
+# file stays on one worker (--dist loadfile) so its module fixtures are built once.
+# TEST_JOBS=0 runs it in one process.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=25
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not browser"
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow and not browser"
 
 # the fast tests again on oneDNN's AVX2 kernels (other kernels, other rounding than AVX-512/AMX)
 test-avx2: $(STAMP)
-	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m "not slow and not browser"
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow and not browser"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py --mode cpu

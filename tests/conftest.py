@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# `make test` runs the suite on pytest-xdist workers (`-n 2`, one per core): each worker gets its
+# share of the cores, so two workers do not fight over both (the small models of the suite run no
+# faster on two threads than on one, and oversubscribed threads wait for each other).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def _stand_in_root() -> Path:
     env = os.environ.get("VIRKIT_DATA")
