@@ -194,3 +194,32 @@ def test_report_columns_chosen_with_attacks(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[0] == "REWEIGHTING COMPONENT,NATURAL,AA"
     assert main(["report", *map(str, dirs), "--table", "6", "--attacks", "natural,pgd7"]) == 2
     assert "unknown attack(s) pgd7" in capsys.readouterr().err
+
+
+def test_checkpoint_choice_and_unfinished_evaluations(tmp_path, capsys):
+    """``--checkpoint best`` reads eval.json when `virkit evaluate RUN/best.pt` wrote it (no trainer
+    record), eval-best.json otherwise; an evaluation still in progress (its per-batch state folder
+    beside it) is skipped with a line saying so, never reported as if finished."""
+    from virkit.runs import eval_state_root
+
+    manual = make_run(tmp_path, "manual", method="at", accs={"natural": 0.5, "aa": 0.2})
+    doc = json.loads((manual / "eval.json").read_text())
+    (manual / "eval.json").write_text(json.dumps({**doc, "extra": {"checkpoint": "best.pt"}}))
+    trained = make_run(tmp_path, "trained", method="at", seed=1, accs={"natural": 0.6, "aa": 0.3})
+    doc = json.loads((trained / "eval.json").read_text())
+    (trained / "eval.json").write_text(json.dumps({**doc, "extra": {"checkpoint": "last.pt"}}))
+    (trained / "eval-best.json").write_text(json.dumps({**doc, "attacks": {"natural": {"accuracy": 0.55},
+                                                                            "aa": {"accuracy": 0.25}}}))
+    running = make_run(tmp_path, "running", method="at", seed=2, accs={"natural": 0.7})
+    (eval_state_root(running / "eval.json") / "aa").mkdir(parents=True)
+
+    best = collect_runs([manual, trained, running], checkpoint="best")
+    assert sorted(best["natural"]) == [0.5, 0.55]                   # manual's eval.json, trained's eval-best.json
+    err = capsys.readouterr().err
+    assert "running" in err and "eval-best.json is missing" in err
+    last = collect_runs([manual, trained, running], checkpoint="last")
+    assert list(last["natural"]) == [0.6]                             # manual holds best.pt only
+    assert "manual" in capsys.readouterr().err
+    assert list(collect_runs([trained, running])["natural"]) == [0.6]
+    err = capsys.readouterr().err
+    assert "running" in err and "unfinished evaluation (attacks in progress: aa)" in err

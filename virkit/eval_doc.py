@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import VirkitError
+from .runs import eval_state_root
 
 __all__ = ["EVAL_FORMAT", "ADV_FORMAT", "masking_warnings", "model_fingerprint", "tensors_fingerprint", "summarize",
            "build_document", "load_previous", "AttackState", "state_root", "write_adversarial", "load_adversarial",
@@ -207,9 +208,7 @@ def build_document(header: dict, results: dict[str, dict], order: list[str], cla
 # ------------------------------------------------------------------------------------------------
 # The state of an attack in progress: one file per finished batch, beside eval.json
 # ------------------------------------------------------------------------------------------------
-def state_root(out_path: Path) -> Path:
-    """``.<eval file name>.state/`` beside the eval.json: one folder per attack in progress."""
-    return out_path.parent / f".{out_path.name}.state"
+state_root = eval_state_root   # ``.<eval file name>.state/`` beside the eval.json (owned by virkit.runs)
 
 
 class AttackState:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import paper
 from .errors import VirkitError
-from .runs import RunDir
+from .runs import RunDir, eval_state_root
 
 __all__ = ["collect_runs", "make_table", "to_markdown", "to_csv", "report_main", "mean_std", "MeanStd", "TABLES",
            "METHOD_ORDER"]
@@ -71,7 +71,13 @@ def collect_runs(run_dirs, checkpoint: str | None = None) -> pd.DataFrame:
             continue
         ev_file = _eval_file(run, checkpoint)
         if not ev_file.is_file():
-            _warn(f"skipping {p}: no eval.json (evaluate the run first: virkit evaluate --checkpoint {p})")
+            what = f"no evaluation of {checkpoint}.pt ({ev_file.name} is missing)" if checkpoint else "no eval.json"
+            _warn(f"skipping {p}: {what} (evaluate the run first: virkit evaluate --checkpoint {p})")
+            continue
+        if eval_state_root(ev_file).is_dir():   # an attack's per-batch state: the evaluation has not finished
+            _warn(f"skipping {p}: {ev_file.name} is an unfinished evaluation (attacks in progress: "
+                  f"{', '.join(sorted(d.name for d in eval_state_root(ev_file).iterdir())) or 'unknown'}); "
+                  "rerun the command that wrote it to finish it")
             continue
         if not run.config_file.is_file():
             _warn(f"skipping {p}: no config.json (not a virkit run directory)")
@@ -250,15 +256,21 @@ def make_table(df: pd.DataFrame, table: int, attacks: list[str] | None = None) -
 
 
 def _eval_file(run: RunDir, checkpoint: str | None) -> Path:
-    """eval.json, or the evaluation of ``checkpoint`` (``last``/``best``) when eval.json holds the
-    other one (its ``checkpoints`` record names the file)."""
+    """eval.json, or the evaluation of ``checkpoint`` (``last``/``best``): the file the trainer's
+    ``checkpoints`` record in eval.json names, else eval.json itself when it evaluated that checkpoint
+    (``virkit evaluate --checkpoint RUN/best.pt``), else ``eval-<checkpoint>.json``."""
     if checkpoint is None:
         return run.eval_file
     try:
-        rec = (json.loads(run.eval_file.read_text()).get("checkpoints") or {}).get(checkpoint) or {}
+        doc = json.loads(run.eval_file.read_text())
     except (OSError, ValueError):
-        rec = {}
-    return run.path / rec["file"] if rec.get("file") else run.eval_file_for(checkpoint)
+        doc = {}
+    rec = (doc.get("checkpoints") or {}).get(checkpoint) or {}
+    if rec.get("file"):
+        return run.path / rec["file"]
+    if Path(str((doc.get("extra") or {}).get("checkpoint", ""))).name == f"{checkpoint}.pt":
+        return run.eval_file
+    return run.eval_file_for(checkpoint)
 
 
 def _caption(table: int, spec: paper.Table, models: list, datasets: list, df: pd.DataFrame) -> str:

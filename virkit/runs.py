@@ -447,3 +447,11 @@ def eval_lock(path: str | os.PathLike, command: str = "evaluate") -> WriterLock:
         return RunDir(p.parent).lock(command)
     lk = WriterLock(p.parent / f".{p.name}.lock", f"evaluation file {p}", command)
     return lk.acquire(note=lambda s: print(f"virkit: {s}", file=sys.stderr))
+
+
+def eval_state_root(eval_path: str | os.PathLike) -> Path:
+    """``.<eval file name>.state/`` beside an eval.json: one folder per attack in progress, each holding
+    its finished batches (:class:`virkit.eval_doc.AttackState`); it exists only while the evaluation
+    is unfinished."""
+    p = Path(eval_path)
+    return p.parent / f".{p.name}.state"
