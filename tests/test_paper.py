@@ -233,3 +233,16 @@ def test_grid_file_agrees_with_the_catalogue(path, tmp_path):
         if hp not in settings:
             settings.append(hp)
     assert settings == t.sweep.points(), f"{where}: trained settings are not the paper's rows"
+
+
+def test_scale_out_grid_table_counts_the_grid_files_trials():
+    """docs/SCALE_OUT.md's table of grid files says how many trials each holds: it must say what
+    `virkit sweep` would run (a grid that gains a method must not leave the document behind)."""
+    from virkit.sweep.grid import expand, load_grid
+
+    text = (REPO / "docs" / "SCALE_OUT.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([\w.]+\.yaml)` \| [^|]* \| (\d+) \|", text, flags=re.M))
+    assert {p.name for p in GRID_FILES if p.name not in ("quick_2x2.yaml", "quick_tables.yaml")} <= set(rows)
+    for p in GRID_FILES:
+        if p.name in rows:
+            assert int(rows[p.name]) == len(expand(load_grid(p), "/nonexistent")), p.name
