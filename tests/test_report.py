@@ -223,3 +223,24 @@ def test_checkpoint_choice_and_unfinished_evaluations(tmp_path, capsys):
     assert list(collect_runs([trained, running])["natural"]) == [0.6]
     err = capsys.readouterr().err
     assert "running" in err and "unfinished evaluation (attacks in progress: aa)" in err
+
+
+def test_paired_with_gives_per_seed_differences(tmp_path):
+    """--paired-with vir-at: each run minus VIR-AT's run of the same seed; seed 2 of the control has
+    no VIR-AT partner and gives no number; the reference's own row is left out."""
+    from virkit.report import paired_differences
+
+    dirs = [make_run(tmp_path, f"vir-{s}", method="vir-at", seed=s, accs={"natural": 0.40 + 0.05 * s, "aa": 0.20})
+            for s in (0, 1)]
+    dirs += [make_run(tmp_path, f"m1-{s}", method="vir-at-mean1", seed=s,
+                      accs={"natural": 0.43 + 0.05 * s + 0.01 * s, "aa": 0.21}) for s in (0, 1, 2)]
+    t = make_table(paired_differences(collect_runs(dirs), "vir-at"), 6, ["natural", "aa"])
+    assert list(t.index) == ["w / mean(w) · L_CE(f(x'), y) [VIR-AT-MEAN1]"]
+    assert t.attrs["mean"].iloc[0].tolist() == pytest.approx([3.5, 1.0])   # (3 + 4) / 2 points, 1 point
+    assert t.attrs["n"].iloc[0].tolist() == [2, 2]                          # seed 2 has no partner
+    assert t.iloc[0, 0] == "3.50 ± 0.71"
+    with pytest.raises(VirkitError, match="no run of method at"):
+        paired_differences(collect_runs(dirs), "at")
+    out = tmp_path / "paired.md"
+    assert report_main(dirs, 6, out=out, attacks="natural,aa", paired_with="vir-at") == 0
+    assert "minus the vir-at run of the same seed" in out.read_text()

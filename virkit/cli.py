@@ -309,13 +309,17 @@ def _add_report(sub) -> None:
                    help="numbers of this checkpoint (default: each run's eval.json, its eval checkpoint)")
     p.add_argument("--attacks", metavar="LIST",
                    help="columns instead of the paper's, as eval.json names them, e.g. natural,pgd20,aa,worst_case")
+    p.add_argument("--paired-with", metavar="METHOD",
+                   help="each run minus METHOD's run of the same seed (percentage points; runs sharing a burn-in "
+                        "with it, e.g. VIR-AT's controls, differ by their reweighted epochs only)")
     p.add_argument("--out")
     p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args) -> int:
     from .report import report_main
-    return report_main(args.run_dirs, args.table, args.format, args.out, args.checkpoint, args.attacks) or 0
+    return report_main(args.run_dirs, args.table, args.format, args.out, args.checkpoint, args.attacks,
+                       args.paired_with) or 0
 
 
 def _add_list(sub) -> None:

@@ -297,6 +297,33 @@ def _caption(table: int, spec: paper.Table, models: list, datasets: list, df: pd
     return text + "."
 
 
+META_COLUMNS = ("run_dir", "dataset", "model", "checkpoint", "method", "seed", "preset", "source", "n_examples",
+                "eps", *HYPER)
+
+
+def paired_differences(df: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Each run's accuracies minus those of the ``reference`` method's run with the same seed, dataset
+    and model (the reference's rows are left out). Runs that share a burn-in with their reference
+    (VIR-AT and its controls: identical up to the reweighting start) differ only by what follows it,
+    so the paired difference drops the seed-to-seed spread they share; a run without a partner gets
+    no number. :func:`make_table` of the result gives mean ± std of the differences over seeds."""
+    if "method" not in df or not (df["method"] == reference).any():
+        raise VirkitError(f"--paired-with {reference}: no run of method {reference} among the runs given; "
+                          "add its run directories or choose another method")
+    key = ["dataset", "model", "seed"]
+    ref = df[df["method"] == reference]
+    dup = ref[ref.duplicated(key, keep=False)]
+    if len(dup):
+        raise VirkitError(f"--paired-with {reference}: several runs of {reference} with the same seed "
+                          f"({', '.join(dup['run_dir'])}); give one per seed")
+    values = [c for c in df.columns if c not in META_COLUMNS]
+    out = df[df["method"] != reference].copy()
+    partner = out[key].merge(ref[key + values], on=key, how="left")
+    for c in values:
+        out[c] = out[c].to_numpy(dtype=float) - partner[c].to_numpy(dtype=float)
+    return out
+
+
 def _flat_columns(table: pd.DataFrame) -> list[str]:
     if isinstance(table.columns, pd.MultiIndex):
         return [" ".join(str(p) for p in c) for c in table.columns]
@@ -332,11 +359,12 @@ def to_csv(table: pd.DataFrame, path=None) -> str:
 
 
 def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str | None = None,
-                attacks: str | list[str] | None = None) -> int:
+                attacks: str | list[str] | None = None, paired_with: str | None = None) -> int:
     """What ``virkit report`` runs: collect the runs, build Table ``table`` (with the columns
-    ``attacks`` instead of the paper's, if given), render it as Markdown (``md``) or CSV (``csv``),
-    write it to ``out`` (atomically) or print it to stdout. Returns 0 (the exit code); errors a
-    person can fix raise :class:`VirkitError`."""
+    ``attacks`` instead of the paper's, if given; with ``paired_with``, each run's difference to that
+    method's run of the same seed, :func:`paired_differences`), render it as Markdown (``md``) or CSV
+    (``csv``), write it to ``out`` (atomically) or print it to stdout. Returns 0 (the exit code);
+    errors a person can fix raise :class:`VirkitError`."""
     if fmt not in ("md", "csv"):
         raise VirkitError(f"unknown format {fmt!r}; valid formats: md, csv")
     try:
@@ -354,7 +382,12 @@ def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str
         if bad:
             raise VirkitError(f"--attacks names unknown attack(s) {', '.join(bad)}; valid: {', '.join(valid)}")
     df = collect_runs(run_dirs, checkpoint)
+    if paired_with:
+        df = paired_differences(df, paired_with)
     t = make_table(df, table, attacks)
+    if paired_with:
+        t.attrs["caption"] = (t.attrs["caption"][:-1] + f"; each cell: the run minus the {paired_with} run of the "
+                              "same seed, in percentage points (mean ± std of the paired differences).")
     text = to_markdown(t) if fmt == "md" else to_csv(t)
     if out is not None:
         from .io import atomic_write_bytes
