@@ -21,7 +21,7 @@ from .errors import VirkitError
 from .runs import eval_state_root
 
 __all__ = ["EVAL_FORMAT", "ADV_FORMAT", "masking_warnings", "model_fingerprint", "tensors_fingerprint", "summarize",
-           "build_document", "load_previous", "AttackState", "state_root", "write_adversarial", "load_adversarial",
+           "build_document", "load_previous", "AttackState", "write_adversarial", "load_adversarial",
            "adversarial_file", "flags_summary"]
 
 EVAL_FORMAT = "virkit-eval-v1"
@@ -206,13 +206,10 @@ def build_document(header: dict, results: dict[str, dict], order: list[str], cla
 
 
 # ------------------------------------------------------------------------------------------------
-# The state of an attack in progress: one file per finished batch, beside eval.json
+# The state of an attack in progress: one file per finished batch, in virkit.runs.eval_state_root
 # ------------------------------------------------------------------------------------------------
-state_root = eval_state_root   # ``.<eval file name>.state/`` beside the eval.json (owned by virkit.runs)
-
-
 class AttackState:
-    """The finished batches of one attack of one evaluation: ``<state_root>/<attack>/key.json`` (what
+    """The finished batches of one attack of one evaluation: ``<eval_state_root>/<attack>/key.json`` (what
     the batches belong to: the eval.json header, the attack's settings, the batch layout) and
     ``b<index>.pt`` per finished batch (written atomically, read with ``weights_only=True``). A
     process killed in the middle leaves whole batch files; the next run with the same key skips
@@ -220,7 +217,7 @@ class AttackState:
 
     def __init__(self, out_path: Path, attack: str, key: dict):
         from .io import to_jsonable
-        self.dir = state_root(out_path) / "".join(c if c.isalnum() or c in "-_." else "_" for c in attack)
+        self.dir = eval_state_root(out_path) / "".join(c if c.isalnum() or c in "-_." else "_" for c in attack)
         self.key = json.loads(json.dumps(to_jsonable(key), sort_keys=True))
 
     def prepare(self) -> int:

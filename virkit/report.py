@@ -74,9 +74,10 @@ def collect_runs(run_dirs, checkpoint: str | None = None) -> pd.DataFrame:
             what = f"no evaluation of {checkpoint}.pt ({ev_file.name} is missing)" if checkpoint else "no eval.json"
             _warn(f"skipping {p}: {what} (evaluate the run first: virkit evaluate --checkpoint {p})")
             continue
-        if eval_state_root(ev_file).is_dir():   # an attack's per-batch state: the evaluation has not finished
+        state = eval_state_root(ev_file)
+        if state.is_dir():   # an attack's per-batch state: the evaluation has not finished
             _warn(f"skipping {p}: {ev_file.name} is an unfinished evaluation (attacks in progress: "
-                  f"{', '.join(sorted(d.name for d in eval_state_root(ev_file).iterdir())) or 'unknown'}); "
+                  f"{', '.join(sorted(d.name for d in state.iterdir())) or 'unknown'}); "
                   "rerun the command that wrote it to finish it")
             continue
         if not run.config_file.is_file():
