@@ -10,8 +10,8 @@ export MPLBACKEND ?= Agg
 .PHONY: demo gallery test test-fast test-avx2 venv bench clean help
 
 help:
-	@echo "make demo   - run every notebook (demo preset, CPU, under 10 min on 2 cores); figures in figures/demo/,"
-	@echo "             executed notebooks and runs in runs/notebooks/demo/"
+	@echo "make demo   - run every notebook (under 10 min on 2 cores: preset demo, or demo-lite without native bf16);"
+	@echo "             figures in figures/<preset>/, executed notebooks and runs in runs/notebooks/<preset>/"
 	@echo "make gallery - after make demo: its key figures into figures/gallery/ (tracked) with provenance"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - CPU benchmark (see BENCHMARKS.md)"
@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m virkit notebooks run --preset demo --jobs 2
+	$(PY) -m virkit notebooks run --jobs 2   # preset demo, or demo-lite on a CPU without native bf16
 
 gallery: $(STAMP)   # after make demo: its key figures into figures/gallery/ (tracked), with provenance
-	$(PY) -m virkit notebooks gallery --preset demo
+	$(PY) -m virkit notebooks gallery
 
 # The suite runs on TEST_JOBS pytest-xdist workers (default 2, one per core of the CI machine); a test
 # file stays on one worker (--dist loadfile) so its module fixtures are built once.

@@ -84,8 +84,29 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
     # the demo's promises (issue 12): 1,000 test images, Figure 3 over at least 3 reweighted epochs
     assert demo.model == "small-cnn" and demo.test_subset == 1000
     assert demo.epochs - resolve_config("demo", method="vir-at").reweight_start + 1 >= 3
+    # demo-lite is the demo with fewer images, nothing else
+    lite = resolve_config("demo-lite")
+    assert lite.train_subset == 2500 < demo.train_subset
+    assert {**lite.to_dict(), "train_subset": 0, "preset": ""} == {**demo.to_dict(), "train_subset": 0, "preset": ""}
+    assert N.PRESETS["demo-lite"]["runs"] == N.PRESETS["demo"]["runs"]
     smoke = resolve_config("smoke")
     assert (smoke.model, smoke.train_subset, smoke.epochs, smoke.attack_steps) == ("small-cnn", 128, 2, 1)
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "demo"), (False, "demo-lite")])
+def test_default_demo_preset_follows_native_bf16(monkeypatch, capsys, native_bf16, expected):
+    """Without --preset, `virkit notebooks` takes the demo this machine trains in 10 minutes: demo where
+    bf16 is native (or on a GPU), demo-lite elsewhere, and says which and why in one line."""
+    import torch
+    from virkit import devices
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native_bf16)
+    preset, why = N.default_demo_preset()
+    assert preset == expected and ("natively" in why) == native_bf16
+    assert N.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert f"virkit notebooks: preset {expected!r} (" in out.splitlines()[0]
+    assert f"values for preset {expected!r}" in out
 
 
 def test_ablation_grid_parameters_are_the_papers_grids():

@@ -169,11 +169,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The notebooks' budgets: `virkit notebooks run --preset demo` trains every run with this preset,
     # exactly what `virkit train --preset demo` trains. Units: images (subsets), 1-based epochs, step
     # sizes as fractions of 255; everything not named is the dataclass default (eps 8/255, momentum 0.9).
-    "demo": {  # `make demo`: all nine notebooks, 11 runs of this, in under 10 minutes on 2 CPU cores
-        # (docs/NOTEBOOKS.md: the budgets tried, minutes against accuracy)
+    "demo": {  # `make demo` with native bf16 (AVX512-BF16, AMX) or a GPU: all nine notebooks, 9 runs of this,
+        # in under 10 minutes on 2 CPU cores (docs/NOTEBOOKS.md: the budgets tried, minutes against accuracy)
         "model": "small-cnn",       # as quick: ResNet-18 is too slow for minutes on a CPU
-        "train_subset": 2500,       # 5% of CIFAR-10 (class-balanced): 40 steps of 64 an epoch; 3,000 took 9.9 min
-                                    # for the whole demo on the slowest development CPU, too close to 10
+        "train_subset": 7500,       # 15% of CIFAR-10 (class-balanced): 118 steps of 64 an epoch; 10,000 took 10.7 min
+                                    # for the whole demo on an AVX512-BF16 EPYC (bf16), too close to 10
         "test_subset": 1000,        # final evaluation: 1,000 class-balanced test images (100 a class)
         "holdout": 200,             # per-epoch validation images (natural accuracy only, see below)
         "holdout_pgd_steps": 0,     # no per-epoch PGD: best.pt = last.pt, one final evaluation
@@ -205,6 +205,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "precision": "fp32", "channels_last": False,   # the same kernels on every CPU (tests)
     },
 }
+
+# `make demo` on a CPU without native bf16 (fp32 training, 3-4x slower an image): the demo with a third
+# of the images (40 steps of 64 an epoch), 9 min for the whole demo on the AVX2-only EPYC; weaker models
+PRESETS["demo-lite"] = {**PRESETS["demo"], "train_subset": 2500}
 
 # Paper-scale per-dataset/model adjustments (Sec. 5.1 and 5.3)
 _MODEL_HP = {"wrn-34-10": {"lr": 0.1, "weight_decay": 7e-4}, "wrn-28-10": {"lr": 0.1, "weight_decay": 7e-4}}
