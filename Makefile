@@ -49,4 +49,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py --mode cpu
 
 clean:
-	rm -rf runs/notebooks figures/demo figures/smoke figures/quick figures/tiny
+	rm -rf runs/notebooks figures/demo figures/demo-lite figures/smoke figures/quick figures/tiny
