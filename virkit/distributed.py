@@ -237,9 +237,13 @@ class DistContext:
     def close(self) -> None:
         """Leave the process group if :func:`setup` created it. Every rank must call it at the same
         point (a barrier first): a rank tearing its group down while another still holds its own
-        can abort the process at exit."""
+        can abort the process at exit. Drop the DDP-wrapped model first: its reducer holds the group,
+        and a gloo group outliving ``destroy_process_group`` until interpreter exit can abort the
+        process there ("terminate called without an active exception", seen once in CI)."""
         if self.owns_group:
+            import gc
             import torch.distributed as dist
+            gc.collect()   # a DDP module the caller has let go of, freed now (it may sit in a reference cycle)
             if dist.is_initialized():
                 self.barrier()
                 dist.destroy_process_group()

@@ -434,9 +434,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             _save_epoch(run, model, optimizer, done, improved, cfg_record, data.meta, dctx)
             log(_epoch_line(cfg, record))
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+                model = optimizer = None   # the DDP wrapper (its reducer holds the group) goes before the group
                 dctx.close()
                 return run.path
 
+        model = optimizer = None   # as above: free the DDP wrapper while its process group still exists
         dctx.close()   # every rank leaves the process group together; rank 0 alone evaluates and writes summary.json
         if dctx.is_main:
             _finish(run, cfg, done, data.test, device, log, time.time() - t_run)
