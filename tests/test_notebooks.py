@@ -143,7 +143,7 @@ def test_setup_reads_the_parameters_from_the_callers_namespace(tmp_path, capsys)
         N.setup("03_train_and_evaluate", {**values, "seed": "zero"})
     with pytest.raises(VirkitError, match="parameter\\(s\\) method, seed not defined"):
         N.setup("03_train_and_evaluate", {k: v for k, v in values.items() if k not in ("method", "seed")})
-    with pytest.raises(VirkitError, match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, demo-lite, paper"):
+    with pytest.raises(VirkitError, match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, paper, demo-lite"):
         N.setup("03_train_and_evaluate", {**values, "preset": "quick"})
     with pytest.raises(VirkitError, match="cannot find notebook 99_nothing.ipynb"):
         N.setup("99_nothing", values)

@@ -21,8 +21,8 @@ from typing import Any, Iterable
 
 from ..errors import check_choice
 
-__all__ = ["PRESETS", "COMMON_PARAMETERS", "default_demo_preset", "preset_settings", "train_config", "shared_run", "run_paths", "run_dir_for",
-           "default_runs_root", "load_history", "load_eval"]
+__all__ = ["PRESETS", "COMMON_PARAMETERS", "default_demo_preset", "preset_settings", "train_config", "shared_run",
+           "run_paths", "run_dir_for", "default_runs_root", "load_history", "load_eval"]
 
 #: parameters every notebook has (the runner sets them)
 COMMON_PARAMETERS = ("preset", "fig_dir", "runs_root")
@@ -30,18 +30,6 @@ COMMON_PARAMETERS = ("preset", "fig_dir", "runs_root")
 # Tables 9-12 of notebook 07: no extra grid point (each table then has the paper's value only)
 _NO_SWEEPS = {"beta_grid_at": [], "beta_grid_trades": [], "alpha_grid_at": [], "gamma_grid_at": [],
               "alpha_grid_trades": [], "gamma_grid_trades": []}
-
-#: the runs of both demo presets: Table 1's methods and natural training (notebooks 03-06, 08, 09) and
-#: Table 6's first row (07)
-_DEMO_RUNS = ["at", "vir-at", "trades", "vir-trades", "mart", "gairat", "mail-at", "natural", "vir-at-w1"]
-_DEMO_NOTEBOOKS = {
-    "01_weight_explorer": {"batch_size": 500, "attack_steps": 10},
-    "02_gaussian_mixture_theory": {"mc_samples": 200000},
-    "06_robustness_tables": {"tables": [1]},
-    # Table 6 as w = 1 against full VIR-AT (the S_v / S_d rows: -p 'components=["sv","sd"]', +2 runs)
-    "07_ablations": {"tables": [6], "components": [], **_NO_SWEEPS},
-    "08_attributions": {"n_examples": 3, "n_pool": 500, "ig_steps": 24},
-}
 
 #: ``{name: {"description", "robust_attack", "seeds", "notebooks": {notebook: {parameter: value}}}}``,
 #: plus ``eval_attacks`` where the notebooks need attacks the trainer preset does not evaluate, and
@@ -74,16 +62,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "robust_attack": "pgd10",
         "seeds": [0],
         # Table 1's methods and natural training (notebooks 03-06, 08, 09), Table 6's first row (07)
-        "runs": _DEMO_RUNS,
-        "notebooks": _DEMO_NOTEBOOKS,
-    },
-    "demo-lite": {   # the demo for CPUs without native bf16 (fp32 training: 3-4x slower an image)
-        "description": ("2 CPU cores without native bf16, all notebooks in under 10 minutes: as demo with 2,500 "
-                        "CIFAR-10 images a run (weaker models: AT about 38% natural, 22% PGD-10)"),
-        "robust_attack": "pgd10",
-        "seeds": [0],
-        "runs": _DEMO_RUNS,
-        "notebooks": _DEMO_NOTEBOOKS,
+        "runs": ["at", "vir-at", "trades", "vir-trades", "mart", "gairat", "mail-at", "natural", "vir-at-w1"],
+        "notebooks": {
+            "01_weight_explorer": {"batch_size": 500, "attack_steps": 10},
+            "02_gaussian_mixture_theory": {"mc_samples": 200000},
+            "06_robustness_tables": {"tables": [1]},
+            # Table 6 as w = 1 against full VIR-AT (the S_v / S_d rows: -p 'components=["sv","sd"]', +2 runs)
+            "07_ablations": {"tables": [6], "components": [], **_NO_SWEEPS},
+            "08_attributions": {"n_examples": 3, "n_pool": 500, "ig_steps": 24},
+        },
     },
     "paper": {
         "description": "the paper's settings (Sec. 5): ResNet-18, 115 epochs, PGD-10, 4 seeds; needs a GPU",
@@ -104,9 +91,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# the demo for CPUs without native bf16 (fp32 training: 3-4x slower an image): the same runs and
+# notebook values, a third of the images (the trainer preset of the same name)
+PRESETS["demo-lite"] = {**PRESETS["demo"], "description": (
+    "2 CPU cores without native bf16, all notebooks in under 10 minutes: as demo with 2,500 CIFAR-10 images a "
+    "run (weaker models: AT about 38% natural, 22% PGD-10)")}
+
+
 def default_demo_preset() -> tuple[str, str]:
     """The demo preset this machine runs in 10 minutes, and why: ``demo`` with a GPU or a CPU that
-    computes bf16 natively (training then runs bf16 autocast, about 4x the images/s of fp32 on an
+    computes bf16 natively (training then runs bf16 autocast, 3-4x the images/s of fp32 on an
     AVX2-only CPU for the small CNN, docs/NOTEBOOKS.md), else ``demo-lite`` (a third of the images).
     ``make demo`` and ``virkit notebooks run`` without ``--preset`` use it."""
     import torch
