@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from virkit.data import DeviceLoader, gaussian_mixture, load_dataset, random_crop_flip, subset
+from virkit.loader import training_loader
 from virkit.errors import VirkitError
 
 STANDIN = Path(os.environ.get("VIRKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -125,3 +126,22 @@ def test_validation_split_is_carved_from_train_and_picks_best_without_test_image
     assert rows(val2) == val and rec == d.meta["holdout"] and len(rest) == len(full_train) - 100
     old = prepare_data(tiny_cfg("vir-at", holdout=100, holdout_from="test"), torch.device("cpu"))
     assert rows(old.holdout) <= test_rows and old.meta["holdout"]["from"] == "test"
+
+
+@needs_standin
+def test_training_loader_augmentations():
+    """``augment``: "none" yields the images as they are, "flip" each image or its mirror (both
+    occur), "crop-flip" shifted copies too; an unknown name is one clear error."""
+    train = subset(load_dataset("cifar10", STANDIN, "train"), 200, seed=1)
+    plain = {}
+    for mode in ("none", "flip", "crop-flip"):
+        x, _, idx = next(iter(training_loader(train, 200, mode).epoch(3)))
+        ref = train.float_images(idx)
+        same = [torch.equal(x[i], ref[i]) for i in range(200)]
+        mirrored = [torch.equal(x[i], ref[i].flip(-1)) for i in range(200)]
+        plain[mode] = (sum(same), sum(mirrored), sum(not (s or m) for s, m in zip(same, mirrored)))
+    assert plain["none"][0] == 200
+    assert plain["flip"][2] == 0 and plain["flip"][0] > 50 and plain["flip"][1] > 50
+    assert plain["crop-flip"][2] > 100          # most crops are shifted (1 in 81 offsets is not)
+    with pytest.raises(VirkitError, match="unknown augment 'jitter'; valid: crop-flip, flip, none"):
+        training_loader(train, 8, "jitter")

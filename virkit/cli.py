@@ -85,6 +85,8 @@ def _add_train(sub) -> None:
     p.add_argument("--weight-norm", choices=["none", "mean1"])
     p.add_argument("--batch-reduction", choices=["mean", "sum"])
     p.add_argument("--normalize", choices=["dataset", "none"])
+    p.add_argument("--augment", choices=["crop-flip", "flip", "none"],
+                   help="training augmentation (default crop-flip: random crop with zero padding 4 and a flip)")
     p.add_argument("--device")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="training autocast (default auto: bf16 on a CPU with native bf16, AMX or AVX512-BF16; "

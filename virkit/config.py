@@ -34,6 +34,8 @@ class TrainConfig:
     holdout_from: str = "train"         # "train" (a validation split: no test image selects best.pt) or
                                         # "test" (held-out test images, virkit before 0.2, for old runs)
     normalize: str = "dataset"          # "dataset": per-channel mean/std inside the model; "none"
+    augment: str = "crop-flip"          # training images: "crop-flip" (random crop, zero padding 4, and
+                                        # horizontal flip, as every baseline's code), "flip", or "none"
 
     # --- optimisation (Sec. 5.1) ----------------------------------------------------------------
     epochs: int = 115                   # Sec. 5.1: 115 epochs
@@ -220,7 +222,7 @@ def preset_names() -> list[str]:
 
 #: settings added after runs were recorded: left out of the hashes while they hold these values, so
 #: older runs keep their config hash (and reuse / resume / burn-in sharing keep finding them)
-_QUIET_DEFAULTS = {"lr_schedule": "step", "lr_peak": 0.3}
+_QUIET_DEFAULTS = {"lr_schedule": "step", "lr_peak": 0.3, "augment": "crop-flip"}
 
 
 def _without_quiet_defaults(d: dict) -> dict:
@@ -292,6 +294,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_choice("method", cfg.method, METHODS)
     check_choice("precision", cfg.precision, ["auto", "fp32", "bf16"])
     check_choice("normalize", cfg.normalize, ["dataset", "none"])
+    check_choice("augment", cfg.augment, ["crop-flip", "flip", "none"])   # virkit.loader.AUGMENTATIONS
     check_choice("weight_logits", cfg.weight_logits, ["eval", "train"])
     check_choice("weight_norm", cfg.weight_norm, ["none", "mean1"])
     check_choice("batch_reduction", cfg.batch_reduction, ["mean", "sum"])

@@ -11,7 +11,7 @@ from .errors import VirkitError
 if TYPE_CHECKING:
     from .data import Split
 
-__all__ = ["DeviceLoader", "random_crop_flip"]
+__all__ = ["DeviceLoader", "random_crop_flip", "training_loader", "AUGMENTATIONS"]
 
 
 class DeviceLoader:
@@ -69,6 +69,24 @@ class DeviceLoader:
 
     def __iter__(self):
         return self.epoch(0)
+
+
+#: training augmentations (``TrainConfig.augment``): name -> (augment, zero padding of the crop)
+AUGMENTATIONS = {"crop-flip": (True, 4),   # random 32x32 crop of the image padded by 4, and a flip: every
+                                           # baseline's code (TRADES, MART, GAIRAT, MAIL) trains with it
+                 "flip": (True, 0),        # the horizontal flip alone (a crop of the unpadded image)
+                 "none": (False, 0)}
+
+
+def training_loader(split, batch_size: int, augment: str = "crop-flip", rank: int = 0,
+                    world_size: int = 1) -> DeviceLoader:
+    """The shuffled training loader of a run, with the augmentation ``augment`` names
+    (:data:`AUGMENTATIONS`; images only: feature splits are never augmented)."""
+    if augment not in AUGMENTATIONS:
+        raise VirkitError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    on, pad = AUGMENTATIONS[augment]
+    return DeviceLoader(split, batch_size, shuffle=True, augment=on and split.x.dtype == torch.uint8, pad=pad,
+                        drop_last=False, rank=rank, world_size=world_size)
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

@@ -36,6 +36,7 @@ from .devices import compile_model, cpu_has_native_bf16, fast_defaults, resolve_
 from .distributed import DistContext
 from .distributed import setup as _dist_setup
 from .errors import NonFiniteLossError, VirkitError
+from .loader import training_loader
 from .methods import METHODS, method_step
 from .runs import RunAction, RunDir
 
@@ -408,8 +409,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
                 _branch_best(run, ck.get("best_checkpoint"), cfg_record, data.meta, log)
 
         autocast = _autocast_factory(rcfg, device)
-        loader = DeviceLoader(data.train, cfg.batch_size, shuffle=True, augment=data.train.x.dtype == torch.uint8,
-                              drop_last=False, rank=dctx.rank, world_size=dctx.world_size)  # this rank's shard
+        loader = training_loader(data.train, cfg.batch_size, cfg.augment, rank=dctx.rank,
+                                 world_size=dctx.world_size)  # this rank's shard
         run_model = _maybe_compile(model, cfg, data.train.float_images(torch.arange(2, device=device)), log)
         run_model = dctx.wrap(run_model)   # DistributedDataParallel for the training forwards under torchrun
         t_run = time.time()
