@@ -72,7 +72,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="execute notebooks (all, or --only NAMES)")
     r.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="the trainer preset every run uses (virkit train --preset NAME trains the same): smoke: "
-                        "seconds (tests); demo: 7,500 images a run, under 10 min on 2 CPU cores with native bf16 "
+                        "seconds (tests); demo: 8,750 images a run, under 10 min on 2 CPU cores with native bf16 "
                         "(AVX512-BF16 or AMX) or on a GPU; demo-lite: 2,500 images, under 10 min on 2 cores "
                         "without; paper: the paper's settings (GPU). Default: demo where the machine runs it in 10 "
                         "minutes, else demo-lite")
