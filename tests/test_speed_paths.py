@@ -373,3 +373,24 @@ def test_cpu_defaults_channels_last_and_bf16_only_where_native(monkeypatch, tiny
     rec = json.loads((run / "config.json").read_text())
     assert rec["precision"] == "auto" and rec["speed"] == {"precision": "bf16", "channels_last": True,
                                                             "cpu_native_bf16": True}
+
+
+def test_onednn_isa_cap_below_bf16_counts_as_no_native_bf16(monkeypatch, tmp_path):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (make test-avx2, or a user emulating an AVX2-only CPU) makes oneDNN
+    emulate bf16, so 'auto' must train fp32 there; caps at or above AVX512_CORE_BF16 leave the flags
+    of /proc/cpuinfo to decide."""
+    from virkit import devices
+
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(var, raising=False)
+    from_flags = devices.cpu_has_native_bf16()
+    for cap in ("AVX2", "avx512_core", "SSE41"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert devices.cpu_has_native_bf16() is False
+        assert devices.fast_defaults("auto", None, torch.device("cpu")) == ("fp32", True)
+    for cap in ("AVX512_CORE_AMX", "ALL", ""):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert devices.cpu_has_native_bf16() is from_flags
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert devices.cpu_has_native_bf16() is False

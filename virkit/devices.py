@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Callable, Iterator
 
 import torch
@@ -52,10 +53,20 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+#: oneDNN's CPU ISA levels (``ONEDNN_MAX_CPU_ISA``) below AVX512_CORE_BF16: capped there, oneDNN runs
+#: no native bf16 kernel whatever the CPU has (AVX2_VNNI_2 only converts bf16)
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16, from /proc/cpuinfo's
     flags); oneDNN then runs bf16 convolutions and matmuls faster than fp32. Elsewhere bf16 is
-    emulated and slower, so virkit's CPU default stays fp32 there."""
+    emulated and slower, so virkit's CPU default stays fp32 there. ``ONEDNN_MAX_CPU_ISA`` (or
+    ``DNNL_MAX_CPU_ISA``) capped below AVX512_CORE_BF16, e.g. ``AVX2``, counts as no native bf16:
+    oneDNN then emulates it, as on a CPU without the instructions."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    if cap in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((ln for ln in f if ln.startswith("flags")), "").split()

@@ -101,15 +101,17 @@ PRESETS["demo-lite"] = {**PRESETS["demo"], "description": (
 def default_demo_preset() -> tuple[str, str]:
     """The demo preset this machine runs in 10 minutes, and why: ``demo`` with a GPU or a CPU that
     computes bf16 natively (training then runs bf16 autocast, 3-4x the images/s of fp32 on an
-    AVX2-only CPU for the small CNN, docs/NOTEBOOKS.md), else ``demo-lite`` (a third of the images).
-    ``make demo`` and ``virkit notebooks run`` without ``--preset`` use it."""
+    AVX2-only CPU for the small CNN, docs/NOTEBOOKS.md), else ``demo-lite`` (2,500 images a run, not
+    8,750). ``make demo`` and ``virkit notebooks run`` without ``--preset`` use it."""
     import torch
     from ..devices import cpu_has_native_bf16, cpu_name
     if torch.cuda.is_available():
         return "demo", "a GPU"
     if cpu_has_native_bf16():
         return "demo", f"{cpu_name()} computes bf16 natively"
-    return "demo-lite", (f"{cpu_name()} has no native bf16 (fp32 training), so the 10-minute demo trains 2,500 "
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    who = f"oneDNN capped at {cap}" if cap else cpu_name()
+    return "demo-lite", (f"{who} has no native bf16 (fp32 training), so the 10-minute demo trains 2,500 "
                          "images a run; --preset demo trains 8,750, about 3.5x longer here")
 
 
