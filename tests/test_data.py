@@ -143,5 +143,5 @@ def test_training_loader_augmentations():
     assert plain["none"][0] == 200
     assert plain["flip"][2] == 0 and plain["flip"][0] > 50 and plain["flip"][1] > 50
     assert plain["crop-flip"][2] > 100          # most crops are shifted (1 in 81 offsets is not)
-    with pytest.raises(VirkitError, match="unknown augment 'jitter'; valid: crop-flip, flip, none"):
+    with pytest.raises(VirkitError, match="unknown augment 'jitter'; valid augments: crop-flip, flip, none"):
         training_loader(train, 8, "jitter")

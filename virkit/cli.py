@@ -41,6 +41,7 @@ def _epilog() -> str:
 
 def _add_train(sub) -> None:
     from .config import TrainConfig
+    from .loader import AUGMENTATIONS
     p = sub.add_parser("train", help="train a model with one method", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train with one method. Unset options take the preset's value (paper: Sec. 5.1/5.3).")
@@ -85,7 +86,7 @@ def _add_train(sub) -> None:
     p.add_argument("--weight-norm", choices=["none", "mean1"])
     p.add_argument("--batch-reduction", choices=["mean", "sum"])
     p.add_argument("--normalize", choices=["dataset", "none"])
-    p.add_argument("--augment", choices=["crop-flip", "flip", "none"],
+    p.add_argument("--augment", choices=list(AUGMENTATIONS),
                    help="training augmentation (default crop-flip: random crop with zero padding 4 and a flip)")
     p.add_argument("--device")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],

@@ -12,6 +12,7 @@ from typing import Any
 
 from .data import DATASETS
 from .errors import VirkitError, check_choice, check_range
+from .loader import AUGMENTATIONS
 from .methods import METHODS
 from .models import MODELS
 
@@ -297,7 +298,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_choice("method", cfg.method, METHODS)
     check_choice("precision", cfg.precision, ["auto", "fp32", "bf16"])
     check_choice("normalize", cfg.normalize, ["dataset", "none"])
-    check_choice("augment", cfg.augment, ["crop-flip", "flip", "none"])   # virkit.loader.AUGMENTATIONS
+    check_choice("augment", cfg.augment, AUGMENTATIONS)
     check_choice("weight_logits", cfg.weight_logits, ["eval", "train"])
     check_choice("weight_norm", cfg.weight_norm, ["none", "mean1"])
     check_choice("batch_reduction", cfg.batch_reduction, ["mean", "sum"])

@@ -10,8 +10,8 @@ from torch import nn
 
 from .errors import VirkitError
 
-__all__ = ["resolve_device", "model_device", "cpu_name", "cpu_has_native_bf16", "fast_defaults", "tf32_mode",
-           "compile_model"]
+__all__ = ["resolve_device", "model_device", "cpu_name", "onednn_isa_cap", "cpu_has_native_bf16", "fast_defaults",
+           "tf32_mode", "compile_model"]
 
 
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
@@ -58,14 +58,20 @@ def cpu_name() -> str:
 _ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
+def onednn_isa_cap() -> str | None:
+    """The CPU ISA oneDNN is capped at (``ONEDNN_MAX_CPU_ISA``, or the older ``DNNL_MAX_CPU_ISA``),
+    upper-case, or None when not set."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return cap or None
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16, from /proc/cpuinfo's
     flags); oneDNN then runs bf16 convolutions and matmuls faster than fp32. Elsewhere bf16 is
     emulated and slower, so virkit's CPU default stays fp32 there. ``ONEDNN_MAX_CPU_ISA`` (or
     ``DNNL_MAX_CPU_ISA``) capped below AVX512_CORE_BF16, e.g. ``AVX2``, counts as no native bf16:
     oneDNN then emulates it, as on a CPU without the instructions."""
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
-    if cap in _ONEDNN_ISAS_WITHOUT_BF16:
+    if onednn_isa_cap() in _ONEDNN_ISAS_WITHOUT_BF16:
         return False
     try:
         with open("/proc/cpuinfo") as f:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import VirkitError
+from .errors import VirkitError, check_choice
 
 if TYPE_CHECKING:
     from .data import Split
@@ -82,9 +82,7 @@ def training_loader(split, batch_size: int, augment: str = "crop-flip", rank: in
                     world_size: int = 1) -> DeviceLoader:
     """The shuffled training loader of a run, with the augmentation ``augment`` names
     (:data:`AUGMENTATIONS`; images only: feature splits are never augmented)."""
-    if augment not in AUGMENTATIONS:
-        raise VirkitError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
-    on, pad = AUGMENTATIONS[augment]
+    on, pad = AUGMENTATIONS[check_choice("augment", augment, AUGMENTATIONS)]
     return DeviceLoader(split, batch_size, shuffle=True, augment=on and split.x.dtype == torch.uint8, pad=pad,
                         drop_last=False, rank=rank, world_size=world_size)
 

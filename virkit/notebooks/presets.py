@@ -92,7 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # the demo for CPUs without native bf16 (fp32 training: 3-4x slower an image): the same runs and
-# notebook values, a third of the images (the trainer preset of the same name)
+# notebook values, 2,500 images a run (the trainer preset of the same name)
 PRESETS["demo-lite"] = {**PRESETS["demo"], "description": (
     "2 CPU cores without native bf16, all notebooks in under 10 minutes: as demo with 2,500 CIFAR-10 images a "
     "run (weaker models: AT about 41% natural, 24% PGD-10)")}
@@ -104,12 +104,12 @@ def default_demo_preset() -> tuple[str, str]:
     AVX2-only CPU for the small CNN, docs/NOTEBOOKS.md), else ``demo-lite`` (2,500 images a run, not
     8,750). ``make demo`` and ``virkit notebooks run`` without ``--preset`` use it."""
     import torch
-    from ..devices import cpu_has_native_bf16, cpu_name
+    from ..devices import cpu_has_native_bf16, cpu_name, onednn_isa_cap
     if torch.cuda.is_available():
         return "demo", "a GPU"
     if cpu_has_native_bf16():
         return "demo", f"{cpu_name()} computes bf16 natively"
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    cap = onednn_isa_cap()
     who = f"oneDNN capped at {cap}" if cap else cpu_name()
     return "demo-lite", (f"{who} has no native bf16 (fp32 training), so the 10-minute demo trains 2,500 "
                          "images a run; --preset demo trains 8,750, about 3.5x longer here")
