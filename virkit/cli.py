@@ -90,11 +90,12 @@ def _add_train(sub) -> None:
                    help="training augmentation (default crop-flip: random crop with zero padding 4 and a flip)")
     p.add_argument("--device")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="training autocast (default auto: bf16 on a CPU with native bf16, AMX or AVX512-BF16; "
-                        "fp32 elsewhere); evaluation is always fp32")
-    p.add_argument("--channels-last", action="store_const", const=True,
-                   help="NHWC memory format (default: on a CPU)")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
+                   help="training autocast (default auto: chosen by a timed calibration of the training step on "
+                        "this machine, cached; bf16 only where it measured faster); evaluation is always fp32")
+    p.add_argument("--channels-last", nargs="?", const="on", choices=["auto", "on", "off"],
+                   help="NHWC memory format (default auto: chosen by the same calibration)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const="off",
+                   help="same as --channels-last off")
     p.add_argument("--compile", action="store_const", const=True)
     p.add_argument("--eval-attacks", type=lambda s: tuple(a for a in s.split(",") if a),
                    help="attacks run after training (comma-separated; '' for none)")
@@ -116,6 +117,10 @@ def _cmd_train(args) -> int:
     from .config import resolve_config
     from .trainer import train
     overrides = {k: getattr(args, k) for k in args._fields if hasattr(args, k) and k != "preset"}
+    if overrides.get("channels_last") is not None:   # --channels-last auto|on|off
+        overrides["channels_last"] = {"auto": None, "on": True, "off": False}[overrides["channels_last"]]
+        if overrides["channels_last"] is None:
+            overrides.pop("channels_last")
     cfg = resolve_config(args.preset, **overrides)
     out = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress,
                 sync_bn=args.sync_bn or None, branch_from=args.branch_from)

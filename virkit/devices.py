@@ -10,7 +10,7 @@ from torch import nn
 
 from .errors import VirkitError
 
-__all__ = ["resolve_device", "model_device", "cpu_name", "onednn_isa_cap", "cpu_has_native_bf16", "fast_defaults",
+__all__ = ["resolve_device", "model_device", "cpu_name", "onednn_isa_cap", "cpu_has_native_bf16",
            "tf32_mode", "compile_model"]
 
 
@@ -66,9 +66,9 @@ def onednn_isa_cap() -> str | None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16, from /proc/cpuinfo's
-    flags); oneDNN then runs bf16 convolutions and matmuls faster than fp32. Elsewhere bf16 is
-    emulated and slower, so virkit's CPU default stays fp32 there. ``ONEDNN_MAX_CPU_ISA`` (or
+    """Whether this CPU has bf16 instructions (Intel AMX or AVX512-BF16, from /proc/cpuinfo's flags).
+    Information only (``virkit doctor``): whether bf16 *pays* is measured, not read from a flag
+    (:mod:`virkit.speed`; on an Intel Xeon with AVX512-BF16 and no AMX bf16 trains slower than fp32). ``ONEDNN_MAX_CPU_ISA`` (or
     ``DNNL_MAX_CPU_ISA``) capped below AVX512_CORE_BF16, e.g. ``AVX2``, counts as no native bf16:
     oneDNN then emulates it, as on a CPU without the instructions."""
     if onednn_isa_cap() in _ONEDNN_ISAS_WITHOUT_BF16:
@@ -79,19 +79,6 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def fast_defaults(precision: str, channels_last: bool | None, device: torch.device) -> tuple[str, bool]:
-    """What training runs with for ``precision`` (``auto`` | ``fp32`` | ``bf16``) and
-    ``channels_last`` (None: auto) on ``device``. On a CPU, ``auto`` means channels_last (oneDNN's
-    convolutions are faster in NHWC) and bf16 autocast where the CPU runs bf16 natively
-    (:func:`cpu_has_native_bf16`), fp32 elsewhere; on other devices ``auto`` keeps fp32 and the
-    contiguous format. Evaluation is fp32 whatever this says."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-    if channels_last is None:
-        channels_last = device.type == "cpu"
-    return precision, bool(channels_last)
 
 
 def _tf32_flags() -> tuple[bool, bool]:

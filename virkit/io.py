@@ -7,20 +7,42 @@ Checkpoints are read with ``torch.load(weights_only=True)``, which refuses pickl
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .errors import VirkitError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "safe_torch_load", "append_jsonl",
-           "to_jsonable"]
+           "to_jsonable", "file_lock"]
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the block, waited for; ``on_wait`` is
+    called once when another process holds it. The kernel drops the lock when its process dies, so a
+    killed holder never blocks the next one. (Run directories use :class:`virkit.runs.RunLock`.)"""
+    import fcntl
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing the descriptor releases the lock
 
 
 def _fsync_dir(folder: Path) -> None:

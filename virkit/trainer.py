@@ -32,13 +32,14 @@ from .checkpoint import FORMAT, build_model_from_meta, read_checkpoint
 from .config import TrainConfig, config_hash, validate
 from .data import (HOLDOUT_SEED, DeviceLoader, Split, holdout_subset, load_dataset, subset, test_subset,
                    validation_split)
-from .devices import compile_model, cpu_has_native_bf16, fast_defaults, resolve_device
+from .devices import compile_model, resolve_device
 from .distributed import DistContext
 from .distributed import setup as _dist_setup
 from .errors import NonFiniteLossError, VirkitError
 from .loader import training_loader
 from .methods import METHODS, method_step
 from .runs import RunAction, RunDir
+from .speed import StepSpec, fast_defaults
 
 __all__ = ["train", "resolve_device", "default_run_dir", "environment_info", "prepare_data", "holdout_accuracy",
            "RunData", "EpochStats"]
@@ -376,7 +377,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             dctx.close()
             return run.path
         device = dctx.device if dctx.enabled else resolve_device(cfg.device)
-        precision, channels_last = fast_defaults(cfg.precision, cfg.channels_last, device)
+        precision, channels_last, calibration = fast_defaults(cfg.precision, cfg.channels_last, device,
+                                                              StepSpec.of(cfg), log=log)
         rcfg = dataclasses.replace(cfg, precision=precision, channels_last=channels_last)   # what runs
         torch.manual_seed(cfg.seed)
         data = dctx.everywhere(lambda: prepare_data(cfg, device))   # leaves the directory untouched
@@ -396,7 +398,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             log(f"resuming {run.path} after epoch {done.epoch}")
         cfg_record = {**_config_record(cfg, device, data.meta, dctx),
                       "speed": {"precision": precision, "channels_last": channels_last,
-                                "cpu_native_bf16": cpu_has_native_bf16() if device.type == "cpu" else None}}
+                                "chosen_by": "calibration" if calibration is not None else "config",
+                                **({"calibration": calibration.to_dict()} if calibration is not None else {})}}
         if parent is not None:
             cfg_record["parent"] = parent
         elif action is RunAction.RESUME and run.read_config() and run.read_config().get("parent"):
