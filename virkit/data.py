@@ -9,7 +9,9 @@ Supported names (:data:`DATASETS`): ``cifar10``, ``cifar100``, ``svhn``, ``tiny-
 torchvision's on-disk layouts, ``imagefolder`` (any ``train/<class>/*`` + ``test/<class>/*`` tree
 or a ``.tar.gz`` of one, given as ``--data-root``) and ``gaussian-mixture`` (synthetic, Appendix A).
 
-The root comes from ``--data-root``, else ``$VIRKIT_DATA``, else ``~/.cache/virkit/data``.
+The root comes from ``--data-root``, else ``$VIRKIT_DATA``, else ``~/.cache/virkit/data``. A missing
+CIFAR-10, CIFAR-100, SVHN or Tiny-ImageNet is fetched there on first use from its official source,
+checksum verified (:mod:`virkit.fetch`: ``VIRKIT_DATA_MIRROR``, ``VIRKIT_OFFLINE``).
 For ``cifar10`` the root may hold either torchvision's ``cifar-10-batches-py`` or the JPEG
 stand-in archive ``cifar10-jpeg.tar.gz``; runs record which one was used, and results on the
 stand-in are reported as "CIFAR-10 (JPEG stand-in)".
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from .errors import VirkitError, check_choice
+from .fetch import ensure_dataset, source_note
 
 __all__ = ["DATASETS", "Split", "DeviceLoader", "load_dataset", "data_root", "dataset_names", "subset",
            "HOLDOUT_SEED", "holdout_subset", "test_subset", "validation_split", "subset_indices", "take",
@@ -88,13 +91,14 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     env = os.environ.get("VIRKIT_DATA")
     if env:
         return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "virkit" / "data"
+    from .io import user_cache_dir
+    return user_cache_dir() / "data"
 
 
 def _missing(name: str, root: Path, layout: str) -> VirkitError:
     return VirkitError(
         f"dataset {name!r} not found under {root} (from --data-root, else $VIRKIT_DATA, else ~/.cache/virkit/data); "
-        f"expected {layout}; pass --download when online, or point --data-root/VIRKIT_DATA at a folder holding it")
+        f"expected {layout}; point --data-root (or VIRKIT_DATA) at a folder holding it")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +142,7 @@ def _cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[np.n
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _load_cifar10(root: Path, split: str, download: bool) -> Split:
+def _load_cifar10(root: Path, split: str) -> Split:
     folder = root / "cifar-10-batches-py"
     if folder.is_dir():
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
@@ -148,7 +152,7 @@ def _load_cifar10(root: Path, split: str, download: bool) -> Split:
                               "re-download it or rebuild it")
         x, y = _cifar_batches(folder, files, "labels")
         return Split(torch.from_numpy(x), torch.from_numpy(y), list(CIFAR10_CLASSES), "cifar10",
-                     f"CIFAR-10 ({folder})")
+                     f"CIFAR-10 ({folder}{source_note(folder)})")
     archive = root / STANDIN_ARCHIVE
     if archive.is_file():
         s = _load_imagefolder(archive, split)
@@ -156,8 +160,6 @@ def _load_cifar10(root: Path, split: str, download: bool) -> Split:
             raise VirkitError(f"{archive} does not hold the 10 CIFAR-10 class folders; found {s.classes[:12]}")
         s.name, s.source = "cifar10", f"CIFAR-10 (JPEG stand-in, {archive})"
         return _original_order(s, root / "cifar10-original-order.json", split)
-    if download:
-        return _download_torchvision("cifar10", root, split)
     raise _missing("cifar10", root, f"{folder}/data_batch_1..5,test_batch (torchvision layout) or {archive}")
 
 
@@ -182,24 +184,20 @@ def _original_order(s: Split, order_file: Path, split: str) -> Split:
     return Split(s.x[perm], s.y[perm], s.classes, s.name, s.source + ", original order", s.mean, s.std, s.extra)
 
 
-def _load_cifar100(root: Path, split: str, download: bool) -> Split:
+def _load_cifar100(root: Path, split: str) -> Split:
     folder = root / "cifar-100-python"
     if not (folder / split).is_file():
-        if download:
-            return _download_torchvision("cifar100", root, split)
         raise _missing("cifar100", root, f"{folder}/train, test, meta (torchvision layout)")
     x, y = _cifar_batches(folder, [split], "fine_labels")
     meta = {(k.decode() if isinstance(k, bytes) else k): v for k, v in _load_pickle(folder / "meta").items()}
     classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get("fine_label_names", range(100))]
     return Split(torch.from_numpy(x), torch.from_numpy(y), [str(c) for c in classes], "cifar100",
-                 f"CIFAR-100 ({folder})")
+                 f"CIFAR-100 ({folder}{source_note(folder)})")
 
 
-def _load_svhn(root: Path, split: str, download: bool) -> Split:
+def _load_svhn(root: Path, split: str) -> Split:
     path = root / f"{split}_32x32.mat"
     if not path.is_file():
-        if download:
-            return _download_torchvision("svhn", root, split)
         raise _missing("svhn", root, f"{root}/train_32x32.mat and test_32x32.mat (torchvision layout)")
     try:
         import scipy.io as sio
@@ -296,7 +294,7 @@ def zlib_error():
     return zlib.error
 
 
-def _load_tiny_imagenet(root: Path, split: str, download: bool) -> Split:
+def _load_tiny_imagenet(root: Path, split: str) -> Split:
     base = root / "tiny-imagenet-200"
     wnids_file = base / "wnids.txt"
     if not wnids_file.is_file():
@@ -320,7 +318,8 @@ def _load_tiny_imagenet(root: Path, split: str, download: bool) -> Split:
                 blobs.append((str(f), f.read_bytes()))
                 labels.append(wnids.index(parts[1]))
     x = _decode_images(blobs, str(base))
-    return Split(torch.from_numpy(x), torch.tensor(labels, dtype=torch.int64), wnids, "tiny-imagenet", str(base))
+    return Split(torch.from_numpy(x), torch.tensor(labels, dtype=torch.int64), wnids, "tiny-imagenet",
+                 f"Tiny-ImageNet ({base}{source_note(base)})")
 
 
 def gaussian_mixture(n: int, d: int = 100, eta: float = 0.1, sigma: float = 1.0, K: float = 2.0,
@@ -339,33 +338,16 @@ def gaussian_mixture(n: int, d: int = 100, eta: float = 0.1, sigma: float = 1.0,
                  extra={"d": d, "eta": eta, "sigma": sigma, "K": K})
 
 
-def _download_torchvision(name: str, root: Path, split: str) -> Split:
-    try:
-        import torchvision.datasets as tvd
-    except ImportError:  # pragma: no cover
-        raise VirkitError("downloading needs torchvision; pip install torchvision") from None
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        if name == "cifar10":
-            tvd.CIFAR10(str(root), train=split == "train", download=True)
-        elif name == "cifar100":
-            tvd.CIFAR100(str(root), train=split == "train", download=True)
-        else:
-            tvd.SVHN(str(root), split=split, download=True)
-    except Exception as e:  # noqa: BLE001 - network errors come in many types
-        raise VirkitError(f"could not download {name} into {root}: {e}; check the network or place the files there"
-                          ) from None
-    return {"cifar10": _load_cifar10, "cifar100": _load_cifar100, "svhn": _load_svhn}[name](root, split, False)
-
-
 def _channel_stats(x: torch.Tensor) -> tuple[tuple, tuple]:
     xf = x[: min(len(x), 20000)].float() / 255.0
     return tuple(xf.mean(dim=(0, 2, 3)).tolist()), tuple(xf.std(dim=(0, 2, 3)).tolist())
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
-                 download: bool = False, gmm: dict | None = None) -> Split:
-    """Load one split into memory (CPU). Raises :class:`VirkitError` with the path, the variable and
+                 download: bool | None = None, gmm: dict | None = None) -> Split:
+    """Load one split into memory (CPU). A missing CIFAR-10, CIFAR-100, SVHN or Tiny-ImageNet is
+    fetched first from its official source (:mod:`virkit.fetch`; ``download=False`` or
+    ``VIRKIT_OFFLINE=1`` turn that off). Raises :class:`VirkitError` with the path, the variable and
     the expected layout when the data is missing, and a clear error when a file is corrupt.
 
     The split carries ``mean``/``std`` of its *training* split, for the model's normalization layer.
@@ -384,14 +366,11 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
             raise VirkitError("dataset 'imagefolder' needs --data-root (or $VIRKIT_DATA) pointing at a folder or "
                               ".tar.gz with train/<class>/* and test/<class>/*")
         s = _load_imagefolder(r, split)
-    elif name == "cifar10":
-        s = _load_cifar10(r, split, download)
-    elif name == "cifar100":
-        s = _load_cifar100(r, split, download)
-    elif name == "svhn":
-        s = _load_svhn(r, split, download)
     else:
-        s = _load_tiny_imagenet(r, split, download)
+        if download is not False:
+            ensure_dataset(name, r)   # fetched on first use, with a notice (virkit.fetch)
+        s = {"cifar10": _load_cifar10, "cifar100": _load_cifar100, "svhn": _load_svhn,
+             "tiny-imagenet": _load_tiny_imagenet}[name](r, split)
     if s.x.ndim != 4 or s.x.shape[1] != 3:
         raise VirkitError(f"dataset {name!r} at {r} has images of shape {tuple(s.x.shape[1:])}, expected 3xHxW")
     expected = DATASETS[name][1]

@@ -21,7 +21,13 @@ import torch
 from .errors import VirkitError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "safe_torch_load", "append_jsonl",
-           "to_jsonable", "file_lock"]
+           "to_jsonable", "file_lock", "user_cache_dir"]
+
+
+def user_cache_dir() -> Path:
+    """virkit's folder in the user cache: ``$XDG_CACHE_HOME/virkit``, else ``~/.cache/virkit`` (data,
+    decoded images, the speed calibration)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "virkit"
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from .errors import VirkitError
+from .io import user_cache_dir
 
 __all__ = ["StepSpec", "Calibration", "calibrate", "choose", "choose_layout", "calibration_for", "fast_defaults",
            "cache_file", "user_cache_dir", "BF16_MARGIN", "LAYOUT_MARGIN", "OPTIONS"]
@@ -43,11 +44,6 @@ LAYOUT_MARGIN = 1.03
 OPTIONS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 #: bump when the measurement changes, so old cache entries are not reused
 _VERSION = 1
-
-
-def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/virkit`` or ``~/.cache/virkit``: data, decoded images, calibration."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "virkit"
 
 
 def cache_file() -> Path:

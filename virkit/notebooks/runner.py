@@ -105,6 +105,17 @@ def _execute_subprocess(nb_path: str, out_path: str, parameters: dict, cwd: str,
     return "failed", f"runner subprocess exited with {proc.returncode}: {tail[:300]}"
 
 
+def ensure_preset_data(preset: str) -> None:
+    """The dataset the preset's runs train on, in place before any notebook or run starts (fetched on
+    first use, :func:`virkit.fetch.ensure_dataset`); a machine that has neither the data nor the
+    network gets one line here instead of one failure per notebook."""
+    from ..data import data_root
+    from ..fetch import ensure_dataset
+    from .presets import train_config
+    cfg = train_config(preset, "at")
+    ensure_dataset(cfg.dataset, data_root(cfg.data_root))
+
+
 def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str | os.PathLike = "runs/notebooks",
                   fig_root: str | os.PathLike = "figures", parameters_override: Mapping[str, Any] | None = None,
                   folder: str | os.PathLike | None = None, timeout: int | None = None, quiet: bool = False,
@@ -135,6 +146,8 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
         raise VirkitError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; parameters of the "
                           f"selected notebooks: {', '.join(sorted(known))}")
     plans = [(nb, planned_parameters(nb, preset, fig_dir, runs_root, overrides)) for nb in nbs]
+    # the data, once, before any notebook: fetched on first use, or one line naming the fixes
+    ensure_preset_data(preset)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
