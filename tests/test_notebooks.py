@@ -84,29 +84,54 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
     # the demo's promises (issue 12): 1,000 test images, Figure 3 over at least 3 reweighted epochs
     assert demo.model == "small-cnn" and demo.test_subset == 1000
     assert demo.epochs - resolve_config("demo", method="vir-at").reweight_start + 1 >= 3
-    # demo-lite is the demo with fewer images, nothing else
-    lite = resolve_config("demo-lite")
-    assert lite.train_subset == 2500 < demo.train_subset
-    assert {**lite.to_dict(), "train_subset": 0, "preset": ""} == {**demo.to_dict(), "train_subset": 0, "preset": ""}
-    assert N.PRESETS["demo-lite"]["runs"] == N.PRESETS["demo"]["runs"]
+    # the smaller tiers are the demo with fewer images, nothing else
+    sizes = [resolve_config(t).train_subset for t in N.DEMO_TIERS]
+    assert N.DEMO_TIERS[0] == "demo" and sizes == sorted(sizes, reverse=True) and sizes[-1] == 2500
+    for tier in N.DEMO_TIERS[1:]:
+        t = resolve_config(tier)
+        assert {**t.to_dict(), "train_subset": 0, "preset": ""} == {**demo.to_dict(), "train_subset": 0, "preset": ""}
+        assert N.PRESETS[tier]["runs"] == N.PRESETS["demo"]["runs"]
     smoke = resolve_config("smoke")
     assert (smoke.model, smoke.train_subset, smoke.epochs, smoke.attack_steps) == ("small-cnn", 128, 2, 1)
 
 
-@pytest.mark.parametrize("native_bf16, expected", [(True, "demo"), (False, "demo-lite")])
-def test_default_demo_preset_follows_native_bf16(monkeypatch, capsys, native_bf16, expected):
-    """Without --preset, `virkit notebooks` takes the demo this machine trains in 10 minutes: demo where
-    bf16 is native (or on a GPU), demo-lite elsewhere, and says which and why in one line."""
+@pytest.mark.parametrize("rate, expected", [(2000.0, "demo"), (600.0, "demo-mid"), (250.0, "demo-lite"),
+                                            (60.0, "demo-lite")])
+def test_demo_tier_follows_the_measured_rate(monkeypatch, tmp_path, capsys, rate, expected):
+    """Without --preset, `virkit notebooks run` measures the training step (virkit.speed) and takes the
+    largest tier expected to finish in 10 minutes, saying which, the rate and the expected time; a
+    machine too slow for every tier gets the smallest, and the line says so."""
     import torch
-    from virkit import devices
+    from virkit import speed
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native_bf16)
-    preset, why = N.default_demo_preset()
-    assert preset == expected and ("natively" in why) == native_bf16
+    monkeypatch.setattr(speed, "cache_file", lambda: tmp_path / "calibration.json")
+    monkeypatch.delenv("VIRKIT_SPEED", raising=False)
+    monkeypatch.setattr(speed, "calibrate", lambda spec, device, **kw: {"fp32": rate / 2, "fp32+channels_last": rate,
+                                                                        "bf16": rate / 3, "bf16+channels_last": 0.0})
+    choice = N.choose_demo_tier(jobs=2)
+    assert choice.preset == expected and choice.rate == rate and choice.speed == "fp32 + channels_last"
+    # expected times fall with the tier and follow the rate
+    times = [choice.expected_s[t] for t in N.DEMO_TIERS]
+    assert times == sorted(times, reverse=True)
+    assert (choice.expected_s[expected] <= N.DEMO_BUDGET_S) == (rate > 60)
+    assert f"{rate:.0f} img/s" in choice.why and ("even the smallest" in choice.why) == (rate == 60.0)
+    # list/gallery do not measure: they read the cached calibration and name the same tier
     assert N.main(["list"]) == 0
     out = capsys.readouterr().out
     assert f"virkit notebooks: preset {expected!r} (" in out.splitlines()[0]
     assert f"values for preset {expected!r}" in out
+
+
+def test_shared_run_progress_is_reported_per_epoch(tmp_path):
+    """The shared-run phase says each finished epoch of each run, with an estimate of the time left."""
+    from virkit.notebooks import prepare
+    lines: list[str] = []
+    plan = prepare.prepare_runs("smoke", tmp_path / "runs", jobs=1, threads=1, say=lines.append, expected_s=30.0)
+    assert all(r.status == "done" for r in plan)
+    epoch_lines = [ln for ln in lines if " epoch " in ln]
+    assert any("epoch 1/2" in ln for ln in epoch_lines) and any("epoch 2/2" in ln for ln in epoch_lines)
+    assert all("so far" in ln for ln in epoch_lines)
+    assert any("left" in ln or "expected" in ln for ln in epoch_lines)
 
 
 def test_ablation_grid_parameters_are_the_papers_grids():
@@ -143,7 +168,7 @@ def test_setup_reads_the_parameters_from_the_callers_namespace(tmp_path, capsys)
         N.setup("03_train_and_evaluate", {**values, "seed": "zero"})
     with pytest.raises(VirkitError, match="parameter\\(s\\) method, seed not defined"):
         N.setup("03_train_and_evaluate", {k: v for k, v in values.items() if k not in ("method", "seed")})
-    with pytest.raises(VirkitError, match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, paper, demo-lite"):
+    with pytest.raises(VirkitError, match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, paper, demo-mid, demo-lite"):
         N.setup("03_train_and_evaluate", {**values, "preset": "quick"})
     with pytest.raises(VirkitError, match="cannot find notebook 99_nothing.ipynb"):
         N.setup("99_nothing", values)

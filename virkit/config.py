@@ -172,8 +172,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The notebooks' budgets: `virkit notebooks run --preset demo` trains every run with this preset,
     # exactly what `virkit train --preset demo` trains. Units: images (subsets), 1-based epochs, step
     # sizes as fractions of 255; everything not named is the dataclass default (eps 8/255, momentum 0.9).
-    "demo": {  # `make demo` with native bf16 (AVX512-BF16, AMX) or a GPU: all nine notebooks, 9 runs of this,
-        # in under 10 minutes on 2 CPU cores (docs/NOTEBOOKS.md: the budgets tried, minutes against accuracy)
+    "demo": {  # `make demo`'s largest tier: all nine notebooks, 9 runs of this, in under 10 minutes on 2 CPU
+        # cores that train it fast enough (bf16 on an AVX512-BF16 EPYC; a GPU) (docs/NOTEBOOKS.md: the budgets tried)
         "model": "small-cnn",       # as quick: ResNet-18 is too slow for minutes on a CPU
         "train_subset": 8750,       # 17.5% of CIFAR-10 (class-balanced): 134 steps of 64 an epoch; 10,000 took 10.7 min
                                     # for the whole demo on an AVX512-BF16 EPYC (bf16), too close to 10
@@ -211,10 +211,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# `make demo` on a CPU without native bf16 (fp32 training, 3-4x slower an image): the demo with 2,500
-# images (40 steps of 64 an epoch; 9 min for the whole demo on the AVX2-only EPYC, measured with crop-flip);
-# weaker models
-PRESETS["demo-lite"] = {**PRESETS["demo"], "train_subset": 2500}
+# The demo's smaller tiers (`make demo` picks the largest this machine finishes in 10 minutes, by measurement:
+# virkit.notebooks.presets.choose_demo_tier): everything as demo but the training images a run.
+PRESETS["demo-mid"] = {**PRESETS["demo"], "train_subset": 5000}    # 79 steps of 64 an epoch
+PRESETS["demo-lite"] = {**PRESETS["demo"], "train_subset": 2500}   # 40 steps of 64 an epoch; weaker models
 
 # Paper-scale per-dataset/model adjustments (Sec. 5.1 and 5.3)
 _MODEL_HP = {"wrn-34-10": {"lr": 0.1, "weight_decay": 7e-4}, "wrn-28-10": {"lr": 0.1, "weight_decay": 7e-4}}

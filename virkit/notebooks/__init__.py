@@ -27,11 +27,13 @@ from .cli import add_cli, main
 from .context import REPO_ROOT, NotebookContext, setup
 from .parameters import (Parameter, check_values, find_notebook, list_notebooks, notebook_dir, notebook_parameters,
                          parse_parameter_value, planned_parameters, resolve_notebooks, validate_parameters)
-from .presets import (COMMON_PARAMETERS, PRESETS, default_demo_preset, default_runs_root, load_eval, load_history,
+from .presets import (COMMON_PARAMETERS, DEMO_BUDGET_S, DEMO_TIERS, PRESETS, TierChoice, choose_demo_tier,
+                      default_demo_preset, default_runs_root, load_eval, load_history,
                       preset_settings, run_paths, shared_run, train_config)
 from .runner import KERNEL_NAME, NotebookResult, ensure_kernelspec, execute_one, run_notebooks, write_index
 
-__all__ = ["PRESETS", "COMMON_PARAMETERS", "default_demo_preset", "notebook_dir", "list_notebooks", "find_notebook",
+__all__ = ["PRESETS", "COMMON_PARAMETERS", "DEMO_TIERS", "DEMO_BUDGET_S", "TierChoice", "choose_demo_tier",
+           "default_demo_preset", "notebook_dir", "list_notebooks", "find_notebook",
            "notebook_parameters", "parse_parameter_value", "validate_parameters", "check_values", "resolve_notebooks",
            "planned_parameters",
            "run_notebooks", "write_index", "add_cli", "main", "preset_settings", "train_config", "shared_run",

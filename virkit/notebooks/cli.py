@@ -24,19 +24,29 @@ def _param_pair(text: str) -> tuple[str, Any]:
     return k.strip(), parse_parameter_value(v)
 
 
-def _preset(args) -> str:
-    """``--preset``, else the demo budget this machine runs in 10 minutes (said in one line)."""
+def _preset(args, measure: bool = False) -> str:
+    """``--preset``, else the demo tier this machine runs in 10 minutes (said in one line). Only
+    ``run`` measures the machine for it (``measure``); ``list`` and ``gallery`` take the tier the last
+    measurement chose, else the largest."""
+    args.tier_why = None
     if args.preset is None:
-        args.preset, why = default_demo_preset()
-        print(f"virkit notebooks: preset {args.preset!r} ({why}; --preset NAME chooses)", flush=True)
+        if measure:
+            args.preset, args.tier_why = default_demo_preset(getattr(args, "train_jobs", None),
+                                                             log=lambda m: print(m, flush=True))
+        else:
+            args.preset, args.tier_why = default_demo_preset(measure=False)
+        print(f"virkit notebooks: preset {args.preset!r} ({args.tier_why}; --preset NAME chooses)", flush=True)
     return args.preset
 
 
 def _cmd_run(args) -> int:
-    return run_notebooks(preset=_preset(args), only=args.only, jobs=args.jobs, out_root=args.out_root,
+    from .runner import ensure_preset_data
+    if args.preset is None:   # the data first: a machine without data or network stops before measuring
+        ensure_preset_data("demo")
+    return run_notebooks(preset=_preset(args, measure=True), only=args.only, jobs=args.jobs, out_root=args.out_root,
                          fig_root=args.fig_root, parameters_override=dict(args.param or []),
                          folder=args.notebook_dir, timeout=args.timeout, threads=args.threads,
-                         train_jobs=args.train_jobs)
+                         train_jobs=args.train_jobs, tier_why=args.tier_why)
 
 
 def _cmd_gallery(args) -> int:

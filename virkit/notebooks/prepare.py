@@ -34,7 +34,7 @@ from ..errors import VirkitError
 from .context import REPO_ROOT
 from .presets import PRESETS, run_dir_for, train_config
 
-__all__ = ["PlannedRun", "planned_runs", "prepare_runs", "default_train_jobs"]
+__all__ = ["PlannedRun", "planned_runs", "prepare_runs", "default_train_jobs", "expected_seconds"]
 
 #: relative cost of one training image by pipeline family on a CPU (AT with the preset's attack = 1),
 #: measured with the demo preset (single thread, PGD-2, small CNN): only the order of starts uses it
@@ -113,6 +113,37 @@ def planned_runs(preset: str, runs_root: str | os.PathLike, seeds=None) -> list[
     return plan
 
 
+#: the training loop's images/s over the calibration's (virkit.speed times the bare step on synthetic
+#: images; the trainer adds the data pipeline, statistics and the weights' extra forwards)
+_TRAIN_EFFICIENCY = 0.85
+#: final-evaluation cost of one test image per attack, in AT training images of the preset's PGD-2 step
+#: (3 forward-backward passes): PGD-K is K passes, FGSM 1, natural a forward
+_EVAL_COST = {"natural": 0.1, "fgsm": 0.4}
+#: seconds of the demo outside training: process start-ups, data loading, the nine notebooks
+_FIXED_S = 90.0
+
+
+def _eval_units(cfg) -> float:
+    n = cfg.test_subset or 10000
+    total = 0.0
+    for a in cfg.eval_attacks:
+        steps = "".join(ch for ch in a if ch.isdigit())
+        total += _EVAL_COST.get(a, (int(steps) + 1) / 3 if a.startswith("pgd") and steps else 1.0)
+    return n * total
+
+
+def expected_seconds(preset: str, rate: float, jobs: int, runs_root: str | os.PathLike | None = None) -> float:
+    """Expected wall seconds of ``virkit notebooks run --preset PRESET`` from scratch on a machine whose
+    training step runs ``rate`` images/s a job (:mod:`virkit.speed`) with ``jobs`` jobs: the planned
+    runs' training work (image-epochs x family cost, burn-ins shared) and final evaluations, spread over
+    the jobs, plus the fixed cost of start-ups and notebooks. A model, checked against measured demos
+    in docs/NOTEBOOKS.md."""
+    import tempfile
+    plan = planned_runs(preset, runs_root or tempfile.gettempdir())
+    work = sum(r.tail_cost() + _eval_units(train_config(preset, r.method, r.seed, **r.overrides)) for r in plan)
+    return work / (max(rate, 1e-9) * _TRAIN_EFFICIENCY) / max(1, min(jobs, len(plan))) + _FIXED_S
+
+
 def default_train_jobs() -> int:
     """One worker per CPU core without a GPU (single-threaded workers), else one."""
     import torch
@@ -164,12 +195,23 @@ def train_one(spec: dict) -> dict:
         return {"status": "failed", "error": line}
 
 
+def _epochs_done(r: PlannedRun) -> int:
+    """Finished epochs of a running run (lines of its history.jsonl; a branch starts with its parent's)."""
+    try:
+        with open(r.path / "history.jsonl", "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
 def prepare_runs(preset: str, runs_root: str | os.PathLike, jobs: int | None = None, threads: int | None = None,
-                 say: Callable[[str], None] = print, seeds=None) -> list[PlannedRun]:
+                 say: Callable[[str], None] = print, seeds=None, expected_s: float | None = None) -> list[PlannedRun]:
     """Train the preset's runs (:func:`planned_runs`) that are not finished yet, ``jobs`` at a time
     with ``threads`` torch threads each (defaults: :func:`default_train_jobs`, cores // jobs).
-    Prints one line per run; returns the plan with each run's status and seconds. A failed run is
-    reported and left to the notebook that needs it (which then fails with the error in place)."""
+    Prints a line per finished epoch and per finished run, each with the time left (at the pace so far;
+    before the first epoch, ``expected_s`` if given); returns the plan with each run's status and
+    seconds. A failed run is reported and left to the notebook that needs it (which then fails with
+    the error in place)."""
     from ..runs import RunDir
 
     runs_root = Path(runs_root)
@@ -192,20 +234,40 @@ def prepare_runs(preset: str, runs_root: str | os.PathLike, jobs: int | None = N
     done_count = [0]
     done_cost = [0.0]
 
+    epochs_seen: dict = {}
+
+    def partial(r: PlannedRun) -> float:
+        """The work a running run has done: its own epochs finished so far (not the inherited burn-in)."""
+        start = r.parent.reweight_start - 1 if r.parent is not None else 0
+        own = max(0, epochs_seen.get(r.path, 0) - start)
+        return r.tail_cost() * own / max(1, r.epochs - start)
+
     def left() -> str:
         """Expected time left: the work not done yet at the pace of the work done so far."""
-        rest = sum(r.tail_cost() for r in todo if r.status in ("pending", "running"))
-        if not rest:
+        running = [r for r in todo if r.status == "running"]
+        done_now = done_cost[0] + sum(partial(r) for r in running)
+        rest = sum(r.tail_cost() for r in todo if r.status in ("pending", "running")) - sum(partial(r) for r in running)
+        if rest <= 0:
             return "done"
-        if not done_cost[0]:
-            return "estimating"
-        est = rest * (time.time() - t0) / done_cost[0]
+        if not done_now:
+            return f"expected {expected_s / 60:.1f} min in all" if expected_s else "estimating"
+        est = rest * (time.time() - t0) / done_now
         return f"about {est / 60:.1f} min left" if est >= 60 else f"about {est:.0f} s left"
+
+    def report_epochs() -> None:
+        for r in todo:
+            if r.status != "running":
+                continue
+            n = _epochs_done(r)
+            if n > epochs_seen.get(r.path, 0):
+                epochs_seen[r.path] = n
+                say(f"    {r.label:28s} epoch {n}/{r.epochs}  [{time.time() - t0:.0f} s so far, {left()}]")
 
     def work(r: PlannedRun) -> None:
         t = time.time()
         status, err = _train_subprocess(r, preset, runs_root, threads)
         with lock:
+            epochs_seen.pop(r.path, None)
             r.status, r.error, r.seconds = status, err, time.time() - t
             done_count[0] += 1
             done_cost[0] += r.tail_cost()
@@ -220,6 +282,7 @@ def prepare_runs(preset: str, runs_root: str | os.PathLike, jobs: int | None = N
             pending = [r for r in todo if r.status == "pending"]
             if not pending and not threads_running:
                 break
+            report_epochs()
             free = jobs - len(threads_running)
             ready = sorted((r for r in pending if _ready(r)), key=_priority, reverse=True)
             for r in ready[:max(free, 0)]:

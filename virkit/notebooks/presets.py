@@ -16,12 +16,14 @@ from __future__ import annotations
 import copy
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import check_choice
 
-__all__ = ["PRESETS", "COMMON_PARAMETERS", "default_demo_preset", "preset_settings", "train_config", "shared_run",
+__all__ = ["PRESETS", "COMMON_PARAMETERS", "DEMO_TIERS", "DEMO_BUDGET_S", "TierChoice", "choose_demo_tier",
+           "default_demo_preset", "preset_settings", "train_config", "shared_run",
            "run_paths", "run_dir_for", "default_runs_root", "load_history", "load_eval"]
 
 #: parameters every notebook has (the runner sets them)
@@ -91,28 +93,75 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# the demo for CPUs without native bf16 (fp32 training: 3-4x slower an image): the same runs and
-# notebook values, 2,500 images a run (the trainer preset of the same name)
+# The demo's tiers: the same runs and notebook values, fewer training images a run (the trainer presets of
+# the same names). `make demo` runs the largest that this machine is expected to finish in 10 minutes.
+PRESETS["demo-mid"] = {**PRESETS["demo"], "description": (
+    "as demo with 5,000 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 CPU cores that train the "
+    "small CNN at about 400 images/s a core (fp32 on an Intel Xeon with AVX-512, for example)")}
 PRESETS["demo-lite"] = {**PRESETS["demo"], "description": (
-    "2 CPU cores without native bf16, all notebooks in under 10 minutes: as demo with 2,500 CIFAR-10 images a "
-    "run (weaker models: AT about 41% natural, 24% PGD-10)")}
+    "as demo with 2,500 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 slower CPU cores (weaker "
+    "models: AT about 41% natural, 24% PGD-10)")}
+
+#: the demo tiers, largest first, and the wall-clock budget `make demo` chooses within
+DEMO_TIERS = ("demo", "demo-mid", "demo-lite")
+DEMO_BUDGET_S = 600.0
 
 
-def default_demo_preset() -> tuple[str, str]:
-    """The demo preset this machine runs in 10 minutes, and why: ``demo`` with a GPU or a CPU that
-    computes bf16 natively (training then runs bf16 autocast, 3-4x the images/s of fp32 on an
-    AVX2-only CPU for the small CNN, docs/NOTEBOOKS.md), else ``demo-lite`` (2,500 images a run, not
-    8,750). ``make demo`` and ``virkit notebooks run`` without ``--preset`` use it."""
+@dataclass
+class TierChoice:
+    """The demo tier chosen for this machine: the measured rate and each tier's expected seconds."""
+
+    preset: str
+    why: str
+    rate: float                              # images/s of one training job (calibration, chosen option)
+    speed: str                               # the chosen precision/layout, in words
+    jobs: int
+    expected_s: dict = field(default_factory=dict)   # tier -> expected wall seconds of the whole demo
+
+
+def choose_demo_tier(jobs: int | None = None, budget_s: float = DEMO_BUDGET_S, log=None,
+                     measure: bool = True) -> TierChoice:
+    """The largest of :data:`DEMO_TIERS` this machine is expected to finish within ``budget_s``, from
+    the speed calibration of the demo's training step (:mod:`virkit.speed`, measured once and cached)
+    with the threads each of ``jobs`` training workers gets, and the cost model of
+    :func:`virkit.notebooks.prepare.expected_seconds`. Falls back to the smallest tier, saying so."""
     import torch
-    from ..devices import cpu_has_native_bf16, cpu_name, onednn_isa_cap
-    if torch.cuda.is_available():
-        return "demo", "a GPU"
-    if cpu_has_native_bf16():
-        return "demo", f"{cpu_name()} computes bf16 natively"
-    cap = onednn_isa_cap()
-    who = f"oneDNN capped at {cap}" if cap else cpu_name()
-    return "demo-lite", (f"{who} has no native bf16 (fp32 training), so the 10-minute demo trains 2,500 "
-                         "images a run; --preset demo trains 8,750, about 3.5x longer here")
+
+    from ..devices import resolve_device
+    from ..speed import StepSpec, calibration_for
+    from .prepare import default_train_jobs, expected_seconds
+
+    jobs = int(jobs or default_train_jobs())
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    device = resolve_device("auto")
+    cfg = train_config("demo", "at")
+    cal = calibration_for(StepSpec.of(cfg), device, threads if device.type == "cpu" else None, log=log,
+                          measure=measure)
+    rate = cal.rate or max(cal.rates.values() or [0.0])
+    speed = f"{cal.precision}{' + channels_last' if cal.channels_last else ''}"
+    expected = {t: expected_seconds(t, rate, jobs) for t in DEMO_TIERS} if rate > 0 else {}
+    where = "a GPU" if device.type == "cuda" else f"{jobs} training job(s) x {threads} thread(s)"
+    if not expected:   # no measurement (VIRKIT_SPEED set, or not measured yet): the largest tier, said so
+        what = "VIRKIT_SPEED set" if cal.source == "env" else "not measured yet: `virkit notebooks run` measures"
+        return TierChoice(DEMO_TIERS[0], f"no measured rate ({what}), so the largest tier", 0.0, speed, jobs)
+    for tier in DEMO_TIERS:
+        if expected[tier] <= budget_s:
+            why = (f"{rate:.0f} img/s a training job measured ({speed}, {where}): expected {expected[tier] / 60:.1f} "
+                   f"min, the largest tier within {budget_s / 60:.0f}")
+            if tier != DEMO_TIERS[0]:
+                bigger = DEMO_TIERS[DEMO_TIERS.index(tier) - 1]
+                why += f"; {bigger} would take about {expected[bigger] / 60:.0f} min here"
+            return TierChoice(tier, why, rate, speed, jobs, expected)
+    tier = DEMO_TIERS[-1]
+    return TierChoice(tier, f"{rate:.0f} img/s a training job measured ({speed}, {where}): even the smallest tier is "
+                            f"expected to take {expected[tier] / 60:.1f} min here", rate, speed, jobs, expected)
+
+
+def default_demo_preset(jobs: int | None = None, log=None, measure: bool = True) -> tuple[str, str]:
+    """The demo tier this machine runs in 10 minutes, and why (:func:`choose_demo_tier`). ``make demo``
+    and ``virkit notebooks run`` without ``--preset`` use it."""
+    c = choose_demo_tier(jobs, log=log, measure=measure)
+    return c.preset, c.why
 
 
 def preset_settings(preset: str) -> dict:

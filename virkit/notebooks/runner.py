@@ -105,6 +105,20 @@ def _execute_subprocess(nb_path: str, out_path: str, parameters: dict, cwd: str,
     return "failed", f"runner subprocess exited with {proc.returncode}: {tail[:300]}"
 
 
+def _expected(preset: str, train_jobs: int | None, say) -> float | None:
+    """The expected seconds of a demo tier on this machine, from the cached speed calibration (said in
+    one line); None for other presets or when the machine has not been measured."""
+    from .presets import DEMO_TIERS, choose_demo_tier
+    if preset not in DEMO_TIERS:
+        return None
+    c = choose_demo_tier(train_jobs, measure=False)
+    if preset not in c.expected_s:
+        return None
+    say(f"expected time for {preset} here: about {c.expected_s[preset] / 60:.1f} min ({c.rate:.0f} img/s a training "
+        f"job, {c.speed}, {c.jobs} job(s))")
+    return c.expected_s[preset]
+
+
 def ensure_preset_data(preset: str) -> None:
     """The dataset the preset's runs train on, in place before any notebook or run starts (fetched on
     first use, :func:`virkit.fetch.ensure_dataset`); a machine that has neither the data nor the
@@ -119,7 +133,7 @@ def ensure_preset_data(preset: str) -> None:
 def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str | os.PathLike = "runs/notebooks",
                   fig_root: str | os.PathLike = "figures", parameters_override: Mapping[str, Any] | None = None,
                   folder: str | os.PathLike | None = None, timeout: int | None = None, quiet: bool = False,
-                  threads: int | None = None, train_jobs: int | None = None) -> int:
+                  threads: int | None = None, train_jobs: int | None = None, tier_why: str | None = None) -> int:
     """Execute the notebooks of ``preset`` with papermill; returns the exit code (0: all passed,
     1: some failed). Raises :class:`VirkitError` (exit 2) on bad presets, names or parameters, before
     any notebook runs.
@@ -128,7 +142,8 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     cores // jobs with ``jobs > 1`` so parallel notebooks do not oversubscribe the CPU).
 
     When every notebook runs (no ``only``) and the preset lists its runs, those are trained first,
-    ``train_jobs`` at a time (:func:`virkit.notebooks.prepare.prepare_runs`); the notebooks then reuse them."""
+    ``train_jobs`` at a time (:func:`virkit.notebooks.prepare.prepare_runs`); the notebooks then reuse them.
+    ``tier_why``: why this demo tier was chosen for this machine (printed again in the summary)."""
     check_choice("notebook preset", preset, PRESETS)
     if int(jobs) < 1:
         raise VirkitError(f"--jobs must be >= 1, got {jobs}")
@@ -169,7 +184,7 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     prepare = only is None and folder is None and bool(PRESETS[preset].get("runs")) and "runs_root" not in overrides
     if prepare:
         from .prepare import prepare_runs
-        prepare_runs(preset, runs_root, jobs=train_jobs, say=say)
+        prepare_runs(preset, runs_root, jobs=train_jobs, say=say, expected_s=_expected(preset, train_jobs, say))
     t0 = time.time()
     finished: dict[str, float] = {}
 
@@ -206,8 +221,10 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     total = time.time() - t_start
     idx_md, idx_html = write_index(fig_dir, preset, out_dir)
     heads = headline(runs_root, PRESETS[preset].get("robust_attack", "pgd10"))
+    if tier_why:
+        heads = [f"tier: {preset} ({tier_why})", *heads]
     summary = {"preset": preset, "seconds": total, "results": [r.__dict__ for r in results],
-               "provenance": provenance(), "headline": heads}
+               "provenance": provenance(), "headline": heads, "tier": {"preset": preset, "why": tier_why}}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     failed = [r for r in results if r.status != "ok"]
     say(f"summary: {len(results) - len(failed)} passed, {len(failed)} failed, {total:.0f} s total; "
