@@ -122,9 +122,10 @@ def test_demo_tier_follows_the_measured_rate(monkeypatch, tmp_path, capsys, rate
     assert f"values for preset {expected!r}" in out
 
 
-def test_shared_run_progress_is_reported_per_epoch(tmp_path):
+def test_shared_run_progress_is_reported_per_epoch(tmp_path, stand_in_root, monkeypatch):
     """The shared-run phase says each finished epoch of each run, with an estimate of the time left."""
     from virkit.notebooks import prepare
+    monkeypatch.setenv("VIRKIT_DATA", str(stand_in_root))
     lines: list[str] = []
     plan = prepare.prepare_runs("smoke", tmp_path / "runs", jobs=1, threads=1, say=lines.append, expected_s=30.0)
     assert all(r.status == "done" for r in plan)
