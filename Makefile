@@ -10,7 +10,8 @@ export MPLBACKEND ?= Agg
 .PHONY: demo gallery test test-fast test-avx2 venv bench clean help
 
 help:
-	@echo "make demo   - run every notebook (under 10 min on 2 cores: preset demo, or demo-lite without native bf16);"
+	@echo "make demo   - run every notebook in under 10 min: measures this machine's training speed and picks the"
+	@echo "             largest demo tier (demo, demo-mid, demo-lite) expected to fit; says which, the rate and the time;"
 	@echo "             figures in figures/<preset>/, executed notebooks and runs in runs/notebooks/<preset>/"
 	@echo "make gallery - after make demo: its key figures into figures/gallery/ (tracked) with provenance"
 	@echo "make test   - run the test suite"
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m virkit notebooks run --jobs 2   # preset demo, or demo-lite on a CPU without native bf16
+	$(PY) -m virkit notebooks run --jobs 2   # the largest demo tier this machine finishes in 10 minutes (measured)
 
 gallery: $(STAMP)   # after make demo: its key figures into figures/gallery/ (tracked), with provenance
 	$(PY) -m virkit notebooks gallery
@@ -49,4 +50,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py --mode cpu
 
 clean:
-	rm -rf runs/notebooks figures/demo figures/demo-lite figures/smoke figures/quick figures/tiny
+	rm -rf runs/notebooks figures/demo figures/demo-mid figures/demo-lite figures/smoke figures/quick figures/tiny

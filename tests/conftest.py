@@ -14,6 +14,15 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
+# The suite's speed calibrations (virkit.speed, for runs with --precision auto) are measured on a loaded
+# machine: they go to a cache of the test session's own, never to the user's ~/.cache/virkit, where a
+# later `make demo` would trust them. (Decoded stand-in images are cached beside $VIRKIT_DATA.)
+if "VIRKIT_TEST_CACHE" not in os.environ:
+    import tempfile
+    os.environ["VIRKIT_TEST_CACHE"] = tempfile.mkdtemp(prefix="virkit-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = os.environ["VIRKIT_TEST_CACHE"]
+
+
 def _stand_in_root() -> Path:
     env = os.environ.get("VIRKIT_DATA")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"

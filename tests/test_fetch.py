@@ -222,3 +222,24 @@ def test_official_sources_are_torchvisions():
     assert [x.filename for x in fetch.archives("svhn")] == ["train_32x32.mat", "test_32x32.mat"]
     assert fetch.archives("tiny-imagenet")[0].url.endswith("tiny-imagenet-200.zip")
     assert fetch.archives("cifar100")[0].md5 == tvd.CIFAR100.tgz_md5
+
+
+def test_doctor_shows_one_screen_for_a_bug_report(tmp_path, stand_in_root):
+    """`virkit doctor`: versions, device and ISA, the calibration, datasets found or missing, caches,
+    and whether the mirror is reachable; --json gives the same as JSON."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _user_env(tmp_path / "home", f"http://127.0.0.1:{port}", None, VIRKIT_DATA=str(stand_in_root))
+    p = _virkit(["doctor"], env, tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    for words in ("versions:", "torch", "device:", "isa flags", "calibration:", "no measurement for this device yet",
+                  "data:", "JPEG stand-in", "cifar100", "missing (fetched on first use)", "caches:", "network:",
+                  f"http://127.0.0.1:{port} (mirror)", "not reachable"):
+        assert words in out, words
+    assert len(out.splitlines()) < 60                                    # one screen
+    j = _virkit(["doctor", "--json", "--no-network"], env, tmp_path, timeout=120)
+    info = json.loads(j.stdout)
+    assert info["data"]["datasets"]["cifar10"].startswith("found") and "network" not in info

@@ -86,7 +86,7 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
     assert demo.epochs - resolve_config("demo", method="vir-at").reweight_start + 1 >= 3
     # the smaller tiers are the demo with fewer images, nothing else
     sizes = [resolve_config(t).train_subset for t in N.DEMO_TIERS]
-    assert N.DEMO_TIERS[0] == "demo" and sizes == sorted(sizes, reverse=True) and sizes[-1] == 2500
+    assert N.DEMO_TIERS[0] == "demo" and sizes == sorted(sizes, reverse=True) and sizes[-1] == 1500
     for tier in N.DEMO_TIERS[1:]:
         t = resolve_config(tier)
         assert {**t.to_dict(), "train_subset": 0, "preset": ""} == {**demo.to_dict(), "train_subset": 0, "preset": ""}
@@ -96,7 +96,7 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
 
 
 @pytest.mark.parametrize("rate, expected", [(2000.0, "demo"), (600.0, "demo-mid"), (250.0, "demo-lite"),
-                                            (60.0, "demo-lite")])
+                                            (60.0, "demo-min")])
 def test_demo_tier_follows_the_measured_rate(monkeypatch, tmp_path, capsys, rate, expected):
     """Without --preset, `virkit notebooks run` measures the training step (virkit.speed) and takes the
     largest tier expected to finish in 10 minutes, saying which, the rate and the expected time; a
@@ -126,6 +126,7 @@ def test_shared_run_progress_is_reported_per_epoch(tmp_path, stand_in_root, monk
     """The shared-run phase says each finished epoch of each run, with an estimate of the time left."""
     from virkit.notebooks import prepare
     monkeypatch.setenv("VIRKIT_DATA", str(stand_in_root))
+    monkeypatch.setitem(N.PRESETS["smoke"], "runs", ["at", "vir-at"])   # a from-scratch run and a branch
     lines: list[str] = []
     plan = prepare.prepare_runs("smoke", tmp_path / "runs", jobs=1, threads=1, say=lines.append, expected_s=30.0)
     assert all(r.status == "done" for r in plan)
@@ -169,7 +170,7 @@ def test_setup_reads_the_parameters_from_the_callers_namespace(tmp_path, capsys)
         N.setup("03_train_and_evaluate", {**values, "seed": "zero"})
     with pytest.raises(VirkitError, match="parameter\\(s\\) method, seed not defined"):
         N.setup("03_train_and_evaluate", {k: v for k, v in values.items() if k not in ("method", "seed")})
-    with pytest.raises(VirkitError, match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, paper, demo-mid, demo-lite"):
+    with pytest.raises(VirkitError, match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, paper, demo-mid, demo-lite, demo-min"):
         N.setup("03_train_and_evaluate", {**values, "preset": "quick"})
     with pytest.raises(VirkitError, match="cannot find notebook 99_nothing.ipynb"):
         N.setup("99_nothing", values)

@@ -352,6 +352,25 @@ def _cmd_fetch(args) -> int:
     return 0
 
 
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="versions, device, speed calibration, datasets and caches: one screen for a "
+                                      "bug report",
+                       description="Print what virkit sees on this machine (in the spirit of torch.utils.collect_env); "
+                                   "changes nothing unless --calibrate.")
+    p.add_argument("--data-root", help="data folder to inspect (default: $VIRKIT_DATA, else ~/.cache/virkit/data)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure the demo's training step now (fp32/bf16 x contiguous/channels_last) and cache it")
+    p.add_argument("--json", action="store_true", help="the same as JSON")
+    p.add_argument("--no-network", dest="network", action="store_false",
+                   help="skip the reachability check of the mirror or the official hosts")
+    p.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args) -> int:
+    from .doctor import main as doctor_main
+    return doctor_main(args.data_root, args.calibrate, args.json, args.network)
+
+
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list datasets, models, methods, presets and attacks")
     p.set_defaults(func=lambda a: print(_epilog()) or 0)
@@ -376,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_report(sub)
     _add_fetch(sub)
+    _add_doctor(sub)
     from . import notebooks, sweep
     notebooks.add_cli(sub)
     sweep.add_cli(sub)

@@ -215,6 +215,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # virkit.notebooks.presets.choose_demo_tier): everything as demo but the training images a run.
 PRESETS["demo-mid"] = {**PRESETS["demo"], "train_subset": 5000}    # 79 steps of 64 an epoch
 PRESETS["demo-lite"] = {**PRESETS["demo"], "train_subset": 2500}   # 40 steps of 64 an epoch; weaker models
+PRESETS["demo-min"] = {**PRESETS["demo"], "train_subset": 1500}    # 24 steps of 64 an epoch; weakest
 
 # Paper-scale per-dataset/model adjustments (Sec. 5.1 and 5.3)
 _MODEL_HP = {"wrn-34-10": {"lr": 0.1, "weight_decay": 7e-4}, "wrn-28-10": {"lr": 0.1, "weight_decay": 7e-4}}

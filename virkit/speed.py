@@ -162,34 +162,33 @@ def _step_fn(spec: StepSpec, device: torch.device, precision: str, channels_last
         res.loss.backward()
         opt.step()
 
-    for _ in range(3):
-        step()
+    step()   # warm-up: kernel selection, allocations
     return step
 
 
 def _time_steps(step: Callable[[], None], device: torch.device, batch_size: int, budget_s: float) -> float:
-    """Images/s of ``step`` over at least 3 steps and about ``budget_s`` seconds (after one untimed step)."""
+    """Images/s of ``step`` over about ``budget_s`` seconds (at least 2 steps, or 1 that takes longer)."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    step()
     sync()
     n, t0 = 0, time.perf_counter()
     while True:
         step()
         n += 1
         sync()
-        if n >= 3 and time.perf_counter() - t0 >= budget_s:
+        if time.perf_counter() - t0 >= budget_s and (n >= 2 or time.perf_counter() - t0 >= 2 * budget_s / 3):
             return n * batch_size / (time.perf_counter() - t0)
 
 
-def calibrate(spec: StepSpec, device: torch.device, budget_s: float = 1.0, rounds: int = 2,
+def calibrate(spec: StepSpec, device: torch.device, budget_s: float = 1.5, rounds: int = 3,
               log: Callable[[str], None] | None = None) -> dict:
     """Measure images/s of every option in :data:`OPTIONS`: ``rounds`` rounds that visit every option in
     turn (so a burst of load from another process hits all of them), about ``budget_s / rounds`` of
-    timed steps each after warm-up; an option's rate is its best round. An option that fails (bf16
-    unsupported on a device) gets 0."""
+    timed steps each after a warm-up step; an option's rate is its best round. After the first round,
+    an option slower than half the fastest is not timed again (emulated bf16 can take seconds a step
+    and cannot win). An option that fails (bf16 unsupported on a device) gets 0."""
     options = [(p, cl) for p, cl in OPTIONS if device.type in ("cpu", "cuda") or not cl]
     steps = {}
     for precision, cl in options:
@@ -199,8 +198,10 @@ def calibrate(spec: StepSpec, device: torch.device, budget_s: float = 1.0, round
             if log:
                 log(f"calibration: {_label(precision, cl)} failed ({type(e).__name__}: {str(e)[:80]})")
     best = {o: 0.0 for o in options}
-    for _ in range(max(1, rounds)):
+    for round_ in range(max(1, rounds)):
         for o, fn in list(steps.items()):
+            if round_ and best[o] < 0.5 * max(best.values()):
+                continue
             try:
                 best[o] = max(best[o], _time_steps(fn, device, spec.batch_size, budget_s / max(1, rounds)))
             except (RuntimeError, TypeError) as e:

@@ -82,10 +82,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="execute notebooks (all, or --only NAMES)")
     r.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="the trainer preset every run uses (virkit train --preset NAME trains the same): smoke: "
-                        "seconds (tests); demo: 8,750 images a run, under 10 min on 2 CPU cores with native bf16 "
-                        "(AVX512-BF16 or AMX) or on a GPU; demo-lite: 2,500 images, under 10 min on 2 cores "
-                        "without; paper: the paper's settings (GPU). Default: demo where the machine runs it in 10 "
-                        "minutes, else demo-lite")
+                        "seconds (tests); the demo tiers demo (8,750 images a run), demo-mid (5,000), demo-lite "
+                        "(2,500), demo-min (1,500); paper: the paper's settings (GPU). Default: the largest demo tier "
+                        "this machine is expected to finish in 10 minutes, from a timed calibration of its training "
+                        "step")
     r.add_argument("--only", default=None, metavar="NAMES",
                    help="comma-separated notebook names, stems or numbers, e.g. 01,03 or weight_explorer")
     r.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks executed in parallel (default 1)")
