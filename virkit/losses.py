@@ -124,8 +124,8 @@ class MethodLoss:
 
     def __repr__(self) -> str:
         s = self.settings
-        return (f"MethodLoss({self.method!r}, eps={s['eps']:.5g}, steps={s['attack_steps']}, "
-                f"reweight_start={s['reweight_start']})")
+        start = f", reweight_start={s['reweight_start']}" if self.spec.reweighted else ""
+        return f"MethodLoss({self.method!r}, eps={s['eps']:.5g}, steps={s['attack_steps']}{start})"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: int | None = None,
                  active: bool | None = None, generator: torch.Generator | None = None,
