@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -321,6 +322,64 @@ def test_notebook_outputs(smoke_batch, name):
     index = (figs / "index.md").read_text()
     assert all(p.name in index for p in pngs)
     assert f"## {name}" in index and (figs / "index.html").is_file()
+
+
+def test_executed_notebooks_are_html_pages_linked_from_the_index(smoke_batch):
+    """Every executed notebook is also a static HTML page in the figures folder (figures embedded, no
+    script, nothing fetched), linked from index.html and index.md, so the folder can be shared as it is."""
+    import base64
+    import re
+
+    figs = smoke_batch["root"] / "figures" / "smoke"
+    index_html = (figs / "index.html").read_text()
+    index_md = (figs / "index.md").read_text()
+    for name in EXPECTED:
+        page = figs / "notebooks" / f"{name}.html"
+        assert page.is_file(), name
+        text = page.read_text()
+        assert "<script" not in text and "<link" not in text, name
+        pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=\n]+)"', text)
+        assert pngs and base64.b64decode(pngs[0]).startswith(b"\x89PNG"), name
+        assert "What it trains." in text and "How long." in text   # the opening markdown cell
+        assert f"href='notebooks/{name}.html'" in index_html and f"(notebooks/{name}.html)" in index_md
+
+
+def test_every_notebook_opens_with_what_it_shows_trains_and_costs():
+    """The first cell is Markdown: a title, what the notebook shows, what it trains and how long it takes
+    (durations only as docs/NOTEBOOKS.md records them, 'not measured' elsewhere)."""
+    docs = (REPO / "docs" / "NOTEBOOKS.md").read_text()
+    for p in N.list_notebooks(NB_DIR):
+        first = nbformat.read(p, as_version=4).cells[0]
+        assert first.cell_type == "markdown" and first.source.startswith(f"# {p.stem[:2]} · "), p.name
+        assert "**What it trains.**" in first.source and "**How long.**" in first.source, p.name
+        how_long = first.source.split("**How long.**")[1]
+        for number in re.findall(r"\d+ min \d+ s|\d+ s\b", how_long):
+            assert number in docs, f"{p.name}: {number!r} is not recorded in docs/NOTEBOOKS.md"
+        assert "not measured" in how_long, p.name
+
+
+def test_a_notebook_runs_by_hand_with_its_defaults(tmp_path, monkeypatch, stand_in_root):
+    """Notebook 02 as a person runs it: plain nbclient, no papermill, no injected parameters, so the
+    parameters cell's defaults (preset demo) are what runs; its outputs go to $VIRKIT_NOTEBOOK_OUTPUT
+    instead of the checkout. About half a minute on one thread."""
+    from nbclient import NotebookClient
+
+    from virkit.notebooks.runner import export_html
+
+    monkeypatch.setenv("VIRKIT_NOTEBOOK_OUTPUT", str(tmp_path / "out"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = NB_DIR / "02_gaussian_mixture_theory.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(NB_DIR)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    pngs = sorted((tmp_path / "out" / "figures" / "demo").glob("02_gaussian_mixture_theory__*.png"))
+    assert pngs, "the notebook saved no figure where $VIRKIT_NOTEBOOK_OUTPUT points"
+    nbformat.write(nb, tmp_path / "02.ipynb")
+    page = export_html(tmp_path / "02.ipynb", tmp_path / "02.html").read_text()
+    assert page.count("data:image/png;base64,") >= len(pngs) and "<script" not in page
 
 
 def test_shared_runs_are_reused(smoke_batch):

@@ -7,6 +7,8 @@ evaluation -> report/figures -> notebooks)::
     cfg = resolve_config("quick", method="vir-at", seed=0)
     run_dir = train(cfg, "runs/quick-vir-at")
     model, config = load_checkpoint(run_dir)
+
+Any method as a loss in your own loop: ``virkit.method_loss("vir-at")`` (:mod:`virkit.losses`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def __getattr__(name):  # lazy: importing virkit stays cheap
     if name == "load_dataset":
         from .data import load_dataset
         return load_dataset
+    if name == "method_loss":
+        from .losses import method_loss
+        return method_loss
     if name == "build_model":
         from .models import build_model
         return build_model
@@ -35,4 +40,4 @@ def __getattr__(name):  # lazy: importing virkit stays cheap
 
 
 __all__ = ["VirkitError", "TrainConfig", "PRESETS", "resolve_config", "train", "load_checkpoint", "load_dataset",
-           "build_model", "__version__"]
+           "build_model", "method_loss", "__version__"]

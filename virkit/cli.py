@@ -309,7 +309,8 @@ def _cmd_export(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="paper-style tables (mean ± std over seeds) from run directories")
+    p = sub.add_parser("report", help="paper-style tables (mean ± std over seeds) from run directories; --html: a "
+                                      "visual report of any evaluation")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--table", type=int, default=1, choices=range(1, 8), metavar="1..7")
     p.add_argument("--format", choices=["md", "csv"], default="md")
@@ -321,10 +322,15 @@ def _add_report(sub) -> None:
                    help="each run minus METHOD's run of the same seed (percentage points; runs sharing a burn-in "
                         "with it, e.g. VIR-AT's controls, differ by their reweighted epochs only)")
     p.add_argument("--out")
+    p.add_argument("--html", metavar="OUT",
+                   help="instead of a table, write one self-contained HTML page (figures embedded) for the runs or "
+                        "eval.json files given, side by side")
     p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args) -> int:
+    if args.html:
+        return _cmd_report_html(args)
     from .report import report_main
     return report_main(args.run_dirs, args.table, args.format, args.out, args.checkpoint, args.attacks,
                        args.paired_with) or 0
@@ -369,6 +375,13 @@ def _add_doctor(sub) -> None:
 def _cmd_doctor(args) -> int:
     from .doctor import main as doctor_main
     return doctor_main(args.data_root, args.calibrate, args.json, args.network)
+
+
+
+def _cmd_report_html(args) -> int:
+    from .report_html import write_html_report
+    print(f"written: {write_html_report(args.run_dirs, args.html, checkpoint=args.checkpoint)}")
+    return 0
 
 
 def _add_list(sub) -> None:

@@ -44,7 +44,7 @@ from .attacks.base import eval_mode
 from .attacks.pgd import pgd
 from .ops import kl_per_example
 
-__all__ = ["METHODS", "MethodSpec", "method_step", "method_names", "StepOutput"]
+__all__ = ["METHODS", "MethodSpec", "method_step", "compute_step", "reweighting_active", "method_names", "StepOutput"]
 
 
 @dataclass(frozen=True)
@@ -127,16 +127,34 @@ def _reduce(v: torch.Tensor, how: str) -> torch.Tensor:
     return v.sum() if how == "sum" else v.mean()
 
 
+def reweighting_active(cfg, epoch: int) -> bool:
+    """Whether ``cfg.method`` reweights in (1-based) ``epoch``: from ``cfg.reweight_start`` on."""
+    return METHODS[cfg.method].reweighted and epoch >= cfg.reweight_start
+
+
 def method_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, epoch: int,
                 autocast=None, generator: torch.Generator | None = None) -> StepOutput:
     """Craft the training attack for ``cfg.method`` and return the loss for one batch.
 
     ``epoch`` is 1-based; reweighting is active from ``cfg.reweight_start`` on. ``autocast`` is a
-    context-manager factory for mixed precision (None: fp32).
+    context-manager factory for mixed precision (None: fp32). The step itself is
+    :func:`compute_step`, which :mod:`virkit.losses` calls too.
+    """
+    return compute_step(model, x, y, cfg, reweighting_active(cfg, epoch), autocast, generator)
+
+
+def compute_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, active: bool,
+                 autocast=None, generator: torch.Generator | None = None) -> StepOutput:
+    """The one implementation of every method's step: attack -> weights -> loss.
+
+    ``cfg`` is a :class:`virkit.config.TrainConfig` (its method, attack and hyperparameters);
+    ``active`` says whether the weights are on (before the reweighting start every weight is 1).
+    The training forwards run in the model's current mode (the trainer puts it in train mode);
+    crafting and the eval-mode weight logits switch to eval mode and restore it.
     """
     spec = METHODS[cfg.method]
     ac = autocast or _null
-    active = spec.reweighted and epoch >= cfg.reweight_start
+    active = spec.reweighted and bool(active)
     b = x.shape[0]
     ones = torch.ones(b, device=x.device)
 

@@ -8,6 +8,7 @@ save + show figures.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,16 +17,24 @@ from ..errors import VirkitError
 from .parameters import check_values, find_notebook, notebook_parameters
 from .presets import COMMON_PARAMETERS, preset_settings, run_paths, shared_run
 
-__all__ = ["REPO_ROOT", "NotebookContext", "setup"]
+__all__ = ["REPO_ROOT", "NotebookContext", "setup", "output_root"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def output_root() -> Path:
+    """Where a notebook writes when its ``fig_dir`` / ``runs_root`` are empty (run by hand with its
+    defaults): ``$VIRKIT_NOTEBOOK_OUTPUT`` if set, else this checkout."""
+    env = os.environ.get("VIRKIT_NOTEBOOK_OUTPUT")
+    return Path(env) if env else REPO_ROOT
 
 
 class NotebookContext:
     """A notebook's parameters, its preset's settings, and where its figures and runs go.
 
     Empty ``fig_dir`` / ``runs_root`` mean ``<repo>/figures/<preset>`` and
-    ``<repo>/runs/notebooks/<preset>/runs`` (what ``virkit notebooks run`` uses too).
+    ``<repo>/runs/notebooks/<preset>/runs`` (what ``virkit notebooks run`` uses too; ``<repo>`` is
+    ``$VIRKIT_NOTEBOOK_OUTPUT`` when set, :func:`output_root`).
     ``params``: every parameter of the notebook, validated (:func:`setup`).
     """
 
@@ -36,8 +45,8 @@ class NotebookContext:
         self.notebook = notebook
         self.preset = preset
         self.settings = preset_settings(preset)
-        self.fig_dir = Path(fig_dir) if fig_dir else REPO_ROOT / "figures" / preset
-        self.runs_root = Path(runs_root) if runs_root else REPO_ROOT / "runs" / "notebooks" / preset / "runs"
+        self.fig_dir = Path(fig_dir) if fig_dir else output_root() / "figures" / preset
+        self.runs_root = Path(runs_root) if runs_root else output_root() / "runs" / "notebooks" / preset / "runs"
         self.params = {**dict(parameters or {}), "preset": preset, "fig_dir": fig_dir, "runs_root": runs_root}
         # what the figure index records: the values that shape the figures (paths are machine-specific)
         self.parameters = {"preset": preset, **{k: v for k, v in self.params.items() if k not in COMMON_PARAMETERS}}

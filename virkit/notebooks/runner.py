@@ -8,8 +8,10 @@
   to ``figures/<preset>/``), keeps going when one fails, prints a summary and returns 1 if any
   failed; ``--jobs N`` runs each notebook in a subprocess (``python -m virkit.notebooks
   --exec-one SPEC``);
+* :func:`export_html` writes each executed notebook as a static HTML page (figures embedded, no
+  scripts) to ``figures/<preset>/notebooks/``, so the figures folder reads without Jupyter;
 * :func:`write_index` lists every figure with its notebook and parameters (``index.md``,
-  ``index.html``).
+  ``index.html``) and links the notebooks' pages.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from .context import REPO_ROOT
 from .parameters import notebook_dir, notebook_parameters, planned_parameters, resolve_notebooks
 from .presets import PRESETS
 
-__all__ = ["KERNEL_NAME", "ensure_kernelspec", "NotebookResult", "execute_one", "run_notebooks", "write_index"]
+__all__ = ["KERNEL_NAME", "ensure_kernelspec", "NotebookResult", "execute_one", "run_notebooks", "write_index",
+           "export_html", "PAGES_DIR"]
 
 KERNEL_NAME = "virkit-python"
 
@@ -204,6 +207,9 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
         t = time.time()
         runner = execute_one if int(jobs) == 1 else _execute_subprocess
         status, err = runner(str(nb), str(out_nb), params, cwd, timeout)
+        page_err = _export_page(out_nb, fig_dir)
+        if page_err and status == "ok":
+            err = page_err
         n_fig = len(manifest.read_text().splitlines()) if manifest.is_file() else 0
         res = NotebookResult(nb.stem, status, time.time() - t, str(out_nb), err, n_fig, params)
         finished[nb.stem] = res.seconds
@@ -241,6 +247,53 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
         say(line)
     say(f"index page: {idx_html}")
     return 1 if failed else 0
+
+
+#: where :func:`run_notebooks` writes the executed notebooks' HTML pages, inside the figures folder
+PAGES_DIR = "notebooks"
+
+# nbconvert's lab template without its scripts (require.js, MathJax, mermaid and the widget manager from a
+# CDN): the notebooks' text is Markdown with Unicode symbols and their figures are PNG outputs, so the page
+# needs none of them; a widget (notebook 01's sliders) needs a kernel anyway and is named, not drawn
+_STATIC_TEMPLATE = "\n".join([
+    "{%- extends 'index.html.j2' -%}",
+    "{% block html_head_js %}{% endblock %}",
+    "{% block html_head_js_mathjax %}{% endblock %}",
+    "{% block html_head_js_mermaidjs %}{% endblock %}",
+    "{% block jupyter_widgets %}{% endblock %}",
+    "{% block data_widget_view scoped %}<div class='jp-OutputArea-output'><pre>(an interactive widget: open the "
+    "notebook in JupyterLab to use it)</pre></div>{% endblock %}",
+    "{% block footer %}</html>{% endblock %}", ""])
+
+
+def export_html(notebook: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the (executed) ``notebook`` as one static HTML page at ``out``: nbconvert's lab layout,
+    every output figure embedded as a base64 image, the style inline, no scripts, so it opens in any
+    browser without Jupyter or a network."""
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"virkit_static.html.j2": _STATIC_TEMPLATE})],
+                            template_file="virkit_static.html.j2", embed_images=True)
+    nb = nbformat.read(str(notebook), as_version=4)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": Path(notebook).stem}})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def _export_page(executed: Path, fig_dir: Path) -> str:
+    """The HTML page of an executed notebook (a failed one too: it shows where it stopped); returns an
+    error line, or "" when the page was written."""
+    if not executed.is_file():
+        return ""
+    try:
+        export_html(executed, fig_dir / PAGES_DIR / f"{executed.stem}.html")
+        return ""
+    except Exception as e:  # noqa: BLE001 - a page that cannot be written must not fail the batch
+        return f"HTML page not written: {_clean_error(e)}"
 
 
 def provenance() -> dict:
@@ -321,7 +374,8 @@ def headline(runs_root: str | os.PathLike, attack: str = "pgd10") -> list[str]:
 def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathLike | None = None
                 ) -> tuple[Path, Path]:
     """Write ``index.md`` and ``index.html`` in ``fig_dir`` listing every figure in the manifests,
-    grouped by notebook, with its parameters and caption."""
+    grouped by notebook, with its parameters and caption, and linking the executed notebooks' pages
+    (``<fig_dir>/notebooks/<name>.html``, :func:`export_html`)."""
     fig_dir = Path(fig_dir)
     records: list[dict] = []
     for m in sorted((fig_dir / ".manifest").glob("*.jsonl")):
@@ -339,6 +393,10 @@ def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathL
           f"--preset {preset}`. Every figure exists as PNG and PDF.", ""]
     if out_dir is not None:
         md += [f"Executed notebooks: `{out_dir}`.", ""]
+    pages = {p.stem: f"{PAGES_DIR}/{p.name}" for p in sorted((fig_dir / PAGES_DIR).glob("*.html"))}
+    if pages:
+        md += ["Executed notebooks as pages that open without Jupyter: "
+               + " · ".join(f"[{name}]({href})" for name, href in pages.items()), ""]
     hp = ["<!doctype html><html><head><meta charset='utf-8'>",
           f"<title>virkit figures: {html.escape(preset)}</title>",
           "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
@@ -347,12 +405,18 @@ def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathL
           "details{font-size:0.85em;color:#444}</style></head><body>",
           f"<h1>virkit figures: preset <code>{html.escape(preset)}</code></h1>",
           f"<p>{len(records)} figures from {len(by_nb)} notebooks, generated {stamp}.</p>"]
+    if pages:
+        hp.append("<p>Executed notebooks as pages that open without Jupyter: " + " · ".join(
+            f"<a href='{html.escape(href)}'>{html.escape(name)}</a>" for name, href in pages.items()) + "</p>")
     for nb, recs in by_nb.items():
         params = recs[0]["parameters"]
         ptxt = ", ".join(f"{k}={v!r}" for k, v in params.items())
         md += [f"## {nb}", "", f"Parameters: `{ptxt}`", ""]
         hp += [f"<h2 id='{html.escape(nb)}'>{html.escape(nb)}</h2>",
                f"<details><summary>parameters</summary><code>{html.escape(ptxt)}</code></details>"]
+        if nb in pages:
+            md += [f"The executed notebook: [{pages[nb]}]({pages[nb]})", ""]
+            hp.append(f"<p><a href='{html.escape(pages[nb])}'>the executed notebook</a></p>")
         for r in recs:
             png = next((f for f in r["files"] if f.endswith(".png")), r["files"][0])
             links = " · ".join(f"[{f.rsplit('.', 1)[-1].upper()}]({f})" for f in r["files"])
