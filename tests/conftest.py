@@ -23,6 +23,11 @@ if "VIRKIT_TEST_CACHE" not in os.environ:
     os.environ["XDG_CACHE_HOME"] = os.environ["VIRKIT_TEST_CACHE"]
 
 
+# The suite never fetches from the internet: a missing dataset is the one-line error (tests/test_fetch.py
+# serves its own mirror on 127.0.0.1 and clears this for its subprocesses).
+os.environ["VIRKIT_OFFLINE"] = "1"
+
+
 def _stand_in_root() -> Path:
     env = os.environ.get("VIRKIT_DATA")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"

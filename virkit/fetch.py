@@ -338,9 +338,9 @@ def ensure_dataset(name: str, root: Path, say: Callable[[str], None] | None = No
              f"or point VIRKIT_DATA (or --data-root) at a folder holding {FETCHABLE[name][1] or 'the files'} "
              "in torchvision's layout")
     if offline():
-        raise VirkitError(f"dataset {name!r} is not under {root} (expected {layout}) and VIRKIT_OFFLINE is set; "
+        raise VirkitError(f"dataset {name!r} not found under {root} (expected {layout}) and VIRKIT_OFFLINE is set; "
                           f"unset it and {fixes}")
     try:
         fetch_dataset(name, root, say)
     except _Unreachable as e:
-        raise VirkitError(f"dataset {name!r} is not under {root} and {e}; {fixes}") from None
+        raise VirkitError(f"dataset {name!r} not found under {root} and {e}; {fixes}") from None

@@ -65,12 +65,22 @@ class NotebookContext:
         """Save ``fig`` (PNG + PDF, recorded for the index), display it, close it."""
         import matplotlib.pyplot as plt
 
-        self.saver.save(fig, name, caption)
+        paths = self.saver.save(fig, name, caption)
         try:
-            from IPython.display import display
-            display(fig)
+            from IPython.display import Image, display
         except ImportError:  # pragma: no cover
-            pass
+            plt.close(fig)
+            return
+        # the PNG itself, not the figure object: a figure displays as an image only under the inline
+        # backend, and `make demo` runs the kernels with MPLBACKEND=Agg
+        png = next((p for p in paths if p.suffix == ".png"), None)
+        if png is None:
+            import io
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100)
+            display(Image(data=buf.getvalue()))
+        else:
+            display(Image(filename=str(png)))
         plt.close(fig)
 
     def __repr__(self) -> str:

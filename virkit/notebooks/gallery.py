@@ -88,9 +88,11 @@ def make_gallery(preset: str = "demo", fig_root: str | os.PathLike = "figures",
              f"| commit | `{prov.get('commit')}`{' (with uncommitted changes)' if prov.get('dirty') else ''} |",
              f"| date | {prov.get('date')} |",
              f"| machine | {prov.get('cpu')}, {prov.get('cores')} cores"
-             f"{', native bf16' if prov.get('native_bf16') else ', no native bf16 (fp32 training)'}"
+             f"{', bf16 instructions' if prov.get('native_bf16') else ''}"
              f"{', GPU ' + prov['gpu'] if prov.get('gpu') else ''} |",
              f"| software | Python {prov.get('python')}, torch {prov.get('torch')} |",
+             *([f"| demo tier | {(summary.get('tier') or {}).get('preset')}: {(summary.get('tier') or {}).get('why')} |"]
+               if (summary.get("tier") or {}).get("why") else []),
              f"| command | `{prov.get('command')}` |",
              f"| wall time | {float(summary.get('seconds', 0)) / 60:.1f} min, "
              f"{len(summary.get('results', []))} notebooks |", "",

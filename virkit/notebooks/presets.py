@@ -58,7 +58,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "demo": {
-        "description": ("2 CPU cores with native bf16 (AVX512-BF16 or AMX) or a GPU, all notebooks in under 10 "
+        "description": ("the largest demo tier: 2 CPU cores that train the small CNN fast (bf16 on an AVX512-BF16 "
+                        "EPYC) or a GPU, all notebooks in under 10 "
                         "minutes: small CNN, 8,750 CIFAR-10 images (no augmentation), 8 epochs of PGD-2 training "
                         "(onecycle), 9 shared runs trained two at a time, 1,000 test images (natural, FGSM, PGD-10)"),
         "robust_attack": "pgd10",
