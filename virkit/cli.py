@@ -45,7 +45,9 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model with one method", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train with one method. Unset options take the preset's value (paper: Sec. 5.1/5.3).")
-    p.add_argument("--preset", default="paper", help="paper | paper-wrn | quick | tiny (default: paper)")
+    from .config import PRESETS
+    p.add_argument("--preset", default="paper", metavar="PRESET",
+                   help=f"{' | '.join(PRESETS)} (default: paper; docs/NOTEBOOKS.md and the README list what each is)")
     p.add_argument("--method", help="training method (default vir-at)")
     p.add_argument("--dataset")
     p.add_argument("--model")
