@@ -84,7 +84,7 @@ def collect(data_root: str | None = None, calibrate: bool = False, network: bool
     from .devices import cpu_has_native_bf16, cpu_name, onednn_isa_cap, resolve_device
     from .fetch import FETCHABLE, archives, is_present, mirror_url, offline
     from .io import user_cache_dir
-    from .speed import StepSpec, _read_cache, cache_file, calibration_for, device_label
+    from .speed import StepSpec, cache_file, cached_calibrations, calibration_for, device_label
 
     device = resolve_device("auto")
     info: dict = {
@@ -105,7 +105,7 @@ def collect(data_root: str | None = None, calibrate: bool = False, network: bool
         from .config import resolve_config
         calibration_for(StepSpec.of(resolve_config("demo", method="at")), device, 1 if device.type == "cpu" else None,
                         refresh=True)
-    entries = [e for e in _read_cache(cache_file()) if isinstance(e, dict) and e.get("key", {}).get("device") == here]
+    entries = cached_calibrations(here)
     info["calibration"] = {"file": str(cache_file()), "VIRKIT_SPEED": os.environ.get("VIRKIT_SPEED") or "unset",
                            "entries": [{"step": e["key"].get("step"), "threads": e["key"].get("threads"),
                                         "torch": e["key"].get("torch"), "onednn_isa_cap": e["key"].get("onednn_isa_cap"),

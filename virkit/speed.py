@@ -34,6 +34,7 @@ from .errors import VirkitError
 from .io import user_cache_dir
 
 __all__ = ["StepSpec", "Calibration", "calibrate", "choose", "choose_layout", "calibration_for", "fast_defaults",
+           "cached_calibrations", "device_label",
            "cache_file", "user_cache_dir", "BF16_MARGIN", "LAYOUT_MARGIN", "OPTIONS"]
 
 #: bf16 must beat the fastest fp32 option by this factor to be chosen (it changes the numerics)
@@ -118,17 +119,21 @@ def _key(spec: StepSpec, device: torch.device, threads: int) -> dict:
 def choose(rates: dict) -> tuple[str, bool]:
     """(precision, channels_last) from measured images/s per option (see the module docstring).
     Options missing from ``rates`` (or 0: failed) are never chosen."""
-    def r(p, cl):
-        return float(rates.get(_label(p, cl)) or 0.0)
-
-    def layout(p):
-        return r(p, True) >= LAYOUT_MARGIN * r(p, False) and r(p, True) > 0
-
-    best = {p: max(r(p, False), r(p, True)) for p in ("fp32", "bf16")}
+    best = {p: max(_rate(rates, p, False), _rate(rates, p, True)) for p in ("fp32", "bf16")}
     if best["fp32"] <= 0 and best["bf16"] <= 0:
         raise VirkitError("the speed calibration measured no option; use --precision fp32 --channels-last off")
     precision = "bf16" if best["bf16"] >= BF16_MARGIN * best["fp32"] else "fp32"
-    return precision, layout(precision)
+    return precision, _layout(rates, precision)
+
+
+def _rate(rates: dict, precision: str, channels_last: bool) -> float:
+    return float(rates.get(_label(precision, channels_last)) or 0.0)
+
+
+def _layout(rates: dict, precision: str) -> bool:
+    """channels_last when it measured at least LAYOUT_MARGIN faster than contiguous for ``precision``."""
+    cl = _rate(rates, precision, True)
+    return cl > 0 and cl >= LAYOUT_MARGIN * _rate(rates, precision, False)
 
 
 def _step_fn(spec: StepSpec, device: torch.device, precision: str, channels_last: bool) -> Callable[[], None]:
@@ -167,7 +172,8 @@ def _step_fn(spec: StepSpec, device: torch.device, precision: str, channels_last
 
 
 def _time_steps(step: Callable[[], None], device: torch.device, batch_size: int, budget_s: float) -> float:
-    """Images/s of ``step`` over about ``budget_s`` seconds (at least 2 steps, or 1 that takes longer)."""
+    """Images/s of ``step`` over about ``budget_s`` seconds (at least one step: emulated bf16 can take
+    longer than the budget)."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -178,7 +184,7 @@ def _time_steps(step: Callable[[], None], device: torch.device, batch_size: int,
         step()
         n += 1
         sync()
-        if time.perf_counter() - t0 >= budget_s and (n >= 2 or time.perf_counter() - t0 >= 2 * budget_s / 3):
+        if time.perf_counter() - t0 >= budget_s:
             return n * batch_size / (time.perf_counter() - t0)
 
 
@@ -230,6 +236,12 @@ def _read_cache(path: Path) -> list:
         return data if isinstance(data, list) else []
     except (OSError, ValueError):
         return []
+
+
+def cached_calibrations(device: str | None = None) -> list[dict]:
+    """The cached calibration entries (all, or those of the device named like :func:`device_label`)."""
+    return [e for e in _read_cache(cache_file())
+            if isinstance(e, dict) and (device is None or e.get("key", {}).get("device") == device)]
 
 
 def _cached(path: Path, key: dict) -> Calibration | None:
@@ -291,10 +303,9 @@ def calibration_for(spec: StepSpec, device: torch.device, threads: int | None = 
 
 def choose_layout(rates: dict, precision: str, device: torch.device) -> bool:
     """channels_last for ``precision`` from measured rates (no rates: on a CPU, as oneDNN prefers NHWC)."""
-    cl, contig = float(rates.get(_label(precision, True)) or 0), float(rates.get(_label(precision, False)) or 0)
-    if not cl and not contig:
+    if not _rate(rates, precision, True) and not _rate(rates, precision, False):
         return device.type == "cpu"
-    return cl > 0 and cl >= LAYOUT_MARGIN * contig
+    return _layout(rates, precision)
 
 
 def fast_defaults(precision: str, channels_last: bool | None, device: torch.device, spec: StepSpec | None = None,
