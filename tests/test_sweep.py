@@ -356,3 +356,34 @@ def test_local_backend_gpu_slots_default_jobs_and_round_robin(monkeypatch):
     assert peak == 4 and envs == ["0"] * 4
     peak, envs = run(["0", "1"], 4, 4)                     # two GPUs: two trials on each
     assert peak == 4 and sorted(envs) == ["0", "0", "1", "1"]
+
+
+def test_a_finished_trial_asked_for_more_attacks_gets_them_for_last_and_best_keeping_the_rest(stand_in_root,
+                                                                                              tmp_path):
+    import torch
+
+    grid = {"name": "more", "kind": "train", "preset": "tiny", "fixed": {"eval_attacks": ["natural"]},
+            "grid": {"method": ["at"], "seed": [0]}}
+    out = tmp_path / "grid"
+    sets = [*_sets(stand_in_root), "epochs=2"]
+    doc = sweep.run_grid(grid, backend="local", jobs=1, out=out, sets=sets)
+    assert doc["counts"]["finished"] == 1
+    run = out / "method=at__seed=0"
+    # best.pt an earlier epoch than last.pt, as robust overfitting leaves it (the bookkeeping under test);
+    # whether these 2 epochs do that depends on the CPU's numerics, so make it so when they did not
+    if torch.load(run / "best.pt", map_location="cpu", weights_only=False)["epoch"] == 2:
+        ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+        ck["epoch"] = 1
+        torch.save(ck, run / "best.pt")
+    natural_before = json.loads((run / "eval.json").read_text())["attacks"]["natural"]
+
+    doc = sweep.run_grid(grid, backend="local", jobs=1, out=out, sets=[*sets, "eval_attacks=[natural,fgsm]"])
+    assert doc["counts"]["finished"] == 1
+    last = json.loads((run / "eval.json").read_text())
+    best = json.loads((run / "eval-best.json").read_text())
+    assert list(last["attacks"]) == ["natural", "fgsm"] and list(best["attacks"]) == ["natural", "fgsm"]
+    assert last["attacks"]["natural"] == natural_before          # kept, not evaluated again
+    assert last["checkpoints"]["best"]["epoch"] == 1 and last["checkpoints"]["last"]["epoch"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["eval"]) == {"natural", "fgsm"} and set(summary["eval_checkpoints"]["best"]["accuracy"]) \
+        == {"natural", "fgsm"}

@@ -41,7 +41,7 @@ from .methods import METHODS, method_step
 from .runs import RunAction, RunDir
 from .speed import StepSpec, fast_defaults
 
-__all__ = ["train", "resolve_device", "default_run_dir", "environment_info", "prepare_data", "holdout_accuracy",
+__all__ = ["train", "evaluate_checkpoints", "resolve_device", "default_run_dir", "environment_info", "prepare_data", "holdout_accuracy",
            "RunData", "EpochStats"]
 
 
@@ -465,37 +465,51 @@ def _start_files(run: RunDir, action: RunAction, cfg_record: dict, dctx: DistCon
 
 def _finish(run: RunDir, cfg: TrainConfig, done: Progress, test: Split, device: torch.device, log,
             wall: float) -> None:
-    """The final evaluation (``cfg.eval_attacks`` of ``cfg.eval_checkpoint``), then summary.json."""
-    from .evaluate import evaluate_run
-
+    """The final evaluation (:func:`evaluate_checkpoints`), then summary.json."""
     summary = {"status": "finished", "epochs": cfg.epochs, "wall_seconds_this_session": wall,
                "final": done.history[-1] if done.history else {}, "best_holdout_pgd_acc": done.best,
                "config_hash": config_hash(cfg)}
     if cfg.eval_attacks:
-        main = cfg.eval_checkpoint
-        doc = evaluate_run(run.path, list(cfg.eval_attacks), which=main, batch_size=cfg.eval_batch_size,
-                           device=device, replace=True, test_split=test, log=log)
-        summary["eval"] = {k: v["accuracy"] for k, v in doc["attacks"].items()}
-        # both checkpoints: last and best (chosen on the validation split) differ by robust overfitting
-        epochs = {"last": done.epoch, "best": _best_epoch(run)}
-        record = {main: {"file": run.eval_file.name, "epoch": epochs[main], "accuracy": summary["eval"]}}
-        other = "best" if main == "last" else "last"
-        if run.checkpoint(other).is_file() and epochs[other] != epochs[main]:
-            # a branched run's best.pt from the burn-in may be a relative's, already evaluated
-            odoc = evaluate_run(run.path, list(cfg.eval_attacks), which=other, batch_size=cfg.eval_batch_size,
-                                device=device, replace=True, test_split=test, out=run.eval_file_for(other),
-                                reuse_from=relative_evals(run),
-                                log=lambda m: log(m.replace("final evaluation", f"final evaluation of {other}")))
-            record[other] = {"file": run.eval_file_for(other).name, "epoch": epochs[other],
-                             "accuracy": {k: v["accuracy"] for k, v in odoc["attacks"].items()}}
-        elif run.checkpoint(other).is_file():
-            record[other] = {**record[main], "same_as": main}
-        run.note_checkpoints(record)
-        summary["eval_checkpoints"] = record
+        summary["eval"], summary["eval_checkpoints"] = evaluate_checkpoints(
+            run, cfg, device, test=test, replace=True, log=log, last_epoch=done.epoch)
     run.write_summary(summary)
 
 
-def _best_epoch(run: RunDir) -> int | None:
-    """The epoch best.pt holds (the first with the highest validation PGD accuracy), else None."""
-    path = run.checkpoint("best")
-    return int(read_checkpoint(path, "best", map_location="cpu")["epoch"]) if path.is_file() else None
+def evaluate_checkpoints(run: RunDir, cfg: TrainConfig, device, *, test: Split | None = None, replace: bool = True,
+                         log=None, last_epoch: int | None = None) -> tuple[dict, dict]:
+    """Evaluate a finished run's eval checkpoint (``cfg.eval_checkpoint``, into eval.json) and the
+    other one (best.pt or last.pt, into ``eval-best.json`` / ``eval-last.json``) when it holds
+    another epoch, under ``cfg.eval_attacks``; robust overfitting is what separates them. With
+    ``replace=False`` the attacks an evaluation file already holds for the same weights are kept
+    (a grid that asks a finished run for more attacks). Returns ``({attack: accuracy} of the eval
+    checkpoint, the per-checkpoint record)``; the record is also written into eval.json."""
+    from .evaluate import evaluate_run
+
+    log = log or (lambda m: None)
+    main = cfg.eval_checkpoint
+    other = "best" if main == "last" else "last"
+    epochs = {"last": last_epoch if last_epoch is not None else _checkpoint_epoch(run, "last"),
+              "best": _checkpoint_epoch(run, "best")}
+    doc = evaluate_run(run.path, list(cfg.eval_attacks), which=main, batch_size=cfg.eval_batch_size,
+                       device=device, replace=replace, test_split=test, log=log)
+    accuracy = {k: v["accuracy"] for k, v in doc["attacks"].items()}
+    record = {main: {"file": run.eval_file.name, "epoch": epochs[main], "accuracy": accuracy}}
+    if run.checkpoint(other).is_file() and epochs[other] != epochs[main]:
+        # a branched run's best.pt from the burn-in may be a relative's, already evaluated
+        odoc = evaluate_run(run.path, list(cfg.eval_attacks), which=other, batch_size=cfg.eval_batch_size,
+                            device=device, replace=replace, test_split=test, out=run.eval_file_for(other),
+                            reuse_from=relative_evals(run),
+                            log=lambda m: log(m.replace("final evaluation", f"final evaluation of {other}")))
+        record[other] = {"file": run.eval_file_for(other).name, "epoch": epochs[other],
+                         "accuracy": {k: v["accuracy"] for k, v in odoc["attacks"].items()}}
+    elif run.checkpoint(other).is_file():
+        record[other] = {**record[main], "same_as": main}
+    run.note_checkpoints(record)
+    return accuracy, record
+
+
+def _checkpoint_epoch(run: RunDir, which: str) -> int | None:
+    """The epoch ``which`` checkpoint holds (best.pt: the first with the highest validation PGD
+    accuracy), else None."""
+    path = run.checkpoint(which)
+    return int(read_checkpoint(path, which, map_location="cpu")["epoch"]) if path.is_file() else None

@@ -66,10 +66,9 @@ def finished_eval(run_dir: str | os.PathLike) -> dict:
 
 
 def _run_train_trial(spec: dict) -> dict:
-    from ..evaluate import evaluate_run
-    from ..runs import RunDir
     from ..burnin import find_burnin_parent
-    from ..trainer import train
+    from ..runs import RunDir
+    from ..trainer import evaluate_checkpoints, train
 
     cfg = _resolve(spec["preset"], spec["overrides"])
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -81,11 +80,10 @@ def _run_train_trial(spec: dict) -> dict:
         summary = run.read_summary() or {}
         done = summary.get("eval") or {}
         missing = [a for a in cfg.eval_attacks if a not in done]
-        if missing:   # a finished run reused with more attacks asked for: evaluate it again
+        if missing:   # a finished run reused with more attacks asked for: add them, to both checkpoints
             print(f"evaluating {run.path} under {', '.join(missing)}", flush=True)
-            doc = evaluate_run(run.path, list(cfg.eval_attacks), which=cfg.eval_checkpoint,
-                               batch_size=cfg.eval_batch_size, device=cfg.device, replace=True, log=log)
-            summary["eval"] = {**done, **{k: v["accuracy"] for k, v in doc["attacks"].items()}}
+            summary["eval"], summary["eval_checkpoints"] = evaluate_checkpoints(
+                run, cfg, cfg.device, replace=False, log=log)
             run.write_summary(summary)
     return summary.get("eval") or {}
 
