@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from virkit.attacks.autoattack import AutoAttack  # noqa: E402
-from virkit.devices import cpu_name  # noqa: E402
 from virkit.data import load_dataset, subset  # noqa: E402
+from virkit.devices import cpu_name  # noqa: E402
 
 #: the levers of virkit's AutoAttack (constructor keywords) and their "off" values
 LEVERS = {"early_stop": False, "batch_targets": False, "reuse_logits": False, "inference_mode": False,
@@ -60,12 +60,12 @@ def environment() -> dict:
     try:
         import torchattacks
         env["torchattacks"] = torchattacks.__version__
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     try:
         from virkit import __version__
         env["virkit"] = __version__
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return env
 
@@ -73,12 +73,12 @@ def environment() -> dict:
 # ---------------------------------------------------------------------------------------------
 def get_model(args, device):
     if args.checkpoint:
-        from virkit.checkpoint import load_checkpoint
+        from virkit.models.checkpoint import load_checkpoint
         model, _ = load_checkpoint(args.checkpoint, device=device)
         return model.eval().float(), f"checkpoint {args.checkpoint}"
-    from virkit.checkpoint import load_checkpoint
-    from virkit.config import resolve_config
-    from virkit.trainer import train
+    from virkit.models.checkpoint import load_checkpoint
+    from virkit.training.config import resolve_config
+    from virkit.training.trainer import train
     out = Path(args.train_out)
     cfg = resolve_config("quick", method="at", epochs=args.train_epochs, eval_attacks=("natural",),
                          device=str(device), data_root=args.data_root)
@@ -195,7 +195,7 @@ def torchattacks_runner(model, args, k):
 
 def official_runner(model, args, path, device):
     sys.path.insert(0, str(Path(path).resolve()))
-    from autoattack import AutoAttack as OfficialAA   # the user's local copy, imported, never copied
+    from autoattack import AutoAttack as OfficialAA  # the user's local copy, imported, never copied
     log = Path(args.json_path).with_suffix(".official.log") if args.keep_official_log else None
     tmp_log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"aa_speed_official_{os.getpid()}.log"
 
@@ -321,7 +321,7 @@ def main(argv=None) -> dict:
             entries.append(("torchattacks", torchattacks_runner(cm, args, k),
                             "torchattacks MultiAttack(APGD-CE, APGD-T, FAB-T multi-targeted, Square) at the given "
                             "budget (as benchmarks/bench.py)"))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             impl["torchattacks"] = {"skipped": f"torchattacks not importable ({type(e).__name__}: {e})"}
     if "official" in args.skip or not args.official:
         impl["official"] = {"skipped": "--official PATH not given" if not args.official else "--skip official"}
@@ -330,7 +330,7 @@ def main(argv=None) -> dict:
             entries.append(("official", official_runner(cm, args, args.official, device),
                             f"official auto-attack, version='standard' (budget set to the given one), from "
                             f"{args.official}"))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             impl["official"] = {"skipped": f"official AutoAttack not importable from {args.official} "
                                            f"({type(e).__name__}: {e})"}
 
@@ -343,7 +343,7 @@ def main(argv=None) -> dict:
             print(f"[aa_speed] round {rnd + 1}/{args.repeat}: {name} ...", file=sys.stderr, flush=True)
             try:
                 r = timed(model, x, y, bs, fn, cm)
-            except Exception as e:  # noqa: BLE001 - one failing implementation does not lose the others
+            except Exception as e:
                 impl[name] = {"error": f"{type(e).__name__}: {e}", "what": what}
                 print(f"[aa_speed] {name} failed: {impl[name]['error']}", file=sys.stderr)
                 continue

@@ -4,10 +4,10 @@
 For every (model, method) it times two loops on the same images, the same architecture and the same
 initial weights, batch 128, PGD-10 (eps 8/255, step 2/255) training attacks:
 
-* **virkit**: ``virkit.methods.method_step`` + zero_grad/backward/optimizer step, on device-resident
+* **virkit**: ``virkit.training.methods.method_step`` + zero_grad/backward/optimizer step, on device-resident
   uint8 data with on-device crop/flip (``DeviceLoader``), training statistics accumulated on the device.
   CPU mode: fp32 with channels_last (``--no-channels-last``: NCHW; ``--precision bf16``: bf16 autocast).
-  GPU mode adds what ``virkit.trainer.train`` does on CUDA: bf16 autocast, channels_last, fused SGD and
+  GPU mode adds what ``virkit.training.trainer.train`` does on CUDA: bf16 autocast, channels_last, fused SGD and
   ``torch.compile`` (with the trainer's fallback to eager mode).
 * **reference**: the loop of the baselines' public code, written here: a torchvision-style dataset over
   the same uint8 images as PIL images with ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``,
@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import os
 import platform
 import resource
@@ -54,12 +53,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from virkit.config import resolve_config  # noqa: E402
 from virkit.data import DeviceLoader, Split, load_dataset, subset  # noqa: E402
 from virkit.devices import cpu_name  # noqa: E402
 from virkit.errors import VirkitError  # noqa: E402
-from virkit.methods import METHODS, method_step  # noqa: E402
 from virkit.models import build_model  # noqa: E402
+from virkit.training.config import resolve_config  # noqa: E402
+from virkit.training.methods import METHODS, method_step  # noqa: E402
 
 ALL_METHODS = ("at", "vir-at", "trades", "vir-trades")
 MODE_DEFAULTS = {
@@ -93,12 +92,12 @@ def environment(device: torch.device) -> dict:
     try:
         import torchattacks
         env["torchattacks"] = torchattacks.__version__
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     try:
         from virkit import __version__
         env["virkit"] = __version__
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return env
 
@@ -222,12 +221,12 @@ def _forever(make_iter):
 # ---------------------------------------------------------------------------------------------
 # the two training loops
 class VirkitLoop:
-    """virkit's training step as ``virkit.trainer.train`` runs it (one batch per call)."""
+    """virkit's training step as ``virkit.training.trainer.train`` runs it (one batch per call)."""
 
     name = "virkit"
 
     def __init__(self, model_name, method, split, device, args, seed=0):
-        from virkit.trainer import _autocast_factory, _maybe_compile
+        from virkit.training.trainer import _autocast_factory, _maybe_compile
         self.device = device
         self.cfg = resolve_config("paper", model=model_name, method=method, device=str(device),
                                   precision=args.precision, channels_last=args.channels_last, compile=args.compile,
@@ -414,7 +413,7 @@ def _aa_model(args, model_name: str, train: Split, device: torch.device):
     """The model AutoAttack runs on: ``--aa-checkpoint``, else a briefly PGD-AT-trained ``model_name``
     (virkit's fast training step, fp32 or --precision), in eval mode, fp32."""
     if args.aa_checkpoint:
-        from virkit.checkpoint import load_checkpoint
+        from virkit.models.checkpoint import load_checkpoint
         model, _ = load_checkpoint(args.aa_checkpoint, device=device)
         return model.eval(), f"checkpoint {args.aa_checkpoint}"
     k = args.aa_train_attack_steps
@@ -440,13 +439,13 @@ def bench_autoattack(args, model_name: str, train: Split, test: Split, device: t
         return {"skipped": "--aa-n 0"}
     try:
         from virkit.attacks.autoattack import AutoAttack as VirkitAA
-    except Exception as e:  # noqa: BLE001 - the module is written by another engineer; skip cleanly
+    except Exception as e:
         msg = f"virkit.attacks.autoattack not importable ({type(e).__name__}: {e}); AutoAttack part skipped"
         print(msg, file=sys.stderr)
         return {"skipped": msg}
     try:
         import torchattacks
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         torchattacks = None
         ta_skip = f"torchattacks not importable ({type(e).__name__}: {e})"
     model, origin = _aa_model(args, model_name, train, device)
@@ -604,7 +603,7 @@ def main(argv=None) -> dict:
                   + f"{ratio} (load {r['load_avg_before']})", file=sys.stderr, flush=True)
     try:
         result["autoattack"] = bench_autoattack(args, args.aa_model or args.models[0], train_dev, test, device)
-    except Exception as e:  # noqa: BLE001 - keep the training numbers when the AutoAttack part fails
+    except Exception as e:
         result["autoattack"] = {"error": f"{type(e).__name__}: {e}"}
         print(f"[bench] AutoAttack part failed: {type(e).__name__}: {e}", file=sys.stderr)
     result["load_avg_end"] = load_average()

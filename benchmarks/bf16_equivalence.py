@@ -2,7 +2,7 @@
 """bf16 autocast vs fp32 training on a short schedule: same robust accuracy within seed noise?
 
 Trains ``resolve_config(preset, method=m, precision=p, seed=s)`` for p in (fp32, bf16), the given
-methods and seeds with :func:`virkit.trainer.train` (the real training loop; held-out and final
+methods and seeds with :func:`virkit.training.trainer.train` (the real training loop; held-out and final
 evaluation in fp32), then reports each run's last-epoch held-out accuracies and, with
 ``--eval-attacks``, its final evaluation on the preset's class-balanced test images; the mean per
 precision, the seed-to-seed spread within each precision and the bf16 - fp32 difference of the means.
@@ -31,8 +31,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from virkit.config import resolve_config  # noqa: E402
-from virkit.trainer import train  # noqa: E402
+from virkit.training.config import resolve_config  # noqa: E402
+from virkit.training.trainer import train  # noqa: E402
 
 
 def main(argv=None) -> dict:

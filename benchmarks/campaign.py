@@ -17,7 +17,7 @@ Phases (``--mode gpu``: one CUDA device; ``--mode smoke``: the CPU, tiny everyth
 * ``d_concurrency``: 4 worker processes (ResNet-18 VIR-AT, batch 128, PGD-10, eager bf16) start
   together; in timed windows 1, then 2, then 4 of them train at once; aggregate img/s per window.
 * ``c_fidelity``: ResNet-18 AT and VIR-AT (and ``vir-at-flat`` when virkit has it) trained at once
-  with ``virkit.trainer.train`` on the stand-in, as many epochs as fit the budget (planned from
+  with ``virkit.training.trainer.train`` on the stand-in, as many epochs as fit the budget (planned from
   d's measured rates), the paper's schedule scaled to those epochs; natural and PGD-20 accuracy on
   1,000 test images, AutoAttack on 200 when time is left.
 * ``b_autoattack``: standard AutoAttack on 1,000 test images of c's AT model, virkit and
@@ -47,11 +47,11 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import torch  # noqa: E402
-
 import bench  # noqa: E402  (benchmarks/bench.py)
-from virkit.devices import compile_model, tf32_mode  # noqa: E402
+import torch  # noqa: E402
 from campaign_report import PHASES, write_json_atomic  # noqa: E402
+
+from virkit.devices import compile_model, tf32_mode  # noqa: E402
 
 PAPER_EPOCHS, PAPER_MILESTONES, PAPER_REWEIGHT = 115, (75, 90), 76   # Sec. 5.1
 
@@ -146,11 +146,11 @@ def bench_args(args, extra: list[str]) -> argparse.Namespace:
 
 def paper_schedule(epochs: int, method: str = "vir-at") -> dict:
     """The paper's 115-epoch schedule scaled to ``epochs`` as virkit's scaled presets scale it
-    (``virkit.config.scaled_schedule``: lr /10 after round(75/115 E) and round(90/115 E), kept
+    (``virkit.training.config.scaled_schedule``: lr /10 after round(75/115 E) and round(90/115 E), kept
     distinct), and ``method``'s first reweighted epoch by its own rule
-    (``virkit.config.default_reweight_start``: the epoch after the first lr drop for VIR, the
+    (``virkit.training.config.default_reweight_start``: the epoch after the first lr drop for VIR, the
     paper's 76th of 115), capped at the last epoch so that a very short run still reweights."""
-    from virkit.config import default_reweight_start, scaled_schedule
+    from virkit.training.config import default_reweight_start, scaled_schedule
     milestones = tuple(int(m) for m in scaled_schedule(epochs)["lr_milestones"])
     reweight = max(1, min(epochs, default_reweight_start(method, milestones, epochs)))
     return {"epochs": epochs, "lr_milestones": milestones, "reweight_start": reweight,
@@ -182,7 +182,7 @@ def environment(dev: torch.device) -> dict:
     try:
         import triton
         env["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001
+    except Exception:
         env["triton"] = None
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
@@ -196,7 +196,7 @@ def environment(dev: torch.device) -> dict:
         import torchattacks
         env["torchattacks"] = torchattacks.__version__
         env["torchattacks_from"] = str(Path(torchattacks.__file__).parent)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         env["torchattacks"] = None
         env["torchattacks_missing"] = (f"torchattacks not importable ({_err(e)}); copy its wheel into the carried "
                                        "data folder (BENCHMARKS.md, GPU campaign)")
@@ -208,7 +208,7 @@ def phase_prep(ph: Phase, args) -> None:
     ph.running("environment")
     ph.doc["env"] = environment(dev)
     ph.doc["cuda_available"] = torch.cuda.is_available()
-    from virkit.methods import METHODS
+    from virkit.training.methods import METHODS
     ph.doc["methods"] = sorted(METHODS)
     ph.doc["vir_at_flat"] = "vir-at-flat" in METHODS
     data = {"root": args.data_root, "found": data_found(args.data_root)}
@@ -245,7 +245,7 @@ def phase_prep(ph: Phase, args) -> None:
             te = load_dataset("cifar10", args.data_root, "test")
             data.update({"decoded": True, "n_train": len(tr), "n_test": len(te), "source": tr.source,
                          "seconds": round(time.perf_counter() - t, 1)})
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             data.update({"decoded": False, "error": _err(e)})
             ph.skip("decode the CIFAR-10 stand-in", _err(e))
     if warm is not None:
@@ -300,7 +300,7 @@ def _pair(ph: Phase, model: str, method: str, split, dev, ns) -> dict | None:
     t = time.time()
     try:
         r = bench.bench_pair(model, method, split, dev, ns)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         ph.skip(f"{model} {method} (compile {'on' if ns.compile else 'off'})", f"failed: {_err(e)}")
         traceback.print_exc()
         if dev.type == "cuda":
@@ -629,9 +629,9 @@ def _rate_per_run(args, k: int) -> tuple[float, str]:
 
 
 def worker_c(args) -> None:
-    """One training run of phase c (a child process): ``virkit.trainer.train``."""
-    from virkit.config import TrainConfig
-    from virkit.trainer import train
+    """One training run of phase c (a child process): ``virkit.training.trainer.train``."""
+    from virkit.training.config import TrainConfig
+    from virkit.training.trainer import train
     if torch.cuda.is_available() and not smoke(args):
         torch.backends.cudnn.benchmark = True
     if smoke(args):
@@ -644,11 +644,11 @@ def phase_c_fidelity(ph: Phase, args) -> None:
     dev = device_or_skip(ph)
     if dev is None:
         return
-    from virkit.config import resolve_config
-    from virkit.methods import METHODS
+    from virkit.training.config import resolve_config
+    from virkit.training.methods import METHODS
     methods = ["at", "vir-at"] + (["vir-at-flat"] if "vir-at-flat" in METHODS else [])
     if "vir-at-flat" not in METHODS:
-        ph.skip("vir-at-flat", "virkit.methods.METHODS has no 'vir-at-flat' in this checkout")
+        ph.skip("vir-at-flat", "virkit.training.methods.METHODS has no 'vir-at-flat' in this checkout")
     k = len(methods)
     if smoke(args):
         model, dataset, root = "small-cnn", "imagefolder", str(_smoke_imagefolder(Path(args.work) / "smoke-images"))
@@ -709,13 +709,13 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         _stop(list(procs.values()))
         for f in logs.values():
             f.close()
-    from virkit.checkpoint import load_checkpoint
     from virkit.data import load_dataset, test_subset
-    from virkit.evaluate import evaluate_model
+    from virkit.evaluation.evaluate import evaluate_model
+    from virkit.models.checkpoint import load_checkpoint
     test = None
     try:
         test = test_subset(load_dataset(dataset, root, "test"), n_eval).to(dev)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         ph.skip("evaluation", f"cannot load the test split: {_err(e)}")
     aa_over = {"aa": {"apgd_steps": 2, "fab_steps": 2, "square_queries": 10}} if smoke(args) else {}
     for m in methods:
@@ -747,7 +747,7 @@ def phase_c_fidelity(ph: Phase, args) -> None:
             rec["eval"].update({a: doc["attacks"][a]["accuracy"] for a in ("natural", "pgd20")})
             rec["eval"]["n"] = len(test)
             rec["eval"]["seconds"] = round(sum(doc["attacks"][a].get("seconds", 0.0) for a in doc["attacks"]), 2)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             ph.skip(f"{m} evaluation", _err(e))
         ph.save()
     # AutoAttack on a subset with what is left
@@ -770,7 +770,7 @@ def phase_c_fidelity(ph: Phase, args) -> None:
                                 "aa_seconds": round(doc["attacks"]["aa"].get("seconds", 0.0), 2),
                                 "aa_budget": "smoke (APGD/FAB 2 steps, Square 10 queries)" if smoke(args) else
                                 "standard"})
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             ph.skip(f"{rec['method']} AutoAttack", _err(e))
         aa_est = max(aa_est, 1.3 * (time.time() - t))
         ph.save()
@@ -796,7 +796,7 @@ def _b_model(ph: Phase, args, dev):
     ck = c.get("at_checkpoint")
     n = 12 if smoke(args) else 1000
     if ck and Path(ck).is_file():
-        from virkit.checkpoint import load_checkpoint
+        from virkit.models.checkpoint import load_checkpoint
         model, cfg = load_checkpoint(ck, dev)
         test = test_subset(load_dataset(c["dataset"], c["data_root"], "test"), n)
         at = next((r for r in c.get("runs", []) if r["method"] == "at"), {})
@@ -882,7 +882,7 @@ def phase_b_autoattack(ph: Phase, args) -> None:
         ph.doc["torchattacks"] = {"version": torchattacks.__version__, "chunks": [],
                                   "what": "MultiAttack(APGD-CE, APGD-T, FAB-T multi-targeted, Square) at the same "
                                           "budget as virkit"}
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         torchattacks = None
         ph.doc["torchattacks"] = {"skipped": f"torchattacks not importable ({_err(e)}): carry its wheel in data/"}
         ph.skip("torchattacks comparison", ph.doc["torchattacks"]["skipped"])
@@ -943,7 +943,7 @@ def phase_b_autoattack(ph: Phase, args) -> None:
                 rt = timed(lambda a, b: ta(a, b), xb, yb)
                 ph.doc["torchattacks"]["chunks"].append(rt)
                 last_ta = rt["seconds"]
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 ph.doc["torchattacks"]["error"] = _err(e)
                 ph.skip("torchattacks", f"failed: {_err(e)}")
                 ta = None
@@ -1018,7 +1018,7 @@ def main(argv=None) -> None:
         PHASE_FUNCS[args.phase](ph, args)
     except SystemExit:
         raise
-    except BaseException as e:  # noqa: BLE001 - record, then fail the phase (not the campaign)
+    except BaseException as e:
         ph.doc["error"] = _err(e)
         ph.doc["traceback"] = traceback.format_exc()[-3000:]
         ph.done("failed", _err(e))

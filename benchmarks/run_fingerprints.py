@@ -81,7 +81,7 @@ def main() -> int:
         p.error("--out FILE (or --compare BEFORE AFTER)")
     methods = a.methods
     if not methods:
-        r = subprocess.run([sys.executable, "-c", "import virkit.methods as m; print(' '.join(m.METHODS))"],
+        r = subprocess.run([sys.executable, "-c", "import virkit.training.methods as m; print(' '.join(m.METHODS))"],
                            capture_output=True, text=True, check=True)
         methods = r.stdout.split()
     with tempfile.TemporaryDirectory() as d:

@@ -14,7 +14,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
-# The suite's speed calibrations (virkit.speed, for runs with --precision auto) are measured on a loaded
+# The suite's speed calibrations (virkit.training.speed, for runs with --precision auto) are measured on a loaded
 # machine: they go to a cache of the test session's own, never to the user's ~/.cache/virkit, where a
 # later `make demo` would trust them. (Decoded stand-in images are cached beside $VIRKIT_DATA.)
 if "VIRKIT_TEST_CACHE" not in os.environ:
@@ -47,7 +47,7 @@ def stand_in_root() -> Path:
 def tiny_cfg(stand_in_root):
     """Factory: ``tiny_cfg(method='vir-at', **overrides)`` -> a validated ``tiny``-preset TrainConfig on
     the CPU, reading the stand-in, with no final evaluation (``eval_attacks=()``)."""
-    from virkit.config import resolve_config
+    from virkit.training.config import resolve_config
 
     def make(method: str = "vir-at", **overrides):
         values = {"eval_attacks": (), "device": "cpu", "data_root": str(stand_in_root), **overrides}

@@ -22,7 +22,7 @@ from virkit.attacks.base import target_classes, targets_in_one_batch
 from virkit.attacks.fab import FABTargeted, fab_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_attacks import synthetic, train_tiny  # noqa: E402
+from test_attacks import synthetic, train_tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 3 / 255

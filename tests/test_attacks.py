@@ -16,8 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virkit.attacks import (ATTACK_PRESETS, ATTACKS, attack_names, black_box_attacks, get_attack, l2_attacks,
-                            per_example_norm, pgd, white_box_attacks)
+from virkit.attacks import (
+    ATTACK_PRESETS,
+    ATTACKS,
+    attack_names,
+    black_box_attacks,
+    get_attack,
+    l2_attacks,
+    per_example_norm,
+    pgd,
+    white_box_attacks,
+)
 from virkit.attacks.apgd import dlr_loss, dlr_targeted_loss
 from virkit.attacks.base import target_classes
 from virkit.attacks.fab import project_hyperplane_box_l2, project_hyperplane_box_linf
@@ -149,7 +158,7 @@ def test_every_registered_attack(name, settings, model, batch):
 
     # robust accuracy never above natural accuracy
     nat, rob = _accuracy(model, x, y), _accuracy(model, x_adv, y)
-    assert 0 < nat
+    assert nat > 0
     assert rob <= nat
 
     # deterministic under a seed

@@ -57,9 +57,9 @@ def write_checkpoint(path: Path, model: str = "small-cnn", classes=CIFAR10_CLASS
                      **cfg_overrides) -> Path:
     """A checkpoint in virkit's format (untrained weights); ``weights_of`` builds the state dict
     from another architecture than the one the config names."""
-    from virkit.checkpoint import FORMAT, build_model_from_meta
-    from virkit.config import resolve_config
     from virkit.io import atomic_torch_save
+    from virkit.models.checkpoint import FORMAT, build_model_from_meta
+    from virkit.training.config import resolve_config
     cfg = {**resolve_config("tiny", eval_attacks=()).to_dict(), "model": model, **cfg_overrides}
     meta = {"classes": list(classes), "mean": [0.5] * 3, "std": [0.25] * 3, "shape": [3, 32, 32], "source": "test",
             "dataset": cfg["dataset"]}
@@ -71,7 +71,7 @@ def write_checkpoint(path: Path, model: str = "small-cnn", classes=CIFAR10_CLASS
 
 def fake_run(folder: Path, finished: bool) -> Path:
     """A run directory as ``virkit train`` leaves it (finished or not); bytes only, no training."""
-    from virkit.config import config_hash, resolve_config
+    from virkit.training.config import config_hash, resolve_config
     cfg = resolve_config("tiny", eval_attacks=(), device="cpu")
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({**cfg.to_dict(), "config_hash": config_hash(cfg)}))

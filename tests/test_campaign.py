@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_campaign.sh"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import campaign_report  # noqa: E402
+import campaign_report
 
 PHASES = ["prep", "a_train", "a_wrn", "d_concurrency", "c_fidelity", "b_autoattack"]
 
@@ -181,7 +181,7 @@ def test_paper_schedule_scaled_and_epochs_planned_from_phase_d(tmp_path):
     assert campaign.paper_schedule(4)["lr_milestones"] == (3,) and campaign.paper_schedule(4)["reweight_start"] == 4
     assert campaign.paper_schedule(10)["lr_milestones"] == (7, 8) and campaign.paper_schedule(10)["reweight_start"] == 8
     assert campaign.paper_schedule(1)["reweight_start"] == 1   # capped: a one-epoch run still reweights
-    from virkit.config import resolve_config
+    from virkit.training.config import resolve_config
     for e in range(1, 30):   # every scaled schedule is a valid config for the methods phase c trains
         for m in ("at", "vir-at", "vir-at-flat"):
             sc = campaign.paper_schedule(e, m)

@@ -118,7 +118,7 @@ def test_evaluate_a_run_with_model_l2_autoattack_options_and_save_adv(tmp_path, 
     aa = doc["attacks"]["aa-plus"]
     assert aa["settings"]["individual"] is True and aa["components"]["mode"] == "individual"
     assert [k for k in aa["components"] if k != "mode"] == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
-    from virkit.evaluate import load_adversarial
+    from virkit.evaluation.evaluate import load_adversarial
     x, y = load_adversarial(adv, "aa-plus").tensors
     assert x.shape == (32, 3, 32, 32) and y.tolist() == doc["labels"]
     assert "as 8-bit images" in capsys.readouterr().out

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from virkit.data import DeviceLoader, gaussian_mixture, load_dataset, random_crop_flip, subset
-from virkit.loader import training_loader
+from virkit.data import DeviceLoader, load_dataset, random_crop_flip, subset
+from virkit.data.datasets import gaussian_mixture
+from virkit.data.loader import training_loader
 from virkit.errors import VirkitError
 
 STANDIN = Path(os.environ.get("VIRKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -34,7 +35,7 @@ def test_loader_batches_and_augmentation():
     batches = list(loader.epoch(5))
     assert [b[0].shape[0] for b in batches] == [128, 128, 44]
     x, y, idx = batches[0]
-    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
     assert torch.equal(y, train.y[idx])
     again = list(loader.epoch(5))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(batches, again))
@@ -108,12 +109,12 @@ def test_truncated_cifar_pickle_is_a_clear_error(tmp_path):
 def test_validation_split_is_carved_from_train_and_picks_best_without_test_images(tiny_cfg):
     """best.pt is chosen on a seeded class-balanced validation split of the training set (issue 13);
     the run trains on the rest and no test image is in it."""
-    from virkit.data import validation_split
-    from virkit.trainer import prepare_data
+    from virkit.data.datasets import validation_split
+    from virkit.training.trainer import prepare_data
 
     cfg = tiny_cfg("vir-at", holdout=100)
     d = prepare_data(cfg, torch.device("cpu"))
-    rows = lambda s: {bytes(r) for r in s.x.flatten(1).numpy()}  # noqa: E731
+    rows = lambda s: {bytes(r) for r in s.x.flatten(1).numpy()}
     full_train = load_dataset("cifar10", cfg.data_root, "train")
     full_test = load_dataset("cifar10", cfg.data_root, "test")
     val, train, test_rows = rows(d.holdout), rows(d.train), rows(full_test)

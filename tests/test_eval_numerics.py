@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from test_evaluate import FAST, _run, model, split  # noqa: F401 - module fixtures reused
 
 from virkit import devices
-from virkit import evaluate as ev
 from virkit.errors import VirkitError
-
-from test_evaluate import FAST, _run, model, split  # noqa: F401 - module fixtures reused
+from virkit.evaluation import evaluate as ev
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -117,7 +116,7 @@ def test_real_torch_compile_matches_eager(model, split):
     for a in ("pgd10", "aa"):
         diff = sum(x != y for x, y in zip(res["attacks"][a]["robust"], eager["attacks"][a]["robust"]))
         assert diff <= 1, f"{a}: {diff} examples differ between the compiled and the eager model"
-    assert 0 < eager["attacks"]["natural"]["accuracy"]
+    assert eager["attacks"]["natural"]["accuracy"] > 0
 
 
 def test_reuse_from_takes_only_an_evaluation_of_the_same_weights(model, split, tmp_path):

@@ -3,7 +3,7 @@ same command again, and it continues from the finished batches; ``torchrun --npr
 virkit evaluate`` (gloo, CPU) shares the batches out and rank 0 merges them. Both end with exactly the
 per-example results of one uninterrupted process.
 
-A tiny CNN (``virkit.examples:tiny_cnn``, trained for a few seconds on 5,000 stand-in images, about 30%
+A tiny CNN (``virkit.models.examples:tiny_cnn``, trained for a few seconds on 5,000 stand-in images, about 30%
 test accuracy) and AutoAttack with a reduced budget in batches of 16 keep each launch to seconds.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ def weights(stand_in_root, tmp_path_factory) -> Path:
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
-    from virkit.data import load_dataset, subset
-    from virkit.examples import tiny_cnn
+    from virkit.data.datasets import load_dataset, subset
+    from virkit.models.examples import tiny_cnn
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -54,7 +54,7 @@ def weights(stand_in_root, tmp_path_factory) -> Path:
 
 
 def _args(weights: Path, out: Path) -> list[str]:
-    return ["evaluate", "--model", "virkit.examples:tiny_cnn", "--weights", str(weights), "--attacks", "natural,aa",
+    return ["evaluate", "--model", "virkit.models.examples:tiny_cnn", "--weights", str(weights), "--attacks", "natural,aa",
             "--attack-settings", json.dumps(AA), "--n-examples", "1000", "--batch-size", "16", "--device", "cpu",
             "--out", str(out)]
 

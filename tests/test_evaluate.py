@@ -1,4 +1,4 @@
-"""virkit.evaluate: eval.json contents, the eps-ball check, resume, errors, gradient-masking warnings,
+"""virkit.evaluation.evaluate: eval.json contents, the eps-ball check, resume, errors, gradient-masking warnings,
 and (slow) an end-to-end run of every attack of the paper."""
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virkit import eval_doc
-from virkit import evaluate as ev
 from virkit.attacks import ATTACK_PRESETS, ATTACKS, Attack
-from virkit.data import Split
+from virkit.data.datasets import Split
 from virkit.errors import VirkitError
-from virkit.evaluate import AdversarialCheckError, check_adversarial, evaluate_model, masking_warnings
+from virkit.evaluation import document as eval_doc
+from virkit.evaluation import evaluate as ev
+from virkit.evaluation.evaluate import AdversarialCheckError, check_adversarial, evaluate_model, masking_warnings
 
 EPS = 8 / 255
 CLASSES = [f"c{i}" for i in range(10)]
@@ -401,7 +401,7 @@ def test_save_adv_and_load_adversarial(model, split, tmp_path):
     # asking for the examples of an attack finished without --save-adv reruns it
     calls: dict[str, int] = {}
     real = ev.get_attack
-    import virkit.evaluate as evm
+    import virkit.evaluation.evaluate as evm
     evm_get = evm.get_attack
     try:
         evm.get_attack = lambda name, **kw: _Spy(real(name, **kw), calls, name)

@@ -26,9 +26,9 @@ MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]
 
 def fake_run(folder: Path, model: str, normalize: str = "dataset", n: int = 10000, aa: dict | None = None,
              source: str = "CIFAR-10 (torchvision)") -> Path:
-    from virkit.checkpoint import FORMAT, build_model_from_meta
-    from virkit.config import config_hash, resolve_config
     from virkit.io import atomic_torch_save
+    from virkit.models.checkpoint import FORMAT, build_model_from_meta
+    from virkit.training.config import config_hash, resolve_config
     cfg = resolve_config("tiny", eval_attacks=(), device="cpu", model=model, normalize=normalize)
     meta = {"classes": CLASSES, "mean": MEAN, "std": STD, "shape": [3, 32, 32], "source": source,
             "dataset": "cifar10"}
@@ -61,8 +61,8 @@ def snapshot(root: Path) -> dict:
 @pytest.mark.parametrize("model,normalize", [("wrn-28-10", "dataset"), ("wrn-34-10", "none"),
                                              ("preact-resnet18", "dataset"), ("preact-resnet18", "none")])
 def test_export_round_trip_into_robustbench_architectures(tmp_path, capsys, model, normalize):
-    from virkit.checkpoint import load_checkpoint
-    from virkit.export import robustbench_architecture
+    from virkit.evaluation.export import robustbench_architecture
+    from virkit.models.checkpoint import load_checkpoint
     run = fake_run(tmp_path / "run", model, normalize)
     assert main(["export", str(run), "--format", "robustbench", "--name", "Virkit2025Test"]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Datasets fetched on first use (virkit.fetch), tested without internet.
+"""Datasets fetched on first use (virkit.data.fetch), tested without internet.
 
 A local HTTP server (127.0.0.1, an ephemeral port) plays the mirror named by VIRKIT_DATA_MIRROR. It
 serves CIFAR-10 in torchvision's official layout (``cifar-10-python.tar.gz`` holding
@@ -166,7 +166,7 @@ def test_concurrent_fetches_download_once(mirror, tmp_path):
     assert any("waiting for it" in err for _, err in outs)
     assert _leftovers(root) == {ARCHIVE, "cifar-10-batches-py"}
     sys.path.insert(0, str(ROOT))
-    from virkit.data import load_dataset
+    from virkit.data.datasets import load_dataset
     assert len(load_dataset("cifar10", root, "test", download=False)) == 10000
 
 
@@ -216,7 +216,8 @@ def test_official_sources_are_torchvisions():
     """The URLs and checksums are torchvision's own (read from its dataset classes), Tiny-ImageNet's
     the official archive; a mirror replaces the host only."""
     import torchvision.datasets as tvd
-    from virkit import fetch
+
+    from virkit.data import fetch
     (a,) = fetch.archives("cifar10")
     assert (a.url, a.md5, a.provides) == (tvd.CIFAR10.url, tvd.CIFAR10.tgz_md5, "cifar-10-batches-py")
     assert [x.filename for x in fetch.archives("svhn")] == ["train_32x32.mat", "test_32x32.mat"]

@@ -1,4 +1,4 @@
-"""Figures (virkit.figures) and the weight explorer's logic (virkit.explorer), without a browser."""
+"""Figures (virkit.paper.figures) and the weight explorer's logic (virkit.notebooks.explorer), without a browser."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
-from virkit import explorer as E  # noqa: E402
-from virkit import figures as F  # noqa: E402
-from virkit import reweighting as rw  # noqa: E402
+from virkit import reweighting as rw
+from virkit.notebooks import explorer as E
+from virkit.paper import figures as F
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -1,4 +1,4 @@
-"""virkit.losses: every method as a loss for one's own loop, on the very code path of the trainer.
+"""virkit.training.losses: every method as a loss for one's own loop, on the very code path of the trainer.
 
 * the loss and weights of ``method_loss(m)`` equal ``method_step``'s bit for bit on a seeded batch;
 * weights are detached, the loss carries the gradient; reweighting follows ``epoch`` or ``active``;
@@ -11,11 +11,11 @@ import dataclasses
 import pytest
 import torch
 
-from virkit.config import TrainConfig, resolve_config
 from virkit.errors import VirkitError
-from virkit.losses import SETTINGS, LossResult, method_loss, method_names
-from virkit.methods import METHODS, method_step
 from virkit.models import build_model
+from virkit.training.config import TrainConfig, resolve_config
+from virkit.training.losses import SETTINGS, LossResult, method_loss, method_names
+from virkit.training.methods import METHODS, method_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

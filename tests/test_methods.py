@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from virkit.config import resolve_config
 from virkit.data import DeviceLoader, load_dataset, subset
-from virkit.methods import METHODS, method_step
 from virkit.models import build_model
-from virkit.trainer import train
+from virkit.training.config import resolve_config
+from virkit.training.methods import METHODS, method_step
+from virkit.training.trainer import train
 
 STANDIN = Path(os.environ.get("VIRKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 pytestmark = pytest.mark.skipif(not (STANDIN / "cifar10-jpeg.tar.gz").is_file(), reason="CIFAR-10 stand-in absent")
@@ -149,7 +149,7 @@ def test_trades_runs_three_train_forwards_like_the_official_code():
     with torch.no_grad():
         for inp in (x, out3.x_adv, x):
             ref(inp)
-    bn = lambda m: [b for n, b in m.named_buffers() if n.endswith("running_mean")]  # noqa: E731
+    bn = lambda m: [b for n, b in m.named_buffers() if n.endswith("running_mean")]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(bn(m3), bn(ref)))
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(bn(m2), bn(ref)))
 
@@ -170,9 +170,9 @@ def test_onecycle_schedule_per_step():
     """``lr_schedule="onecycle"``: per step, linear from 0 to lr at ``lr_peak`` of training, then
     linear to 0; the step schedule keeps Sec. 5.1's piecewise-constant values; a onecycle config
     with milestones is refused in one line; the default schedule leaves the config hash alone."""
-    from virkit.config import TrainConfig, config_hash, validate
     from virkit.errors import VirkitError
-    from virkit.trainer import _lr_at
+    from virkit.training.config import TrainConfig, config_hash, validate
+    from virkit.training.trainer import _lr_at
 
     step = resolve_config("paper", method="at")
     assert [_lr_at(step, e) for e in (1, 75, 76, 90, 91)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001])

@@ -22,9 +22,10 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 
-from virkit import analysis, paper  # noqa: E402
-from virkit import notebooks as N  # noqa: E402
-from virkit.errors import VirkitError  # noqa: E402
+from virkit import notebooks as N
+from virkit.errors import VirkitError
+from virkit.notebooks import analysis
+from virkit.paper import catalogue as paper
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
@@ -69,8 +70,8 @@ def test_every_preset_value_is_a_valid_parameter():
 def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
     """``virkit notebooks run --preset demo`` trains what ``virkit train --preset demo`` trains."""
     from virkit.attacks import attack_names
-    from virkit.config import PRESETS as TRAINER_PRESETS
-    from virkit.config import resolve_config
+    from virkit.training.config import PRESETS as TRAINER_PRESETS
+    from virkit.training.config import resolve_config
 
     for preset, spec in N.PRESETS.items():
         assert preset in TRAINER_PRESETS
@@ -99,11 +100,12 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
 @pytest.mark.parametrize("rate, expected", [(2000.0, "demo"), (600.0, "demo-mid"), (250.0, "demo-lite"),
                                             (60.0, "demo-min")])
 def test_demo_tier_follows_the_measured_rate(monkeypatch, tmp_path, capsys, rate, expected):
-    """Without --preset, `virkit notebooks run` measures the training step (virkit.speed) and takes the
+    """Without --preset, `virkit notebooks run` measures the training step (virkit.training.speed) and takes the
     largest tier expected to finish in 10 minutes, saying which, the rate and the expected time; a
     machine too slow for every tier gets the smallest, and the line says so."""
     import torch
-    from virkit import speed
+
+    from virkit.training import speed
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(speed, "cache_file", lambda: tmp_path / "calibration.json")
     monkeypatch.delenv("VIRKIT_SPEED", raising=False)
@@ -138,9 +140,9 @@ def test_shared_run_progress_is_reported_per_epoch(tmp_path, stand_in_root, monk
 
 
 def test_ablation_grid_parameters_are_the_papers_grids():
-    """Notebook 07's grid parameters are the names :func:`virkit.analysis.ablation_results` reads, and
+    """Notebook 07's grid parameters are the names :func:`virkit.notebooks.analysis.ablation_results` reads, and
     their defaults plus the paper's value are the paper's grids (Tables 9-12)."""
-    from virkit import paper
+    from virkit.paper import catalogue as paper
 
     params = N.notebook_parameters(NB_DIR / "07_ablations.ipynb")
     grid_names = {n for n in params if "_grid_" in n}
@@ -254,7 +256,7 @@ def test_failure_does_not_stop_the_others(tmp_path, jobs, capsys):
     folder.mkdir()
     _mini_notebook(folder / "01_fails.ipynb", "raise ValueError('boom in the notebook')")
     _mini_notebook(folder / "02_passes.ipynb",
-                   "import matplotlib.pyplot as plt\nfrom virkit.figures import FigureSaver\n"
+                   "import matplotlib.pyplot as plt\nfrom virkit.paper.figures import FigureSaver\n"
                    "fig, ax = plt.subplots(); ax.plot([0, x]); ax.set_title('t')\n"
                    "FigureSaver(fig_dir, '02_passes', {'x': x}).save(fig, 'line', 'a line')")
     code = N.run_notebooks("smoke", jobs=jobs, out_root=tmp_path / "out", fig_root=tmp_path / "fig", folder=folder,
@@ -427,7 +429,7 @@ def test_ablation_sweeps_logic(monkeypatch):
     """Tables 9-12 layout without training: fake runs whose accuracy encodes their hyperparameters."""
     import pandas as pd
 
-    from virkit import report
+    from virkit.paper import report
 
     class FakeCtx:
         preset, robust_attack = "smoke", "pgd10"

@@ -1,4 +1,4 @@
-"""virkit.paper, the paper's catalogue: labels, Tables 1-12, the Appendix C grids, and the grid files
+"""virkit.paper.catalogue, the paper's catalogue: labels, Tables 1-12, the Appendix C grids, and the grid files
 of configs/grids/ that name a table agree with it (methods, model, dataset, attacks, swept values)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from virkit import paper
+from virkit.paper import catalogue as paper
 
 REPO = Path(__file__).resolve().parents[1]
 GRID_FILES = sorted((REPO / "configs" / "grids").glob("*.yaml"))
@@ -48,7 +48,7 @@ def test_unknown_names_fall_back():
 def test_figures_and_report_use_the_catalogue():
     import matplotlib.pyplot as plt
 
-    from virkit import figures, report
+    from virkit.paper import figures, report
 
     assert figures.method_label("natural") == "Natural training" and figures.method_label("zzz") == "zzz"
     assert figures.attack_label("square") == "Square" and figures.dataset_label("svhn") == "SVHN"
@@ -69,9 +69,9 @@ def test_figures_and_report_use_the_catalogue():
 
 def test_every_method_attack_dataset_and_model_has_a_label():
     from virkit.attacks import attack_names
-    from virkit.data import dataset_names
-    from virkit.methods import METHODS
+    from virkit.data.datasets import dataset_names
     from virkit.models import model_names
+    from virkit.training.methods import METHODS
 
     assert set(METHODS) <= set(paper.METHODS), set(METHODS) - set(paper.METHODS)
     assert {*attack_names(), "worst_case"} <= set(paper.ATTACKS), set(attack_names()) - set(paper.ATTACKS)
@@ -86,7 +86,7 @@ def test_every_method_attack_dataset_and_model_has_a_label():
 def test_explorer_schemes_are_the_catalogues():
     import torch
 
-    from virkit import explorer
+    from virkit.notebooks import explorer
 
     st = explorer.BatchStats(torch.zeros(4, 10), torch.ones(4, 10), torch.zeros(4, dtype=torch.int64),
                              torch.arange(4), 10, list("abcdefghij"))
@@ -130,7 +130,7 @@ def test_sweeps_are_the_appendix_grids():
 
 
 def test_paper_hyperparameters_are_the_method_defaults():
-    from virkit.methods import METHODS
+    from virkit.training.methods import METHODS
 
     for m, hp in paper.PAPER_HYPERPARAMETERS.items():
         assert {h: METHODS[m].defaults[h] for h in hp} == dict(hp)
@@ -204,8 +204,8 @@ def test_the_paper_tables_have_grid_files():
 
 @pytest.mark.parametrize("path", _table_grids(), ids=lambda p: p.stem)
 def test_grid_file_agrees_with_the_catalogue(path, tmp_path):
-    from virkit.methods import METHODS
     from virkit.sweep import expand, load_grid
+    from virkit.training.methods import METHODS
 
     g = load_grid(path)
     assert g.table in paper.TABLES, f"{path.name}: no Table {g.table} in the paper"

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 torchattacks = pytest.importorskip("torchattacks")
 foolbox = pytest.importorskip("foolbox")
 
-from virkit.attacks import get_attack  # noqa: E402
+from virkit.attacks import get_attack
 
 N = 500                 # test images (class-balanced, seeded subset of the stand-in test split)
 EPS = 8 / 255
@@ -61,10 +61,10 @@ def reference_setup(tmp_path_factory):
     root = _data_root()
     if root is None:
         pytest.skip("CIFAR-10 (or its JPEG stand-in) not found; set VIRKIT_DATA")
-    from virkit.checkpoint import load_checkpoint
-    from virkit.config import resolve_config
-    from virkit.data import load_dataset, subset
-    from virkit.trainer import train
+    from virkit.data.datasets import load_dataset, subset
+    from virkit.models.checkpoint import load_checkpoint
+    from virkit.training.config import resolve_config
+    from virkit.training.trainer import train
 
     # quick preset (small-cnn, PGD adversarial training), shortened to keep the session in minutes
     cfg = resolve_config("quick", method="at", data_root=str(root), train_subset=2000, epochs=3,
@@ -133,13 +133,13 @@ def _reference(name, model, xs, ys, norm="Linf", seed=0):
         return clipped
     if name == "pgd10":   # L2 only: PGD-L2, 10 steps of eps/4, random start (virkit's pgd10 preset in L2)
         return ta.PGDL2(model, eps=eps, alpha=eps / 4, steps=10, random_start=True)(xs, ys)
-    apgd = lambda: ta.APGD(model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0, loss="ce",  # noqa: E731
+    apgd = lambda: ta.APGD(model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0, loss="ce",
                            rho=0.75)
-    apgdt = lambda: ta.APGDT(model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0,  # noqa: E731
+    apgdt = lambda: ta.APGDT(model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0,
                              n_classes=s["n_targets"] + 1)
-    fabt = lambda: ta.FAB(model, norm=norm, eps=eps, steps=s["fab_steps"], n_restarts=1, seed=0,  # noqa: E731
+    fabt = lambda: ta.FAB(model, norm=norm, eps=eps, steps=s["fab_steps"], n_restarts=1, seed=0,
                           multi_targeted=True, n_classes=s["n_targets"] + 1)
-    square = lambda: ta.Square(model, norm=norm, eps=eps, n_queries=s["square_queries"], n_restarts=1,  # noqa: E731
+    square = lambda: ta.Square(model, norm=norm, eps=eps, n_queries=s["square_queries"], n_restarts=1,
                                p_init=0.8, loss="margin", resc_schedule=True, seed=seed)
     atk = {"apgd-ce": apgd, "apgd-t": apgdt, "fab-t": fabt, "square": square,
            # torchattacks' AutoAttack('standard') is exactly this MultiAttack (with its own budgets)

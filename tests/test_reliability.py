@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 import torch
 
-from virkit import trainer
-from virkit.checkpoint import FORMAT, load_checkpoint, read_checkpoint
 from virkit.cli import main
 from virkit.errors import NonFiniteLossError, VirkitError
+from virkit.models.checkpoint import FORMAT, load_checkpoint, read_checkpoint
+from virkit.training import trainer
 
 REPO = Path(__file__).resolve().parents[1]
 # The same run as CLI options and as TrainConfig overrides. vir-at from epoch 2 and an lr step after
@@ -89,7 +89,7 @@ def env_data(stand_in_root):
 @pytest.fixture(scope="module")
 def reference_run(env_data, tmp_path_factory):
     """An uninterrupted 3-epoch run, in this process."""
-    from virkit.config import resolve_config
+    from virkit.training.config import resolve_config
     cfg = resolve_config("tiny", method="vir-at", device="cpu", eval_attacks=(), data_root=str(env_data), **RUN)
     return trainer.train(cfg, tmp_path_factory.mktemp("reference") / "run", log=None)
 
@@ -286,7 +286,7 @@ def test_evaluate_subprocess_refuses_hostile_checkpoint(tmp_path):
 
 
 def test_resume_from_hostile_last_pt_is_refused(env_data, tmp_path, capsys):
-    from virkit.config import config_hash, resolve_config
+    from virkit.training.config import config_hash, resolve_config
     marker = tmp_path / "PWNED"
     run = tmp_path / "run"
     run.mkdir()
@@ -303,7 +303,7 @@ def test_resume_from_hostile_last_pt_is_refused(env_data, tmp_path, capsys):
 
 
 def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch, capsys):
-    from virkit.data import load_dataset
+    from virkit.data.datasets import load_dataset
     marker = tmp_path / "PWNED"
     folder = tmp_path / "data" / "cifar-10-batches-py"
     folder.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""virkit.report: collecting runs, the paper's Tables 1-7 (layout, order, mean ± std), Markdown/CSV."""
+"""virkit.paper.report: collecting runs, the paper's Tables 1-7 (layout, order, mean ± std), Markdown/CSV."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from virkit.errors import VirkitError
-from virkit.report import TABLES, collect_runs, make_table, report_main, to_csv, to_markdown
+from virkit.paper.report import TABLES, collect_runs, make_table, report_main, to_csv, to_markdown
 
 
 def make_run(root, name, *, dataset="cifar10", model="resnet18", method="at", seed=0, accs=None,
@@ -228,7 +228,7 @@ def test_checkpoint_choice_and_unfinished_evaluations(tmp_path, capsys):
 def test_paired_with_gives_per_seed_differences(tmp_path):
     """--paired-with vir-at: each run minus VIR-AT's run of the same seed; seed 2 of the control has
     no VIR-AT partner and gives no number; the reference's own row is left out."""
-    from virkit.report import paired_differences
+    from virkit.paper.report import paired_differences
 
     dirs = [make_run(tmp_path, f"vir-{s}", method="vir-at", seed=s, accs={"natural": 0.40 + 0.05 * s, "aa": 0.20})
             for s in (0, 1)]

@@ -10,7 +10,7 @@ import pytest
 
 from virkit import cli
 from virkit.errors import VirkitError
-from virkit.report_html import SECTIONS, load_evaluation, write_html_report
+from virkit.paper.report_html import SECTIONS, load_evaluation, write_html_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,14 +19,14 @@ PNG = re.compile(r"<img src='data:image/png;base64,([A-Za-z0-9+/=]+)'")
 
 @pytest.fixture(scope="module")
 def evaluations(tmp_path_factory, stand_in_root):
-    from virkit.config import resolve_config
-    from virkit.trainer import train
+    from virkit.training.config import resolve_config
+    from virkit.training.trainer import train
 
     root = tmp_path_factory.mktemp("report_html")
     cfg = resolve_config("smoke", method="at", device="cpu", data_root=str(stand_in_root))
     run = train(cfg, root / "at", log=False)
     out = root / "outside" / "eval.json"
-    code = cli.main(["evaluate", "--model", "virkit.examples:tiny_cnn", "--dataset", "cifar10", "--data-root",
+    code = cli.main(["evaluate", "--model", "virkit.models.examples:tiny_cnn", "--dataset", "cifar10", "--data-root",
                      str(stand_in_root), "--n-examples", "32", "--attacks", "natural,fgsm,pgd10", "--device", "cpu",
                      "--out", str(out)])
     assert code == 0
@@ -68,14 +68,14 @@ def test_page_for_an_outside_model_and_side_by_side(evaluations, tmp_path):
     single = write_html_report(evaluations["outside"], tmp_path / "outside.html")
     page = single.read_text()
     _check_self_contained(page)
-    assert "kind: callable; source: virkit.examples:tiny_cnn" in page and "PGD-10" in page
+    assert "kind: callable; source: virkit.models.examples:tiny_cnn" in page and "PGD-10" in page
     both = write_html_report([evaluations["run"], evaluations["outside"].parent], tmp_path / "both.html")
     page = both.read_text()
     pngs = _check_self_contained(page)
     # per-class bars: one figure per attack of either (natural, fgsm, pgd10); confusion; fairness
     assert len(pngs) == 5
     head = page.split("<section id='headline'>")[1].split("</section>")[0]
-    assert "AT (seed 0)" in head and "virkit.examples:tiny_cnn" in head
+    assert "AT (seed 0)" in head and "virkit.models.examples:tiny_cnn" in head
     assert "not directly comparable" in head   # 64 test images against 32
     prov = page.split("<section id='provenance'>")[1]
     assert prov.count("<h3>") == 2

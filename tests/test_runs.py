@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from virkit.config import config_hash, resolve_config
 from virkit.errors import VirkitError
 from virkit.runs import RunAction, RunDir, RunLockedError, RunStatus, WriterLock
+from virkit.training.config import config_hash, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,9 +186,9 @@ def test_branched_run_equals_an_independent_run(tmp_path, tiny_cfg):
     of a VIR-AT run trained from scratch (CPU), and config.json records the parent."""
     import torch
 
-    from virkit.checkpoint import read_checkpoint
-    from virkit.config import burnin_key
-    from virkit.trainer import train
+    from virkit.models.checkpoint import read_checkpoint
+    from virkit.training.config import burnin_key
+    from virkit.training.trainer import train
 
     torch.set_num_threads(1)
     common = dict(epochs=3, reweight_start=3, lr_milestones=(2,), train_subset=256, holdout=64, seed=5)
@@ -198,7 +198,7 @@ def test_branched_run_equals_an_independent_run(tmp_path, tiny_cfg):
     alone = train(tiny_cfg("vir-at", **common), tmp_path / "alone", log=False)
     a, b = read_checkpoint(child / "last.pt")["model"], read_checkpoint(alone / "last.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    hist = lambda r: [json.loads(x) for x in (r / "history.jsonl").read_text().splitlines()]  # noqa: E731
+    hist = lambda r: [json.loads(x) for x in (r / "history.jsonl").read_text().splitlines()]
     # epochs 1-2 were not trained again: their records (timings included) are the parent's
     assert hist(child)[:2] == hist(parent)[:2] and hist(child)[:2] != hist(alone)[:2]
     rec = json.loads((child / "config.json").read_text())["parent"]
@@ -216,9 +216,9 @@ def test_branched_run_holds_the_best_checkpoint_of_an_independent_run(tmp_path, 
     burnin.pt written before it carried one), and its final evaluation covers it."""
     import torch
 
-    from virkit import trainer
-    from virkit.checkpoint import read_checkpoint
-    from virkit.trainer import train
+    from virkit.models.checkpoint import read_checkpoint
+    from virkit.training import trainer
+    from virkit.training.trainer import train
 
     torch.set_num_threads(1)
     real = trainer.holdout_accuracy
@@ -238,7 +238,7 @@ def test_branched_run_holds_the_best_checkpoint_of_an_independent_run(tmp_path, 
     parent = run("vir-at-w1", "w1")
     alone = run("vir-at", "alone")
     child = run("vir-at", "child", branch_from=parent)
-    best = lambda r: read_checkpoint(r / "best.pt", "best")  # noqa: E731
+    best = lambda r: read_checkpoint(r / "best.pt", "best")
     assert best(alone)["epoch"] == 1 == best(child)["epoch"]
     a, b = best(child)["model"], best(alone)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -248,7 +248,7 @@ def test_branched_run_holds_the_best_checkpoint_of_an_independent_run(tmp_path, 
     assert checkpoints["best"]["epoch"] == 1 and (child / checkpoints["best"]["file"]).is_file()
     # the same weights as the parent's best.pt: its evaluation is reused, and it is what evaluating
     # them independently (the run trained alone) gives
-    ev = lambda r: json.loads((r / "eval-best.json").read_text())["attacks"]["natural"]  # noqa: E731
+    ev = lambda r: json.loads((r / "eval-best.json").read_text())["attacks"]["natural"]
     assert ev(child)["reused_from"] == str(parent / "eval-best.json") and "reused_from" not in ev(alone)
     assert ev(child)["robust"] == ev(alone)["robust"] == ev(parent)["robust"]
     # a burnin.pt from before it carried best.pt's state: the parent's best.pt (epoch 1 <= 2) stands in
@@ -281,8 +281,8 @@ def test_sweep_trials_branch_from_a_finished_trial_of_the_same_burn_in(tmp_path,
 def test_final_evaluation_reports_last_and_best(tmp_path, tiny_cfg, monkeypatch):
     """best.pt (chosen on the validation split) and last.pt are both evaluated at the end; eval.json
     names both, and `virkit report --checkpoint best` reads best's numbers and says so."""
-    from virkit import trainer as tr
-    from virkit.report import collect_runs, make_table
+    from virkit.paper.report import collect_runs, make_table
+    from virkit.training import trainer as tr
 
     accs = iter([(0.5, 0.40), (0.5, 0.30), (0.5, 0.20)])   # validation PGD accuracy falls: best is epoch 1
     monkeypatch.setattr(tr, "holdout_accuracy", lambda *a, **k: next(accs))

@@ -19,7 +19,7 @@ from virkit.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # robustbench is optional (virkit[robustbench]); find_spec, not import: robustbench 1.1's __init__ needs
-# pkg_resources, which virkit.sources works around
+# pkg_resources, which virkit.evaluation.sources works around
 needs_robustbench = pytest.mark.skipif(importlib.util.find_spec("robustbench") is None,
                                        reason="robustbench not installed (pip install 'virkit[robustbench]')")
 
@@ -27,7 +27,7 @@ MODULE = "vk_outside_models"
 SOURCE = textwrap.dedent('''
     import torch
     from torch import nn
-    from virkit.examples import tiny_cnn
+    from virkit.models.examples import tiny_cnn
 
     def good():
         torch.manual_seed(0)
@@ -86,7 +86,7 @@ def env(models_module, stand_in_root, monkeypatch, tmp_path):
 
 
 def _good_state_dict() -> dict:
-    from virkit.examples import tiny_cnn
+    from virkit.models.examples import tiny_cnn
     torch.manual_seed(1)
     return tiny_cnn().state_dict()
 
@@ -127,13 +127,13 @@ def test_normalize_wraps_the_model_and_is_part_of_its_identity(env):
     a, b = json.loads(out1.read_text()), json.loads(out2.read_text())
     assert a["model_fingerprint"] != b["model_fingerprint"]
     assert b["model_source"]["normalize"]["mean"] == [0.4914, 0.4822, 0.4465]
-    from virkit.sources import parse_normalize
+    from virkit.evaluation.sources import parse_normalize
     assert parse_normalize("0.5,0.25") == ((0.5,), (0.25,))
     assert parse_normalize("1,2,3,4,5,6") == ((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
 
 
 def test_torchscript_file(env):
-    from virkit.examples import tiny_cnn
+    from virkit.models.examples import tiny_cnn
     torch.manual_seed(2)
     net = tiny_cnn().eval()
     torch.jit.save(torch.jit.script(net), str(env / "net.ts.pt"))
@@ -141,7 +141,7 @@ def test_torchscript_file(env):
     assert main(_evaluate("--model", str(env / "net.ts.pt"), "--out", str(out), attacks="natural,pgd10")) == 0
     doc = json.loads(out.read_text())
     assert doc["model_source"]["kind"] == "torchscript"
-    from virkit.data import load_dataset, test_subset
+    from virkit.data.datasets import load_dataset, test_subset
     split = test_subset(load_dataset("cifar10", None, "test"), 20)
     with torch.no_grad():
         pred = net(split.float_images()).argmax(1).tolist()
@@ -151,8 +151,8 @@ def test_torchscript_file(env):
 
 # ------------------------------------------------------------------------------------------- RobustBench
 def _rb_file(root: Path, name: str, threat: str, drop=(), prefix: str = "module.") -> Path:
-    from virkit.sources import _robustbench_zoo, robustbench_weights_path
-    zoo, BD, TM = _robustbench_zoo()
+    from virkit.evaluation.sources import robustbench_weights_path, robustbench_zoo
+    zoo, BD, TM = robustbench_zoo()
     torch.manual_seed(0)
     model = zoo[BD("cifar10")][TM(threat)][name]["model"]()
     sd = {prefix + k: v for k, v in model.state_dict().items() if k not in drop}

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from virkit.attacks.pgd import input_grad_only, pgd
-from virkit.config import resolve_config
-from virkit.methods import METHODS, method_step
 from virkit.models import build_model
+from virkit.training.config import resolve_config
+from virkit.training.methods import METHODS, method_step
 
 
 def _tiny_model(seed: int = 0):
@@ -57,7 +57,7 @@ def test_bf16_method_step_finite_fp32_loss(method):
 
 
 def test_bf16_training_epoch_is_finite(tiny_cfg, tmp_path):
-    from virkit.trainer import train
+    from virkit.training.trainer import train
     cfg = tiny_cfg("vir-at", precision="bf16", reweight_start=1, **FAST)
     out = train(cfg, tmp_path / "run", log=False)
     (rec,) = _history(out)
@@ -69,8 +69,8 @@ def test_bf16_training_epoch_is_finite(tiny_cfg, tmp_path):
 def test_evaluation_stays_fp32_after_bf16_training(tiny_cfg, tmp_path, monkeypatch):
     """Every module output in the held-out evaluation and the final evaluation is fp32 and autocast
     is off there, although training ran under bf16 autocast."""
-    import virkit.evaluate as ev
-    import virkit.trainer as tr
+    import virkit.evaluation.evaluate as ev
+    import virkit.training.trainer as tr
 
     state = {"eval": False, "seen": [], "train_bf16": 0}
 
@@ -120,7 +120,7 @@ def test_evaluation_stays_fp32_after_bf16_training(tiny_cfg, tmp_path, monkeypat
 # must be within K times the error of the other fp32 path (the plain contiguous eager one):
 #
 # * the training step is replayed in float64 at the x' that the fp32 path itself crafted
-#   (``virkit.methods.pgd`` patched to return it; in fp32 the replay reproduces the step bit for
+#   (``virkit.training.methods.pgd`` patched to return it; in fp32 the replay reproduces the step bit for
 #   bit), so the pixel flips drop out. Per-example losses (the loss is their mean), weights and
 #   head-weight gradient are continuous functions of x' and the parameters (no ReLU/max-pool kink
 #   lies between them and the logits), so their fp32 error is rounding only. Errors are Euclidean
@@ -162,7 +162,7 @@ def _terms(x, cfg) -> dict:
 def _step(model, x, y, cfg, x_adv=None) -> tuple[dict, torch.Tensor]:
     """One method_step of ``model`` (train mode) and its backward; with ``x_adv`` the attack is
     skipped and the step uses that x' (cast to the dtype of ``x``)."""
-    import virkit.methods as vm
+    import virkit.training.methods as vm
     model.train()
     with pytest.MonkeyPatch.context() as mp:
         if x_adv is not None:
@@ -223,7 +223,7 @@ def test_channels_last_method_step_matches_contiguous():
     layout, up to rounding (see the comment above for how the tolerance is derived)."""
     cfg = resolve_config("tiny", method="vir-trades", attack_steps=2, device="cpu")
     x, y = _batch()
-    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
 
     q_c, xa_c = _step(_tiny_model(), x, y, cfg)
     q_l, xa_l = _step(_tiny_model().to(memory_format=torch.channels_last), cl(x), y, cfg)
@@ -269,7 +269,7 @@ def test_fp64_reference_check_rejects_a_small_change():
 
 
 def test_channels_last_flag_trains(tiny_cfg, tmp_path):
-    from virkit.trainer import train
+    from virkit.training.trainer import train
     cfg = tiny_cfg("at", channels_last=True, **FAST)
     out = train(cfg, tmp_path / "run", log=False)
     (rec,) = _history(out)
@@ -303,7 +303,7 @@ def test_input_grad_only_restores_and_keeps_result():
 
 # ------------------------------------------------------------------------------- torch.compile
 def test_compile_failure_falls_back_to_eager(tiny_cfg, tmp_path, monkeypatch):
-    from virkit.trainer import train
+    from virkit.training.trainer import train
 
     def broken(*a, **k):
         raise RuntimeError("no backend here")
@@ -320,7 +320,7 @@ def test_compile_on_cpu_compiles_or_falls_back_cleanly():
     """Real torch.compile of the trainer's path (inductor needs a C++ compiler on the CPU): either it
     compiles, and crafting through the compiled model gives the eager result with parameter grads
     untouched and requires_grad restored, or it falls back with one log line."""
-    from virkit.trainer import _maybe_compile
+    from virkit.training.trainer import _maybe_compile
     cfg = resolve_config("tiny", method="vir-at", attack_steps=2, compile=True, device="cpu")
     model = _tiny_model()
     x, y = _batch(8)
@@ -360,7 +360,7 @@ CUDA = {"fp32": 1000.0, "fp32+channels_last": 1100.0, "bf16": 2400.0, "bf16+chan
 
 
 def test_choice_follows_the_measured_rates_not_a_flag():
-    from virkit.speed import BF16_MARGIN, choose
+    from virkit.training.speed import BF16_MARGIN, choose
     assert choose(INTEL_NO_AMX) == ("fp32", True)      # bf16 slower: fp32 whatever the CPU flags say
     assert choose(AMX) == ("bf16", True)
     assert choose(CUDA) == ("bf16", True)
@@ -374,7 +374,7 @@ def test_choice_follows_the_measured_rates_not_a_flag():
 @pytest.fixture
 def calib_cache(tmp_path, monkeypatch):
     """An empty user cache, no VIRKIT_SPEED, and a fake measurement that counts its calls."""
-    from virkit import speed
+    from virkit.training import speed
     monkeypatch.setattr(speed, "cache_file", lambda: tmp_path / "cache" / "virkit" / "calibration.json")
     monkeypatch.delenv("VIRKIT_SPEED", raising=False)
     for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
@@ -390,7 +390,7 @@ def calib_cache(tmp_path, monkeypatch):
 
 
 def test_calibration_is_cached_per_machine_torch_and_threads(calib_cache, monkeypatch):
-    from virkit import speed
+    from virkit.training import speed
     cpu, spec = torch.device("cpu"), speed.StepSpec()
     first = speed.calibration_for(spec, cpu, threads=1)
     assert (first.source, first.precision, first.channels_last, first.rate) == ("measured", "fp32", True, 430.0)
@@ -414,7 +414,7 @@ def test_calibration_is_cached_per_machine_torch_and_threads(calib_cache, monkey
 def test_cuda_mocked_calibration_chooses_bf16(calib_cache, monkeypatch):
     """On a CUDA machine the same mechanism measures and picks bf16 autocast (CUDA mocked: the
     device name and the measurement; the decision is the code under test)."""
-    from virkit import speed
+    from virkit.training import speed
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
     precision, cl, cal = speed.fast_defaults("auto", None, torch.device("cuda"), speed.StepSpec("resnet18", 128, 10))
     assert (precision, cl) == ("bf16", True) and cal.key["device"] == "NVIDIA H100 80GB HBM3"
@@ -425,8 +425,8 @@ def test_cuda_mocked_calibration_chooses_bf16(calib_cache, monkeypatch):
 
 
 def test_virkit_speed_env_skips_the_measurement(calib_cache, monkeypatch):
-    from virkit import speed
     from virkit.errors import VirkitError
+    from virkit.training import speed
     monkeypatch.setenv("VIRKIT_SPEED", "bf16,contiguous")
     assert speed.fast_defaults("auto", None, torch.device("cpu"))[:2] == ("bf16", False)
     monkeypatch.setenv("VIRKIT_SPEED", "fast")
@@ -438,7 +438,7 @@ def test_virkit_speed_env_skips_the_measurement(calib_cache, monkeypatch):
 def test_trainer_records_the_calibration(calib_cache, tiny_cfg, tmp_path):
     """precision/channels_last 'auto' are decided by the calibration; config.json records the choice
     and the measured rates. The test presets pin fp32 and the contiguous layout (no calibration)."""
-    from virkit import trainer as tr
+    from virkit.training import trainer as tr
     assert resolve_config("quick").precision == "auto" and resolve_config("tiny").precision == "fp32"
     cfg = dataclasses.replace(tiny_cfg("at", precision="auto", epochs=1, train_subset=128, holdout=0,
                                        reweight_start=1), channels_last=None)
@@ -454,7 +454,7 @@ def test_trainer_records_the_calibration(calib_cache, tiny_cfg, tmp_path):
 
 def test_calibration_measures_the_real_step(tmp_path, monkeypatch):
     """The real measurement, tiny budget: every option gets a positive rate and the choice follows them."""
-    from virkit import speed
+    from virkit.training import speed
     spec = speed.StepSpec("small-cnn", batch_size=8, attack_steps=1)
     rates = speed.calibrate(spec, torch.device("cpu"), budget_s=0.05, rounds=1)
     assert set(rates) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}

@@ -68,7 +68,7 @@ PAPER = {  # grid file -> (table, trials, the varied values of the paper's table
 
 @pytest.mark.parametrize("fname", sorted(PAPER))
 def test_paper_grids_match_the_tables_and_every_trial_config_is_valid(fname, tmp_path):
-    from virkit.config import resolve_config
+    from virkit.training.config import resolve_config
 
     table, n, values = PAPER[fname]
     g = sweep.load_grid(GRIDS / fname)
@@ -91,7 +91,7 @@ def test_paper_grids_match_the_tables_and_every_trial_config_is_valid(fname, tmp
 
 
 def test_quick_tables_grid_covers_tables_1_and_6_rows_over_two_seeds(tmp_path):
-    from virkit.config import resolve_config
+    from virkit.training.config import resolve_config
 
     g = sweep.load_grid(GRIDS / "quick_tables.yaml")
     trials = sweep.expand(g, tmp_path)

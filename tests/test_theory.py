@@ -1,4 +1,4 @@
-"""Appendix A (virkit.theory): Theorem 1's closed form against an independent numerical
+"""Appendix A (virkit.paper.theory): Theorem 1's closed form against an independent numerical
 optimization and against Monte Carlo, the quadratic Bayes rule, robust risks, and the linear-model
 training used by notebook 02."""
 from __future__ import annotations
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from virkit import theory as T
 from virkit.errors import VirkitError
+from virkit.paper import theory as T
 
 scipy_stats = pytest.importorskip("scipy.stats")
-from scipy.optimize import minimize_scalar  # noqa: E402
+from scipy.optimize import minimize_scalar
 
 # (d, eta, sigma, K): well separated (b > 0), heavily overlapping (b < 0), high dimension, K near 1
 CASES = [(10, 0.5, 1.0, 2.0), (1, 1.0, 1.0, 3.0), (50, 0.1, 1.0, 1.5), (4, 0.8, 2.0, 1.2), (3, 0.3, 0.5, 4.0)]

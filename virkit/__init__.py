@@ -8,33 +8,32 @@ evaluation -> report/figures -> notebooks)::
     run_dir = train(cfg, "runs/quick-vir-at")
     model, config = load_checkpoint(run_dir)
 
-Any method as a loss in your own loop: ``virkit.method_loss("vir-at")`` (:mod:`virkit.losses`).
+Any method as a loss in your own loop: ``virkit.method_loss("vir-at")`` (:mod:`virkit.training.losses`).
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .errors import VirkitError  # noqa: E402
+from virkit.environment import __version__
+from virkit.errors import VirkitError
 
 
 def __getattr__(name):  # lazy: importing virkit stays cheap
     if name in ("resolve_config", "TrainConfig", "PRESETS"):
-        from . import config
+        from virkit.training import config
         return getattr(config, name)
     if name == "train":
-        from .trainer import train
+        from virkit.training import train
         return train
     if name == "load_checkpoint":
-        from .checkpoint import load_checkpoint
+        from virkit.models import load_checkpoint
         return load_checkpoint
     if name == "load_dataset":
-        from .data import load_dataset
+        from virkit.data import load_dataset
         return load_dataset
     if name == "method_loss":
-        from .losses import method_loss
+        from virkit.training import method_loss
         return method_loss
     if name == "build_model":
-        from .models import build_model
+        from virkit.models import build_model
         return build_model
     raise AttributeError(f"module 'virkit' has no attribute {name!r}")
 

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import VirkitError
+from virkit.errors import VirkitError
 
 __all__ = ["main", "build_parser"]
 
@@ -27,11 +27,10 @@ def _fraction(text: str) -> float:
 
 
 def _epilog() -> str:
-    from .attacks import attack_names
-    from .config import PRESETS
-    from .data import DATASETS
-    from .methods import METHODS
-    from .models import MODELS
+    from virkit.attacks import attack_names
+    from virkit.data import DATASETS
+    from virkit.models import MODELS
+    from virkit.training import METHODS, PRESETS
     lines = ["datasets: " + ", ".join(DATASETS), "models:   " + ", ".join(MODELS),
              "methods:  " + ", ".join(METHODS), "presets:  " + ", ".join(PRESETS),
              "attacks:  " + ", ".join(attack_names()),
@@ -40,12 +39,12 @@ def _epilog() -> str:
 
 
 def _add_train(sub) -> None:
-    from .config import TrainConfig
-    from .loader import AUGMENTATIONS
+    from virkit.data import AUGMENTATIONS
+    from virkit.training import TrainConfig
     p = sub.add_parser("train", help="train a model with one method", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train with one method. Unset options take the preset's value (paper: Sec. 5.1/5.3).")
-    from .config import PRESETS
+    from virkit.training import PRESETS
     p.add_argument("--preset", default="paper", metavar="PRESET",
                    help=f"{' | '.join(PRESETS)} (default: paper; docs/NOTEBOOKS.md and the README list what each is)")
     p.add_argument("--method", help="training method (default vir-at)")
@@ -116,8 +115,7 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from .config import resolve_config
-    from .trainer import train
+    from virkit.training import resolve_config, train
     overrides = {k: getattr(args, k) for k in args._fields if hasattr(args, k) and k != "preset"}
     if overrides.get("channels_last") is not None:   # --channels-last auto|on|off
         overrides["channels_last"] = {"auto": None, "on": True, "off": False}[overrides["channels_last"]]
@@ -200,7 +198,7 @@ def _add_evaluate(sub) -> None:
 def _attack_overrides(args, attacks: list[str]) -> dict:
     import json
 
-    from .attacks import is_autoattack
+    from virkit.attacks import is_autoattack
     overrides: dict = {}
     if args.attack_settings:
         try:
@@ -215,9 +213,9 @@ def _attack_overrides(args, attacks: list[str]) -> dict:
     if args.aa_version:
         aa["version"] = args.aa_version
     if args.aa_components:
-        from .attacks.autoattack import _component_list
+        from virkit.attacks.autoattack import component_list
         try:
-            aa.update(version="custom", components=list(_component_list(args.aa_components)))
+            aa.update(version="custom", components=list(component_list(args.aa_components)))
         except ValueError as e:
             raise VirkitError(f"--aa-components: {e}") from None
     if args.aa_individual:
@@ -232,13 +230,12 @@ def _attack_overrides(args, attacks: list[str]) -> dict:
 
 
 def _cmd_evaluate(args) -> int:
-    from . import distributed
-    from .evaluate import _attack_list, evaluate_run
-    from .sources import classify, default_out, evaluate_source, source_slug
+    from virkit import distributed
+    from virkit.evaluation import attack_list, classify, default_out, evaluate_run, evaluate_source, source_slug
 
     norm = args.norm or (args.threat_model if args.model.startswith("robustbench:") else None) or "Linf"
     default = "natural,fgsm,pgd100,cw" if norm == "Linf" else "natural,fgsm,pgd100"
-    attacks = _attack_list(args.attacks or default)
+    attacks = attack_list(args.attacks or default)
     kind = classify(args.model)
     overrides = _attack_overrides(args, attacks)
     if kind != "virkit":
@@ -272,7 +269,7 @@ def _cmd_evaluate(args) -> int:
     if args.out:
         out = Path(args.out)
     elif kind == "virkit":
-        from .runs import RunDir
+        from virkit.runs import RunDir
         src = Path(args.model)
         out = RunDir(src if src.is_dir() else src.parent).eval_file
     else:
@@ -280,7 +277,7 @@ def _cmd_evaluate(args) -> int:
     print(f"written: {out} ({res['n_examples']} test images)")
     if args.save_adv:
         print(f"adversarial examples: {args.save_adv}/<attack>/adversarial.safetensors "
-              "(virkit.evaluate.load_adversarial)")
+              "(virkit.evaluation.evaluate.load_adversarial)")
     return 0
 
 
@@ -302,7 +299,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(args) -> int:
-    from .export import export_robustbench
+    from virkit.evaluation import export_robustbench
     res = export_robustbench(args.run, args.out, name=args.name, which=args.which, eval_file=args.eval_file,
                              allow_subset=args.allow_subset)
     for k, v in res.items():
@@ -333,13 +330,13 @@ def _add_report(sub) -> None:
 def _cmd_report(args) -> int:
     if args.html:
         return _cmd_report_html(args)
-    from .report import report_main
+    from virkit.paper import report_main
     return report_main(args.run_dirs, args.table, args.format, args.out, args.checkpoint, args.attacks,
                        args.paired_with) or 0
 
 
 def _add_fetch(sub) -> None:
-    from .fetch import FETCHABLE
+    from virkit.data import FETCHABLE
     p = sub.add_parser("fetch", help="download a dataset into the data folder now (otherwise fetched on first use)",
                        description="Download a dataset's official archive (checksum verified) and unpack it into the "
                                    "data folder. Every command does this on first use; this one does it ahead of "
@@ -350,8 +347,7 @@ def _add_fetch(sub) -> None:
 
 
 def _cmd_fetch(args) -> int:
-    from .data import data_root
-    from .fetch import ensure_dataset, is_present
+    from virkit.data import data_root, ensure_dataset, is_present
     root = data_root(args.data_root)
     if is_present(args.dataset, root):
         print(f"{args.dataset} is already under {root}")
@@ -375,13 +371,13 @@ def _add_doctor(sub) -> None:
 
 
 def _cmd_doctor(args) -> int:
-    from .doctor import main as doctor_main
+    from virkit.doctor import main as doctor_main
     return doctor_main(args.data_root, args.calibrate, args.json, args.network)
 
 
 
 def _cmd_report_html(args) -> int:
-    from .report_html import write_html_report
+    from virkit.paper import write_html_report
     print(f"written: {write_html_report(args.run_dirs, args.html, checkpoint=args.checkpoint)}")
     return 0
 
@@ -402,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="virkit", description=(
         "virkit: adversarial training with vulnerability-aware instance reweighting (VIR) and its baselines."),
         epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
+    from virkit.environment import __version__
     parser.add_argument("--version", action="version", version=f"virkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -411,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_fetch(sub)
     _add_doctor(sub)
-    from . import notebooks, sweep
+    from virkit import notebooks, sweep
     notebooks.add_cli(sub)
     sweep.add_cli(sub)
     _add_list(sub)

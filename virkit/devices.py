@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-from .errors import VirkitError
+from virkit.errors import VirkitError
 
-__all__ = ["resolve_device", "model_device", "cpu_name", "onednn_isa_cap", "cpu_has_native_bf16",
+__all__ = ["resolve_device", "eval_mode", "model_device", "cpu_name", "onednn_isa_cap", "cpu_has_native_bf16",
            "tf32_mode", "compile_model"]
 
 
@@ -68,7 +68,7 @@ def onednn_isa_cap() -> str | None:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 instructions (Intel AMX or AVX512-BF16, from /proc/cpuinfo's flags).
     Information only (``virkit doctor``): whether bf16 *pays* is measured, not read from a flag
-    (:mod:`virkit.speed`; on an Intel Xeon with AVX512-BF16 and no AMX bf16 trains slower than fp32). ``ONEDNN_MAX_CPU_ISA`` (or
+    (:mod:`virkit.training.speed`; on an Intel Xeon with AVX512-BF16 and no AMX bf16 trains slower than fp32). ``ONEDNN_MAX_CPU_ISA`` (or
     ``DNNL_MAX_CPU_ISA``) capped below AVX512_CORE_BF16, e.g. ``AVX2``, counts as no native bf16:
     oneDNN then emulates it, as on a CPU without the instructions."""
     if onednn_isa_cap() in _ONEDNN_ISAS_WITHOUT_BF16:
@@ -112,6 +112,18 @@ def tf32_mode(device: torch.device, allow: bool = False) -> Iterator[bool]:
         _set_tf32_flags(*old)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the duration of the block, then restore every module's mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def compile_model(model: nn.Module, example: torch.Tensor, *, dynamic: bool | None = False,
                   mode: str | None = None, log: Callable[[str], None] | None = None) -> nn.Module:
     """``torch.compile(model, dynamic=..., mode=...)``, checked by one no-grad forward of ``example``
@@ -119,13 +131,12 @@ def compile_model(model: nn.Module, example: torch.Tensor, *, dynamic: bool | No
     eager ``model`` comes back. ``dynamic=None`` is PyTorch's automatic dynamic shapes: the first
     batch size is compiled static, a second one recompiles once with a symbolic batch dimension
     (what an attack that drops finished rows needs)."""
-    from .attacks.base import eval_mode
     try:
         compiled = torch.compile(model, dynamic=dynamic, mode=mode)
         with torch.no_grad(), eval_mode(compiled):
             compiled(example)
         return compiled
-    except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager mode
+    except Exception as e:
         if log is not None:
             log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
                 "continuing in eager mode")

@@ -4,7 +4,7 @@
 ``MASTER_ADDR``/``MASTER_PORT``) and, when ``WORLD_SIZE > 1``, joins the process group (``nccl`` on
 CUDA, ``gloo`` on CPU) and returns a :class:`DistContext` that the trainer consults; without
 torchrun it returns a single-process context whose every method is a no-op, so
-:func:`virkit.trainer.train` has one code path.
+:func:`virkit.training.trainer.train` has one code path.
 
 What a distributed run does (docs/SCALE_OUT.md has the long form):
 
@@ -43,14 +43,15 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .devices import resolve_device
-from .errors import VirkitError
+from virkit.devices import resolve_device
+from virkit.errors import VirkitError
 
 __all__ = ["DistContext", "setup", "launched_by_torchrun", "shard_bounds", "TrainForwardDDP", "SYNC_BN_ENV"]
 
@@ -185,7 +186,7 @@ class DistContext:
         if self.is_main:
             try:
                 result = fn()
-            except Exception as e:  # noqa: BLE001 - reported on every rank, re-raised on rank 0
+            except Exception as e:
                 exc, err = e, _describe(e)
         status = self.broadcast_object((err, result))
         if status[0] is not None:
@@ -215,7 +216,7 @@ class DistContext:
         result, exc = None, None
         try:
             result = fn()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             exc = e
         errors: list = [None] * self.world_size
         dist.all_gather_object(errors, _describe(exc) if exc is not None else None)
@@ -242,6 +243,7 @@ class DistContext:
         process there ("terminate called without an active exception", seen once in CI)."""
         if self.owns_group:
             import gc
+
             import torch.distributed as dist
             gc.collect()   # a DDP module the caller has let go of, freed now (it may sit in a reference cycle)
             if dist.is_initialized():
@@ -354,5 +356,5 @@ def _destroy_quietly() -> None:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - best effort at interpreter exit
+    except Exception:
         pass

@@ -1,7 +1,7 @@
 """``virkit doctor``: one screen about this machine, pasteable into a bug report.
 
 In the spirit of ``python -m torch.utils.collect_env``: versions, the device and the CPU's instruction
-sets, the speed calibration's measured rates and choices (:mod:`virkit.speed`), which datasets are
+sets, the speed calibration's measured rates and choices (:mod:`virkit.training.speed`), which datasets are
 found where and which are missing, the cache folders, and whether the data mirror or the datasets'
 official hosts can be reached. It changes nothing, except with ``--calibrate``, which measures the
 training step now (and caches it).
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import urllib.error
 import urllib.parse
@@ -27,7 +26,7 @@ def _version(mod: str) -> str:
     try:
         from importlib.metadata import version
         return version(mod)
-    except Exception:  # noqa: BLE001 - not installed
+    except Exception:
         return "not installed"
 
 
@@ -38,18 +37,6 @@ def _cpu_flags() -> list[str]:
     except OSError:
         return []
     return [f for f in _FLAGS if f in flags]
-
-
-def _commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=5).stdout.strip()
-        return (out.stdout.strip() + (" (with local changes)" if dirty else "")) if out.returncode == 0 else "-"
-    except (OSError, subprocess.SubprocessError):
-        return "-"
 
 
 def _reachable(url: str, timeout: float = 3.0) -> str:
@@ -75,20 +62,26 @@ def _size(path: Path) -> str:
     return f"{total / 2 ** 20:.1f} MiB"
 
 
+def _short(git: dict) -> str:
+    if not git["commit"]:
+        return "-"
+    return git["commit"][:7] + (" (with local changes)" if git["dirty"] else "")
+
+
 def collect(data_root: str | None = None, calibrate: bool = False, network: bool = True) -> dict:
     """Everything the report shows, as a dict (``virkit doctor --json``)."""
     import torch
 
-    from . import __version__
-    from .data import data_root as _data_root
-    from .devices import cpu_has_native_bf16, cpu_name, onednn_isa_cap, resolve_device
-    from .fetch import FETCHABLE, archives, is_present, mirror_url, offline
-    from .io import user_cache_dir
-    from .speed import StepSpec, cache_file, cached_calibrations, calibration_for, device_label
+    from virkit.data import FETCHABLE, archives, is_present, mirror_url, offline
+    from virkit.data import data_root as _data_root
+    from virkit.devices import cpu_has_native_bf16, cpu_name, onednn_isa_cap, resolve_device
+    from virkit.environment import __version__, git_commit
+    from virkit.io import user_cache_dir
+    from virkit.training import StepSpec, cache_file, cached_calibrations, calibration_for, device_label
 
     device = resolve_device("auto")
     info: dict = {
-        "versions": {"virkit": f"{__version__} ({_commit()})", "python": platform.python_version(),
+        "versions": {"virkit": f"{__version__} ({_short(git_commit())})", "python": platform.python_version(),
                      "torch": torch.__version__, "torchvision": _version("torchvision"), "numpy": _version("numpy"),
                      "papermill": _version("papermill")},
         "platform": platform.platform(),
@@ -102,7 +95,7 @@ def collect(data_root: str | None = None, calibrate: bool = False, network: bool
     # speed calibration: this machine's cached measurements (measured now with --calibrate)
     here = device_label(device)
     if calibrate:
-        from .config import resolve_config
+        from virkit.training import resolve_config
         calibration_for(StepSpec.of(resolve_config("demo", method="at")), device, 1 if device.type == "cpu" else None,
                         refresh=True)
     entries = cached_calibrations(here)

@@ -13,12 +13,13 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
-from .errors import VirkitError
+from virkit.errors import VirkitError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "safe_torch_load", "append_jsonl",
            "to_jsonable", "file_lock", "user_cache_dir"]
@@ -137,7 +138,7 @@ def _imported_global(data: bytes) -> str | None:
 
     try:
         streams = _pickle_streams(data)
-    except Exception:  # noqa: BLE001 - a damaged zip
+    except Exception:
         return None
     if not streams:
         return None
@@ -153,7 +154,7 @@ def _imported_global(data: bytes) -> str | None:
                         return str(arg).replace(" ", ".")
                     if op.name == "STACK_GLOBAL":
                         return ".".join(strings) or "a global"
-            except Exception:  # noqa: BLE001 - not a pickle (or cut short)
+            except Exception:
                 if not parsed_any:
                     return None
                 break   # legacy format: raw tensor bytes follow the pickles
@@ -172,7 +173,7 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu") -> Any:
         raise VirkitError(f"checkpoint {path} does not exist; pass a run directory or a .pt file written by virkit")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
+    except Exception as e:
         text = str(e)
         msg = text.splitlines()[0] if text else type(e).__name__
         refused = "GLOBAL" in text or ("weights_only" in text or "UnpicklingError" in type(e).__name__)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .ops import kl_per_example, true_and_best_other
+from virkit.ops import kl_per_example, true_and_best_other
 
 __all__ = [
     "true_class_probability",

@@ -36,11 +36,12 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .errors import VirkitError
-from .io import append_jsonl, atomic_torch_save, atomic_write_json
+from virkit.errors import VirkitError
+from virkit.io import append_jsonl, atomic_torch_save, atomic_write_json
 
 __all__ = ["RunDir", "RunClaim", "RunStatus", "RunAction", "RunLockedError", "WriterLock", "eval_lock",
            "RUN_FILES", "LOCK_FILE"]
@@ -76,7 +77,7 @@ class RunLockedError(VirkitError):
 # The writer lock
 # ------------------------------------------------------------------------------------------------
 
-_HELD: dict[str, "WriterLock"] = {}   # re-entrancy within one process, keyed by the lock file's path
+_HELD: dict[str, WriterLock] = {}   # re-entrancy within one process, keyed by the lock file's path
 _HELD_GUARD = threading.Lock()
 
 
@@ -126,7 +127,7 @@ class WriterLock:
     def _key(self) -> str:
         return str(self.path.resolve())
 
-    def acquire(self, wait: bool = False, note: Callable[[str], None] | None = None) -> "WriterLock":
+    def acquire(self, wait: bool = False, note: Callable[[str], None] | None = None) -> WriterLock:
         with _HELD_GUARD:
             held = _HELD.get(self._key())
             if held is not None:
@@ -192,7 +193,7 @@ class WriterLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -406,7 +407,7 @@ class RunDir:
         lk = WriterLock(self.lock_file, f"run directory {self.path}", command)
         return lk.acquire(wait=wait, note=note)
 
-    def claim(self, command: str = "train", note: Callable[[str], None] | None = None) -> "RunClaim":
+    def claim(self, command: str = "train", note: Callable[[str], None] | None = None) -> RunClaim:
         """A context manager around the writer lock: :meth:`RunClaim.acquire` takes it (creating the
         directory), leaving the block releases it and removes a directory that the claim created and
         that holds nothing (a refused or failed request leaves nothing behind)."""
@@ -421,12 +422,12 @@ class RunClaim:
         self.lock: WriterLock | None = None
         self.created = False
 
-    def acquire(self) -> "RunClaim":
+    def acquire(self) -> RunClaim:
         self.created = not self.run.path.exists()
         self.lock = self.run.lock(self.command, note=self.note)
         return self
 
-    def __enter__(self) -> "RunClaim":
+    def __enter__(self) -> RunClaim:
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -451,7 +452,7 @@ def eval_lock(path: str | os.PathLike, command: str = "evaluate") -> WriterLock:
 
 def eval_state_root(eval_path: str | os.PathLike) -> Path:
     """``.<eval file name>.state/`` beside an eval.json: one folder per attack in progress, each holding
-    its finished batches (:class:`virkit.eval_doc.AttackState`); it exists only while the evaluation
+    its finished batches (:class:`virkit.evaluation.document.AttackState`); it exists only while the evaluation
     is unfinished."""
     p = Path(eval_path)
     return p.parent / f".{p.name}.state"

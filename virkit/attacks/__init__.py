@@ -4,19 +4,19 @@
 L2 version of the attacks that have one (:func:`l2_attacks`)."""
 from __future__ import annotations
 
-from ..errors import VirkitError, check_choice
-from . import pgd as _pgd  # noqa: F401  (registers fgsm, pgd, cw)
-from . import apgd as _apgd  # noqa: F401  (registers apgd, apgd-t)
-from . import autoattack as _autoattack  # noqa: F401  (registers autoattack)
-from . import fab as _fab  # noqa: F401  (registers fab, fab-t)
-from . import fmn as _fmn  # noqa: F401  (registers fmn)
-from . import mde as _mde  # noqa: F401  (registers md, mde)
-from . import spsa as _spsa  # noqa: F401  (registers spsa)
-from . import square as _square  # noqa: F401  (registers square)
-from .autoattack import AA_COMPONENTS, AA_VERSIONS
-from .base import ATTACKS, Attack, eval_mode, project_linf
-from .norms import DEFAULT_EPS, NORMS, per_example_norm, project
-from .pgd import attack_loss, cw_margin_loss, pgd
+from virkit.attacks import apgd as _apgd  # noqa: F401  (registers apgd, apgd-t)
+from virkit.attacks import autoattack as _autoattack  # noqa: F401  (registers autoattack)
+from virkit.attacks import fab as _fab  # noqa: F401  (registers fab, fab-t)
+from virkit.attacks import fmn as _fmn  # noqa: F401  (registers fmn)
+from virkit.attacks import mde as _mde  # noqa: F401  (registers md, mde)
+from virkit.attacks import pgd as _pgd  # noqa: F401  (registers fgsm, pgd, cw)
+from virkit.attacks import spsa as _spsa  # noqa: F401  (registers spsa)
+from virkit.attacks import square as _square  # noqa: F401  (registers square)
+from virkit.attacks.autoattack import AA_COMPONENTS, AA_VERSIONS
+from virkit.attacks.base import ATTACKS, Attack, eval_mode, project_linf
+from virkit.attacks.norms import DEFAULT_EPS, NORMS, per_example_norm, project
+from virkit.attacks.pgd import attack_loss, cw_margin_loss, pgd
+from virkit.errors import VirkitError, check_choice
 
 __all__ = ["ATTACKS", "ATTACK_PRESETS", "Attack", "attack_loss", "cw_margin_loss", "eval_mode", "get_attack",
            "pgd", "project_linf", "project", "per_example_norm", "attack_names", "white_box_attacks",

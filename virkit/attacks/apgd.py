@@ -25,16 +25,26 @@ prediction are those of the last pass.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import true_and_best_other
-from .base import (Attack, attack_rounds, clean_targets, compact_rows, correct_mask,  # noqa: F401 (re-exported)
-                   on_correct, project_linf, register, target_classes, targets_in_one_batch)
-from .norms import project, random_on_sphere, steepest
+from virkit.attacks.base import (
+    Attack,
+    attack_rounds,
+    clean_targets,
+    compact_rows,
+    correct_mask,
+    on_correct,
+    project_linf,
+    register,
+    target_classes,
+    targets_in_one_batch,
+)
+from virkit.attacks.norms import project, random_on_sphere, steepest
+from virkit.ops import true_and_best_other
 
 __all__ = ["APGD", "APGDTargeted", "apgd_run", "apgd_start", "apgd_targets_batched", "dlr_loss", "dlr_targeted_loss",
            "margin",

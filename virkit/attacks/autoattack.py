@@ -29,12 +29,12 @@ import time
 
 import torch
 
-from .apgd import APGD, APGDTargeted
-from .base import Attack, correct_mask, register
-from .fab import FAB, FABTargeted
-from .square import Square
+from virkit.attacks.apgd import APGD, APGDTargeted
+from virkit.attacks.base import Attack, correct_mask, register
+from virkit.attacks.fab import FAB, FABTargeted
+from virkit.attacks.square import Square
 
-__all__ = ["AutoAttack", "AA_VERSIONS", "AA_COMPONENTS"]
+__all__ = ["AutoAttack", "AA_VERSIONS", "AA_COMPONENTS", "component_list"]
 
 AA_COMPONENTS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 AA_VERSIONS = {
@@ -44,7 +44,7 @@ AA_VERSIONS = {
 }
 
 
-def _component_list(components) -> tuple[str, ...]:
+def component_list(components) -> tuple[str, ...]:
     if isinstance(components, str):
         components = [c.strip() for c in components.split(",") if c.strip()]
     out = tuple(dict.fromkeys(components or ()))
@@ -103,12 +103,12 @@ class AutoAttack(Attack):
         if version not in (*AA_VERSIONS, "custom"):
             raise ValueError(f"unknown AutoAttack version {version!r}; valid: {', '.join(AA_VERSIONS)}, custom")
         if components is not None and version != "custom":
-            if _component_list(components) != AA_VERSIONS[version]:
+            if component_list(components) != AA_VERSIONS[version]:
                 version = "custom"
         if version == "custom" and components is None:
             raise ValueError("AutoAttack version 'custom' needs a list of components, e.g. apgd-ce,square")
         self.version = version
-        self.custom_components = ",".join(_component_list(components)) if version == "custom" else None
+        self.custom_components = ",".join(component_list(components)) if version == "custom" else None
         self.individual = bool(individual)
         self.apgd_steps, self.n_target_classes = int(apgd_steps), int(n_target_classes)
         self.fab_steps, self.square_queries = int(fab_steps), int(square_queries)
@@ -123,7 +123,7 @@ class AutoAttack(Attack):
             (f", {norm})" if norm != "Linf" else ")")
 
     def component_names(self) -> tuple[str, ...]:
-        return _component_list(self.custom_components) if self.version == "custom" else AA_VERSIONS[self.version]
+        return component_list(self.custom_components) if self.version == "custom" else AA_VERSIONS[self.version]
 
     def build(self, name: str) -> Attack:
         """The component ``name`` with this version's settings."""

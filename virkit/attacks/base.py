@@ -8,7 +8,7 @@ An attack is an object with ``attack(model, x, y) -> x_adv``:
 * ``x`` is a float batch in [0, 1] (shape B x C x H x W), ``y`` the int64 labels;
 * ``x_adv`` has the shape of ``x``, lies in the ball of radius ``eps`` around ``x`` in the attack's
   ``norm`` (``Linf``, or ``L2`` for the attacks that have an L2 version: :mod:`virkit.attacks.norms`)
-  and in the box ``bounds`` (checked again by :func:`virkit.evaluate.check_adversarial`).
+  and in the box ``bounds`` (checked again by :func:`virkit.evaluation.evaluate.check_adversarial`).
 
 Attacks put the model in eval mode while they run and restore its previous mode afterwards, and
 take gradients with respect to the input only (``torch.autograd.grad``), so parameter ``.grad``
@@ -16,28 +16,16 @@ fields are never touched.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .norms import NORMS, project
+from virkit.attacks.norms import NORMS, project
+from virkit.devices import eval_mode  # re-exported: attacks run models in eval mode
 
 __all__ = ["Attack", "eval_mode", "project_linf", "ATTACKS", "register", "correct_mask", "clean_targets",
            "attack_rounds", "on_correct", "target_classes", "targets_in_one_batch", "compact_rows"]
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the duration of the block, then restore every module's mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds=(0.0, 1.0)) -> torch.Tensor:

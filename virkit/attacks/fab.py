@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Attack, attack_rounds, compact_rows, register, targets_in_one_batch
-from .norms import per_example_norm, random_on_sphere
+from virkit.attacks.base import Attack, attack_rounds, compact_rows, register, targets_in_one_batch
+from virkit.attacks.norms import per_example_norm, random_on_sphere
 
 __all__ = ["FAB", "FABTargeted", "project_hyperplane_box_linf", "project_hyperplane_box_l2", "fab_run",
            "fab_targeted_run"]
@@ -195,7 +195,7 @@ def _fab_step(model, x, y, target, x1, best, best_norm, *, alpha_max, eta, beta,
 def _fab_compact(model, x, y, target, x1, *, eps, steps, alpha_max, eta, beta, lo, hi, norm, group, rank,
                  compact_every):
     """:func:`fab_run` with ``early_stop=True``: the same per-row iteration on the rows still running."""
-    from .apgd import default_compact_every
+    from virkit.attacks.apgd import default_compact_every
 
     b, dev = x.shape[0], x.device
     every = max(int(compact_every or default_compact_every(dev)), 1)
@@ -278,7 +278,7 @@ class FABTargeted(Attack):
                     bounds=self.bounds, norm=self.norm, early_stop=self.early_stop, compact_every=self.compact_every)
 
     def perturb(self, model, x, y, clean_logits=None):
-        from .apgd import _clean
+        from virkit.attacks.apgd import _clean
 
         gen = self.generator(x.device)
         robust, targets = _clean(model, x, y, self.n_target_classes, clean_logits)
@@ -327,7 +327,7 @@ class FAB(FABTargeted):
         del self.n_target_classes, self.batch_targets
 
     def perturb(self, model, x, y, clean_logits=None):
-        from .apgd import _clean
+        from virkit.attacks.apgd import _clean
 
         gen = self.generator(x.device)
 

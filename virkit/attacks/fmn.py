@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from .base import Attack, on_correct, register
-from .norms import per_example_norm
+from virkit.attacks.base import Attack, on_correct, register
+from virkit.attacks.norms import per_example_norm
 
 __all__ = ["FMN", "fmn_linf", "fmn_run"]
 

@@ -21,10 +21,10 @@ import math
 import torch
 from torch import nn
 
-from ..ops import true_and_best_other
-from .apgd import APGD
-from .base import Attack, attack_rounds, clean_targets, correct_mask, project_linf, register
-from .fab import FABTargeted
+from virkit.attacks.apgd import APGD
+from virkit.attacks.base import Attack, attack_rounds, clean_targets, correct_mask, project_linf, register
+from virkit.attacks.fab import FABTargeted
+from virkit.ops import true_and_best_other
 
 __all__ = ["MD", "MDE", "md_run", "md_step_size"]
 

@@ -8,15 +8,15 @@ onto the L2 ball then the box); CW-inf is L-inf only.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import kl_per_example, log_probs, true_and_best_other
-from .base import Attack, project_linf, register
-from .norms import project, random_in_ball, steepest
+from virkit.attacks.base import Attack, project_linf, register
+from virkit.attacks.norms import project, random_in_ball, steepest
+from virkit.ops import kl_per_example, log_probs, true_and_best_other
 
 __all__ = ["attack_loss", "cw_margin_loss", "input_grad_only", "pgd", "FGSM", "PGD", "CWInf"]
 

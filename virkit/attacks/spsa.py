@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .apgd import margin
-from .base import Attack, on_correct, register
+from virkit.attacks.apgd import margin
+from virkit.attacks.base import Attack, on_correct, register
 
 __all__ = ["SPSA"]
 

@@ -26,9 +26,9 @@ import math
 
 import torch
 
-from .apgd import margin
-from .base import Attack, attack_rounds, correct_mask, register
-from .norms import per_example_norm
+from virkit.attacks.apgd import margin
+from virkit.attacks.base import Attack, attack_rounds, correct_mask, register
+from virkit.attacks.norms import per_example_norm
 
 __all__ = ["Square", "square_p_schedule"]
 
@@ -219,7 +219,7 @@ class Square(Attack):
             win1 = (rows >= pos[0]) & (rows < pos[0] + s) & (cols >= pos[1]) & (cols < pos[1] + s)
             win2 = (rows >= pos[2]) & (rows < pos[2] + s) & (cols >= pos[3]) & (cols < pos[3] + s)
             xa, d = x[active], x_best[active] - x[active]
-            chan_norm = lambda t: t.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()  # noqa: E731
+            chan_norm = lambda t: t.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
             in1 = torch.where(win1, d, zero)
             budget = (self.eps ** 2 - per_example_norm(d, "L2").pow(2)).clamp_min(0.0).view(-1, 1, 1, 1) / c
             new = self._placed(k, c, h, w, pos[0], pos[1], s, gen, dev) + in1 / (chan_norm(in1) + 1e-12)

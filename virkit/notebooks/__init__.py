@@ -2,8 +2,8 @@
 (``virkit notebooks run|list``).
 
 The notebooks in ``notebooks/`` are thin: a ``parameters`` cell (papermill), ``ctx = setup(name)``,
-then calls into :mod:`virkit.analysis`, :mod:`virkit.figures`, :mod:`virkit.theory` and
-:mod:`virkit.explorer`. This package is
+then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :mod:`virkit.paper.theory` and
+:mod:`virkit.notebooks.explorer`. This package is
 
 * :mod:`.presets` -- the notebook presets (:data:`PRESETS`: ``smoke`` for tests, ``demo`` for 2
   CPU cores, ``paper`` for a GPU), each named after the trainer preset its runs use, and
@@ -17,20 +17,21 @@ then calls into :mod:`virkit.analysis`, :mod:`virkit.figures`, :mod:`virkit.theo
   index (``index.md``, ``index.html``);
 * :mod:`.cli` -- ``virkit notebooks run|list`` and ``python -m virkit.notebooks``.
 
-The analyses the notebooks call live in :mod:`virkit.analysis`; their names are re-exported here
+The analyses the notebooks call live in :mod:`virkit.notebooks.analysis`; their names are re-exported here
 for code written against the single-module version.
 """
 from __future__ import annotations
 
-from ..analysis import ablation_results, eval_table, paper_table, table_runs, vulnerability_attributions
-from .cli import add_cli, main
-from .context import REPO_ROOT, NotebookContext, setup
-from .parameters import (Parameter, check_values, find_notebook, list_notebooks, notebook_dir, notebook_parameters,
+from virkit.notebooks.analysis import ablation_results, eval_table, paper_table, table_runs, vulnerability_attributions
+from virkit.notebooks.cli import add_cli, main
+from virkit.notebooks.context import REPO_ROOT, NotebookContext, setup
+from virkit.notebooks.parameters import (Parameter, check_values, find_notebook, list_notebooks, notebook_dir, notebook_parameters,
                          parse_parameter_value, planned_parameters, resolve_notebooks, validate_parameters)
-from .presets import (COMMON_PARAMETERS, DEMO_BUDGET_S, DEMO_TIERS, PRESETS, TierChoice, choose_demo_tier,
-                      default_demo_preset, default_runs_root, load_eval, load_history,
+from virkit.notebooks.tiers import DEMO_BUDGET_S, DEMO_TIERS, TierChoice, choose_demo_tier, default_demo_preset
+from virkit.notebooks.presets import (COMMON_PARAMETERS, PRESETS,
+                      default_runs_root, load_eval, load_history,
                       preset_settings, run_paths, shared_run, train_config)
-from .runner import KERNEL_NAME, NotebookResult, ensure_kernelspec, execute_one, run_notebooks, write_index
+from virkit.notebooks.runner import KERNEL_NAME, NotebookResult, ensure_kernelspec, execute_one, run_notebooks, write_index
 
 __all__ = ["PRESETS", "COMMON_PARAMETERS", "DEMO_TIERS", "DEMO_BUDGET_S", "TierChoice", "choose_demo_tier",
            "default_demo_preset", "notebook_dir", "list_notebooks", "find_notebook",

@@ -1,7 +1,7 @@
 """``python -m virkit.notebooks run|list ...`` and the ``--exec-one SPEC`` subprocess of ``--jobs N``."""
 import sys
 
-from .cli import main
+from virkit.notebooks.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,10 +7,11 @@ import re
 import sys
 from typing import Any
 
-from ..errors import VirkitError
-from .parameters import list_notebooks, notebook_dir, notebook_parameters, parse_parameter_value
-from .presets import PRESETS, default_demo_preset, preset_settings
-from .runner import execute_one, run_notebooks
+from virkit.errors import VirkitError
+from virkit.notebooks.parameters import list_notebooks, notebook_dir, notebook_parameters, parse_parameter_value
+from virkit.notebooks.presets import PRESETS, preset_settings
+from virkit.notebooks.tiers import default_demo_preset
+from virkit.notebooks.runner import execute_one, run_notebooks
 
 __all__ = ["add_cli", "main"]
 
@@ -40,7 +41,7 @@ def _preset(args, measure: bool = False) -> str:
 
 
 def _cmd_run(args) -> int:
-    from .runner import ensure_preset_data
+    from virkit.notebooks.runner import ensure_preset_data
     if args.preset is None:   # the data first: a machine without data or network stops before measuring
         ensure_preset_data("demo")
     return run_notebooks(preset=_preset(args, measure=True), only=args.only, jobs=args.jobs, out_root=args.out_root,
@@ -50,7 +51,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_gallery(args) -> int:
-    from .gallery import make_gallery
+    from virkit.notebooks.gallery import make_gallery
     dest = make_gallery(_preset(args), args.fig_root, args.out_root)
     print(f"gallery written to {dest} (PROVENANCE.md says where the figures come from)")
     return 0
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         return int(argv.func(argv) or 0)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--train-one"]:
-        from .prepare import train_one
+        from virkit.notebooks.prepare import train_one
         print(json.dumps(train_one(json.loads(argv[1]))))
         return 0
     if argv[:1] == ["--exec-one"]:

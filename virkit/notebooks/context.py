@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..errors import VirkitError
-from .parameters import check_values, find_notebook, notebook_parameters
-from .presets import COMMON_PARAMETERS, preset_settings, run_paths, shared_run
+from virkit.errors import VirkitError
+from virkit.notebooks.parameters import check_values, find_notebook, notebook_parameters
+from virkit.notebooks.presets import COMMON_PARAMETERS, preset_settings, run_paths, shared_run
 
 __all__ = ["REPO_ROOT", "NotebookContext", "setup", "output_root"]
 
@@ -40,7 +40,7 @@ class NotebookContext:
 
     def __init__(self, notebook: str, preset: str, fig_dir: str = "", runs_root: str = "",
                  parameters: Mapping[str, Any] | None = None):
-        from ..figures import FigureSaver
+        from virkit.paper.figures import FigureSaver
 
         self.notebook = notebook
         self.preset = preset

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import VirkitError
+from virkit.errors import VirkitError
 
 __all__ = ["GALLERY", "make_gallery"]
 

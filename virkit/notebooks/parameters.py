@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import VirkitError
-from .presets import preset_settings
+from virkit.errors import VirkitError
+from virkit.notebooks.presets import preset_settings
 
 __all__ = ["Parameter", "notebook_dir", "list_notebooks", "find_notebook", "notebook_parameters",
            "parse_parameter_value", "validate_parameters", "check_values", "resolve_notebooks",

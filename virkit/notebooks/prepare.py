@@ -8,7 +8,7 @@ those a notebook would make) and ``threads`` torch threads each. On a CPU, one t
 one worker per core beats one process with every thread: the small models of the CPU presets keep
 one core busy but not two (docs/NOTEBOOKS.md has the measurement).
 
-Shared burn-in: runs with the same :func:`virkit.config.burnin_key` train epochs 1 ..
+Shared burn-in: runs with the same :func:`virkit.training.config.burnin_key` train epochs 1 ..
 ``reweight_start - 1`` identically, so only one of them (the one whose reweighting starts first) trains
 them; the others wait until its ``burnin.pt`` exists and then branch from it (``shared_run`` finds it).
 Ready runs start in order of their expected cost, longest first (TRADES-style pipelines, then MART,
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import VirkitError
-from .context import REPO_ROOT
-from .presets import PRESETS, run_dir_for, train_config
+from virkit.errors import VirkitError
+from virkit.notebooks.context import REPO_ROOT
+from virkit.notebooks.presets import PRESETS, run_dir_for, train_config
 
 __all__ = ["PlannedRun", "planned_runs", "prepare_runs", "default_train_jobs", "expected_seconds"]
 
@@ -47,7 +47,7 @@ class PlannedRun:
     seed: int
     overrides: dict
     path: Path
-    key: str                 # burn-in key (virkit.config.burnin_key)
+    key: str                 # burn-in key (virkit.training.config.burnin_key)
     reweight_start: int
     epochs: int
     cost: float              # expected cost of the whole run (image-epochs x family cost)
@@ -83,8 +83,8 @@ def _entries(preset: str) -> list[tuple[str, dict]]:
 def planned_runs(preset: str, runs_root: str | os.PathLike, seeds=None) -> list[PlannedRun]:
     """The preset's runs (each seed), with their burn-in parents assigned: in each group of the
     same burn-in key, the run whose reweighting starts first trains the burn-in for the others."""
-    from ..config import burnin_key
-    from ..methods import METHODS
+    from virkit.training import burnin_key
+    from virkit.training import METHODS
 
     seeds = list(seeds if seeds is not None else PRESETS[preset].get("seeds") or [0])
     plan: list[PlannedRun] = []
@@ -113,7 +113,7 @@ def planned_runs(preset: str, runs_root: str | os.PathLike, seeds=None) -> list[
     return plan
 
 
-#: the training loop's images/s over the calibration's (virkit.speed times the bare step on synthetic
+#: the training loop's images/s over the calibration's (virkit.training.speed times the bare step on synthetic
 #: images; the trainer adds the data pipeline, statistics and the weights' extra forwards)
 _TRAIN_EFFICIENCY = 0.85
 #: final-evaluation cost of one test image per attack, in AT training images of the preset's PGD-2 step
@@ -134,7 +134,7 @@ def _eval_units(cfg) -> float:
 
 def expected_seconds(preset: str, rate: float, jobs: int, runs_root: str | os.PathLike | None = None) -> float:
     """Expected wall seconds of ``virkit notebooks run --preset PRESET`` from scratch on a machine whose
-    training step runs ``rate`` images/s a job (:mod:`virkit.speed`) with ``jobs`` jobs: the planned
+    training step runs ``rate`` images/s a job (:mod:`virkit.training.speed`) with ``jobs`` jobs: the planned
     runs' training work (image-epochs x family cost, burn-ins shared) and final evaluations, spread over
     the jobs, plus the fixed cost of start-ups and notebooks. A model, checked against measured demos
     in docs/NOTEBOOKS.md."""
@@ -185,7 +185,7 @@ def _train_subprocess(r: PlannedRun, preset: str, runs_root: Path, threads: int)
 
 def train_one(spec: dict) -> dict:
     """The ``--train-one`` worker: train (or reuse) one shared run; returns ``{"status", "error"}``."""
-    from .presets import shared_run
+    from virkit.notebooks.presets import shared_run
 
     try:
         shared_run(spec["method"], spec["preset"], spec["runs_root"], seed=int(spec["seed"]), **spec["overrides"])
@@ -212,7 +212,7 @@ def prepare_runs(preset: str, runs_root: str | os.PathLike, jobs: int | None = N
     before the first epoch, ``expected_s`` if given); returns the plan with each run's status and
     seconds. A failed run is reported and left to the notebook that needs it (which then fails with
     the error in place)."""
-    from ..runs import RunDir
+    from virkit.runs import RunDir
 
     runs_root = Path(runs_root)
     jobs = int(jobs or default_train_jobs())

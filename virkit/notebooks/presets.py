@@ -1,6 +1,6 @@
 """Notebook presets and the training runs the notebooks share.
 
-A notebook preset is named after the trainer preset (:data:`virkit.config.PRESETS`) its runs use,
+A notebook preset is named after the trainer preset (:data:`virkit.training.config.PRESETS`) its runs use,
 unchanged: ``virkit notebooks run --preset demo`` trains exactly what ``virkit train --preset demo``
 trains. The notebook preset adds only what is about the notebooks: a description, the seeds the
 tables average over, the attack the figures call "robust", the attacks every run is evaluated under
@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import check_choice
+from virkit.errors import check_choice
 
-__all__ = ["PRESETS", "COMMON_PARAMETERS", "DEMO_TIERS", "DEMO_BUDGET_S", "TierChoice", "choose_demo_tier",
-           "default_demo_preset", "preset_settings", "train_config", "shared_run",
+__all__ = ["PRESETS", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run",
            "run_paths", "run_dir_for", "default_runs_root", "load_history", "load_eval"]
 
 #: parameters every notebook has (the runner sets them)
@@ -80,7 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "robust_attack": "pgd100",
         "seeds": [0, 1, 2, 3],
         # the columns of Tables 1-7; the trainer's paper preset evaluates natural, FGSM, PGD-100 and CW,
-        # the rest is added to each run's eval.json (virkit.evaluate.evaluate_run)
+        # the rest is added to each run's eval.json (virkit.evaluation.evaluate_run)
         "eval_attacks": ["natural", "fgsm", "pgd100", "cw", "fmn100", "aa", "mde", "square", "spsa"],
         "notebooks": {
             "01_weight_explorer": {"batch_size": 512, "attack_steps": 10},
@@ -88,7 +87,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "06_robustness_tables": {"tables": [1, 2, 3, 4, 5]},
             "07_ablations": {"tables": [6, 7, 9, 10, 11, 12]},
             "08_attributions": {"n_examples": 4, "ig_steps": 64},
-            "09_outside_model": {"source": "virkit.examples:resnet18", "attacks": ["natural", "pgd100", "aa"]},
+            "09_outside_model": {"source": "virkit.models.examples:resnet18", "attacks": ["natural", "pgd100", "aa"]},
         },
     },
 }
@@ -106,68 +105,6 @@ PRESETS["demo-min"] = {**PRESETS["demo"], "description": (
     "as demo with 1,500 CIFAR-10 images a run, for the slowest CPUs (oneDNN's AVX2 kernels, for example): the "
     "weakest models")}
 
-#: the demo tiers, largest first, and the wall-clock budget `make demo` chooses within
-DEMO_TIERS = ("demo", "demo-mid", "demo-lite", "demo-min")
-DEMO_BUDGET_S = 600.0
-
-
-@dataclass
-class TierChoice:
-    """The demo tier chosen for this machine: the measured rate and each tier's expected seconds."""
-
-    preset: str
-    why: str
-    rate: float                              # images/s of one training job (calibration, chosen option)
-    speed: str                               # the chosen precision/layout, in words
-    jobs: int
-    expected_s: dict = field(default_factory=dict)   # tier -> expected wall seconds of the whole demo
-
-
-def choose_demo_tier(jobs: int | None = None, budget_s: float = DEMO_BUDGET_S, log=None,
-                     measure: bool = True) -> TierChoice:
-    """The largest of :data:`DEMO_TIERS` this machine is expected to finish within ``budget_s``, from
-    the speed calibration of the demo's training step (:mod:`virkit.speed`, measured once and cached)
-    with the threads each of ``jobs`` training workers gets, and the cost model of
-    :func:`virkit.notebooks.prepare.expected_seconds`. Falls back to the smallest tier, saying so."""
-    import torch
-
-    from ..devices import resolve_device
-    from ..speed import StepSpec, calibration_for
-    from .prepare import default_train_jobs, expected_seconds
-
-    jobs = int(jobs or default_train_jobs())
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    device = resolve_device("auto")
-    cfg = train_config("demo", "at")
-    cal = calibration_for(StepSpec.of(cfg), device, threads if device.type == "cpu" else None, log=log,
-                          measure=measure)
-    rate = cal.rate or max(cal.rates.values() or [0.0])
-    speed = f"{cal.precision}{' + channels_last' if cal.channels_last else ''}"
-    expected = {t: expected_seconds(t, rate, jobs) for t in DEMO_TIERS} if rate > 0 else {}
-    where = "a GPU" if device.type == "cuda" else f"{jobs} training job(s) x {threads} thread(s)"
-    if not expected:   # no measurement (VIRKIT_SPEED set, or not measured yet): the largest tier, said so
-        what = "VIRKIT_SPEED set" if cal.source == "env" else "not measured yet: `virkit notebooks run` measures"
-        return TierChoice(DEMO_TIERS[0], f"no measured rate ({what}), so the largest tier", 0.0, speed, jobs)
-    for tier in DEMO_TIERS:
-        if expected[tier] <= budget_s:
-            why = (f"{rate:.0f} img/s a training job measured ({speed}, {where}): expected {expected[tier] / 60:.1f} "
-                   f"min, the largest tier within {budget_s / 60:.0f}")
-            if tier != DEMO_TIERS[0]:
-                bigger = DEMO_TIERS[DEMO_TIERS.index(tier) - 1]
-                why += f"; {bigger} would take about {expected[bigger] / 60:.0f} min here"
-            return TierChoice(tier, why, rate, speed, jobs, expected)
-    tier = DEMO_TIERS[-1]
-    return TierChoice(tier, f"{rate:.0f} img/s a training job measured ({speed}, {where}): even the smallest tier is "
-                            f"expected to take {expected[tier] / 60:.1f} min here", rate, speed, jobs, expected)
-
-
-def default_demo_preset(jobs: int | None = None, log=None, measure: bool = True) -> tuple[str, str]:
-    """The demo tier this machine runs in 10 minutes, and why (:func:`choose_demo_tier`). ``make demo``
-    and ``virkit notebooks run`` without ``--preset`` use it."""
-    c = choose_demo_tier(jobs, log=log, measure=measure)
-    return c.preset, c.why
-
-
 def preset_settings(preset: str) -> dict:
     check_choice("notebook preset", preset, PRESETS)
     return copy.deepcopy(PRESETS[preset])
@@ -180,7 +117,7 @@ def preset_settings(preset: str) -> dict:
 def train_config(preset: str, method: str, seed: int = 0, **overrides):
     """The TrainConfig of a notebook run: the trainer preset of the same name + ``overrides``
     (``None`` values ignored), with ``method`` and ``seed``."""
-    from ..config import resolve_config
+    from virkit.training import resolve_config
 
     check_choice("notebook preset", preset, PRESETS)
     values = {k: v for k, v in overrides.items() if v is not None}
@@ -189,7 +126,7 @@ def train_config(preset: str, method: str, seed: int = 0, **overrides):
 
 
 def _run_name(cfg) -> str:
-    from ..config import config_hash
+    from virkit.training import config_hash
 
     return f"{cfg.dataset}-{cfg.model}-{cfg.method}-s{cfg.seed}-{config_hash(cfg)[:8]}"
 
@@ -213,9 +150,9 @@ def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = N
     other instead of training the same run twice. Attacks of the preset's ``eval_attacks`` that
     the run's eval.json lacks are evaluated and added to it.
     """
-    from ..runs import RunDir
-    from ..burnin import find_burnin_parent
-    from ..trainer import train
+    from virkit.runs import RunDir
+    from virkit.training import find_burnin_parent
+    from virkit.training import train
 
     cfg = train_config(preset, method, seed, **overrides)
     root = Path(runs_root) if runs_root else default_runs_root(preset)
@@ -238,8 +175,8 @@ def _add_attacks(run, cfg, attacks: list[str], log) -> None:
     """Evaluate ``run`` under the ``attacks`` its eval.json lacks (the caller holds the run's lock)."""
     if not attacks:
         return
-    from ..errors import VirkitError
-    from ..evaluate import evaluate_run
+    from virkit.errors import VirkitError
+    from virkit.evaluation import evaluate_run
 
     try:
         have = set(run.read_eval().get("attacks") or {})
@@ -261,10 +198,10 @@ def run_paths(methods: Iterable[str], preset: str, runs_root=None, seeds: Iterab
 
 
 def load_history(run_dir: str | os.PathLike) -> list[dict]:
-    from ..runs import RunDir
+    from virkit.runs import RunDir
     return RunDir(run_dir).read_history()
 
 
 def load_eval(run_dir: str | os.PathLike) -> dict:
-    from ..runs import RunDir
+    from virkit.runs import RunDir
     return RunDir(run_dir).read_eval()

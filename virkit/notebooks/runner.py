@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import VirkitError, check_choice
-from .context import REPO_ROOT
-from .parameters import notebook_dir, notebook_parameters, planned_parameters, resolve_notebooks
-from .presets import PRESETS
+from virkit.errors import VirkitError, check_choice
+from virkit.notebooks.context import REPO_ROOT
+from virkit.notebooks.parameters import notebook_dir, notebook_parameters, planned_parameters, resolve_notebooks
+from virkit.notebooks.presets import PRESETS
 
 __all__ = ["KERNEL_NAME", "ensure_kernelspec", "NotebookResult", "execute_one", "run_notebooks", "write_index",
            "export_html", "PAGES_DIR"]
@@ -111,7 +111,7 @@ def _execute_subprocess(nb_path: str, out_path: str, parameters: dict, cwd: str,
 def _expected(preset: str, train_jobs: int | None, say) -> float | None:
     """The expected seconds of a demo tier on this machine, from the cached speed calibration (said in
     one line); None for other presets or when the machine has not been measured."""
-    from .presets import DEMO_TIERS, choose_demo_tier
+    from virkit.notebooks.tiers import DEMO_TIERS, choose_demo_tier
     if preset not in DEMO_TIERS:
         return None
     c = choose_demo_tier(train_jobs, measure=False)
@@ -124,11 +124,11 @@ def _expected(preset: str, train_jobs: int | None, say) -> float | None:
 
 def ensure_preset_data(preset: str) -> None:
     """The dataset the preset's runs train on, in place before any notebook or run starts (fetched on
-    first use, :func:`virkit.fetch.ensure_dataset`); a machine that has neither the data nor the
+    first use, :func:`virkit.data.fetch.ensure_dataset`); a machine that has neither the data nor the
     network gets one line here instead of one failure per notebook."""
-    from ..data import data_root
-    from ..fetch import ensure_dataset
-    from .presets import train_config
+    from virkit.data import data_root
+    from virkit.data import ensure_dataset
+    from virkit.notebooks.presets import train_config
     cfg = train_config(preset, "at")
     ensure_dataset(cfg.dataset, data_root(cfg.data_root))
 
@@ -186,7 +186,7 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     # notebook trains what it needs itself
     prepare = only is None and folder is None and bool(PRESETS[preset].get("runs")) and "runs_root" not in overrides
     if prepare:
-        from .prepare import prepare_runs
+        from virkit.notebooks.prepare import prepare_runs
         prepare_runs(preset, runs_root, jobs=train_jobs, say=say, expected_s=_expected(preset, train_jobs, say))
     t0 = time.time()
     finished: dict[str, float] = {}
@@ -238,7 +238,7 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     for r in failed:
         say(f"  failed: {r.name}: {r.error} (see {r.output})")
     if prepare:
-        from .prepare import planned_runs
+        from virkit.notebooks.prepare import planned_runs
         extra = sorted(_run_dirs(runs_root) - before - {r.path.name for r in planned_runs(preset, runs_root)})
         if extra:
             say(f"note: the notebooks trained {len(extra)} run(s) the preset's run list lacks (one at a time): "
@@ -298,24 +298,15 @@ def _export_page(executed: Path, fig_dir: Path) -> str:
 
 def provenance() -> dict:
     """Where a batch run happened: commit (and whether the checkout had changes), date, machine,
-    versions and the command line; summary.json keeps it, the figure gallery cites it."""
-    import platform
-
+    versions (:func:`virkit.environment.environment_record`) and the command line; summary.json
+    keeps it, the figure gallery cites it."""
     import torch
 
-    from ..devices import cpu_has_native_bf16, cpu_name
+    from virkit.environment import environment_record
 
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_name(), "cores": os.cpu_count(),
-            "native_bf16": cpu_has_native_bf16(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__,
+    gpu = "cuda" if torch.cuda.is_available() else None
+    return {**environment_record(gpu, commit=True), "gpu": torch.cuda.get_device_name(0) if gpu else None,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": " ".join(["virkit", *sys.argv[1:]]) if sys.argv and "virkit" in sys.argv[0] else " ".join(sys.argv)}
 
 
@@ -336,7 +327,7 @@ def headline(runs_root: str | os.PathLike, attack: str = "pgd10") -> list[str]:
     """The demo's headline numbers from its shared runs: the AT model's natural and ``attack``
     accuracy, the gap between its best and worst class under ``attack``, and how many epochs of
     VIR-AT reweighting Figure 3 sums over. Empty when the runs are not there."""
-    from ..runs import RunDir
+    from virkit.runs import RunDir
 
     runs: dict[str, RunDir] = {}
     root = Path(runs_root)
@@ -360,7 +351,7 @@ def headline(runs_root: str | os.PathLike, attack: str = "pgd10") -> list[str]:
                            f"{fair['worst_class']} {100 * fair['worst_class_accuracy']:.1f}% "
                            f"(gap {100 * fair['best_minus_worst']:.1f} points)")
     if "vir-at" in runs and runs["vir-at"].history_file.is_file():
-        from ..analysis import class_weight_totals, figure3_verdict
+        from virkit.notebooks.analysis import class_weight_totals, figure3_verdict
 
         hist = runs["vir-at"].read_history()
         tot, n = class_weight_totals(hist)

@@ -4,9 +4,9 @@ A grid file (YAML; ``configs/grids/`` holds the paper's tables) names a base pre
 overrides, and the parameters to cross::
 
     name: table1_resnet18        # default: the file's stem; the default --out is runs/sweeps/<name>
-    table: 1                     # the paper table the results are collected into (virkit.report)
+    table: 1                     # the paper table the results are collected into (virkit.paper.report)
     kind: train                  # train (default) | notebook
-    preset: paper                # trainer preset (virkit.config.PRESETS)
+    preset: paper                # trainer preset (virkit.training.config.PRESETS)
     fixed:                       # TrainConfig overrides shared by every trial
       model: resnet18
       eval_attacks: [natural, fgsm, pgd100, cw, fmn100, aa, mde]
@@ -26,7 +26,7 @@ Re-running a grid skips finished trials (the trainer's ``summary.json`` with the
 hash and every requested attack evaluated), resumes unfinished ones from ``last.pt`` and retries
 failed ones. A trial that fails is reported and the others go on. At the end the results are
 written to ``<out>/results.json`` (per trial: status, seconds, error, accuracies) and
-``<out>/results.md`` (the paper table via :mod:`virkit.report` when it is available, else mean ±
+``<out>/results.md`` (the paper table via :mod:`virkit.paper.report` when it is available, else mean ±
 std over seeds of every attack, plus the status of every trial).
 
 Backends: ``local`` runs ``--jobs`` trials at a time on this machine (one GPU each through
@@ -41,10 +41,10 @@ Modules: :mod:`.grid` (grid files, trials), :mod:`.trial` (one trial, in its own
 """
 from __future__ import annotations
 
-from .driver import BACKENDS, add_cli, run_grid
-from .grid import GRID_KEYS, KINDS, Grid, Trial, expand, load_grid, trial_name
-from .results import simple_table, write_results
-from .trial import INJECT_ENV
+from virkit.sweep.driver import BACKENDS, add_cli, run_grid
+from virkit.sweep.grid import GRID_KEYS, KINDS, Grid, Trial, expand, load_grid, trial_name
+from virkit.sweep.results import simple_table, write_results
+from virkit.sweep.trial import INJECT_ENV
 
 __all__ = ["Grid", "Trial", "load_grid", "expand", "trial_name", "run_grid", "add_cli", "simple_table",
            "write_results", "GRID_KEYS", "KINDS", "BACKENDS", "INJECT_ENV"]

@@ -4,7 +4,7 @@ import sys
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"] and len(sys.argv) == 3:
-        from .trial import worker
+        from virkit.sweep.trial import worker
         sys.exit(worker(sys.argv[2]))
-    from ..cli import main
+    from virkit.cli import main
     sys.exit(main(["sweep", *sys.argv[1:]]))

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..errors import VirkitError
+from virkit.errors import VirkitError
 
 __all__ = ["run_trial_process", "run_local", "run_ray", "import_ray"]
 
@@ -34,8 +35,8 @@ _RUNNING_LOCK = threading.Lock()
 
 def run_trial_process(spec: dict, env_extra: dict | None = None, own_session: bool = True) -> dict:
     """Run one trial in a child process; returns its result (never raises for a failing trial)."""
-    from ..io import atomic_write_json
     import virkit
+    from virkit.io import atomic_write_json
 
     t0 = time.time()
     result_path, log_path = Path(spec["result_path"]), Path(spec["log_path"])
@@ -114,7 +115,7 @@ def _visible_gpus() -> list[str]:
     try:
         import torch
         return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001
+    except Exception:
         return []
 
 
@@ -188,7 +189,7 @@ def run_ray(specs: list[dict], address: str | None, jobs: int | None, on_result:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(num_cpus=jobs or None, include_dashboard=False, log_to_driver=False)
-        except Exception as e:  # noqa: BLE001 - connection errors come in many types
+        except Exception as e:
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
             raise VirkitError(f"cannot start or reach {where}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
                               ) from None
@@ -214,7 +215,7 @@ def run_ray(specs: list[dict], address: str | None, jobs: int | None, on_result:
                     s = inflight.pop(ref)
                     try:
                         r = ray.get(ref)
-                    except Exception as e:  # noqa: BLE001 - a lost worker or node: this trial fails
+                    except Exception as e:
                         r = {"name": s["name"], "status": "failed", "seconds": None,
                              "error": f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"}
                     on_result(r)

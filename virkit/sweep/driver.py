@@ -5,14 +5,14 @@ import argparse
 import fnmatch
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from ..errors import VirkitError
-from .backends import import_ray, run_local, run_ray
-from .grid import Grid, expand, load_grid
-from .results import write_results
-from .trial import finished_eval, injection, plan_trial
+from virkit.errors import VirkitError
+from virkit.sweep.backends import import_ray, run_local, run_ray
+from virkit.sweep.grid import Grid, expand, load_grid
+from virkit.sweep.results import write_results
+from virkit.sweep.trial import finished_eval, injection, plan_trial
 
 __all__ = ["BACKENDS", "run_grid", "add_cli"]
 

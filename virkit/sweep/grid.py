@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import VirkitError
+from virkit.errors import VirkitError
 
 __all__ = ["GRID_KEYS", "KINDS", "Grid", "Trial", "load_grid", "trial_name", "expand", "fmt_value"]
 
@@ -41,7 +41,7 @@ class Trial:
 
 
 def _train_fields() -> list[str]:
-    from ..config import TrainConfig
+    from virkit.training import TrainConfig
     return [f for f in TrainConfig.__dataclass_fields__ if f != "preset"]
 
 
@@ -131,7 +131,7 @@ def load_grid(source: str | os.PathLike | dict, sets: list[str] | dict | None = 
     notebook = None
     preset = data.get("preset")
     if kind == "train":
-        from ..config import PRESETS
+        from virkit.training import PRESETS
         _check_names(names, _train_fields(), where, "parameter")
         _check_names(list(set_items), _train_fields(), "--set", "parameter")
         preset = preset or "paper"
@@ -151,7 +151,7 @@ def load_grid(source: str | os.PathLike | dict, sets: list[str] | dict | None = 
         if not notebook.is_file():
             raise VirkitError(f"{where}: notebook {nb} not found (relative paths: to the working directory or "
                               "the grid file)")
-        from ..notebooks import notebook_parameters
+        from virkit.notebooks import notebook_parameters
         valid = list(notebook_parameters(notebook))
         _check_names(names, valid, where, "notebook parameter")
         _check_names(list(set_items), valid, "--set", "notebook parameter")

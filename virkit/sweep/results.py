@@ -1,17 +1,17 @@
 """A grid's results: ``<out>/results.json`` (per trial: status, seconds, error, accuracies) and
-``<out>/results.md`` (the paper table via :mod:`virkit.report` when the grid names one, mean ± std
+``<out>/results.md`` (the paper table via :mod:`virkit.paper.report` when the grid names one, mean ± std
 over seeds of every attack, the status of every trial)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .grid import Grid, fmt_value
+from virkit.sweep.grid import Grid, fmt_value
 
 __all__ = ["simple_table", "write_results"]
 
 
 def _mean_std(values: list[float]) -> str:
-    from ..report import mean_std   # pandas: only when results are written
+    from virkit.paper import mean_std  # pandas: only when results are written
     return mean_std(values, empty="").text
 
 
@@ -36,22 +36,22 @@ def simple_table(trials: list[dict]) -> str:
 
 
 def _report_table(grid: Grid, run_dirs: list[str]) -> tuple[str | None, str | None]:
-    """The paper table from :mod:`virkit.report`; (markdown, None) or (None, why not)."""
+    """The paper table from :mod:`virkit.paper.report`; (markdown, None) or (None, why not)."""
     if grid.kind != "train" or not run_dirs or grid.table is None:
         return None, None
     try:
-        from ..report import collect_runs, make_table, to_markdown
+        from virkit.paper import collect_runs, make_table, to_markdown
     except ImportError as e:
-        return None, f"virkit.report not available ({e})"
+        return None, f"virkit.paper.report not available ({e})"
     try:
         df = collect_runs(run_dirs)
         return str(to_markdown(make_table(df, grid.table))), None
-    except Exception as e:  # noqa: BLE001 - the grid's own table is written anyway
-        return None, f"virkit.report could not build table {grid.table}: {type(e).__name__}: {str(e)[:200]}"
+    except Exception as e:
+        return None, f"virkit.paper.report could not build table {grid.table}: {type(e).__name__}: {str(e)[:200]}"
 
 
 def write_results(grid: Grid, out: Path, trials: list[dict], meta: dict) -> dict:
-    from ..io import atomic_write_json
+    from virkit.io import atomic_write_json
 
     counts = {s: sum(1 for t in trials if t["status"] == s) for s in ("finished", "skipped", "failed")}
     doc = {"grid": grid.name, "grid_file": str(grid.path) if grid.path else None, "kind": grid.kind,
@@ -76,6 +76,6 @@ def write_results(grid: Grid, out: Path, trials: list[dict], meta: dict) -> dict
         err = (t.get("error") or "").replace("|", "\\|").replace("\n", " ")[:300]
         sec = f"{t['seconds']:.0f}" if isinstance(t.get("seconds"), (int, float)) else ""
         md.append(f"| {t['name']} | {t['status']} | {sec} | {err} |")
-    from ..io import atomic_write_bytes
+    from virkit.io import atomic_write_bytes
     atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode())
     return doc

@@ -2,7 +2,7 @@
 its run directory (:func:`plan_trial`), and the training + evaluation (or notebook) it runs.
 
 A training trial goes through :class:`virkit.runs.RunDir` (status, config hash, summary) and
-:func:`virkit.evaluate.evaluate_run` (attacks asked for later than the run was trained) only.
+:func:`virkit.evaluation.evaluate_run` (attacks asked for later than the run was trained) only.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..errors import VirkitError
-from .grid import Grid, Trial
+from virkit.errors import VirkitError
+from virkit.sweep.grid import Grid, Trial
 
 __all__ = ["INJECT_ENV", "plan_trial", "finished_eval", "injection", "worker"]
 
@@ -25,7 +25,7 @@ INJECT_ENV = "VIRKIT_SWEEP_INJECT_FAILURE"   # tests: "<glob>[:raise|kill]" make
 
 
 def _resolve(grid_preset: str, overrides: dict):
-    from ..config import resolve_config
+    from virkit.training import resolve_config
     return resolve_config(grid_preset, **overrides)
 
 
@@ -38,8 +38,8 @@ def plan_trial(grid: Grid, trial: Trial) -> tuple[str, str | None]:
             return "run", None
         same = state.get("parameters") == json.loads(json.dumps(trial.overrides))
         return ("skip", None) if state.get("status") == "finished" and same else ("run", None)
-    from ..config import config_hash
-    from ..runs import RunDir, RunStatus
+    from virkit.runs import RunDir, RunStatus
+    from virkit.training import config_hash
     try:
         cfg = _resolve(grid.preset, trial.overrides)
     except VirkitError as e:
@@ -61,17 +61,16 @@ def plan_trial(grid: Grid, trial: Trial) -> tuple[str, str | None]:
 
 def finished_eval(run_dir: str | os.PathLike) -> dict:
     """The accuracies a finished run's summary records (``{attack: accuracy}``; empty if none)."""
-    from ..runs import RunDir
+    from virkit.runs import RunDir
     return (RunDir(run_dir).read_summary() or {}).get("eval") or {}
 
 
 def _run_train_trial(spec: dict) -> dict:
-    from ..burnin import find_burnin_parent
-    from ..runs import RunDir
-    from ..trainer import evaluate_checkpoints, train
+    from virkit.runs import RunDir
+    from virkit.training import evaluate_checkpoints, find_burnin_parent, train
 
     cfg = _resolve(spec["preset"], spec["overrides"])
-    log = lambda s: print(s, flush=True)  # noqa: E731
+    log = lambda s: print(s, flush=True)
     fresh = not RunDir(spec["run_dir"]).has_run_files()
     # a finished trial of the same burn-in in this sweep (e.g. AT for GAIRAT) saves the first epochs
     parent = find_burnin_parent(cfg, Path(spec["run_dir"]).parent, exclude=spec["run_dir"]) if fresh else None
@@ -89,8 +88,8 @@ def _run_train_trial(spec: dict) -> dict:
 
 
 def _run_notebook_trial(spec: dict) -> dict:
-    from ..io import atomic_write_json
-    from ..notebooks import ensure_kernelspec, execute_one, validate_parameters
+    from virkit.io import atomic_write_json
+    from virkit.notebooks import ensure_kernelspec, execute_one, validate_parameters
 
     run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +106,7 @@ def _run_notebook_trial(spec: dict) -> dict:
 
 def worker(spec_path: str) -> int:
     """Entry point of a trial process: ``python -m virkit.sweep --worker SPEC.json``."""
-    from ..io import atomic_write_json
+    from virkit.io import atomic_write_json
 
     spec = json.loads(Path(spec_path).read_text())
     t0 = time.time()
@@ -125,7 +124,7 @@ def worker(spec_path: str) -> int:
     except VirkitError as e:
         result["error"] = str(e)
         print(f"virkit: error: {e}", file=sys.stderr, flush=True)
-    except Exception as e:  # noqa: BLE001 - reported in results.json, the grid goes on
+    except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}"
         traceback.print_exc()
     result["seconds"] = time.time() - t0

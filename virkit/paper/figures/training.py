@@ -1,0 +1,120 @@
+"""Training runs: per-class sums of sample weights over the epochs (Figure 3, notebook 05) and
+held-out accuracy per epoch (notebook 03)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from virkit.paper.figures.style import finish_figure, method_color, method_label, styled
+
+__all__ = ["plot_class_weights", "plot_training_curves", "effective_lr"]
+
+
+@styled
+def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequence[str],
+                       key: str = "weight_sum_per_class", title: str | None = None):
+    """Figure 3: per-class sum of sample weights, one column per method.
+
+    Top: the sums over every reweighted epoch (bars, the largest and smallest class marked; the last
+    epoch when no epoch reweighted), the quantity the paper's Figure 3 ranks classes by. Bottom: each
+    class's share of the total weight per epoch (%), so epochs with different weight scales are
+    comparable; burn-in epochs (all weights 1, shares equal to class frequencies) are shaded.
+    ``histories``: {method: history records with ``epoch``, ``key`` and ``reweighting_active``}.
+    """
+    n = len(histories)
+    fig, axes = plt.subplots(2, n, figsize=(6.4 * n + 1.6, 7.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 1.1]})
+    cmap = plt.get_cmap("tab10")
+    colors = [cmap(c % 10) for c in range(len(classes))]
+    for j, (method, hist) in enumerate(histories.items()):
+        ep = np.array([h["epoch"] for h in hist])
+        vals = np.array([h[key] for h in hist], dtype=float)
+        active = np.array([bool(h.get("reweighting_active", True)) for h in hist])
+        ax = axes[0][j]
+        last = vals[active].sum(0) if active.any() else vals[-1]
+        bars = ax.bar(range(len(classes)), last, color=colors, edgecolor="white")
+        hi, lo = int(np.argmax(last)), int(np.argmin(last))
+        bars[hi].set_edgecolor("k")
+        bars[hi].set_linewidth(1.5)
+        ax.annotate("largest", (hi, last[hi]), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                    textcoords="offset points")
+        ax.annotate("smallest", (lo, last[lo]), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                    textcoords="offset points")
+        ax.set_xticks(range(len(classes)))
+        ax.set_xticklabels(classes, rotation=35, ha="right")
+        ax.set_ylabel("sum of sample weights")
+        n_active = int(active.sum())
+        ax.set_title(f"{method_label(method)}: summed over {n_active} reweighted epoch(s) "
+                     f"({int(ep[active].min())}-{int(ep[active].max())})" if n_active else
+                     f"{method_label(method)}: last epoch ({int(ep[-1])}, burn-in, w = 1)")
+        ax.grid(axis="x", visible=False)
+        ax.set_ylim(0, last.max() * 1.15 if last.max() > 0 else 1)
+        ax = axes[1][j]
+        share = 100 * vals / np.where(vals.sum(1, keepdims=True) == 0, 1, vals.sum(1, keepdims=True))
+        if (~active).any():
+            ax.axvspan(ep.min() - 0.5, ep[~active].max() + 0.5, color="#cccccc", alpha=0.35, lw=0,
+                       label="burn-in (w = 1)")
+        for c in range(vals.shape[1]):
+            ax.plot(ep, share[:, c], "o-", ms=3.5, color=colors[c], label=classes[c])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("share of the total weight (%)")
+        ax.set_title(f"{method_label(method)}: class shares during training")
+        ax.set_xticks(ep if len(ep) <= 20 else ep[:: max(1, len(ep) // 10)])
+    axes[1][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="class")
+    return finish_figure(fig, title)
+
+
+def effective_lr(hist: Sequence[Mapping]) -> list[float]:
+    """Per epoch, the learning rate times the epoch's mean sample weight: the step size the weighted
+    loss actually takes (with raw VIR weights far below 1 it falls long before the lr schedule does)."""
+    return [float(h["lr"]) * float(h.get("weight_mean", 1.0)) for h in hist]
+
+
+@styled
+def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str | None = None,
+                         effective: bool | None = None):
+    """Held-out natural and PGD accuracy per epoch for each run (labels: method names) and, with
+    ``effective`` (default: when the histories record ``lr``), the effective learning rate
+    (lr × mean sample weight, log scale) side by side."""
+    from matplotlib.ticker import MaxNLocator
+
+    if effective is None:
+        effective = all("lr" in h for hist in histories.values() for h in hist)
+
+    def acc(h, key):
+        v = h.get(key)
+        return math.nan if v is None else 100 * float(v)
+
+    # runs without per-epoch held-out PGD (e.g. holdout_pgd_steps=0) get no PGD panel
+    panels = [k for k in ("holdout_nat_acc", "holdout_pgd_acc")
+              if any(not math.isnan(acc(h, k)) for hist in histories.values() for h in hist)] or ["holdout_nat_acc"]
+    n = len(panels) + bool(effective)
+    fig, axes = plt.subplots(1, n, figsize=(5.7 * n, 4))
+    axes = list(axes) if n > 1 else [axes]
+    for i, (m, hist) in enumerate(histories.items()):
+        ep = [h["epoch"] for h in hist]
+        style = dict(ms=3, color=method_color(m, i), label=method_label(m))
+        for ax, key in zip(axes, panels):
+            ax.plot(ep, [acc(h, key) for h in hist], "o-", **style)
+        if effective:
+            axes[-1].plot(ep, [float(h["lr"]) for h in hist], ":", lw=1, color=style["color"])
+            axes[-1].plot(ep, effective_lr(hist), "o-", **style)
+    for ax, key in zip(axes, panels):
+        what = "natural" if key == "holdout_nat_acc" else "PGD"
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(f"held-out {what} accuracy (%)")
+        ax.set_title(f"Held-out {what} accuracy")
+    if effective:
+        axes[-1].set_yscale("log")
+        axes[-1].set_ylabel("lr × mean sample weight")
+        axes[-1].set_title("Effective learning rate (dotted: lr)")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return finish_figure(fig, title)
+
+
