@@ -52,19 +52,19 @@ def test_figures_and_report_use_the_catalogue():
 
     assert figures.method_label("natural") == "Natural training" and figures.method_label("zzz") == "zzz"
     assert figures.attack_label("square") == "Square" and figures.dataset_label("svhn") == "SVHN"
-    assert figures.method_color("at") == paper.METHODS["at"].color
+    assert figures.method_color("at") == paper.METHOD_SPELLINGS["at"].color
     assert figures.method_color("zzz", 2) == plt.get_cmap("tab10")(2)
     assert figures.METHOD_COLORS["GAIRAT"] == paper.SCHEMES["GAIRAT"].color
-    assert report.TABLES is paper.MAIN_TABLES and list(report.TABLES) == [1, 2, 3, 4, 5, 6, 7]
-    assert report.ATTACK_LABELS["square"] == "SQUARE" and report.METHOD_LABELS["natural"] == "NATURAL TRAINING"
+    assert report.MAIN_TABLES is paper.MAIN_TABLES and list(report.MAIN_TABLES) == [1, 2, 3, 4, 5, 6, 7]
+    assert report.ATTACK_TABLE_LABELS["square"] == "SQUARE" and report.METHOD_TABLE_LABELS["natural"] == "NATURAL TRAINING"
     assert report.ABLATION_LABELS["vir-at-sv"] == "S_v(x, y) · L_CE(f(x'), y) [VIR-AT-SV]"
     # the old dict layout still reads (virkit.notebooks): Tables 1-5 list every method present
     # Table 6's first row is the VIR pipeline with w = 1 (issue 13: an ablation varies the weight only),
     # then the paper's rows, then virkit's scale-matched controls and Madry et al.'s AT (uniform start)
-    assert report.TABLES[6]["methods"] == ["vir-at-w1", "vir-at-sv", "vir-at-sd", "vir-at", "vir-at-mean1",
+    assert report.MAIN_TABLES[6]["methods"] == ["vir-at-w1", "vir-at-sv", "vir-at-sd", "vir-at", "vir-at-mean1",
                                            "vir-at-flat", "at"]
-    assert report.TABLES[1]["methods"] is None and report.TABLES[1]["title"] == "White-box robust accuracy (%)"
-    assert report.TABLES[3]["datasets"] == ["svhn", "cifar100"] and report.TABLES[7].get("ablation") is True
+    assert report.MAIN_TABLES[1]["methods"] is None and report.MAIN_TABLES[1]["title"] == "White-box robust accuracy (%)"
+    assert report.MAIN_TABLES[3]["datasets"] == ["svhn", "cifar100"] and report.MAIN_TABLES[7].get("ablation") is True
 
 
 def test_every_method_attack_dataset_and_model_has_a_label():
@@ -73,13 +73,13 @@ def test_every_method_attack_dataset_and_model_has_a_label():
     from virkit.models import model_names
     from virkit.training.methods import METHODS
 
-    assert set(METHODS) <= set(paper.METHODS), set(METHODS) - set(paper.METHODS)
-    assert {*attack_names(), "worst_case"} <= set(paper.ATTACKS), set(attack_names()) - set(paper.ATTACKS)
-    assert set(dataset_names()) <= set(paper.DATASETS)
-    assert set(model_names()) <= set(paper.MODELS)
-    for m in paper.METHODS.values():
+    assert set(METHODS) <= set(paper.METHOD_SPELLINGS), set(METHODS) - set(paper.METHOD_SPELLINGS)
+    assert {*attack_names(), "worst_case"} <= set(paper.ATTACK_SPELLINGS), set(attack_names()) - set(paper.ATTACK_SPELLINGS)
+    assert set(dataset_names()) <= set(paper.DATASET_SPELLINGS)
+    assert set(model_names()) <= set(paper.MODEL_SPELLINGS)
+    for m in paper.METHOD_SPELLINGS.values():
         assert m.table_label and m.figure_label and m.color
-    for a in paper.ATTACKS.values():
+    for a in paper.ATTACK_SPELLINGS.values():
         assert a.table_label and a.figure_label
 
 
@@ -100,9 +100,9 @@ def test_tables_are_consistent():
     assert list(paper.TABLES) == list(range(1, 13))
     for n, t in paper.TABLES.items():
         assert t.number == n and t.title and t.caption and t.rows
-        assert t.model in paper.MODELS and all(d in paper.DATASETS for d in t.datasets)
-        assert all(a in paper.ATTACKS for a in t.attacks)
-        assert all(r.method in paper.METHODS for r in t.rows)
+        assert t.model in paper.MODEL_SPELLINGS and all(d in paper.DATASET_SPELLINGS for d in t.datasets)
+        assert all(a in paper.ATTACK_SPELLINGS for a in t.attacks)
+        assert all(r.method in paper.METHOD_SPELLINGS for r in t.rows)
         assert (t.sweep is not None) == (t.kind is paper.TableKind.HYPERPARAMETERS)
     assert paper.PAPER_METHODS == ("at", "trades", "mart", "gairat", "mail-at", "vir-trades", "vir-at")
     assert paper.TABLES[6].row_label("vir-at") == "w(x, x', y) · L_CE(f(x'), y) [VIR-AT]"
@@ -169,7 +169,7 @@ def test_tables_match_the_paper_text():
         pytest.skip("the paper's text is not available")
     found = _paper_tables(text)
     assert set(found) == set(paper.TABLES)
-    by_label = {m.table_label: m.name for m in paper.METHODS.values()}
+    by_label = {m.table_label: m.name for m in paper.METHOD_SPELLINGS.values()}
     for n, t in paper.TABLES.items():
         lines = found[n]
         header_at = 1 if len(t.datasets) > 1 else 0

@@ -103,7 +103,7 @@ def paper_table(df, table: int):
     spec = paper.TABLES[table]
     if isinstance(tab.columns, pd.MultiIndex):
         return tab
-    attack_cols = [c for c in df.columns if c in paper.ATTACKS and c != "worst_case"]
+    attack_cols = [c for c in df.columns if c in paper.ATTACK_SPELLINGS and c != "worst_case"]
     extra = [a for a in attack_cols if a not in spec.attacks]
     sub = df if spec.open_rows else df[df["method"].isin(spec.methods)]
     dropped = [c for c in tab.columns if (tab[c] == report.DASH).all()]
@@ -158,7 +158,7 @@ def ablation_methods(table: int, components: Sequence[str]) -> list[str]:
     the full method, e.g. ``["vir-at-w1", "vir-at-sv", "vir-at", "vir-at-flat"]``."""
     rows = paper.TABLES[table].paper_rows
     base, full = rows[0].method, rows[-1].method
-    return [base, *[f"{full}-{c}" for c in components if f"{full}-{c}" in paper.METHODS and c in ("sv", "sd")],
+    return [base, *[f"{full}-{c}" for c in components if f"{full}-{c}" in paper.METHOD_SPELLINGS and c in ("sv", "sd")],
             full, *[f"{full}-{c}" for c in components if c not in ("sv", "sd")]]
 
 
@@ -197,7 +197,7 @@ def ablation_results(ctx, tables: Iterable[int], grids: Mapping[str, Sequence], 
             over = {k: v for k, v in pt.items() if v != d[k]}
             df = report.collect_runs([ctx.run(sweep.method, seed=s, **over) for s in seeds])
             attacks = [a for a in dict.fromkeys([*spec.attacks, ctx.robust_attack, *df.columns])
-                       if a in df.columns and a in paper.ATTACKS and a != "worst_case"]
+                       if a in df.columns and a in paper.ATTACK_SPELLINGS and a != "worst_case"]
             row = {"setting": ("★ " if pt == d else "") +
                    ", ".join(f"{paper.HP_SYMBOLS[h]}={pt[h]:g}" for h in _ROW_ORDER)}
             stats = {}

@@ -5,12 +5,12 @@ Everything that names or lays out something of the paper reads it from here: :mo
 (Tables 1-7 from run directories), :mod:`virkit.paper.figures` (legends and titles), the notebooks and
 ``configs/grids/*.yaml`` (checked against this module by ``tests/test_paper.py``).
 
-* :data:`METHODS` -- one :class:`Method` per training method of :mod:`virkit.training.methods`, with its
+* :data:`METHOD_SPELLINGS` -- one :class:`Method` per training method of :mod:`virkit.training.methods`, with its
   spelling in the paper's tables (``table_label``, upper case: ``NATURAL TRAINING``, ``VIR-AT-SV``),
   in figures (``figure_label``: ``Natural training``, ``VIR-AT (S_v only)``) and its colour.
-* :data:`ATTACKS` -- one :class:`Attack` per evaluation attack of :mod:`virkit.attacks` (Sec. 5.4),
+* :data:`ATTACK_SPELLINGS` -- one :class:`Attack` per evaluation attack of :mod:`virkit.attacks` (Sec. 5.4),
   again with a table spelling (``SQUARE``) and a figure spelling (``Square``).
-* :data:`DATASETS`, :data:`MODELS` -- the paper's spelling of each dataset and model.
+* :data:`DATASET_SPELLINGS`, :data:`MODEL_SPELLINGS` -- the paper's spelling of each dataset and model.
 * :data:`TABLES` -- Tables 1-12 (:class:`Table`): rows, columns (attacks), dataset(s), model;
   :data:`MAIN_TABLES` are Tables 1-7 of Sec. 5, the ones ``virkit report`` builds.
 * :data:`SWEEPS` -- the hyperparameter grids of Tables 9-12 (Appendix C, :class:`Sweep`).
@@ -29,7 +29,7 @@ from typing import Any
 
 __all__ = [
     "Method", "Attack", "Threat", "Dataset", "Model", "Scheme", "Row", "Sweep", "Table", "TableKind",
-    "METHODS", "ATTACKS", "DATASETS", "MODELS", "SCHEMES", "TABLES", "MAIN_TABLES", "SWEEPS",
+    "METHOD_SPELLINGS", "ATTACK_SPELLINGS", "DATASET_SPELLINGS", "MODEL_SPELLINGS", "SCHEMES", "TABLES", "MAIN_TABLES", "SWEEPS",
     "METHOD_ORDER", "PAPER_METHODS", "PAPER_HYPERPARAMETERS", "PAPER_SEEDS", "HYPERPARAMETERS", "HP_SYMBOLS",
     "method", "attack", "method_label", "attack_label", "dataset_label", "model_label", "method_color",
     "labels",
@@ -55,7 +55,7 @@ class Method:
 
 #: in the order rows are sorted when a table lists every method present: natural training first,
 #: then the paper's row order of Tables 1-5 (MAIL-TRADES next to MAIL-AT), then the ablation variants
-METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in [
+METHOD_SPELLINGS: Mapping[str, Method] = MappingProxyType({m.name: m for m in [
     Method("natural", "NATURAL TRAINING", "Natural training", "#7f7f7f"),
     Method("at", "AT", "AT", "#1f77b4"),
     Method("trades", "TRADES", "TRADES", "#ff7f0e"),
@@ -77,7 +77,7 @@ METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in [
     Method("vir-trades-mean1", "VIR-TRADES-MEAN1", "VIR-TRADES (batch mean 1)", "#e6e600"),
     Method("vir-trades-flat", "VIR-TRADES-FLAT", "VIR-TRADES (flat weight)", "#7f7f00"),
 ]})
-METHOD_ORDER: tuple[str, ...] = tuple(METHODS)
+METHOD_ORDER: tuple[str, ...] = tuple(METHOD_SPELLINGS)
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,9 @@ class Scheme:
 
 
 SCHEMES: Mapping[str, Scheme] = MappingProxyType({s.name: s for s in [
-    Scheme("VIR", METHODS["vir-at"].color),
-    Scheme("GAIRAT", METHODS["gairat"].color),
-    Scheme("MAIL", METHODS["mail-at"].color),
+    Scheme("VIR", METHOD_SPELLINGS["vir-at"].color),
+    Scheme("GAIRAT", METHOD_SPELLINGS["gairat"].color),
+    Scheme("MAIL", METHOD_SPELLINGS["mail-at"].color),
 ]})
 
 
@@ -122,7 +122,7 @@ class Attack:
     threat: Threat
 
 
-ATTACKS: Mapping[str, Attack] = MappingProxyType({a.name: a for a in [
+ATTACK_SPELLINGS: Mapping[str, Attack] = MappingProxyType({a.name: a for a in [
     Attack("natural", "NATURAL", "Natural", Threat.NONE),
     Attack("fgsm", "FGSM", "FGSM", Threat.WHITE_BOX),
     Attack("pgd10", "PGD-10", "PGD-10", Threat.WHITE_BOX),
@@ -161,12 +161,12 @@ class Model:
     label: str
 
 
-DATASETS: Mapping[str, Dataset] = MappingProxyType({d.name: d for d in [
+DATASET_SPELLINGS: Mapping[str, Dataset] = MappingProxyType({d.name: d for d in [
     Dataset("cifar10", "CIFAR-10"), Dataset("cifar100", "CIFAR-100"), Dataset("svhn", "SVHN"),
     Dataset("tiny-imagenet", "Tiny-ImageNet"), Dataset("imagefolder", "ImageFolder"),
     Dataset("gaussian-mixture", "Gaussian mixture"),
 ]})
-MODELS: Mapping[str, Model] = MappingProxyType({m.name: m for m in [
+MODEL_SPELLINGS: Mapping[str, Model] = MappingProxyType({m.name: m for m in [
     Model("resnet18", "ResNet-18"), Model("wrn-34-10", "WideResNet-34-10"), Model("wrn-28-10", "WideResNet-28-10"),
     Model("preact-resnet18", "PreActResNet-18"), Model("small-cnn", "small-cnn"), Model("linear", "linear"),
 ]})
@@ -178,13 +178,13 @@ MODELS: Mapping[str, Model] = MappingProxyType({m.name: m for m in [
 def method(name: str) -> Method:
     """The catalogue's record of ``name``, or a stand-in for a method it does not know (table label
     ``NAME`` in upper case, figure label ``name``, no colour)."""
-    m = METHODS.get(name) if isinstance(name, str) else None
+    m = METHOD_SPELLINGS.get(name) if isinstance(name, str) else None
     return m if m is not None else Method(str(name), str(name).upper(), str(name), None)
 
 
 def attack(name: str) -> Attack:
     """The catalogue's record of ``name``, or a stand-in (both labels ``name``, white-box)."""
-    a = ATTACKS.get(name) if isinstance(name, str) else None
+    a = ATTACK_SPELLINGS.get(name) if isinstance(name, str) else None
     return a if a is not None else Attack(str(name), str(name), str(name), Threat.WHITE_BOX)
 
 
@@ -201,25 +201,25 @@ def attack_label(name: str, style: str = "table") -> str:
 
 def dataset_label(name: str) -> str:
     """``cifar10`` -> ``CIFAR-10`` (the paper's spelling); unknown names unchanged (as ``str``)."""
-    d = DATASETS.get(name) if isinstance(name, str) else None
+    d = DATASET_SPELLINGS.get(name) if isinstance(name, str) else None
     return d.label if d is not None else str(name)
 
 
 def model_label(name: str) -> str:
     """``wrn-34-10`` -> ``WideResNet-34-10``; unknown names unchanged (as ``str``)."""
-    m = MODELS.get(name) if isinstance(name, str) else None
+    m = MODEL_SPELLINGS.get(name) if isinstance(name, str) else None
     return m.label if m is not None else str(name)
 
 
 def method_color(name: str) -> str | None:
     """The method's colour, else a weighting scheme's (``VIR``, ``GAIRAT``, ``MAIL``), else None."""
-    rec = METHODS.get(name) or SCHEMES.get(name)
+    rec = METHOD_SPELLINGS.get(name) or SCHEMES.get(name)
     return rec.color if rec is not None else None
 
 
 def labels(records: Mapping[str, Any], field: str = "label") -> Mapping[str, str]:
     """``{name: record.<field>}`` (read-only) for code that wants a plain mapping, e.g.
-    ``labels(ATTACKS, "table_label")``; records whose field is None are left out."""
+    ``labels(ATTACK_SPELLINGS, "table_label")``; records whose field is None are left out."""
     return MappingProxyType({k: getattr(r, field) for k, r in records.items() if getattr(r, field) is not None})
 
 

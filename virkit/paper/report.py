@@ -26,21 +26,19 @@ from virkit.errors import VirkitError
 from virkit.paper import catalogue as paper
 from virkit.runs import RunDir, eval_state_root
 
-__all__ = ["collect_runs", "make_table", "to_markdown", "to_csv", "report_main", "mean_std", "MeanStd", "TABLES", "checkpoint_eval_file",
-           "METHOD_ORDER"]
+__all__ = ["collect_runs", "make_table", "to_markdown", "to_csv", "report_main", "mean_std", "MeanStd", "MAIN_TABLES",
+           "checkpoint_eval_file"]
 
 DASH = "–"
 
-# The paper's tables and spellings live in virkit.paper.catalogue; these names are kept for existing callers.
-TABLES = paper.MAIN_TABLES                 #: Tables 1-7 (:class:`virkit.paper.catalogue.Table`)
-PAPER_METHODS = paper.PAPER_METHODS        #: the paper's row order of Tables 1-5
-METHOD_ORDER = paper.METHOD_ORDER          #: rows of a table listing every method present
-METHOD_LABELS = paper.labels(paper.METHODS, "table_label")
-ATTACK_LABELS = paper.labels(paper.ATTACKS, "table_label")
-DATASET_LABELS = paper.labels(paper.DATASETS)
-MODEL_LABELS = paper.labels(paper.MODELS)
+# The paper's tables, row orders and spellings live in virkit.paper.catalogue; the table cells use these.
+MAIN_TABLES = paper.MAIN_TABLES            #: Tables 1-7 (:class:`virkit.paper.catalogue.Table`)
+METHOD_TABLE_LABELS = paper.labels(paper.METHOD_SPELLINGS, "table_label")
+ATTACK_TABLE_LABELS = paper.labels(paper.ATTACK_SPELLINGS, "table_label")
+DATASET_LABELS = paper.labels(paper.DATASET_SPELLINGS)
+MODEL_LABELS = paper.labels(paper.MODEL_SPELLINGS)
 #: Tables 6-7 row labels, ``component [METHOD]``
-ABLATION_LABELS = MappingProxyType({r.method: t.row_label(r.method) for t in TABLES.values() if t.ablation
+ABLATION_LABELS = MappingProxyType({r.method: t.row_label(r.method) for t in MAIN_TABLES.values() if t.ablation
                                     for r in t.rows})
 HYPER = paper.HYPERPARAMETERS
 
@@ -150,7 +148,7 @@ def _hp_label(row) -> str:
 
 
 def _method_rank(m: str) -> tuple:
-    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), str(m))
+    return (paper.METHOD_ORDER.index(m) if m in paper.METHOD_ORDER else len(paper.METHOD_ORDER), str(m))
 
 
 def make_table(df: pd.DataFrame, table: int, attacks: list[str] | None = None) -> pd.DataFrame:
@@ -159,11 +157,11 @@ def make_table(df: pd.DataFrame, table: int, attacks: list[str] | None = None) -
     columns = attacks (a (dataset, attack) MultiIndex for Table 3): the paper's, or ``attacks``
     (names as in eval.json, e.g. ``["natural", "pgd20", "aa"]``). ``.attrs`` holds ``caption``,
     ``table`` and the numbers: ``mean``, ``std`` and ``n`` (seeds) as DataFrames of the same shape."""
-    if table not in TABLES:
-        raise VirkitError(f"unknown table {table}; valid tables: {', '.join(map(str, TABLES))}")
+    if table not in MAIN_TABLES:
+        raise VirkitError(f"unknown table {table}; valid tables: {', '.join(map(str, MAIN_TABLES))}")
     if df is None or len(df) == 0:
         raise VirkitError("no runs to tabulate")
-    spec = TABLES[table]
+    spec = MAIN_TABLES[table]
     df = df.copy()
     for col in ("dataset", "model", "method"):
         if col not in df:
@@ -372,8 +370,8 @@ def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str
         table = int(table)
     except (TypeError, ValueError):
         raise VirkitError(f"--table must be a number 1-7, got {table!r}") from None
-    if table not in TABLES:
-        raise VirkitError(f"unknown table {table}; valid tables: {', '.join(map(str, TABLES))}")
+    if table not in MAIN_TABLES:
+        raise VirkitError(f"unknown table {table}; valid tables: {', '.join(map(str, MAIN_TABLES))}")
     if isinstance(attacks, str):
         attacks = [a.strip() for a in attacks.split(",") if a.strip()]
     if attacks:

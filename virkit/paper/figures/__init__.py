@@ -27,9 +27,9 @@ from virkit.paper.figures.evaluation import (
 )
 from virkit.paper.figures.saver import FigureSaver
 from virkit.paper.figures.style import (
-    ATTACK_LABELS,
+    ATTACK_FIGURE_LABELS,
     METHOD_COLORS,
-    METHOD_LABELS,
+    METHOD_FIGURE_LABELS,
     SEQ_CMAP,
     STYLE,
     attack_label,
@@ -44,7 +44,7 @@ from virkit.paper.figures.training import plot_class_weights, plot_training_curv
 from virkit.paper.figures.weights import plot_weight_histograms, plot_weight_landscape
 
 __all__ = [
-    "STYLE", "METHOD_COLORS", "METHOD_LABELS", "ATTACK_LABELS", "SEQ_CMAP", "styled", "method_label", "dataset_label",
+    "STYLE", "METHOD_COLORS", "METHOD_FIGURE_LABELS", "ATTACK_FIGURE_LABELS", "SEQ_CMAP", "styled", "method_label", "dataset_label",
     "method_color", "attack_label", "FigureSaver", "figure_to_png", "plot_weight_landscape", "plot_weight_histograms",
     "plot_confusion_matrices", "plot_class_weights", "plot_per_class_accuracy", "plot_fairness", "plot_ablation",
     "plot_attributions", "plot_theory_risks", "plot_true_class_probability", "plot_robust_class_errors",

@@ -11,7 +11,7 @@ from matplotlib.colors import LinearSegmentedColormap
 
 from virkit.paper import catalogue as paper
 
-__all__ = ["STYLE", "SEQ_CMAP", "METHOD_COLORS", "METHOD_LABELS", "ATTACK_LABELS", "styled", "method_label",
+__all__ = ["STYLE", "SEQ_CMAP", "METHOD_COLORS", "METHOD_FIGURE_LABELS", "ATTACK_FIGURE_LABELS", "styled", "method_label",
            "method_color", "attack_label", "dataset_label", "figure_to_png"]
 
 STYLE = {
@@ -45,9 +45,9 @@ SEQ_CMAP = LinearSegmentedColormap.from_list("virkit_blues", ["#ffffff", "#c6dbe
 # Read-only views of the catalogue (virkit.paper.catalogue) in the figure spelling, for code that wants a
 # mapping; the functions below are the lookups. The weighting schemes of the weight explorer (VIR,
 # GAIRAT, MAIL) have colours too.
-METHOD_LABELS = paper.labels(paper.METHODS, "figure_label")
-METHOD_COLORS = paper.labels({**paper.METHODS, **paper.SCHEMES}, "color")
-ATTACK_LABELS = paper.labels(paper.ATTACKS, "figure_label")
+METHOD_FIGURE_LABELS = paper.labels(paper.METHOD_SPELLINGS, "figure_label")
+METHOD_COLORS = paper.labels({**paper.METHOD_SPELLINGS, **paper.SCHEMES}, "color")
+ATTACK_FIGURE_LABELS = paper.labels(paper.ATTACK_SPELLINGS, "figure_label")
 
 
 def finish_figure(fig, title: str | None):
