@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 export VIRKIT_DATA ?= $(if $(wildcard ../shared/datasets/cifar10-jpeg.tar.gz),$(abspath ../shared/datasets),)
 export MPLBACKEND ?= Agg
 
-.PHONY: demo gallery test test-fast test-avx2 venv bench clean help
+.PHONY: demo gallery test test-fast test-avx2 lint venv bench clean help
 
 help:
 	@echo "make demo   - run every notebook in under 10 min: measures this machine's training speed and picks the"
@@ -15,11 +15,12 @@ help:
 	@echo "             figures in figures/<preset>/, executed notebooks and runs in runs/notebooks/<preset>/"
 	@echo "make gallery - after make demo: its key figures into figures/gallery/ (tracked) with provenance"
 	@echo "make test   - run the test suite"
+	@echo "make lint   - ruff (lint and format), the import contract (lint-imports), mypy over the core"
 	@echo "make bench  - CPU benchmark (see BENCHMARKS.md)"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,ray,robustbench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,dev,ray,robustbench]'
 	$(PY) -m pip install -q -c constraints.txt --no-deps torchattacks
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
@@ -31,6 +32,13 @@ demo: $(STAMP)
 
 gallery: $(STAMP)   # after make demo: its key figures into figures/gallery/ (tracked), with provenance
 	$(PY) -m virkit notebooks gallery
+
+# The checks CI runs before the suite (pre-commit runs the same on each commit)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check virkit tests benchmarks
+	$(VENV)/bin/ruff format --check virkit tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # The suite runs on TEST_JOBS pytest-xdist workers (default 2, one per core of the CI machine); a test
 # file stays on one worker (--dist loadfile) so its module fixtures are built once.

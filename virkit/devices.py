@@ -34,10 +34,9 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int | N
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of a model's first parameter (or buffer); the CPU for a model with neither."""
-    t = next(iter(model.parameters()), None)
-    if t is None:
-        t = next(iter(model.buffers()), None)
-    return t.device if t is not None else torch.device("cpu")
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def cpu_name() -> str:
@@ -91,7 +90,7 @@ def _set_tf32_flags(matmul: bool, cudnn: bool) -> None:
         torch.backends.cudnn.allow_tf32 = cudnn
     except RuntimeError:   # pragma: no cover - a caller already used the newer fp32_precision API
         torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
-        torch.backends.cudnn.conv.fp32_precision = "tf32" if cudnn else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if cudnn else "ieee"  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -132,7 +131,7 @@ def compile_model(model: nn.Module, example: torch.Tensor, *, dynamic: bool | No
     batch size is compiled static, a second one recompiles once with a symbolic batch dimension
     (what an attack that drops finished rows needs)."""
     try:
-        compiled = torch.compile(model, dynamic=dynamic, mode=mode)
+        compiled: nn.Module = torch.compile(model, dynamic=dynamic, mode=mode)  # type: ignore[assignment]
         with torch.no_grad(), eval_mode(compiled):
             compiled(example)
         return compiled

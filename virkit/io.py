@@ -144,7 +144,7 @@ def _imported_global(data: bytes) -> str | None:
         return None
     for stream in streams:
         buf = io.BytesIO(stream)
-        parsed_any, strings = False, []
+        parsed_any, strings = False, list[str]()
         while buf.tell() < len(stream):
             try:
                 for op, arg, _ in pickletools.genops(buf):

@@ -31,6 +31,7 @@ def kl_per_example(logits_p: torch.Tensor | None, logits_q: torch.Tensor, *,
     The value can be a rounding error below 0 when the two distributions (nearly) coincide.
     """
     if logp is None:
+        assert logits_p is not None, "kl_per_example needs logits_p or logp"
         logp = log_probs(logits_p)
     logq = log_probs(logits_q)
     return (logp.exp() * (logp - logq)).sum(dim=1)

@@ -196,9 +196,8 @@ class WriterLock:
     def __enter__(self) -> WriterLock:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self.release()
-        return False
 
     @staticmethod
     def held_by_other(lock_path: str | os.PathLike) -> dict | None:
@@ -430,14 +429,13 @@ class RunClaim:
     def __enter__(self) -> RunClaim:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
             if self.created:
                 with contextlib.suppress(OSError):
                     self.run.path.rmdir()      # only succeeds when empty
-        return False
 
 
 def eval_lock(path: str | os.PathLike, command: str = "evaluate") -> WriterLock:
