@@ -40,7 +40,7 @@ from virkit.paper.figures.style import (
     styled,
 )
 from virkit.paper.figures.theory import plot_robust_class_errors, plot_theory_risks, plot_true_class_probability
-from virkit.paper.figures.training import plot_class_weights, plot_training_curves
+from virkit.paper.figures.training import plot_class_weights, plot_overfitting_curves, plot_training_curves
 from virkit.paper.figures.weights import plot_weight_histograms, plot_weight_landscape
 
 __all__ = [
@@ -48,5 +48,5 @@ __all__ = [
     "method_color", "attack_label", "FigureSaver", "figure_to_png", "plot_weight_landscape", "plot_weight_histograms",
     "plot_confusion_matrices", "plot_class_weights", "plot_per_class_accuracy", "plot_fairness", "plot_ablation",
     "plot_attributions", "plot_theory_risks", "plot_true_class_probability", "plot_robust_class_errors",
-    "plot_training_curves", "table_figure",
+    "plot_training_curves", "plot_overfitting_curves", "table_figure",
 ]

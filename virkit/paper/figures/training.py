@@ -10,7 +10,7 @@ import numpy as np
 
 from virkit.paper.figures.style import finish_figure, method_color, method_label, styled
 
-__all__ = ["plot_class_weights", "plot_training_curves", "effective_lr"]
+__all__ = ["plot_class_weights", "plot_training_curves", "plot_overfitting_curves", "effective_lr"]
 
 
 @styled
@@ -118,3 +118,39 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str 
     return finish_figure(fig, title)
 
 
+
+
+@styled
+def plot_overfitting_curves(curves, title: str | None = None):
+    """Robust overfitting and the weights (notebook 10): per method (mean over seeds, band: min to
+    max), validation PGD accuracy per epoch (left) and lr x mean sample weight per epoch, the step
+    the weights leave the optimizer (right, log scale); dotted lines at the lr drops.
+    ``curves``: :func:`virkit.notebooks.overfitting.epoch_curves`'s table."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, (method, g) in enumerate(curves.groupby("method", sort=False)):
+        by_epoch = g.groupby("epoch")
+        color = method_color(method, i)
+        n = g["seed"].nunique()
+        for ax, key in zip(axes, ("val_pgd", "lr_x_weight")):
+            mean = by_epoch[key].mean()
+            ax.plot(mean.index, mean.values, "-", lw=1.6, color=color,
+                    label=f"{method_label(method)} ({n} seed{'s' if n != 1 else ''})")
+            if n > 1:
+                ax.fill_between(mean.index, by_epoch[key].min().values, by_epoch[key].max().values, color=color,
+                                alpha=0.12, lw=0)
+    lr = curves.groupby("epoch")["lr"].first()
+    drops = [int(e) for e, a, b in zip(lr.index[1:], lr.values[:-1], lr.values[1:]) if b < a]
+    for ax in axes:
+        for e in drops:
+            ax.axvline(e - 0.5, ls=":", lw=1, color="0.4")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("validation PGD accuracy (%)")
+    axes[0].set_title("Robust accuracy per epoch (dotted: lr drops)")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("lr × mean sample weight")
+    axes[1].set_title("The step the weights leave the optimizer")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return finish_figure(fig, title)
