@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .apgd import margin
-from .base import Attack, on_correct, register
+from .base import Attack, margin, on_correct, register
 
 __all__ = ["SPSA"]
 

@@ -26,8 +26,7 @@ import math
 
 import torch
 
-from .apgd import margin
-from .base import Attack, attack_rounds, correct_mask, register
+from .base import Attack, attack_rounds, correct_mask, margin, register
 from .norms import per_example_norm
 
 __all__ = ["Square", "square_p_schedule"]
