@@ -96,6 +96,6 @@ def get_attack(name: str, eps: float = 8 / 255, seed: int = 0, norm: str = "Linf
     if norm != "Linf" and "step_size" in settings:
         settings["step_size"] = settings["step_size"] / (8 / 255) * eps
     kwargs = {**settings, **overrides, "eps": eps, "seed": seed}
-    if norm != "Linf" or "norm" in cls.__init__.__code__.co_varnames:
+    if cls.norms != ("Linf",):      # the attacks with an L2 version take ``norm``; the L-inf-only ones do not
         kwargs["norm"] = norm
     return cls(**kwargs)

@@ -1,9 +1,9 @@
 """APGD-CE / APGD-DLR and APGD-T (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial
 robustness with an ensemble of diverse parameter-free attacks"), L-inf and L2.
 
-Also the losses other attacks of :mod:`virkit.attacks` use (DLR, targeted DLR, logit margin). The
-helpers "attack only the points that are still classified correctly" and the target classes of
-targeted attacks live in :mod:`virkit.attacks.base` (re-exported here).
+Also the DLR and targeted DLR losses. The logit margin, the helpers "attack only the points that
+are still classified correctly" and the target classes of targeted attacks live in
+:mod:`virkit.attacks.base` (re-exported here).
 
 APGD in brief (Algorithm 1 of the paper): sign-gradient steps with momentum 0.75 from a random
 start at the border of the eps-ball, a per-example step size that starts at 2*eps and is halved
@@ -26,6 +26,7 @@ prediction are those of the last pass.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ from virkit.attacks.base import (
     clean_targets,
     compact_rows,
     correct_mask,
+    default_compact_every,
+    first_rank_table,
+    margin,
     on_correct,
     project_linf,
     register,
@@ -47,18 +51,11 @@ from virkit.attacks.norms import project, random_on_sphere, steepest
 from virkit.ops import true_and_best_other
 
 __all__ = ["APGD", "APGDTargeted", "apgd_run", "apgd_start", "apgd_targets_batched", "dlr_loss", "dlr_targeted_loss",
-           "margin",
-           "correct_mask", "on_correct", "target_classes"]
+           "margin", "correct_mask", "on_correct", "target_classes"]
 
 
 # ---------------------------------------------------------------------------------------------
-# losses (per example, larger = more adversarial unless stated)
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y - max_{j != y} z_j``: positive iff the example is classified correctly (ties aside)."""
-    z_y, z_other = true_and_best_other(logits.float(), y)
-    return z_y - z_other
-
-
+# losses (per example, larger = more adversarial; the logit margin is in base.py)
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Difference-of-logits-ratio loss (Croce & Hein 2020, Eq. 5), to maximize:
     ``-(z_y - max_{j!=y} z_j) / (z_pi1 - z_pi3)`` with ``z_pi`` the sorted logits (descending).
@@ -86,29 +83,15 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     return -(z_y - z_t) / (den + 1e-12)
 
 
-def _uniform(shape, generator, device) -> torch.Tensor:
-    return torch.rand(shape, generator=generator, device=device)
-
-
 def apgd_start(x: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
     """APGD's random start directions for the rows of ``x`` (unit norm per row; the start is
     ``x + eps * t``): L-inf ``t = u / ||u||_inf`` with ``u`` uniform in [-1, 1], L2 ``t / ||t||_2`` with
     ``t`` standard normal (the official ``autopgd_base.py``)."""
     if norm == "Linf":
         view = (x.shape[0],) + (1,) * (x.dim() - 1)
-        t = 2 * _uniform(x.shape, generator, x.device) - 1
+        t = 2 * torch.rand(x.shape, generator=generator, device=x.device) - 1
         return t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(view)
     return random_on_sphere(x, norm, generator)
-
-
-def _with_target(loss_fn, target):
-    return lambda logits, yy: loss_fn(logits, yy, target)
-
-
-def default_compact_every(device: torch.device) -> int:
-    """How often (in steps) the iterative attacks look for finished rows to compact away: every
-    step on the CPU (the check is a host read that costs nothing there), every 8 steps elsewhere."""
-    return 1 if torch.device(device).type == "cpu" else 8
 
 
 def _schedule(steps: int) -> dict[int, int]:
@@ -123,13 +106,40 @@ def _schedule(steps: int) -> dict[int, int]:
     return out
 
 
-def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, eps: float, steps: int,
-             rho: float = 0.75, momentum: float = 0.75, bounds=(0.0, 1.0),
-             generator: torch.Generator | None = None, norm: str = "Linf",
-             eot_iter: int = 1, target: torch.Tensor | None = None, start: torch.Tensor | None = None,
-             early_stop: bool = False, group: torch.Tensor | None = None, rank: torch.Tensor | None = None,
-             compact_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class _Rows:
+    """APGD's state, one row per run still going (with ``early_stop``, :func:`compact_rows` drops the
+    finished ones)."""
+    rows: torch.Tensor              # each row's index in the caller's batch
+    x: torch.Tensor                 # the clean input
+    y: torch.Tensor
+    target: torch.Tensor | None     # APGD-T's target class (None: untargeted)
+    group: torch.Tensor | None      # several targets in one batch: the example and ...
+    rank: torch.Tensor | None       # ... the target's order (see apgd_run)
+    x_adv: torch.Tensor             # the iterate
+    x_prev: torch.Tensor            # the previous iterate (momentum)
+    grad: torch.Tensor              # the gradient at x_adv
+    step: torch.Tensor              # the step size (B)
+    hist: torch.Tensor              # the loss at every iterate so far (B x steps+1)
+    x_best: torch.Tensor            # the iterate of highest loss, its loss and gradient
+    loss_best: torch.Tensor
+    grad_best: torch.Tensor
+    loss_best_last: torch.Tensor    # loss_best at the previous checkpoint
+    reduced_last: torch.Tensor      # whether the step was halved at the previous checkpoint
+    x_fool: torch.Tensor            # the misclassified iterate returned (first or last)
+    fooled: torch.Tensor            # whether some iterate was misclassified
+
+    def result(self) -> torch.Tensor:
+        """Each row's returned point: its misclassified iterate if fooled, else its best one."""
+        return torch.where(self.fooled.view((-1,) + (1,) * (self.x.dim() - 1)), self.x_fool, self.x_best)
+
+
+def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor], *,
+             eps: float, steps: int, rho: float = 0.75, momentum: float = 0.75,
+             bounds: tuple[float, float] | None = (0.0, 1.0), generator: torch.Generator | None = None,
+             norm: str = "Linf", eot_iter: int = 1, target: torch.Tensor | None = None,
+             start: torch.Tensor | None = None, early_stop: bool = False, group: torch.Tensor | None = None,
+             rank: torch.Tensor | None = None, compact_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run on the whole batch; ``loss_fn(logits, y)`` (``loss_fn(logits, y, target)`` when a
     per-row ``target`` is given) gives the per-example loss to maximize.
 
@@ -148,99 +158,25 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     row belongs to) and ``rank`` (its order among that example's runs, e.g. the target index),
     a row is also dropped once a row of the same group with a lower rank is fooled (several
     target classes in one batch: the example's result is its first target in order that breaks it,
-    so later targets no longer matter); such a row returns ``fooled=False``.
+    so later targets no longer matter); such a row returns ``fooled=False``. Without
+    ``early_stop``, ``group``, ``rank`` and ``compact_every`` are ignored.
     """
     x = x.detach()
-    b = x.shape[0]
-    view = (b,) + (1,) * (x.dim() - 1)
-    t = apgd_start(x, norm, generator) if start is None else start
-    if early_stop:
-        return _apgd_compact(model, x, y, loss_fn, t, eps=eps, steps=steps, rho=rho, momentum=momentum,
-                             bounds=bounds, norm=norm, eot_iter=eot_iter, target=target, group=group, rank=rank,
-                             compact_every=compact_every)
-    if target is not None:
-        loss_fn = _with_target(loss_fn, target)
-    x_adv = x + eps * t
-    if bounds is not None:
-        x_adv = x_adv.clamp(*bounds)
-
-    def proj(z):
-        return project_linf(z, x, eps, bounds) if norm == "Linf" else project(z, x, eps, norm, bounds)
-
-    def evaluate(z):
-        z = z.detach().requires_grad_(True)
-        g = None
-        for _ in range(eot_iter):
-            with torch.enable_grad():
-                logits = model(z)
-                lvec = loss_fn(logits, y)
-                gi, = torch.autograd.grad(lvec.sum(), z)
-            g = gi if g is None else g + gi
-        if eot_iter > 1:
-            g = g / eot_iter
-        return lvec.detach(), logits.detach(), g.detach()
-
-    loss, logits, grad = evaluate(x_adv)
-    fooled = logits.argmax(1) != y
-    x_fool = x_adv.clone()
-    x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
-    step = torch.full(view, 2.0 * eps, device=x.device, dtype=x.dtype)
-    hist = torch.zeros(steps + 1, b, device=x.device, dtype=loss.dtype)
-    hist[0] = loss
-    checkpoints = _schedule(steps)
-    loss_best_last = loss_best.clone()
-    reduced_last = torch.ones(b, dtype=torch.bool, device=x.device)
-    x_prev = x_adv
-    for i in range(steps):
-        a = momentum if i > 0 else 1.0
-        direction = grad.sign() if norm == "Linf" else steepest(grad, norm)
-        z = proj(x_adv + step * direction)
-        z = proj(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev))
-        x_prev, x_adv = x_adv, z
-        loss, logits, grad = evaluate(x_adv)
-        mis = logits.argmax(1) != y
-        x_fool = torch.where(mis.view(view), x_adv, x_fool)
-        fooled |= mis
-        hist[i + 1] = loss
-        better = loss > loss_best
-        x_best = torch.where(better.view(view), x_adv, x_best)
-        grad_best = torch.where(better.view(view), grad, grad_best)
-        loss_best = torch.where(better, loss, loss_best)
-        k = checkpoints.get(i)
-        if k is not None:
-            increases = (hist[i + 2 - k:i + 2] > hist[i + 1 - k:i + 1]).sum(dim=0)
-            oscillating = increases <= k * rho
-            stalled = ~reduced_last & (loss_best_last >= loss_best)
-            reduce = oscillating | stalled
-            reduced_last, loss_best_last = reduce, loss_best.clone()
-            step = torch.where(reduce.view(view), step / 2, step)
-            x_adv = torch.where(reduce.view(view), x_best, x_adv)
-            grad = torch.where(reduce.view(view), grad_best, grad)
-    return torch.where(fooled.view(view), x_fool, x_best), fooled
-
-
-def _apgd_compact(model, x, y, loss_fn, t, *, eps, steps, rho, momentum, bounds, norm, eot_iter, target,
-                  group, rank, compact_every):
-    """:func:`apgd_run` with ``early_stop=True``: the same per-row arithmetic on the rows still
-    running (see there)."""
     b, dev = x.shape[0], x.device
-    nd = x.dim() - 1
-
-    def v(m):
-        return m.view((-1,) + (1,) * nd)
-
+    t = apgd_start(x, norm, generator) if start is None else start
     every = max(int(compact_every or default_compact_every(dev)), 1)
-    out_x = x.clone()
-    out_fooled = torch.zeros(b, dtype=torch.bool, device=dev)
-    best_rank = None
-    if group is not None:
-        best_rank = torch.full((int(group.max()) + 1 if b else 0,), torch.iinfo(torch.long).max,
-                               dtype=torch.long, device=dev)
+    if not early_stop:
+        group = rank = None
+    best_rank = first_rank_table(group)
+
+    def v(m):           # a per-row mask or value, broadcast over the image dimensions
+        return m.view((-1,) + (1,) * (x.dim() - 1))
 
     def proj(z, xx):
         return project_linf(z, xx, eps, bounds) if norm == "Linf" else project(z, xx, eps, norm, bounds)
 
     def evaluate(z, yy, tt):
+        """(loss, logits, gradient) at ``z``; the gradient is the mean over ``eot_iter`` passes."""
         z = z.detach().requires_grad_(True)
         g = None
         for _ in range(eot_iter):
@@ -259,89 +195,74 @@ def _apgd_compact(model, x, y, loss_fn, t, *, eps, steps, rho, momentum, bounds,
     loss, logits, grad = evaluate(x_adv, y, target)
     hist = torch.zeros(b, steps + 1, device=dev, dtype=loss.dtype)
     hist[:, 0] = loss
-    st = {"x": x, "y": y, "x_adv": x_adv, "x_prev": x_adv, "x_best": x_adv.clone(), "loss_best": loss.clone(),
-          "grad": grad, "grad_best": grad.clone(), "step": torch.full((b,), 2.0 * eps, device=dev, dtype=x.dtype),
-          "hist": hist, "loss_best_last": loss.clone(), "reduced_last": torch.ones(b, dtype=torch.bool, device=dev),
-          "x_fool": x_adv.clone(), "fooled": logits.argmax(1) != y, "rows": torch.arange(b, device=dev)}
-    if target is not None:
-        st["t"] = target
-    if group is not None:
-        st["group"], st["rank"] = group, rank
+    st = _Rows(rows=torch.arange(b, device=dev), x=x, y=y, target=target, group=group, rank=rank,
+               x_adv=x_adv, x_prev=x_adv, grad=grad, step=torch.full((b,), 2.0 * eps, device=dev, dtype=x.dtype),
+               hist=hist, x_best=x_adv.clone(), loss_best=loss.clone(), grad_best=grad.clone(),
+               loss_best_last=loss.clone(), reduced_last=torch.ones(b, dtype=torch.bool, device=dev),
+               x_fool=x_adv.clone(), fooled=logits.argmax(1) != y)
+    out_x = x.clone()
+    out_fooled = torch.zeros(b, dtype=torch.bool, device=dev)
 
-    def finish(s, done):
-        r = s["rows"][done]
-        out_x[r] = torch.where(v(s["fooled"][done]), s["x_fool"][done], s["x_best"][done])
-        out_fooled[r] = s["fooled"][done]
+    def finish(s: _Rows, done: torch.Tensor) -> None:
+        out_x[s.rows[done]] = s.result()[done]
+        out_fooled[s.rows[done]] = s.fooled[done]
 
-    def compact(s):
-        return compact_rows(s, s["fooled"], best_rank, finish)
+    def compact(s: _Rows) -> _Rows:
+        return compact_rows(s, s.fooled, best_rank, finish) if early_stop else s
 
     st = compact(st)
     checkpoints = _schedule(steps)
     for i in range(steps):
-        if st["rows"].numel() == 0:
+        if st.rows.numel() == 0:
             break
         a = momentum if i > 0 else 1.0
-        xo, x_adv, x_prev, step = st["x"], st["x_adv"], st["x_prev"], v(st["step"])
-        direction = st["grad"].sign() if norm == "Linf" else steepest(st["grad"], norm)
-        z = proj(x_adv + step * direction, xo)
-        z = proj(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), xo)
-        st["x_prev"], st["x_adv"] = x_adv, z
-        loss, logits, grad = evaluate(z, st["y"], st.get("t"))
-        mis = logits.argmax(1) != st["y"]
-        st["x_fool"] = torch.where(v(mis & ~st["fooled"]), z, st["x_fool"])
-        st["fooled"] = st["fooled"] | mis
-        st["hist"][:, i + 1] = loss
-        better = loss > st["loss_best"]
-        st["x_best"] = torch.where(v(better), z, st["x_best"])
-        st["grad_best"] = torch.where(v(better), grad, st["grad_best"])
-        st["loss_best"] = torch.where(better, loss, st["loss_best"])
-        st["grad"] = grad
+        x_adv = st.x_adv
+        direction = st.grad.sign() if norm == "Linf" else steepest(st.grad, norm)
+        z = proj(x_adv + v(st.step) * direction, st.x)
+        z = proj(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - st.x_prev), st.x)
+        st.x_prev, st.x_adv = x_adv, z
+        loss, logits, st.grad = evaluate(z, st.y, st.target)
+        mis = logits.argmax(1) != st.y
+        # early_stop: a row keeps its first misclassified iterate; the full run: its last one
+        st.x_fool = torch.where(v(mis & ~st.fooled if early_stop else mis), z, st.x_fool)
+        st.fooled = st.fooled | mis
+        st.hist[:, i + 1] = loss
+        better = loss > st.loss_best
+        st.x_best = torch.where(v(better), z, st.x_best)
+        st.grad_best = torch.where(v(better), st.grad, st.grad_best)
+        st.loss_best = torch.where(better, loss, st.loss_best)
         k = checkpoints.get(i)
-        if k is not None:
-            hist = st["hist"]
-            increases = (hist[:, i + 2 - k:i + 2] > hist[:, i + 1 - k:i + 1]).sum(dim=1)
+        if k is not None:     # halve the step where the loss oscillates or stalled, and restart from the best
+            increases = (st.hist[:, i + 2 - k:i + 2] > st.hist[:, i + 1 - k:i + 1]).sum(dim=1)
             oscillating = increases <= k * rho
-            stalled = ~st["reduced_last"] & (st["loss_best_last"] >= st["loss_best"])
+            stalled = ~st.reduced_last & (st.loss_best_last >= st.loss_best)
             reduce = oscillating | stalled
-            st["reduced_last"], st["loss_best_last"] = reduce, st["loss_best"].clone()
-            st["step"] = torch.where(reduce, st["step"] / 2, st["step"])
-            st["x_adv"] = torch.where(v(reduce), st["x_best"], st["x_adv"])
-            st["grad"] = torch.where(v(reduce), st["grad_best"], st["grad"])
+            st.reduced_last, st.loss_best_last = reduce, st.loss_best.clone()
+            st.step = torch.where(reduce, st.step / 2, st.step)
+            st.x_adv = torch.where(v(reduce), st.x_best, st.x_adv)
+            st.grad = torch.where(v(reduce), st.grad_best, st.grad)
         if (i + 1) % every == 0:
             st = compact(st)
-    if st["rows"].numel():
-        finish(st, torch.ones_like(st["fooled"]))
+    if not early_stop:          # every row ran all the steps
+        return st.result(), st.fooled
+    if st.rows.numel():
+        finish(st, torch.ones_like(st.fooled))
     return out_x, out_fooled
 
 
 def apgd_targets_batched(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
-                         starts: torch.Tensor, loss_fn, *, group_size: int | None = None, early_stop: bool = True,
+                         starts: torch.Tensor, loss_fn: Callable[..., torch.Tensor], *,
+                         group_size: int | None = None, early_stop: bool = True,
                          **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD runs towards several targets per example in one batch
     (:func:`~virkit.attacks.base.targets_in_one_batch`): row (i, k) attacks example ``i`` towards
-    ``targets[i, k]`` with ``loss_fn(logits, y, target)`` from ``x[i] + eps * starts[k, i]``.
-    Returns ``(x_adv, fooled)`` per example."""
+    ``targets[i, k]`` with ``loss_fn(logits, y, target)`` from ``x[i] + eps * starts[k, i]``;
+    ``kw``: the other keywords of :func:`apgd_run`. Returns ``(x_adv, fooled)`` per example."""
     def run(ii, kk, group):
         return apgd_run(model, x[ii], y[ii], loss_fn, target=targets[ii, kk], start=starts[kk, ii],
-                        early_stop=early_stop, group=group if early_stop else None,
-                        rank=kk if early_stop else None, **kw)
+                        early_stop=early_stop, group=group, rank=kk, **kw)
 
     return targets_in_one_batch(x, targets.shape[1], run, group_size)
-
-
-#: the speed levers of the iterative attacks (constructor keywords, on by default; the values that
-#: reproduce the earlier code path are the ``quiet_defaults``' complements, see docs/EVALUATION.md)
-LEVER_DEFAULTS = {"early_stop": True, "batch_targets": True, "compact_every": None}
-
-
-def _clean(model, x, y, n_targets, clean_logits):
-    """(robust mask, targets) from ``clean_logits`` when the caller already has them (AutoAttack
-    computes the clean logits once for all components), else from one clean forward."""
-    if clean_logits is None:
-        return clean_targets(model, x, y, n_targets)
-    return (clean_logits.argmax(1) == y,
-            target_classes(clean_logits, y, n_targets) if n_targets is not None else None)
 
 
 @register("apgd")
@@ -377,7 +298,8 @@ class APGD(Attack):
             return F.cross_entropy(logits.float(), y, reduction="none")
         return dlr_loss(logits, y)
 
-    def perturb(self, model, x, y, clean_logits=None):
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                clean_logits: torch.Tensor | None = None) -> torch.Tensor:
         gen = self.generator(x.device)
 
         def run(idx, _restart):
@@ -385,7 +307,7 @@ class APGD(Attack):
                             bounds=self.bounds, generator=gen, norm=self.norm, eot_iter=self.eot_iter,
                             early_stop=self.early_stop, compact_every=self.compact_every)
 
-        robust, _ = _clean(model, x, y, None, clean_logits)
+        robust, _ = clean_targets(model, x, y, None, clean_logits)
         return attack_rounds(x, robust, range(self.n_restarts), run)
 
 
@@ -418,9 +340,10 @@ class APGDTargeted(Attack):
         self.batch_targets = batch_targets if isinstance(batch_targets, bool) else int(batch_targets)
         self.compact_every = None if compact_every is None else int(compact_every)
 
-    def perturb(self, model, x, y, clean_logits=None):
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                clean_logits: torch.Tensor | None = None) -> torch.Tensor:
         gen = self.generator(x.device)
-        robust, targets = _clean(model, x, y, self.n_target_classes, clean_logits)
+        robust, targets = clean_targets(model, x, y, self.n_target_classes, clean_logits)
         kw = dict(eps=self.eps, steps=self.steps, rho=self.rho, bounds=self.bounds, norm=self.norm,
                   eot_iter=self.eot_iter, compact_every=self.compact_every)
         if self.batch_targets is not False and self.n_restarts == 1:

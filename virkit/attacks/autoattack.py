@@ -102,9 +102,8 @@ class AutoAttack(Attack):
         self.channels_last = None if channels_last is None and fast else bool(channels_last)
         if version not in (*AA_VERSIONS, "custom"):
             raise ValueError(f"unknown AutoAttack version {version!r}; valid: {', '.join(AA_VERSIONS)}, custom")
-        if components is not None and version != "custom":
-            if component_list(components) != AA_VERSIONS[version]:
-                version = "custom"
+        if components is not None and version != "custom" and component_list(components) != AA_VERSIONS[version]:
+            version = "custom"
         if version == "custom" and components is None:
             raise ValueError("AutoAttack version 'custom' needs a list of components, e.g. apgd-ce,square")
         self.version = version

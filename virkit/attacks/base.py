@@ -1,6 +1,8 @@
 """The one call signature every attack in virkit shares, plus helpers they all use: attack only the
-points still classified correctly (:func:`correct_mask`, :func:`on_correct`, :func:`attack_rounds`)
-and the target classes of targeted attacks (:func:`target_classes`, :func:`clean_targets`).
+points still classified correctly (:func:`correct_mask`, :func:`on_correct`, :func:`attack_rounds`),
+the target classes of targeted attacks (:func:`target_classes`, :func:`clean_targets`), the logit
+margin (:func:`margin`) and the active-set compaction of the ``early_stop`` loops
+(:func:`compact_rows`, :func:`default_compact_every`, :func:`targets_in_one_batch`).
 
 An attack is an object with ``attack(model, x, y) -> x_adv``:
 
@@ -8,7 +10,7 @@ An attack is an object with ``attack(model, x, y) -> x_adv``:
 * ``x`` is a float batch in [0, 1] (shape B x C x H x W), ``y`` the int64 labels;
 * ``x_adv`` has the shape of ``x``, lies in the ball of radius ``eps`` around ``x`` in the attack's
   ``norm`` (``Linf``, or ``L2`` for the attacks that have an L2 version: :mod:`virkit.attacks.norms`)
-  and in the box ``bounds`` (checked again by :func:`virkit.evaluation.evaluate.check_adversarial`).
+  and in the box ``bounds`` (checked again by :func:`virkit.evaluate.check_adversarial`).
 
 Attacks put the model in eval mode while they run and restore its previous mode afterwards, and
 take gradients with respect to the input only (``torch.autograd.grad``), so parameter ``.grad``
@@ -16,19 +18,24 @@ fields are never touched.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from virkit.attacks.norms import NORMS, project
 from virkit.devices import eval_mode  # re-exported: attacks run models in eval mode
+from virkit.ops import true_and_best_other
 
 __all__ = ["Attack", "eval_mode", "project_linf", "ATTACKS", "register", "correct_mask", "clean_targets",
-           "attack_rounds", "on_correct", "target_classes", "targets_in_one_batch", "compact_rows"]
+           "attack_rounds", "on_correct", "target_classes", "targets_in_one_batch", "compact_rows",
+           "default_compact_every", "first_rank_table", "margin"]
 
 
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds=(0.0, 1.0)) -> torch.Tensor:
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float,
+                 bounds: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
     """Project onto the L-inf ball of radius eps around x, then onto the box ``bounds``."""
     x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
     if bounds is not None:
@@ -42,14 +49,16 @@ class Attack:
     Parameters common to all: ``eps`` (radius, default 8/255), ``bounds`` (the valid input box,
     default (0, 1)), ``seed`` (attacks that draw random numbers use a generator seeded with it, so
     the same seed gives the same adversarial examples on the same device), ``norm`` (``Linf``; the
-    attacks whose class lists ``L2`` in ``norms`` also run in the L2 ball). After a call,
+    attacks whose class lists ``L2`` in ``norms`` also run in the L2 ball and take ``norm`` as a
+    constructor keyword; the L-inf-only ones have no such keyword). After a call,
     ensembles leave per-component robust flags of the batch in ``details`` (see AutoAttack).
     """
 
     name: str = "attack"
     paper: str = ""
     norm: str = "Linf"
-    #: the threat models this attack implements
+    #: the threat models this attack implements; a class with more than ``("Linf",)`` takes a ``norm``
+    #: constructor keyword (:func:`virkit.attacks.get_attack` passes it on only to those)
     norms: tuple[str, ...] = ("Linf",)
     #: True for score-based black-box attacks, which read only the model's outputs (logits) and never
     #: its gradients (Square, SPSA); False for white-box attacks, which use input gradients (also
@@ -132,11 +141,21 @@ def target_classes(logits: torch.Tensor, y: torch.Tensor, n_targets: int) -> tor
 
 
 @torch.no_grad()
-def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int | None):
+def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int | None,
+                  clean_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(robust mask, targets) from one clean forward pass: the correctly classified points and,
-    if ``n_targets`` is given, their :func:`target_classes` (else None)."""
-    logits = model(x)
+    if ``n_targets`` is given, their :func:`target_classes` (else None). With ``clean_logits`` (the
+    caller already has them: AutoAttack computes the clean logits once for all components) from
+    those instead, without a forward pass."""
+    logits = model(x) if clean_logits is None else clean_logits
     return logits.argmax(1) == y, (target_classes(logits, y, n_targets) if n_targets is not None else None)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The logit margin ``z_y - max_{j != y} z_j`` per example (in float32): positive iff the
+    example is classified correctly (ties aside). Square and SPSA lower it."""
+    z_y, z_other = true_and_best_other(logits.float(), y)
+    return z_y - z_other
 
 
 def attack_rounds(x: torch.Tensor, robust: torch.Tensor, rounds, run) -> torch.Tensor:
@@ -157,26 +176,49 @@ def attack_rounds(x: torch.Tensor, robust: torch.Tensor, rounds, run) -> torch.T
     return x_adv
 
 
-def compact_rows(state: dict, done: torch.Tensor, best_rank: torch.Tensor | None, finish) -> dict:
-    """One compaction step of the ``early_stop`` loops (APGD, FAB): the rows of ``state`` (a dict of
-    tensors with one row per running attack) whose attack succeeded (``done``) leave; with
-    ``best_rank`` (several targets of an example in one batch: ``state["group"]``, ``state["rank"]``)
-    so do the rows whose example was already broken by a target of lower rank. ``finish(state,
-    mask)`` writes the leaving rows' results. Returns the state of the rows still running."""
+def default_compact_every(device: torch.device | str) -> int:
+    """How often (in steps) the iterative attacks look for finished rows to compact away: every
+    step on the CPU (the check is a host read that costs nothing there), every 8 steps elsewhere."""
+    return 1 if torch.device(device).type == "cpu" else 8
+
+
+def first_rank_table(group: torch.Tensor | None) -> torch.Tensor | None:
+    """For :func:`compact_rows` with several targets of an example in one batch (``group``: each row's
+    example, numbered from 0): per example the lowest rank of a row that succeeded so far, the
+    largest int64 until one does. None without ``group``."""
+    if group is None:
+        return None
+    n = int(group.max()) + 1 if group.numel() else 0
+    return torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=group.device)
+
+
+_State = TypeVar("_State")
+
+
+def compact_rows(state: _State, done: torch.Tensor, best_rank: torch.Tensor | None,
+                 finish: Callable[[_State, torch.Tensor], None]) -> _State:
+    """One compaction step of the ``early_stop`` loops (APGD, FAB): the rows of ``state`` (a
+    dataclass whose fields are tensors with one row per running attack, or None) whose attack
+    succeeded (``done``) leave; with ``best_rank`` (several targets of an example in one batch:
+    ``state.group``, ``state.rank``) so do the rows whose example was already broken by a target of
+    lower rank. ``finish(state, mask)`` writes the leaving rows' results. Returns the state of the
+    rows still running."""
     keep = ~done
     if best_rank is not None:
         if bool(done.any()):
-            best_rank.scatter_reduce_(0, state["group"][done], state["rank"][done], "amin")
-        keep &= state["rank"] < best_rank[state["group"]]
+            best_rank.scatter_reduce_(0, state.group[done], state.rank[done], "amin")
+        keep &= state.rank < best_rank[state.group]
     if bool(keep.all()):
         return state
     finish(state, ~keep)
     kidx = keep.nonzero().squeeze(1)
-    return {k: val[kidx] for k, val in state.items()}
+    return dataclasses.replace(state, **{f.name: getattr(state, f.name)[kidx] for f in dataclasses.fields(state)
+                                         if getattr(state, f.name) is not None})
 
 
-def targets_in_one_batch(x: torch.Tensor, n_targets: int, run, group_size: int | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def targets_in_one_batch(x: torch.Tensor, n_targets: int,
+                         run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                         group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Several target classes per example in one batch (APGD-T, FAB-T with ``batch_targets``).
     ``run(ii, kk, group) -> (x_rows, fooled_rows)`` attacks row ``r`` = example ``ii[r]`` towards its
     target number ``kk[r]``; ``group[r]`` numbers the examples of the call (0..m-1), so that a run

@@ -13,10 +13,21 @@ from the input.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from virkit.attacks.base import Attack, attack_rounds, compact_rows, register, targets_in_one_batch
+from virkit.attacks.base import (
+    Attack,
+    attack_rounds,
+    clean_targets,
+    compact_rows,
+    default_compact_every,
+    first_rank_table,
+    register,
+    targets_in_one_batch,
+)
 from virkit.attacks.norms import per_example_norm, random_on_sphere
 
 __all__ = ["FAB", "FABTargeted", "project_hyperplane_box_linf", "project_hyperplane_box_l2", "fab_run",
@@ -192,45 +203,47 @@ def _fab_step(model, x, y, target, x1, best, best_norm, *, alpha_max, eta, beta,
     return x1, best, best_norm
 
 
+@dataclass
+class _Rows:
+    """FAB's state, one row per run still going (:func:`compact_rows` drops the finished ones)."""
+    rows: torch.Tensor              # each row's index in the caller's batch
+    x: torch.Tensor                 # the clean input
+    y: torch.Tensor
+    target: torch.Tensor | None     # FAB-T's target class (None: untargeted)
+    group: torch.Tensor | None      # several targets in one batch: the example and the target's order
+    rank: torch.Tensor | None
+    x1: torch.Tensor                # the iterate
+    best: torch.Tensor              # the adversarial point of smallest distance found, and that distance
+    best_norm: torch.Tensor
+
+
 def _fab_compact(model, x, y, target, x1, *, eps, steps, alpha_max, eta, beta, lo, hi, norm, group, rank,
                  compact_every):
     """:func:`fab_run` with ``early_stop=True``: the same per-row iteration on the rows still running."""
-    from virkit.attacks.apgd import default_compact_every
-
     b, dev = x.shape[0], x.device
     every = max(int(compact_every or default_compact_every(dev)), 1)
     view = (-1,) + (1,) * (x.dim() - 1)
     out_best = x.clone()
     out_norm = torch.full((b,), float("inf"), device=dev)
-    best_rank = None
-    if group is not None:
-        best_rank = torch.full((int(group.max()) + 1 if b else 0,), torch.iinfo(torch.long).max,
-                               dtype=torch.long, device=dev)
-    st = {"x": x, "y": y, "x1": x1, "best": x.clone(), "best_norm": out_norm.clone(),
-          "rows": torch.arange(b, device=dev)}
-    if target is not None:
-        st["t"] = target
-    if group is not None:
-        st["group"], st["rank"] = group, rank
+    best_rank = first_rank_table(group)
+    st = _Rows(rows=torch.arange(b, device=dev), x=x, y=y, target=target, group=group,
+               rank=rank, x1=x1, best=x.clone(), best_norm=out_norm.clone())
 
-    def finish(s, done):
-        r = s["rows"][done]
-        out_best[r] = s["best"][done]
-        out_norm[r] = s["best_norm"][done]
-
-    def compact(s):
-        return compact_rows(s, s["best_norm"] <= eps, best_rank, finish)
+    def finish(s: _Rows, done: torch.Tensor) -> None:
+        r = s.rows[done]
+        out_best[r] = s.best[done]
+        out_norm[r] = s.best_norm[done]
 
     for i in range(steps):
-        if st["rows"].numel() == 0:
+        if st.rows.numel() == 0:
             break
-        st["x1"], st["best"], st["best_norm"] = _fab_step(
-            model, st["x"], st["y"], st.get("t"), st["x1"], st["best"], st["best_norm"], alpha_max=alpha_max,
+        st.x1, st.best, st.best_norm = _fab_step(
+            model, st.x, st.y, st.target, st.x1, st.best, st.best_norm, alpha_max=alpha_max,
             eta=eta, beta=beta, lo=lo, hi=hi, norm=norm, view=view)
         if (i + 1) % every == 0:
-            st = compact(st)
-    if st["rows"].numel():
-        finish(st, torch.ones(st["rows"].numel(), dtype=torch.bool, device=dev))
+            st = compact_rows(st, st.best_norm <= eps, best_rank, finish)
+    if st.rows.numel():
+        finish(st, torch.ones(st.rows.numel(), dtype=torch.bool, device=dev))
     return out_best, out_norm
 
 
@@ -277,11 +290,10 @@ class FABTargeted(Attack):
         return dict(eps=self.eps, steps=self.steps, alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
                     bounds=self.bounds, norm=self.norm, early_stop=self.early_stop, compact_every=self.compact_every)
 
-    def perturb(self, model, x, y, clean_logits=None):
-        from virkit.attacks.apgd import _clean
-
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                clean_logits: torch.Tensor | None = None) -> torch.Tensor:
         gen = self.generator(x.device)
-        robust, targets = _clean(model, x, y, self.n_target_classes, clean_logits)
+        robust, targets = clean_targets(model, x, y, self.n_target_classes, clean_logits)
         if self.batch_targets is not False and self.n_restarts == 1:
             idx = robust.nonzero().squeeze(1)
             x_adv = x.clone()
@@ -326,13 +338,12 @@ class FAB(FABTargeted):
                          early_stop=early_stop, batch_targets=False, compact_every=compact_every)
         del self.n_target_classes, self.batch_targets
 
-    def perturb(self, model, x, y, clean_logits=None):
-        from virkit.attacks.apgd import _clean
-
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                clean_logits: torch.Tensor | None = None) -> torch.Tensor:
         gen = self.generator(x.device)
 
         def run(idx, r):
             xb, dist = fab_run(model, x[idx], y[idx], None, random_start=r > 0, generator=gen, **self._kw())
             return xb, dist <= self.eps
 
-        return attack_rounds(x, _clean(model, x, y, None, clean_logits)[0], range(self.n_restarts), run)
+        return attack_rounds(x, clean_targets(model, x, y, None, clean_logits)[0], range(self.n_restarts), run)

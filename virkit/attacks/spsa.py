@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from virkit.attacks.apgd import margin
-from virkit.attacks.base import Attack, on_correct, register
+from virkit.attacks.base import Attack, margin, on_correct, register
 
 __all__ = ["SPSA"]
 

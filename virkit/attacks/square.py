@@ -26,8 +26,7 @@ import math
 
 import torch
 
-from virkit.attacks.apgd import margin
-from virkit.attacks.base import Attack, attack_rounds, correct_mask, register
+from virkit.attacks.base import Attack, attack_rounds, correct_mask, margin, register
 from virkit.attacks.norms import per_example_norm
 
 __all__ = ["Square", "square_p_schedule"]
