@@ -1,7 +1,7 @@
 """The notebooks' side of virkit: presets, the context each notebook sets up, and the batch runner
 (``virkit notebooks run|list``).
 
-The notebooks in ``notebooks/`` are thin: a ``parameters`` cell (papermill), ``ctx = setup(name)``,
+The notebooks in ``notebooks/`` are thin: a ``parameters`` cell (papermill), ``ctx = setup(name, **its parameters)``,
 then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :mod:`virkit.paper.theory` and
 :mod:`virkit.notebooks.explorer`. This package is
 
