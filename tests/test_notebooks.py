@@ -62,7 +62,7 @@ def test_parameters_parse_in_virkit_and_papermill(name, capsys):
 
 
 def test_every_preset_value_is_a_valid_parameter():
-    for preset, spec in N.PRESETS.items():
+    for preset, spec in N.NOTEBOOK_PRESETS.items():
         for nb, values in spec["notebooks"].items():
             N.validate_parameters(NB_DIR / f"{nb}.ipynb", values)
         N.train_config(preset, "vir-at")  # the shared budget is a valid TrainConfig
@@ -74,7 +74,7 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
     from virkit.training.config import PRESETS as TRAINER_PRESETS
     from virkit.training.config import resolve_config
 
-    for preset, spec in N.PRESETS.items():
+    for preset, spec in N.NOTEBOOK_PRESETS.items():
         assert preset in TRAINER_PRESETS
         assert set(spec) <= {"description", "robust_attack", "seeds", "notebooks", "eval_attacks", "runs"}, preset
         for m in ("natural", "at", "vir-at", "vir-trades-sd"):
@@ -93,7 +93,7 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
     for tier in N.DEMO_TIERS[1:]:
         t = resolve_config(tier)
         assert {**t.to_dict(), "train_subset": 0, "preset": ""} == {**demo.to_dict(), "train_subset": 0, "preset": ""}
-        assert N.PRESETS[tier]["runs"] == N.PRESETS["demo"]["runs"]
+        assert N.NOTEBOOK_PRESETS[tier]["runs"] == N.NOTEBOOK_PRESETS["demo"]["runs"]
     smoke = resolve_config("smoke")
     assert (smoke.model, smoke.train_subset, smoke.epochs, smoke.attack_steps) == ("small-cnn", 128, 2, 1)
 
@@ -130,7 +130,7 @@ def test_shared_run_progress_is_reported_per_epoch(tmp_path, stand_in_root, monk
     """The shared-run phase says each finished epoch of each run, with an estimate of the time left."""
     from virkit.notebooks import prepare
     monkeypatch.setenv("VIRKIT_DATA", str(stand_in_root))
-    monkeypatch.setitem(N.PRESETS["smoke"], "runs", ["at", "vir-at"])   # a from-scratch run and a branch
+    monkeypatch.setitem(N.NOTEBOOK_PRESETS["smoke"], "runs", ["at", "vir-at"])   # a from-scratch run and a branch
     lines: list[str] = []
     plan = prepare.prepare_runs("smoke", tmp_path / "runs", jobs=1, threads=1, say=lines.append, expected_s=30.0)
     assert all(r.status == "done" for r in plan)
@@ -431,7 +431,7 @@ def test_preset_eval_attacks_are_added_to_a_finished_run(smoke_batch, tmp_path, 
     before = N.load_eval(run)
     assert set(before["attacks"]) == {"natural", "fgsm"}
     mtime = (run / "last.pt").stat().st_mtime_ns
-    monkeypatch.setitem(N.PRESETS["smoke"], "eval_attacks", ["natural", "fgsm", "pgd10"])
+    monkeypatch.setitem(N.NOTEBOOK_PRESETS["smoke"], "eval_attacks", ["natural", "fgsm", "pgd10"])
     assert N.shared_run("at", "smoke", tmp_path / "runs") == run
     after = N.load_eval(run)
     assert set(after["attacks"]) == {"natural", "fgsm", "pgd10"}

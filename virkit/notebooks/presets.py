@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from virkit.errors import check_choice
 
-__all__ = ["PRESETS", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run",
+__all__ = ["NOTEBOOK_PRESETS", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run",
            "run_paths", "run_dir_for", "default_runs_root", "load_history", "load_eval"]
 
 #: parameters every notebook has (the runner sets them)
@@ -37,7 +37,7 @@ _NO_SWEEPS = {"beta_grid_at": [], "beta_grid_trades": [], "alpha_grid_at": [], "
 #: ``runs``: the runs the notebooks ask for (method names or ``{"method": ..., **overrides}``), which
 #: ``virkit notebooks run`` trains first, several at a time (:mod:`virkit.notebooks.prepare`).
 #: Each name is also a trainer preset: that is the budget of every run.
-PRESETS: dict[str, dict[str, Any]] = {
+NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "description": "smoke test for the test suite: 4 tiny runs, seconds per notebook, models barely trained",
         "robust_attack": "fgsm",
@@ -95,19 +95,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # The demo's tiers: the same runs and notebook values, fewer training images a run (the trainer presets of
 # the same names). `make demo` runs the largest that this machine is expected to finish in 10 minutes.
-PRESETS["demo-mid"] = {**PRESETS["demo"], "description": (
+NOTEBOOK_PRESETS["demo-mid"] = {**NOTEBOOK_PRESETS["demo"], "description": (
     "as demo with 5,000 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 CPU cores that train the "
     "small CNN at about 400 images/s a core (fp32 on an Intel Xeon with AVX-512, for example)")}
-PRESETS["demo-lite"] = {**PRESETS["demo"], "description": (
+NOTEBOOK_PRESETS["demo-lite"] = {**NOTEBOOK_PRESETS["demo"], "description": (
     "as demo with 2,500 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 CPU cores training about "
     "300 images/s a core (weaker models: AT about 42% natural, 24% PGD-10)")}
-PRESETS["demo-min"] = {**PRESETS["demo"], "description": (
+NOTEBOOK_PRESETS["demo-min"] = {**NOTEBOOK_PRESETS["demo"], "description": (
     "as demo with 1,500 CIFAR-10 images a run, for the slowest CPUs (oneDNN's AVX2 kernels, for example): the "
     "weakest models")}
 
 def preset_settings(preset: str) -> dict:
-    check_choice("notebook preset", preset, PRESETS)
-    return copy.deepcopy(PRESETS[preset])
+    check_choice("notebook preset", preset, NOTEBOOK_PRESETS)
+    return copy.deepcopy(NOTEBOOK_PRESETS[preset])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def train_config(preset: str, method: str, seed: int = 0, **overrides):
     (``None`` values ignored), with ``method`` and ``seed``."""
     from virkit.training import resolve_config
 
-    check_choice("notebook preset", preset, PRESETS)
+    check_choice("notebook preset", preset, NOTEBOOK_PRESETS)
     values = {k: v for k, v in overrides.items() if v is not None}
     values.update(method=method, seed=int(seed))
     return resolve_config(preset, **values)
@@ -167,7 +167,7 @@ def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = N
             train(cfg, run.path, resume=resumable, overwrite=run.has_run_files() and not resumable, reuse=True,
                   log=log, branch_from=parent)
             print(f"trained {run.path.name} in {time.time() - t:.0f} s")
-        _add_attacks(run, cfg, PRESETS[preset].get("eval_attacks") or [], log)
+        _add_attacks(run, cfg, NOTEBOOK_PRESETS[preset].get("eval_attacks") or [], log)
     return run.path
 
 
