@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -141,54 +139,22 @@ def default_runs_root(preset: str, out_root: str | os.PathLike = "runs/notebooks
 
 
 def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = None, seed: int = 0,
-               verbose: bool = False, **overrides) -> Path:
+               **overrides) -> Path:
     """Train (or reuse) the run ``method``/``seed`` of a notebook preset; returns its run directory.
 
     The directory name carries the config hash, so notebooks asking for the same configuration
-    share one run (trainer ``reuse=True``) and a changed configuration never clobbers another.
-    The run's writer lock (waited for) makes concurrent notebooks (``--jobs N``) wait for each
-    other instead of training the same run twice. Attacks of the preset's ``eval_attacks`` that
-    the run's eval.json lacks are evaluated and added to it.
+    share one run and a changed configuration never clobbers another. The run's writer lock
+    (waited for) makes concurrent notebooks (``--jobs N``) wait for each other instead of training
+    the same run twice; a run of the same burn-in (e.g. vir-at-w1 for vir-at) saves the first
+    epochs. Attacks of the preset's ``eval_attacks`` that the run lacks are evaluated and added
+    (:func:`virkit.training.ensure_run`).
     """
-    from virkit.runs import RunDir
-    from virkit.training import find_burnin_parent
-    from virkit.training import train
+    from virkit.training import ensure_run
 
     cfg = train_config(preset, method, seed, **overrides)
     root = Path(runs_root) if runs_root else default_runs_root(preset)
-    run = RunDir(run_dir_for(cfg, root))
-    log = print if verbose else None
-    with run.lock("notebook", wait=True):   # a concurrent notebook training the same run: wait for it
-        if not run.is_finished():
-            t = time.time()
-            resumable = run.has_run_files() and run.checkpoint("last").is_file()
-            # a run of the same burn-in (e.g. vir-at-w1 for vir-at) saves the first epochs
-            parent = None if resumable else find_burnin_parent(cfg, root, exclude=run.path)
-            train(cfg, run.path, resume=resumable, overwrite=run.has_run_files() and not resumable, reuse=True,
-                  log=log, branch_from=parent)
-            print(f"trained {run.path.name} in {time.time() - t:.0f} s")
-        _add_attacks(run, cfg, NOTEBOOK_PRESETS[preset].get("eval_attacks") or [], log)
-    return run.path
-
-
-def _add_attacks(run, cfg, attacks: list[str], log) -> None:
-    """Evaluate ``run`` under the ``attacks`` its eval.json lacks (the caller holds the run's lock)."""
-    if not attacks:
-        return
-    from virkit.errors import VirkitError
-    from virkit.evaluation import evaluate_run
-
-    try:
-        have = set(run.read_eval().get("attacks") or {})
-    except VirkitError:
-        have = set()
-    if all(a in have for a in attacks):
-        return
-    t = time.time()
-    evaluate_run(run.path, list(dict.fromkeys([*cfg.eval_attacks, *attacks])), which=cfg.eval_checkpoint,
-                 batch_size=cfg.eval_batch_size, device=cfg.device, log=log)
-    print(f"evaluated {run.path.name} under {', '.join(a for a in attacks if a not in have)} in "
-          f"{time.time() - t:.0f} s")
+    return ensure_run(cfg, run_dir_for(cfg, root), attacks=NOTEBOOK_PRESETS[preset].get("eval_attacks") or [],
+                      command="notebook", wait=True)
 
 
 def run_paths(methods: Iterable[str], preset: str, runs_root=None, seeds: Iterable[int] = (0,), **overrides
