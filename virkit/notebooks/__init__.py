@@ -15,6 +15,8 @@ then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :
   inspection plus virkit's checks: an unknown name or a wrong type is a one-line error);
 * :mod:`.runner` -- the private kernelspec, papermill execution, the batch run and the figure
   index (``index.md``, ``index.html``);
+* :mod:`.headline` -- what a batch run ends with (:func:`~virkit.notebooks.headline.batch_headline`,
+  the demo's headline numbers);
 * :mod:`.cli` -- ``virkit notebooks run|list`` and ``python -m virkit.notebooks``.
 
 The analyses the notebooks call live in :mod:`virkit.notebooks.analysis`; their names are re-exported here

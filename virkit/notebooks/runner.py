@@ -226,7 +226,8 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
             results = list(ex.map(one, plans))
     total = time.time() - t_start
     idx_md, idx_html = write_index(fig_dir, preset, out_dir)
-    heads = headline(runs_root, NOTEBOOK_PRESETS[preset].get("robust_attack", "pgd10"))
+    from virkit.notebooks.headline import batch_headline
+    heads = batch_headline(runs_root, preset)
     if tier_why:
         heads = [f"tier: {preset} ({tier_why})", *heads]
     summary = {"preset": preset, "seconds": total, "results": [r.__dict__ for r in results],
@@ -321,45 +322,6 @@ def _previous_seconds(path: Path) -> dict[str, float]:
         return {r["name"]: float(r["seconds"]) for r in doc.get("results", []) if r.get("status") == "ok"}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-
-
-def headline(runs_root: str | os.PathLike, attack: str = "pgd10") -> list[str]:
-    """The demo's headline numbers from its shared runs: the AT model's natural and ``attack``
-    accuracy, the gap between its best and worst class under ``attack``, and how many epochs of
-    VIR-AT reweighting Figure 3 sums over. Empty when the runs are not there."""
-    from virkit.runs import RunDir
-
-    runs: dict[str, RunDir] = {}
-    root = Path(runs_root)
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        cfg = RunDir(d).read_config()
-        if cfg and cfg.get("method") in ("at", "vir-at") and RunDir(d).is_finished():
-            runs.setdefault(cfg["method"], RunDir(d))
-    out = []
-    if "at" in runs and runs["at"].eval_file.is_file():
-        ev = runs["at"].read_eval()
-        att = ev.get("attacks", {})
-        if "natural" in att and attack in att:
-            fair = (ev.get("fairness") or {}).get(attack) or {}
-            per = att[attack].get("per_class_accuracy") or []
-            best = max((v for v in per if v is not None), default=None)
-            out.append(f"headline: AT on {ev.get('n_examples')} test images: natural {100 * att['natural']['accuracy']:.1f}%, "
-                       f"{attack} {100 * att[attack]['accuracy']:.1f}%")
-            if best is not None and fair.get("worst_class") is not None:
-                best_cls = ev["classes"][per.index(best)]
-                out.append(f"headline: classes under {attack}: best {best_cls} {100 * best:.1f}%, worst "
-                           f"{fair['worst_class']} {100 * fair['worst_class_accuracy']:.1f}% "
-                           f"(gap {100 * fair['best_minus_worst']:.1f} points)")
-    if "vir-at" in runs and runs["vir-at"].history_file.is_file():
-        from virkit.notebooks.analysis import class_weight_totals, figure3_verdict
-
-        hist = runs["vir-at"].read_history()
-        tot, n = class_weight_totals(hist)
-        if n:
-            cfg = runs["vir-at"].read_config() or {}
-            classes = (cfg.get("data") or {}).get("classes") or [str(c) for c in range(len(tot))]
-            out.append(f"headline: Figure 3: " + figure3_verdict({"vir-at": hist}, classes)[0])
-    return out
 
 
 def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathLike | None = None
