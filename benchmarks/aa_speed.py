@@ -24,7 +24,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from virkit.attacks.autoattack import AutoAttack  # noqa: E402
 from virkit.data import load_dataset, subset  # noqa: E402
-from virkit.devices import cpu_name  # noqa: E402
+from virkit.environment import environment_record  # noqa: E402
 
 #: the levers of virkit's AutoAttack (constructor keywords) and their "off" values
 LEVERS = {"early_stop": False, "batch_targets": False, "reuse_logits": False, "inference_mode": False,
@@ -54,17 +53,14 @@ def load_average():
 
 
 def environment() -> dict:
-    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    """The one environment record (:func:`virkit.environment.environment_record`) plus what this
+    benchmark adds: whether oneDNN is there, torchattacks' version, and the cores and threads under
+    the names earlier result files use (``cpu_count``, ``torch_threads``)."""
+    env = {**environment_record(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "mkldnn": torch.backends.mkldnn.is_available()}
     try:
         import torchattacks
         env["torchattacks"] = torchattacks.__version__
-    except Exception:
-        pass
-    try:
-        from virkit import __version__
-        env["virkit"] = __version__
     except Exception:
         pass
     return env

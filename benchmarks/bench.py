@@ -37,7 +37,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -45,7 +44,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,7 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from virkit.data import DeviceLoader, Split, load_dataset, subset  # noqa: E402
-from virkit.devices import cpu_name  # noqa: E402
+from virkit.environment import environment_record  # noqa: E402
 from virkit.errors import VirkitError  # noqa: E402
 from virkit.models import build_model  # noqa: E402
 from virkit.training.config import resolve_config  # noqa: E402
@@ -81,22 +79,15 @@ def load_average() -> list[float] | None:
 
 
 def environment(device: torch.device) -> dict:
-    import torchvision
-    env = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "numpy": np.__version__, "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "device": str(device)}
+    """The one environment record (:func:`virkit.environment.environment_record`: versions, machine,
+    device) plus what this benchmark adds: cuDNN's version on a GPU, torchattacks' version, and the
+    cores and threads under the names earlier result files use (``cpu_count``, ``torch_threads``)."""
+    env = {**environment_record(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
     try:
         import torchattacks
         env["torchattacks"] = torchattacks.__version__
-    except Exception:
-        pass
-    try:
-        from virkit import __version__
-        env["virkit"] = __version__
     except Exception:
         pass
     return env

@@ -176,6 +176,9 @@ def _nvidia_smi() -> dict:
 
 
 def environment(dev: torch.device) -> dict:
+    """bench.py's record (virkit's one environment record, :func:`virkit.environment.environment_record`,
+    plus cuDNN and torchattacks) and what the campaign adds: interpreter, host, Triton, the GPU's
+    memory, SMs, capability and driver, and where torchattacks comes from."""
     env = bench.environment(dev)
     env["python_executable"] = sys.executable
     env["hostname"] = os.uname().nodename

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not (STANDIN / "cifar10-jpeg.tar.gz").is_file(),
 def test_every_method_trains_an_epoch(tmp_path, method):
     cfg = resolve_config("tiny", method=method, epochs=2, reweight_start=2, train_subset=256, holdout=64,
                          eval_attacks=(), data_root=str(STANDIN), batch_size=128)
-    run = train(cfg, tmp_path / method, log=False)
+    run = train(cfg, tmp_path / method, quiet=True)
     hist = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 2
     for rec in hist:

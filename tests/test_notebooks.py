@@ -6,7 +6,8 @@
 * a failing notebook does not stop the others and makes the run exit 1; ``--jobs 2`` works;
 * every notebook executes through papermill with the ``smoke`` preset (fails on any error), writes
   its figures (PNG + PDF) and the index, and a second run reuses the trained runs;
-* ``setup(name)`` reads the notebook's parameters from the caller's namespace and validates them;
+* ``setup(name, preset=preset, ...)`` takes every parameter of the notebook explicitly and validates them;
+  each notebook's setup call passes exactly the names of its parameters cell;
 * a notebook preset is the trainer preset of the same name (no training overrides).
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ def test_parameters_parse_in_virkit_and_papermill(name, capsys):
 
 
 def test_every_preset_value_is_a_valid_parameter():
-    for preset, spec in N.PRESETS.items():
+    for preset, spec in N.NOTEBOOK_PRESETS.items():
         for nb, values in spec["notebooks"].items():
             N.validate_parameters(NB_DIR / f"{nb}.ipynb", values)
         N.train_config(preset, "vir-at")  # the shared budget is a valid TrainConfig
@@ -73,7 +74,7 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
     from virkit.training.config import PRESETS as TRAINER_PRESETS
     from virkit.training.config import resolve_config
 
-    for preset, spec in N.PRESETS.items():
+    for preset, spec in N.NOTEBOOK_PRESETS.items():
         assert preset in TRAINER_PRESETS
         assert set(spec) <= {"description", "robust_attack", "seeds", "notebooks", "eval_attacks", "runs"}, preset
         for m in ("natural", "at", "vir-at", "vir-trades-sd"):
@@ -92,7 +93,7 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
     for tier in N.DEMO_TIERS[1:]:
         t = resolve_config(tier)
         assert {**t.to_dict(), "train_subset": 0, "preset": ""} == {**demo.to_dict(), "train_subset": 0, "preset": ""}
-        assert N.PRESETS[tier]["runs"] == N.PRESETS["demo"]["runs"]
+        assert N.NOTEBOOK_PRESETS[tier]["runs"] == N.NOTEBOOK_PRESETS["demo"]["runs"]
     smoke = resolve_config("smoke")
     assert (smoke.model, smoke.train_subset, smoke.epochs, smoke.attack_steps) == ("small-cnn", 128, 2, 1)
 
@@ -129,7 +130,7 @@ def test_shared_run_progress_is_reported_per_epoch(tmp_path, stand_in_root, monk
     """The shared-run phase says each finished epoch of each run, with an estimate of the time left."""
     from virkit.notebooks import prepare
     monkeypatch.setenv("VIRKIT_DATA", str(stand_in_root))
-    monkeypatch.setitem(N.PRESETS["smoke"], "runs", ["at", "vir-at"])   # a from-scratch run and a branch
+    monkeypatch.setitem(N.NOTEBOOK_PRESETS["smoke"], "runs", ["at", "vir-at"])   # a from-scratch run and a branch
     lines: list[str] = []
     plan = prepare.prepare_runs("smoke", tmp_path / "runs", jobs=1, threads=1, say=lines.append, expected_s=30.0)
     assert all(r.status == "done" for r in plan)
@@ -155,28 +156,42 @@ def test_ablation_grid_parameters_are_the_papers_grids():
     assert grid_names == expected
 
 
-def test_setup_reads_the_parameters_from_the_callers_namespace(tmp_path, capsys):
+def test_setup_takes_the_parameters_explicitly(tmp_path, capsys):
     values = {"preset": "smoke", "fig_dir": str(tmp_path / "f"), "runs_root": str(tmp_path / "r"),
               "dataset": "cifar10", "model": "", "method": "at", "seed": 3}
-    ctx = N.setup("03_train_and_evaluate", dict(values))
+    ctx = N.setup("03_train_and_evaluate", **values)
     assert ctx.params == values and ctx.preset == "smoke" and ctx.robust_attack == "fgsm"
     assert ctx.runs_root == tmp_path / "r" and ctx.fig_dir == tmp_path / "f"
     assert ctx.parameters == {"preset": "smoke", "dataset": "cifar10", "model": "", "method": "at", "seed": 3}
     assert "preset='smoke'" in capsys.readouterr().out
-
-    # the caller's globals by default (a notebook's variables)
-    ns = {**values, "N": N}
-    exec("ctx = N.setup('03_train_and_evaluate')", ns)
-    assert ns["ctx"].params["seed"] == 3
+    # the cell's order, whatever the call's (the figure index records ctx.parameters)
+    assert list(N.setup("03_train_and_evaluate", **dict(reversed(values.items()))).params) == list(values)
 
     with pytest.raises(VirkitError, match="parameter 'seed' must be int"):
-        N.setup("03_train_and_evaluate", {**values, "seed": "zero"})
-    with pytest.raises(VirkitError, match="parameter\\(s\\) method, seed not defined"):
-        N.setup("03_train_and_evaluate", {k: v for k, v in values.items() if k not in ("method", "seed")})
+        N.setup("03_train_and_evaluate", **{**values, "seed": "zero"})
+    with pytest.raises(VirkitError, match="parameter\\(s\\) method, seed not passed to setup"):
+        N.setup("03_train_and_evaluate", **{k: v for k, v in values.items() if k not in ("method", "seed")})
+    with pytest.raises(VirkitError, match="unknown parameter 'metod'.*did you mean 'method'"):
+        N.setup("03_train_and_evaluate", **values, metod="at")
     with pytest.raises(VirkitError, match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, paper, demo-mid, demo-lite, demo-min"):
-        N.setup("03_train_and_evaluate", {**values, "preset": "quick"})
+        N.setup("03_train_and_evaluate", **{**values, "preset": "quick"})
     with pytest.raises(VirkitError, match="cannot find notebook 99_nothing.ipynb"):
-        N.setup("99_nothing", values)
+        N.setup("99_nothing", **values)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_each_notebook_passes_its_parameters_to_setup(name):
+    """The setup call right after the parameters cell names every parameter of that cell, as itself."""
+    import ast
+
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    calls = [node for c in nb.cells if c.cell_type == "code" for node in ast.walk(ast.parse(c.source))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup"]
+    assert len(calls) == 1, name
+    call = calls[0]
+    assert [a.value for a in call.args] == [name]
+    assert all(isinstance(k.value, ast.Name) and k.value.id == k.arg for k in call.keywords), name
+    assert [k.arg for k in call.keywords] == list(N.notebook_parameters(NB_DIR / f"{name}.ipynb")), name
 
 
 def test_a_parameters_line_papermill_cannot_read_is_an_error(tmp_path):
@@ -416,7 +431,7 @@ def test_preset_eval_attacks_are_added_to_a_finished_run(smoke_batch, tmp_path, 
     before = N.load_eval(run)
     assert set(before["attacks"]) == {"natural", "fgsm"}
     mtime = (run / "last.pt").stat().st_mtime_ns
-    monkeypatch.setitem(N.PRESETS["smoke"], "eval_attacks", ["natural", "fgsm", "pgd10"])
+    monkeypatch.setitem(N.NOTEBOOK_PRESETS["smoke"], "eval_attacks", ["natural", "fgsm", "pgd10"])
     assert N.shared_run("at", "smoke", tmp_path / "runs") == run
     after = N.load_eval(run)
     assert set(after["attacks"]) == {"natural", "fgsm", "pgd10"}

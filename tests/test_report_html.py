@@ -24,7 +24,7 @@ def evaluations(tmp_path_factory, stand_in_root):
 
     root = tmp_path_factory.mktemp("report_html")
     cfg = resolve_config("smoke", method="at", device="cpu", data_root=str(stand_in_root))
-    run = train(cfg, root / "at", log=False)
+    run = train(cfg, root / "at", quiet=True)
     out = root / "outside" / "eval.json"
     code = cli.main(["evaluate", "--model", "virkit.models.examples:tiny_cnn", "--dataset", "cifar10", "--data-root",
                      str(stand_in_root), "--n-examples", "32", "--attacks", "natural,fgsm,pgd10", "--device", "cpu",

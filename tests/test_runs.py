@@ -192,10 +192,10 @@ def test_branched_run_equals_an_independent_run(tmp_path, tiny_cfg):
 
     torch.set_num_threads(1)
     common = dict(epochs=3, reweight_start=3, lr_milestones=(2,), train_subset=256, holdout=64, seed=5)
-    parent = train(tiny_cfg("vir-at-w1", **common), tmp_path / "w1", log=False)
+    parent = train(tiny_cfg("vir-at-w1", **common), tmp_path / "w1", quiet=True)
     assert read_checkpoint(parent / "burnin.pt", "burnin")["epoch"] == 2
-    child = train(tiny_cfg("vir-at", **common), tmp_path / "child", log=False, branch_from=parent)
-    alone = train(tiny_cfg("vir-at", **common), tmp_path / "alone", log=False)
+    child = train(tiny_cfg("vir-at", **common), tmp_path / "child", quiet=True, branch_from=parent)
+    alone = train(tiny_cfg("vir-at", **common), tmp_path / "alone", quiet=True)
     a, b = read_checkpoint(child / "last.pt")["model"], read_checkpoint(alone / "last.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     hist = lambda r: [json.loads(x) for x in (r / "history.jsonl").read_text().splitlines()]
@@ -206,7 +206,7 @@ def test_branched_run_equals_an_independent_run(tmp_path, tiny_cfg):
     assert rec["burnin_key"] == burnin_key(tiny_cfg("mail-at", **common)) != burnin_key(tiny_cfg("gairat", **common))
     # a run whose burn-in differs (TRADES pipeline) is refused with one line, before anything is written
     with pytest.raises(VirkitError, match="burn-in differs"):
-        train(tiny_cfg("vir-trades", **common), tmp_path / "bad", log=False, branch_from=parent)
+        train(tiny_cfg("vir-trades", **common), tmp_path / "bad", quiet=True, branch_from=parent)
     assert not (tmp_path / "bad").exists()
 
 
@@ -234,7 +234,7 @@ def test_branched_run_holds_the_best_checkpoint_of_an_independent_run(tmp_path, 
 
     def run(method, out, **kw):
         calls[:] = [1, 1] if "branch_from" in kw else []   # a branched run's first epoch is epoch 3
-        return train(tiny_cfg(method, **common), tmp_path / out, log=False, **kw)
+        return train(tiny_cfg(method, **common), tmp_path / out, quiet=True, **kw)
     parent = run("vir-at-w1", "w1")
     alone = run("vir-at", "alone")
     child = run("vir-at", "child", branch_from=parent)
@@ -287,7 +287,7 @@ def test_final_evaluation_reports_last_and_best(tmp_path, tiny_cfg, monkeypatch)
     accs = iter([(0.5, 0.40), (0.5, 0.30), (0.5, 0.20)])   # validation PGD accuracy falls: best is epoch 1
     monkeypatch.setattr(tr, "holdout_accuracy", lambda *a, **k: next(accs))
     run = tr.train(tiny_cfg("at", epochs=3, lr_milestones=(2,), reweight_start=3, train_subset=128,
-                            eval_attacks=("natural", "fgsm")), tmp_path / "run", log=False)
+                            eval_attacks=("natural", "fgsm")), tmp_path / "run", quiet=True)
     rec = json.loads((run / "eval.json").read_text())["checkpoints"]
     assert rec["last"]["epoch"] == 3 and rec["best"]["epoch"] == 1 and rec["best"]["file"] == "eval-best.json"
     best = json.loads((run / "eval-best.json").read_text())

@@ -59,7 +59,7 @@ def test_bf16_method_step_finite_fp32_loss(method):
 def test_bf16_training_epoch_is_finite(tiny_cfg, tmp_path):
     from virkit.training.trainer import train
     cfg = tiny_cfg("vir-at", precision="bf16", reweight_start=1, **FAST)
-    out = train(cfg, tmp_path / "run", log=False)
+    out = train(cfg, tmp_path / "run", quiet=True)
     (rec,) = _history(out)
     assert math.isfinite(rec["train_loss"]) and rec["train_loss"] > 0
     assert 0.0 <= rec["holdout_nat_acc"] <= 1.0 and 0.0 <= rec["holdout_pgd_acc"] <= 1.0
@@ -95,7 +95,7 @@ def test_evaluation_stays_fp32_after_bf16_training(tiny_cfg, tmp_path, monkeypat
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     try:
         cfg = tiny_cfg("at", precision="bf16", test_subset=32, eval_attacks=("natural", "fgsm"), **FAST)
-        out = tr.train(cfg, tmp_path / "run", log=False)
+        out = tr.train(cfg, tmp_path / "run", quiet=True)
     finally:
         handle.remove()
     assert state["train_bf16"] > 0, "training did not run under bf16 autocast"
@@ -271,7 +271,7 @@ def test_fp64_reference_check_rejects_a_small_change():
 def test_channels_last_flag_trains(tiny_cfg, tmp_path):
     from virkit.training.trainer import train
     cfg = tiny_cfg("at", channels_last=True, **FAST)
-    out = train(cfg, tmp_path / "run", log=False)
+    out = train(cfg, tmp_path / "run", quiet=True)
     (rec,) = _history(out)
     assert math.isfinite(rec["train_loss"])
 
@@ -442,13 +442,13 @@ def test_trainer_records_the_calibration(calib_cache, tiny_cfg, tmp_path):
     assert resolve_config("quick").precision == "auto" and resolve_config("tiny").precision == "fp32"
     cfg = dataclasses.replace(tiny_cfg("at", precision="auto", epochs=1, train_subset=128, holdout=0,
                                        reweight_start=1), channels_last=None)
-    run = tr.train(cfg, tmp_path / "run", log=False)
+    run = tr.train(cfg, tmp_path / "run", quiet=True)
     rec = json.loads((run / "config.json").read_text())
     assert rec["precision"] == "auto" and rec["channels_last"] is None
     sp = rec["speed"]
     assert (sp["precision"], sp["channels_last"], sp["chosen_by"]) == ("fp32", True, "calibration")
     assert sp["calibration"]["rates"] == INTEL_NO_AMX and sp["calibration"]["key"]["step"]["model"] == "small-cnn"
-    run2 = tr.train(tiny_cfg("at", epochs=1, train_subset=128, holdout=0), tmp_path / "run2", log=False)
+    run2 = tr.train(tiny_cfg("at", epochs=1, train_subset=128, holdout=0), tmp_path / "run2", quiet=True)
     assert json.loads((run2 / "config.json").read_text())["speed"]["chosen_by"] == "config"
 
 

@@ -32,6 +32,7 @@ TorchScript file; :mod:`virkit.evaluation.sources`). What the files hold is :mod
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -422,20 +423,9 @@ def _float_batch(x: torch.Tensor, images: bool) -> torch.Tensor:
     return x.float().div_(255.0) if images else x.float()
 
 
-class _autocast_off:
-    def __init__(self, device: torch.device):
-        self.ctx = None
-        try:
-            self.ctx = torch.autocast(device_type=device.type, enabled=False)
-        except (RuntimeError, ValueError):  # pragma: no cover - device without autocast support
-            self.ctx = None
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            return self.ctx.__exit__(*exc)
-        return False
+def _autocast_off(device: torch.device):
+    """Autocast switched off on ``device``; a null context where the device has no autocast."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # pragma: no cover - device without autocast support
+        return contextlib.nullcontext()

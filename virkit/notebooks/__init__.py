@@ -1,11 +1,11 @@
 """The notebooks' side of virkit: presets, the context each notebook sets up, and the batch runner
 (``virkit notebooks run|list``).
 
-The notebooks in ``notebooks/`` are thin: a ``parameters`` cell (papermill), ``ctx = setup(name)``,
+The notebooks in ``notebooks/`` are thin: a ``parameters`` cell (papermill), ``ctx = setup(name, **its parameters)``,
 then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :mod:`virkit.paper.theory` and
 :mod:`virkit.notebooks.explorer`. This package is
 
-* :mod:`.presets` -- the notebook presets (:data:`PRESETS`: ``smoke`` for tests, ``demo`` for 2
+* :mod:`.presets` -- the notebook presets (:data:`NOTEBOOK_PRESETS`: ``smoke`` for tests, ``demo`` for 2
   CPU cores, ``paper`` for a GPU), each named after the trainer preset its runs use, and
   :func:`shared_run`, which trains a run once per configuration under
   ``runs/notebooks/<preset>/runs/`` so that every notebook asking for it reuses it;
@@ -15,6 +15,8 @@ then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :
   inspection plus virkit's checks: an unknown name or a wrong type is a one-line error);
 * :mod:`.runner` -- the private kernelspec, papermill execution, the batch run and the figure
   index (``index.md``, ``index.html``);
+* :mod:`.headline` -- what a batch run ends with (:func:`~virkit.notebooks.headline.batch_headline`,
+  the demo's headline numbers);
 * :mod:`.cli` -- ``virkit notebooks run|list`` and ``python -m virkit.notebooks``.
 
 The analyses the notebooks call live in :mod:`virkit.notebooks.analysis`; their names are re-exported here
@@ -28,12 +30,12 @@ from virkit.notebooks.context import REPO_ROOT, NotebookContext, setup
 from virkit.notebooks.parameters import (Parameter, check_values, find_notebook, list_notebooks, notebook_dir, notebook_parameters,
                          parse_parameter_value, planned_parameters, resolve_notebooks, validate_parameters)
 from virkit.notebooks.tiers import DEMO_BUDGET_S, DEMO_TIERS, TierChoice, choose_demo_tier, default_demo_preset
-from virkit.notebooks.presets import (COMMON_PARAMETERS, PRESETS,
+from virkit.notebooks.presets import (COMMON_PARAMETERS, NOTEBOOK_PRESETS,
                       default_runs_root, load_eval, load_history,
                       preset_settings, run_paths, shared_run, train_config)
 from virkit.notebooks.runner import KERNEL_NAME, NotebookResult, ensure_kernelspec, execute_one, run_notebooks, write_index
 
-__all__ = ["PRESETS", "COMMON_PARAMETERS", "DEMO_TIERS", "DEMO_BUDGET_S", "TierChoice", "choose_demo_tier",
+__all__ = ["NOTEBOOK_PRESETS", "COMMON_PARAMETERS", "DEMO_TIERS", "DEMO_BUDGET_S", "TierChoice", "choose_demo_tier",
            "default_demo_preset", "notebook_dir", "list_notebooks", "find_notebook",
            "notebook_parameters", "parse_parameter_value", "validate_parameters", "check_values", "resolve_notebooks",
            "planned_parameters",

@@ -9,7 +9,7 @@ from typing import Any
 
 from virkit.errors import VirkitError
 from virkit.notebooks.parameters import list_notebooks, notebook_dir, notebook_parameters, parse_parameter_value
-from virkit.notebooks.presets import PRESETS, preset_settings
+from virkit.notebooks.presets import NOTEBOOK_PRESETS, preset_settings
 from virkit.notebooks.tiers import default_demo_preset
 from virkit.notebooks.runner import execute_one, run_notebooks
 
@@ -70,7 +70,7 @@ def _cmd_list(args) -> int:
             if p.name == "preset":
                 val = args.preset
             print(f"  {p.name:20s} {p.type_name:6s} {val!r:28s} {p.help}")
-    print("\npresets: " + ", ".join(f"{k} ({v['description']})" for k, v in PRESETS.items()))
+    print("\npresets: " + ", ".join(f"{k} ({v['description']})" for k, v in NOTEBOOK_PRESETS.items()))
     return 0
 
 
@@ -81,7 +81,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                                           "figures/<preset>/, executed copies under runs/notebooks/<preset>/).")
     sub = p.add_subparsers(dest="notebooks_command", required=True)
     r = sub.add_parser("run", help="execute notebooks (all, or --only NAMES)")
-    r.add_argument("--preset", default=None, choices=list(PRESETS),
+    r.add_argument("--preset", default=None, choices=list(NOTEBOOK_PRESETS),
                    help="the trainer preset every run uses (virkit train --preset NAME trains the same): smoke: "
                         "seconds (tests); the demo tiers demo (8,750 images a run), demo-mid (5,000), demo-lite "
                         "(2,500), demo-min (1,500); paper: the paper's settings (GPU). Default: the largest demo tier "
@@ -106,12 +106,12 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_run)
     g = sub.add_parser("gallery", help="copy the key figures of the last batch run into figures/gallery/ (tracked), "
                                        "with its provenance")
-    g.add_argument("--preset", default=None, choices=list(PRESETS), help="default: as notebooks run")
+    g.add_argument("--preset", default=None, choices=list(NOTEBOOK_PRESETS), help="default: as notebooks run")
     g.add_argument("--out-root", default="runs/notebooks")
     g.add_argument("--fig-root", default="figures")
     g.set_defaults(func=_cmd_gallery)
     ls = sub.add_parser("list", help="list notebooks and their parameters")
-    ls.add_argument("--preset", default=None, choices=list(PRESETS), help="default: as notebooks run")
+    ls.add_argument("--preset", default=None, choices=list(NOTEBOOK_PRESETS), help="default: as notebooks run")
     ls.add_argument("--notebook-dir", default=None)
     ls.set_defaults(func=_cmd_list)
     return p

@@ -1,15 +1,14 @@
-"""What a notebook does right after its parameters cell: ``ctx = setup("07_ablations")``.
+"""What a notebook does right after its parameters cell:
+``ctx = setup("07_ablations", preset=preset, fig_dir=fig_dir, runs_root=runs_root, tables=tables, ...)``.
 
-:func:`setup` reads the values of the notebook's parameters (the names of its ``parameters`` cell)
-from the caller's namespace (the notebook's globals), validates them once against the cell's
-defaults, and returns a :class:`NotebookContext`: the validated values (``ctx.params``), the
-preset's settings, where figures and shared runs go, and shortcuts to train/reuse runs and to
-save + show figures.
+:func:`setup` takes the values of the notebook's parameters (every name of its ``parameters`` cell,
+passed explicitly as keywords), validates them once against the cell's defaults, and returns a
+:class:`NotebookContext`: the validated values (``ctx.params``), the preset's settings, where
+figures and shared runs go, and shortcuts to train/reuse runs and to save + show figures.
 """
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -88,28 +87,27 @@ class NotebookContext:
                 f"figures -> {self.fig_dir}; runs -> {self.runs_root})")
 
 
-def setup(notebook: str, namespace: Mapping[str, Any] | None = None) -> NotebookContext:
-    """Called by each notebook right after its parameters cell: ``ctx = setup("07_ablations")``.
+def setup(notebook: str, /, **parameters: Any) -> NotebookContext:
+    """Called by each notebook right after its parameters cell, with every parameter of that cell:
+    ``ctx = setup("03_train_and_evaluate", preset=preset, fig_dir=fig_dir, runs_root=runs_root, method=method, ...)``.
 
-    Reads the value of every parameter of the notebook's ``parameters`` cell from ``namespace``
-    (default: the caller's globals, i.e. the notebook's variables after papermill injected its
-    values), checks them against the cell's defaults (one-line :class:`VirkitError` for a wrong
-    type or a parameter that is not defined) and returns the context, with the values in
-    ``ctx.params``.
+    Checks ``parameters`` against the cell's names and defaults (one-line :class:`VirkitError` for
+    a parameter of the cell not passed, a name the cell does not have, or a wrong type) and
+    returns the context, with the values in ``ctx.params``.
     """
-    ns = namespace if namespace is not None else sys._getframe(1).f_globals
     path = find_notebook(notebook)
     declared = notebook_parameters(path)
     name = path.stem
-    missing = [p for p in declared if p not in ns]
-    if missing:
-        raise VirkitError(f"notebook {name}: parameter(s) {', '.join(missing)} not defined; run the parameters "
-                          "cell first")
     lacking = [p for p in COMMON_PARAMETERS if p not in declared]
     if lacking:
         raise VirkitError(f"notebook {name}: its parameters cell lacks {', '.join(lacking)} (every notebook has "
                           f"{', '.join(COMMON_PARAMETERS)})")
-    values = check_values(declared, {p: ns[p] for p in declared}, name)
+    # in the cell's order (the figure index records them so), then any name the cell lacks (an error)
+    values = check_values(declared, {p: parameters[p] for p in declared if p in parameters} | parameters, name)
+    missing = [p for p in declared if p not in values]
+    if missing:
+        raise VirkitError(f"notebook {name}: parameter(s) {', '.join(missing)} not passed to setup(); pass every "
+                          "parameter of the parameters cell")
     ctx = NotebookContext(notebook, values["preset"], values["fig_dir"] or "", values["runs_root"] or "", values)
     print(ctx)
     return ctx

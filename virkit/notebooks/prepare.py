@@ -1,6 +1,6 @@
 """Training a notebook preset's shared runs before its notebooks execute, several at a time.
 
-A preset lists the runs its notebooks ask for (``PRESETS[name]["runs"]``: method names, or
+A preset lists the runs its notebooks ask for (``NOTEBOOK_PRESETS[name]["runs"]``: method names, or
 ``{"method": ..., **overrides}``), for each of its seeds. :func:`prepare_runs` trains them with
 ``jobs`` worker processes (``python -m virkit.notebooks --train-one SPEC``, each calling
 :func:`virkit.notebooks.presets.shared_run`, so the run directories, locks and evaluation are exactly
@@ -32,7 +32,7 @@ from typing import Callable
 
 from virkit.errors import VirkitError
 from virkit.notebooks.context import REPO_ROOT
-from virkit.notebooks.presets import PRESETS, run_dir_for, train_config
+from virkit.notebooks.presets import NOTEBOOK_PRESETS, run_dir_for, train_config
 
 __all__ = ["PlannedRun", "planned_runs", "prepare_runs", "default_train_jobs", "expected_seconds"]
 
@@ -71,7 +71,7 @@ class PlannedRun:
 
 def _entries(preset: str) -> list[tuple[str, dict]]:
     out = []
-    for e in PRESETS[preset].get("runs") or []:
+    for e in NOTEBOOK_PRESETS[preset].get("runs") or []:
         if isinstance(e, str):
             out.append((e, {}))
         else:
@@ -86,7 +86,7 @@ def planned_runs(preset: str, runs_root: str | os.PathLike, seeds=None) -> list[
     from virkit.training import burnin_key
     from virkit.training import METHODS
 
-    seeds = list(seeds if seeds is not None else PRESETS[preset].get("seeds") or [0])
+    seeds = list(seeds if seeds is not None else NOTEBOOK_PRESETS[preset].get("seeds") or [0])
     plan: list[PlannedRun] = []
     seen = set()
     for seed in seeds:

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import copy
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from virkit.errors import check_choice
 
-__all__ = ["PRESETS", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run",
+__all__ = ["NOTEBOOK_PRESETS", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run",
            "run_paths", "run_dir_for", "default_runs_root", "load_history", "load_eval"]
 
 #: parameters every notebook has (the runner sets them)
@@ -37,7 +35,7 @@ _NO_SWEEPS = {"beta_grid_at": [], "beta_grid_trades": [], "alpha_grid_at": [], "
 #: ``runs``: the runs the notebooks ask for (method names or ``{"method": ..., **overrides}``), which
 #: ``virkit notebooks run`` trains first, several at a time (:mod:`virkit.notebooks.prepare`).
 #: Each name is also a trainer preset: that is the budget of every run.
-PRESETS: dict[str, dict[str, Any]] = {
+NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "description": "smoke test for the test suite: 4 tiny runs, seconds per notebook, models barely trained",
         "robust_attack": "fgsm",
@@ -95,19 +93,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # The demo's tiers: the same runs and notebook values, fewer training images a run (the trainer presets of
 # the same names). `make demo` runs the largest that this machine is expected to finish in 10 minutes.
-PRESETS["demo-mid"] = {**PRESETS["demo"], "description": (
+NOTEBOOK_PRESETS["demo-mid"] = {**NOTEBOOK_PRESETS["demo"], "description": (
     "as demo with 5,000 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 CPU cores that train the "
     "small CNN at about 400 images/s a core (fp32 on an Intel Xeon with AVX-512, for example)")}
-PRESETS["demo-lite"] = {**PRESETS["demo"], "description": (
+NOTEBOOK_PRESETS["demo-lite"] = {**NOTEBOOK_PRESETS["demo"], "description": (
     "as demo with 2,500 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 CPU cores training about "
     "300 images/s a core (weaker models: AT about 42% natural, 24% PGD-10)")}
-PRESETS["demo-min"] = {**PRESETS["demo"], "description": (
+NOTEBOOK_PRESETS["demo-min"] = {**NOTEBOOK_PRESETS["demo"], "description": (
     "as demo with 1,500 CIFAR-10 images a run, for the slowest CPUs (oneDNN's AVX2 kernels, for example): the "
     "weakest models")}
 
 def preset_settings(preset: str) -> dict:
-    check_choice("notebook preset", preset, PRESETS)
-    return copy.deepcopy(PRESETS[preset])
+    check_choice("notebook preset", preset, NOTEBOOK_PRESETS)
+    return copy.deepcopy(NOTEBOOK_PRESETS[preset])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,7 +117,7 @@ def train_config(preset: str, method: str, seed: int = 0, **overrides):
     (``None`` values ignored), with ``method`` and ``seed``."""
     from virkit.training import resolve_config
 
-    check_choice("notebook preset", preset, PRESETS)
+    check_choice("notebook preset", preset, NOTEBOOK_PRESETS)
     values = {k: v for k, v in overrides.items() if v is not None}
     values.update(method=method, seed=int(seed))
     return resolve_config(preset, **values)
@@ -141,54 +139,22 @@ def default_runs_root(preset: str, out_root: str | os.PathLike = "runs/notebooks
 
 
 def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = None, seed: int = 0,
-               verbose: bool = False, **overrides) -> Path:
+               **overrides) -> Path:
     """Train (or reuse) the run ``method``/``seed`` of a notebook preset; returns its run directory.
 
     The directory name carries the config hash, so notebooks asking for the same configuration
-    share one run (trainer ``reuse=True``) and a changed configuration never clobbers another.
-    The run's writer lock (waited for) makes concurrent notebooks (``--jobs N``) wait for each
-    other instead of training the same run twice. Attacks of the preset's ``eval_attacks`` that
-    the run's eval.json lacks are evaluated and added to it.
+    share one run and a changed configuration never clobbers another. The run's writer lock
+    (waited for) makes concurrent notebooks (``--jobs N``) wait for each other instead of training
+    the same run twice; a run of the same burn-in (e.g. vir-at-w1 for vir-at) saves the first
+    epochs. Attacks of the preset's ``eval_attacks`` that the run lacks are evaluated and added
+    (:func:`virkit.training.ensure_run`).
     """
-    from virkit.runs import RunDir
-    from virkit.training import find_burnin_parent
-    from virkit.training import train
+    from virkit.training import ensure_run
 
     cfg = train_config(preset, method, seed, **overrides)
     root = Path(runs_root) if runs_root else default_runs_root(preset)
-    run = RunDir(run_dir_for(cfg, root))
-    log = print if verbose else None
-    with run.lock("notebook", wait=True):   # a concurrent notebook training the same run: wait for it
-        if not run.is_finished():
-            t = time.time()
-            resumable = run.has_run_files() and run.checkpoint("last").is_file()
-            # a run of the same burn-in (e.g. vir-at-w1 for vir-at) saves the first epochs
-            parent = None if resumable else find_burnin_parent(cfg, root, exclude=run.path)
-            train(cfg, run.path, resume=resumable, overwrite=run.has_run_files() and not resumable, reuse=True,
-                  log=log, branch_from=parent)
-            print(f"trained {run.path.name} in {time.time() - t:.0f} s")
-        _add_attacks(run, cfg, PRESETS[preset].get("eval_attacks") or [], log)
-    return run.path
-
-
-def _add_attacks(run, cfg, attacks: list[str], log) -> None:
-    """Evaluate ``run`` under the ``attacks`` its eval.json lacks (the caller holds the run's lock)."""
-    if not attacks:
-        return
-    from virkit.errors import VirkitError
-    from virkit.evaluation import evaluate_run
-
-    try:
-        have = set(run.read_eval().get("attacks") or {})
-    except VirkitError:
-        have = set()
-    if all(a in have for a in attacks):
-        return
-    t = time.time()
-    evaluate_run(run.path, list(dict.fromkeys([*cfg.eval_attacks, *attacks])), which=cfg.eval_checkpoint,
-                 batch_size=cfg.eval_batch_size, device=cfg.device, log=log)
-    print(f"evaluated {run.path.name} under {', '.join(a for a in attacks if a not in have)} in "
-          f"{time.time() - t:.0f} s")
+    return ensure_run(cfg, run_dir_for(cfg, root), attacks=NOTEBOOK_PRESETS[preset].get("eval_attacks") or [],
+                      command="notebook", wait=True)
 
 
 def run_paths(methods: Iterable[str], preset: str, runs_root=None, seeds: Iterable[int] = (0,), **overrides

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 from virkit.errors import VirkitError, check_choice
 from virkit.notebooks.context import REPO_ROOT
 from virkit.notebooks.parameters import notebook_dir, notebook_parameters, planned_parameters, resolve_notebooks
-from virkit.notebooks.presets import PRESETS
+from virkit.notebooks.presets import NOTEBOOK_PRESETS
 
 __all__ = ["KERNEL_NAME", "ensure_kernelspec", "NotebookResult", "execute_one", "run_notebooks", "write_index",
            "export_html", "PAGES_DIR"]
@@ -147,7 +147,7 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     When every notebook runs (no ``only``) and the preset lists its runs, those are trained first,
     ``train_jobs`` at a time (:func:`virkit.notebooks.prepare.prepare_runs`); the notebooks then reuse them.
     ``tier_why``: why this demo tier was chosen for this machine (printed again in the summary)."""
-    check_choice("notebook preset", preset, PRESETS)
+    check_choice("notebook preset", preset, NOTEBOOK_PRESETS)
     if int(jobs) < 1:
         raise VirkitError(f"--jobs must be >= 1, got {jobs}")
     nbs = resolve_notebooks(only, folder)
@@ -176,7 +176,7 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     ensure_kernelspec(out_dir, threads)
     cwd = str(Path(folder).resolve() if folder else notebook_dir().resolve())
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    say(f"virkit notebooks: preset {preset!r} ({PRESETS[preset]['description']}), {len(nbs)} notebook(s), "
+    say(f"virkit notebooks: preset {preset!r} ({NOTEBOOK_PRESETS[preset]['description']}), {len(nbs)} notebook(s), "
         f"jobs={jobs}")
 
     previous = _previous_seconds(out_dir / "summary.json")
@@ -184,7 +184,7 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     before = _run_dirs(runs_root)
     # the preset's run list describes the repo's notebooks: with another folder or a subset, each
     # notebook trains what it needs itself
-    prepare = only is None and folder is None and bool(PRESETS[preset].get("runs")) and "runs_root" not in overrides
+    prepare = only is None and folder is None and bool(NOTEBOOK_PRESETS[preset].get("runs")) and "runs_root" not in overrides
     if prepare:
         from virkit.notebooks.prepare import prepare_runs
         prepare_runs(preset, runs_root, jobs=train_jobs, say=say, expected_s=_expected(preset, train_jobs, say))
@@ -226,7 +226,8 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
             results = list(ex.map(one, plans))
     total = time.time() - t_start
     idx_md, idx_html = write_index(fig_dir, preset, out_dir)
-    heads = headline(runs_root, PRESETS[preset].get("robust_attack", "pgd10"))
+    from virkit.notebooks.headline import batch_headline
+    heads = batch_headline(runs_root, preset)
     if tier_why:
         heads = [f"tier: {preset} ({tier_why})", *heads]
     summary = {"preset": preset, "seconds": total, "results": [r.__dict__ for r in results],
@@ -242,7 +243,7 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
         extra = sorted(_run_dirs(runs_root) - before - {r.path.name for r in planned_runs(preset, runs_root)})
         if extra:
             say(f"note: the notebooks trained {len(extra)} run(s) the preset's run list lacks (one at a time): "
-                f"{', '.join(extra)}; add them to PRESETS[{preset!r}]['runs'] in virkit/notebooks/presets.py")
+                f"{', '.join(extra)}; add them to NOTEBOOK_PRESETS[{preset!r}]['runs'] in virkit/notebooks/presets.py")
     for line in heads:
         say(line)
     say(f"index page: {idx_html}")
@@ -321,45 +322,6 @@ def _previous_seconds(path: Path) -> dict[str, float]:
         return {r["name"]: float(r["seconds"]) for r in doc.get("results", []) if r.get("status") == "ok"}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-
-
-def headline(runs_root: str | os.PathLike, attack: str = "pgd10") -> list[str]:
-    """The demo's headline numbers from its shared runs: the AT model's natural and ``attack``
-    accuracy, the gap between its best and worst class under ``attack``, and how many epochs of
-    VIR-AT reweighting Figure 3 sums over. Empty when the runs are not there."""
-    from virkit.runs import RunDir
-
-    runs: dict[str, RunDir] = {}
-    root = Path(runs_root)
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        cfg = RunDir(d).read_config()
-        if cfg and cfg.get("method") in ("at", "vir-at") and RunDir(d).is_finished():
-            runs.setdefault(cfg["method"], RunDir(d))
-    out = []
-    if "at" in runs and runs["at"].eval_file.is_file():
-        ev = runs["at"].read_eval()
-        att = ev.get("attacks", {})
-        if "natural" in att and attack in att:
-            fair = (ev.get("fairness") or {}).get(attack) or {}
-            per = att[attack].get("per_class_accuracy") or []
-            best = max((v for v in per if v is not None), default=None)
-            out.append(f"headline: AT on {ev.get('n_examples')} test images: natural {100 * att['natural']['accuracy']:.1f}%, "
-                       f"{attack} {100 * att[attack]['accuracy']:.1f}%")
-            if best is not None and fair.get("worst_class") is not None:
-                best_cls = ev["classes"][per.index(best)]
-                out.append(f"headline: classes under {attack}: best {best_cls} {100 * best:.1f}%, worst "
-                           f"{fair['worst_class']} {100 * fair['worst_class_accuracy']:.1f}% "
-                           f"(gap {100 * fair['best_minus_worst']:.1f} points)")
-    if "vir-at" in runs and runs["vir-at"].history_file.is_file():
-        from virkit.notebooks.analysis import class_weight_totals, figure3_verdict
-
-        hist = runs["vir-at"].read_history()
-        tot, n = class_weight_totals(hist)
-        if n:
-            cfg = runs["vir-at"].read_config() or {}
-            classes = (cfg.get("data") or {}).get("classes") or [str(c) for c in range(len(tot))]
-            out.append(f"headline: Figure 3: " + figure3_verdict({"vir-at": hist}, classes)[0])
-    return out
 
 
 def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathLike | None = None

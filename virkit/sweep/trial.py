@@ -2,7 +2,8 @@
 its run directory (:func:`plan_trial`), and the training + evaluation (or notebook) it runs.
 
 A training trial goes through :class:`virkit.runs.RunDir` (status, config hash, summary) and
-:func:`virkit.evaluation.evaluate_run` (attacks asked for later than the run was trained) only.
+:func:`virkit.training.ensure_run` (training, resuming or branching, then the attacks asked for later
+than the run was trained) only.
 """
 from __future__ import annotations
 
@@ -66,25 +67,12 @@ def finished_eval(run_dir: str | os.PathLike) -> dict:
 
 
 def _run_train_trial(spec: dict) -> dict:
-    from virkit.runs import RunDir
-    from virkit.training import evaluate_checkpoints, find_burnin_parent, train
+    from virkit.training import ensure_run
 
-    cfg = _resolve(spec["preset"], spec["overrides"])
-    log = lambda s: print(s, flush=True)
-    fresh = not RunDir(spec["run_dir"]).has_run_files()
-    # a finished trial of the same burn-in in this sweep (e.g. AT for GAIRAT) saves the first epochs
-    parent = find_burnin_parent(cfg, Path(spec["run_dir"]).parent, exclude=spec["run_dir"]) if fresh else None
-    run = RunDir(train(cfg, spec["run_dir"], resume=True, reuse=True, log=log, branch_from=parent))
-    with run.lock("sweep"):
-        summary = run.read_summary() or {}
-        done = summary.get("eval") or {}
-        missing = [a for a in cfg.eval_attacks if a not in done]
-        if missing:   # a finished run reused with more attacks asked for: add them, to both checkpoints
-            print(f"evaluating {run.path} under {', '.join(missing)}", flush=True)
-            summary["eval"], summary["eval_checkpoints"] = evaluate_checkpoints(
-                run, cfg, cfg.device, replace=False, log=log)
-            run.write_summary(summary)
-    return summary.get("eval") or {}
+    # a finished trial of the same burn-in in this sweep (e.g. AT for GAIRAT) saves the first epochs; a
+    # finished run reused with more attacks asked for gets them added, to both checkpoints
+    ensure_run(_resolve(spec["preset"], spec["overrides"]), spec["run_dir"], command="sweep")
+    return finished_eval(spec["run_dir"])
 
 
 def _run_notebook_trial(spec: dict) -> dict:

@@ -33,6 +33,7 @@ Crafting always runs with the model in eval mode (as every official code does) a
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -152,7 +153,7 @@ def compute_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, active
     crafting and the eval-mode weight logits switch to eval mode and restore it.
     """
     spec = METHODS[cfg.method]
-    ac = autocast or _null
+    ac = autocast or contextlib.nullcontext
     active = spec.reweighted and bool(active)
     b = x.shape[0]
     ones = torch.ones(b, device=x.device)
@@ -252,11 +253,3 @@ def _mart_per_example(logits_nat, logits_adv, y, beta):
     kl = (torch.special.xlogy(nat_probs, nat_probs) - nat_probs * torch.log(adv_probs + 1e-12)).sum(dim=1)
     true_probs = nat_probs.gather(1, y.view(-1, 1)).squeeze(1)
     return bce + beta * kl * (1.0000001 - true_probs)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

@@ -334,13 +334,14 @@ def _epoch_line(cfg: TrainConfig, r: dict) -> str:
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
-          reuse: bool = False, log: Callable[[str], None] | None = None, progress: bool = False,
+          reuse: bool = False, log: Callable[[str], None] | None = None, quiet: bool = False, progress: bool = False,
           stop_after_epoch: int | None = None, sync_bn: bool | None = None,
           branch_from: str | os.PathLike | None = None) -> Path:
     """Train ``cfg`` into ``out_dir`` (default ``runs/<dataset>-<model>-<method>-<preset>-s<seed>``).
 
     ``resume``: continue from ``last.pt``; ``overwrite``: replace a run already there; ``reuse``:
-    return a finished run with the same config without training. ``stop_after_epoch`` ends the
+    return a finished run with the same config without training. ``log`` receives the run's
+    messages (default: printed); ``quiet=True`` drops them. ``stop_after_epoch`` ends the
     run early (unfinished, resumable), for tests. Returns the run directory. Another process
     writing the same directory is refused (:class:`virkit.runs.RunLockedError`, exit code 2).
 
@@ -353,7 +354,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
     (:mod:`virkit.distributed`): ``cfg.batch_size`` is the global batch, only rank 0 locks and writes
     files; ``sync_bn`` (default ``$VIRKIT_SYNC_BN``, set by ``--sync-bn``) uses SyncBatchNorm.
     """
-    log = _print_flush if log is None else (log or _silent)  # None: print; False: silent
+    if quiet:
+        log = _silent
+    elif log is None:
+        log = _print_flush
     validate(cfg)
     dctx = _dist_setup(cfg.device, cfg.batch_size, sync_bn, log)   # single-process unless torchrun
     if not dctx.is_main:
@@ -361,7 +365,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
     run = RunDir(out_dir if out_dir is not None else default_run_dir(cfg))
     with run.claim("train", note=log) as claim:
         # rank 0 takes the run's lock and decides what to do with the directory; every rank learns it
-        action = dctx.on_main(lambda: claim.acquire() and run.plan(config_hash(cfg), resume, overwrite, reuse))
+        def claim_and_plan() -> RunAction:
+            claim.acquire()
+            return run.plan(config_hash(cfg), resume, overwrite, reuse)
+
+        action = dctx.on_main(claim_and_plan)
         if action is RunAction.REUSE:
             log(f"reusing finished run {run.path}")
             dctx.close()
