@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from virkit.errors import VirkitError
-from virkit.paper.report import MAIN_TABLES as TABLES, collect_runs, make_table, report_main, to_csv, to_markdown
+from virkit.paper.report import MAIN_TABLES as TABLES
+from virkit.paper.report import collect_runs, make_table, report_main, to_csv, to_markdown
 
 
 def make_run(root, name, *, dataset="cifar10", model="resnet18", method="at", seed=0, accs=None,

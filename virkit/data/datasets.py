@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from virkit.errors import VirkitError, check_choice
 from virkit.data.fetch import ensure_dataset, source_note
+from virkit.errors import VirkitError, check_choice
 
 __all__ = ["DATASETS", "Split", "load_dataset", "data_root", "dataset_names", "subset",
            "HOLDOUT_SEED", "holdout_subset", "test_subset", "validation_split", "subset_indices", "take"]
@@ -74,7 +74,7 @@ class Split:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(self.x.to(device), self.y.to(device), self.classes, self.name, self.source, self.mean,
                      self.std, self.extra)
 
@@ -204,7 +204,7 @@ def _load_svhn(root: Path, split: str) -> Split:
         raise VirkitError("reading SVHN needs scipy; pip install scipy") from None
     try:
         mat = sio.loadmat(str(path))
-    except Exception as e:  # noqa: BLE001 - scipy raises many types for bad files
+    except Exception as e:
         raise VirkitError(f"corrupt dataset file {path}: {e}; re-download it") from None
     x = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8)
     y = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN labels digit 0 as 10
@@ -250,7 +250,7 @@ def _load_imagefolder(root: Path, split: str) -> Split:
         try:
             d = torch.load(cache, weights_only=True)
             return Split(d["x"], d["y"], list(d["classes"]), "imagefolder", str(root))
-        except Exception:  # noqa: BLE001 - a broken cache is rebuilt
+        except Exception:
             pass
     entries: list[tuple[str, str, bytes]] = []  # (class, name, bytes)
     if root.is_file():
