@@ -1,0 +1,13 @@
+"""The data layer: datasets as tensors on the device (:mod:`.datasets`), batches ``(x, y, index)``
+with on-device augmentation (:mod:`.loader`) and the official archives fetched on first use
+(:mod:`.fetch`). Images are float32 in [0, 1]; normalization lives in the model."""
+from virkit.data.datasets import (DATASETS, HOLDOUT_SEED, Split, data_root, dataset_names, holdout_subset,
+                                  load_dataset, subset, subset_indices, take, test_subset, validation_split)
+from virkit.data.fetch import (FETCHABLE, archives, ensure_dataset, fetch_dataset, is_present, mirror_url, offline,
+                               source_note)
+from virkit.data.loader import AUGMENTATIONS, DeviceLoader, random_crop_flip, training_loader
+
+__all__ = ["DATASETS", "HOLDOUT_SEED", "Split", "data_root", "dataset_names", "holdout_subset", "load_dataset",
+           "subset", "subset_indices", "take", "test_subset", "validation_split",
+           "FETCHABLE", "archives", "ensure_dataset", "fetch_dataset", "is_present", "mirror_url", "offline", "source_note",
+           "AUGMENTATIONS", "DeviceLoader", "random_crop_flip", "training_loader"]
