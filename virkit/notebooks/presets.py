@@ -176,7 +176,7 @@ def _add_attacks(run, cfg, attacks: list[str], log) -> None:
     if not attacks:
         return
     from virkit.errors import VirkitError
-    from virkit.evaluation import evaluate_run
+    from virkit.evaluation import EvalSettings, evaluate_run
 
     try:
         have = set(run.read_eval().get("attacks") or {})
@@ -185,8 +185,9 @@ def _add_attacks(run, cfg, attacks: list[str], log) -> None:
     if all(a in have for a in attacks):
         return
     t = time.time()
-    evaluate_run(run.path, list(dict.fromkeys([*cfg.eval_attacks, *attacks])), which=cfg.eval_checkpoint,
-                 batch_size=cfg.eval_batch_size, device=cfg.device, log=log)
+    settings = EvalSettings(list(dict.fromkeys([*cfg.eval_attacks, *attacks])), batch_size=cfg.eval_batch_size,
+                            progress=False)
+    evaluate_run(run.path, settings, which=cfg.eval_checkpoint, device=cfg.device, log=log)
     print(f"evaluated {run.path.name} under {', '.join(a for a in attacks if a not in have)} in "
           f"{time.time() - t:.0f} s")
 
