@@ -713,7 +713,7 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         for f in logs.values():
             f.close()
     from virkit.data import load_dataset, test_subset
-    from virkit.evaluation.evaluate import evaluate_model
+    from virkit.evaluation import EvalSettings, evaluate_model
     from virkit.models.checkpoint import load_checkpoint
     test = None
     try:
@@ -746,7 +746,8 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         ph.running(f"evaluating {m}: natural and PGD-20 on {len(test)} test images")
         try:
             mdl, _ = load_checkpoint(run_dir / "last.pt", dev)
-            doc = evaluate_model(mdl, test, ["natural", "pgd20"], batch_size=500, device=dev, progress=False)
+            doc = evaluate_model(mdl, test, EvalSettings(["natural", "pgd20"], batch_size=500, progress=False),
+                                 device=dev)
             rec["eval"].update({a: doc["attacks"][a]["accuracy"] for a in ("natural", "pgd20")})
             rec["eval"]["n"] = len(test)
             rec["eval"]["seconds"] = round(sum(doc["attacks"][a].get("seconds", 0.0) for a in doc["attacks"]), 2)
@@ -767,8 +768,8 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         try:
             mdl, _ = load_checkpoint(Path(rec["run_dir"]) / "last.pt", dev)
             sub = type(test)(test.x[:n_aa], test.y[:n_aa], test.classes, test.name, test.source, test.mean, test.std)
-            doc = evaluate_model(mdl, sub, ["aa"], batch_size=500, device=dev, progress=False,
-                                 attack_overrides=aa_over)
+            doc = evaluate_model(mdl, sub, EvalSettings(["aa"], batch_size=500, progress=False,
+                                                        attack_overrides=aa_over), device=dev)
             rec["eval"].update({"aa": doc["attacks"]["aa"]["accuracy"], "aa_n": n_aa,
                                 "aa_seconds": round(doc["attacks"]["aa"].get("seconds", 0.0), 2),
                                 "aa_budget": "smoke (APGD/FAB 2 steps, Square 10 queries)" if smoke(args) else

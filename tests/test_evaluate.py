@@ -16,7 +16,13 @@ from virkit.data.datasets import Split
 from virkit.errors import VirkitError
 from virkit.evaluation import document as eval_doc
 from virkit.evaluation import evaluate as ev
-from virkit.evaluation.evaluate import AdversarialCheckError, check_adversarial, evaluate_model, masking_warnings
+from virkit.evaluation.evaluate import (
+    AdversarialCheckError,
+    EvalSettings,
+    check_adversarial,
+    evaluate_model,
+    masking_warnings,
+)
 
 EPS = 8 / 255
 CLASSES = [f"c{i}" for i in range(10)]
@@ -76,7 +82,7 @@ def _run(model, split, attacks, tmp_path=None, **kw):
     kw.setdefault("progress", False)
     kw.setdefault("attack_overrides", {k: v for k, v in FAST.items() if k in attacks})
     out = tmp_path / "eval.json" if tmp_path is not None else None
-    return evaluate_model(model, split, attacks, out_path=out, **kw)
+    return evaluate_model(model, split, EvalSettings(attacks, **kw), out_path=out)
 
 
 def test_eval_json_contents(model, split, tmp_path):
@@ -295,8 +301,8 @@ def test_every_paper_attack_end_to_end_at_paper_settings(model, split, tmp_path)
     """All attacks of Sec. 5.4 with their paper settings (SPSA 100 x 256 samples, Square and
     AutoAttack's Square 5000 queries, ...) on 64 images, on the tiny CPU model."""
     t0 = time.time()
-    res = evaluate_model(model, split, PAPER_ATTACKS, n_examples=64, batch_size=64, out_path=tmp_path / "eval.json",
-                         progress=False)
+    res = evaluate_model(model, split, EvalSettings(PAPER_ATTACKS, n_examples=64, batch_size=64, progress=False),
+                         out_path=tmp_path / "eval.json")
     elapsed = time.time() - t0
     acc = {k: v["accuracy"] for k, v in res["attacks"].items()}
     assert list(acc) == PAPER_ATTACKS

@@ -130,6 +130,9 @@ def _cmd_train(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
+    from virkit.evaluation.settings import DEFAULT_ATTACKS, EvalSettings
+    default = {f: EvalSettings.__dataclass_fields__[f].default for f in ("batch_size", "compile")}
+    # the options that are EvalSettings fields default to None: unset, EvalSettings's own default
     p = sub.add_parser("evaluate", help="evaluate a model under attacks (a virkit run, module:callable, "
                                         "robustbench:NAME, a TorchScript file)", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,7 +144,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", "--checkpoint", dest="model", required=True, metavar="SOURCE",
                    help="run directory or .pt checkpoint, module:callable, robustbench:NAME or a TorchScript file")
     p.add_argument("--attacks", default=None,
-                   help="comma-separated attack names (default natural,fgsm,pgd100,cw; without cw for --norm L2)")
+                   help=f"comma-separated attack names (default {','.join(DEFAULT_ATTACKS['Linf'])}; for --norm L2 "
+                        f"{','.join(DEFAULT_ATTACKS['L2'])})")
     p.add_argument("--norm", choices=["Linf", "L2"], default=None,
                    help="threat model of every attack (default Linf; a robustbench model: its --threat-model)")
     p.add_argument("--eps", type=_fraction, default=None,
@@ -159,7 +163,7 @@ def _add_evaluate(sub) -> None:
                    help="a class-balanced subset of N test images, the same seeded draw as the trainer's "
                         "--test-subset (so a run's own eval.json is extended, not redone); default: the run's "
                         "test subset (all test images if it had none; all for outside models)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {default['batch_size']}")
     p.add_argument("--which", choices=["best", "last"], default=None,
                    help="checkpoint in a run directory (default: the run's eval checkpoint, last unless set)")
     p.add_argument("--data-root")
@@ -182,16 +186,16 @@ def _add_evaluate(sub) -> None:
                                  "runs/eval/<source>-<dataset>-<norm>/eval.json)")
     p.add_argument("--save-adv", metavar="DIR", default=None,
                    help="write each attack's adversarial examples to DIR/<attack>/adversarial.safetensors")
-    p.add_argument("--save-adv-png", action="store_true", help="with --save-adv: one PNG per adversarial image too")
-    p.add_argument("--replace", action="store_true",
+    p.add_argument("--save-adv-png", action="store_true", default=None, help="with --save-adv: one PNG per adversarial image too")
+    p.add_argument("--replace", action="store_true", default=None,
                    help="if --out holds an evaluation with other settings, start anew (the old file is kept "
                         "as eval.prev.json); without it that is an error")
-    p.add_argument("--allow-tf32", action="store_true",
+    p.add_argument("--allow-tf32", action="store_true", default=None,
                    help="CUDA: TF32 matmuls and convolutions (faster, 10-bit mantissas); default off, the evaluation "
                         "is fp32; recorded in eval.json")
-    p.add_argument("--compile", choices=["off", "on", "cudagraphs"], default="off",
-                   help="attack a torch.compile'd model (on), with CUDA graphs (cudagraphs, CUDA only); default off; "
-                        "eval.json's runtime.compile says what ran")
+    p.add_argument("--compile", choices=["off", "on", "cudagraphs"], default=None,
+                   help="attack a torch.compile'd model (on), with CUDA graphs (cudagraphs, CUDA only); default "
+                        f"{default['compile']}; eval.json's runtime.compile says what ran")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -231,11 +235,19 @@ def _attack_overrides(args, attacks: list[str]) -> dict:
 
 def _cmd_evaluate(args) -> int:
     from virkit import distributed
-    from virkit.evaluation import attack_list, classify, default_out, evaluate_run, evaluate_source, source_slug
+    from virkit.evaluation import (
+        DEFAULT_ATTACKS,
+        EvalSettings,
+        attack_list,
+        classify,
+        default_out,
+        evaluate_run,
+        evaluate_source,
+        source_slug,
+    )
 
     norm = args.norm or (args.threat_model if args.model.startswith("robustbench:") else None) or "Linf"
-    default = "natural,fgsm,pgd100,cw" if norm == "Linf" else "natural,fgsm,pgd100"
-    attacks = attack_list(args.attacks or default)
+    attacks = attack_list(args.attacks or DEFAULT_ATTACKS[norm])
     kind = classify(args.model)
     overrides = _attack_overrides(args, attacks)
     if kind != "virkit":
@@ -245,18 +257,20 @@ def _cmd_evaluate(args) -> int:
     elif args.weights or args.normalize or args.probabilities or args.threat_model:
         raise VirkitError("--weights, --normalize, --probabilities and --threat-model are for outside models; "
                           f"{args.model} is a virkit run or checkpoint")
+    given = dict(eps=args.eps, seed=args.seed, batch_size=args.batch_size, n_examples=args.n_examples,
+                 replace=args.replace, save_adv=args.save_adv, save_adv_png=args.save_adv_png,
+                 allow_tf32=args.allow_tf32, compile=args.compile)   # None: not given, EvalSettings's default
+    settings = EvalSettings(attacks, norm=norm, attack_overrides=overrides, progress=sys.stderr.isatty(),
+                            **{k: v for k, v in given.items() if v is not None})
     dist = distributed.setup(args.device) if distributed.launched_by_torchrun() else distributed.DistContext()
-    common = dict(n_examples=args.n_examples, batch_size=args.batch_size, device=args.device, eps=args.eps,
-                  data_root=args.data_root, out=args.out, replace=args.replace, progress=sys.stderr.isatty(),
-                  attack_overrides=overrides, norm=norm, save_adv=args.save_adv, save_adv_png=args.save_adv_png,
-                  dist=dist, allow_tf32=args.allow_tf32, compile=args.compile)
+    common = dict(device=args.device, data_root=args.data_root, out=args.out, dist=dist)
     try:
         if kind == "virkit":
-            res = evaluate_run(args.model, attacks, which=args.which, seed=args.seed, dataset=args.dataset, **common)
+            res = evaluate_run(args.model, settings, which=args.which, dataset=args.dataset, **common)
         else:
-            res = evaluate_source(args.model, attacks, weights=args.weights, dataset=args.dataset or "cifar10",
+            res = evaluate_source(args.model, settings, weights=args.weights, dataset=args.dataset or "cifar10",
                                   threat_model=args.threat_model, model_dir=args.model_dir, normalize=args.normalize,
-                                  probabilities=args.probabilities, seed=args.seed or 0, **common)
+                                  probabilities=args.probabilities, **common)
     finally:
         dist.close()
     if not dist.is_main:

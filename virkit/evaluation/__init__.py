@@ -1,7 +1,8 @@
 """The evaluation layer: attacks run on a split and written into eval.json.
 
-- :mod:`.evaluate`: :class:`EvalSettings` (one set of evaluation settings for every entry point)
-  and :func:`evaluate_model` (a model on a split);
+- :mod:`.settings`: :class:`EvalSettings` (one set of evaluation settings and their defaults,
+  :data:`DEFAULT_ATTACKS` among them, taken by every entry point);
+- :mod:`.evaluate`: :func:`evaluate_model` (a model on a split);
 - :mod:`.run`: :func:`evaluate_run` (a virkit run directory or checkpoint, with the run's own
   checkpoint, seed, eps and test subset);
 - :mod:`.sources`: any model (``module:callable``, ``robustbench:NAME``, TorchScript) and
@@ -10,11 +11,12 @@
 - :mod:`.export`: a run as a RobustBench model-zoo entry.
 """
 from virkit.evaluation.document import EVAL_FORMAT, load_adversarial, masking_warnings
-from virkit.evaluation.evaluate import EvalSettings, attack_list, check_adversarial, evaluate_model
+from virkit.evaluation.evaluate import check_adversarial, evaluate_model
 from virkit.evaluation.export import export_robustbench
 from virkit.evaluation.run import evaluate_run
+from virkit.evaluation.settings import DEFAULT_ATTACKS, EvalSettings, attack_list
 from virkit.evaluation.sources import check_model, classify, default_out, evaluate_source, load_source, source_slug
 
-__all__ = ["EvalSettings", "evaluate_model", "evaluate_run", "evaluate_source", "load_source", "check_model",
+__all__ = ["EvalSettings", "DEFAULT_ATTACKS", "evaluate_model", "evaluate_run", "evaluate_source", "load_source", "check_model",
            "check_adversarial", "masking_warnings", "load_adversarial", "EVAL_FORMAT", "attack_list", "classify",
            "default_out", "source_slug", "export_robustbench"]

@@ -63,10 +63,10 @@ from virkit.evaluation.document import (
     tensors_fingerprint,
     write_adversarial,
 )
-from virkit.evaluation.settings import EvalSettings, attack_list
+from virkit.evaluation.settings import DEFAULT_ATTACKS, EvalSettings, attack_list
 from virkit.io import atomic_write_json, to_jsonable
 
-__all__ = ["evaluate_model", "EvalSettings", "attack_list", "check_adversarial",
+__all__ = ["evaluate_model", "EvalSettings", "DEFAULT_ATTACKS", "attack_list", "check_adversarial",
            "AdversarialCheckError", "masking_warnings", "load_adversarial", "EVAL_FORMAT", "TOLERANCE",
            "L2_TOLERANCE", "UINT8_SLACK"]
 
@@ -110,24 +110,18 @@ def quantize(x_adv: torch.Tensor) -> torch.Tensor:
     return (x_adv * 255).round().clamp(0, 255) / 255
 
 
-def evaluate_model(model: nn.Module, split, attacks, n_examples: int | None = None, batch_size: int = 256,
-                   device=None, seed: int = 0, eps: float | None = None, out_path=None, progress: bool = True,
-                   extra: dict | None = None, attack_overrides: dict[str, dict] | None = None,
-                   replace: bool = False, norm: str = "Linf", save_adv=None, dist: DistContext | None = None,
-                   model_source: dict | None = None, fingerprint_extra: list | None = None,
-                   allow_tf32: bool = False, compile: str = "off", reuse_from: list | None = None) -> dict:
-    """Evaluate ``model`` on the first ``n_examples`` of ``split`` (split order) under ``attacks``;
-    the keyword arguments are those of :class:`EvalSettings` (or pass an :class:`EvalSettings` as
-    ``attacks`` and leave them out). An ``out_path`` holding an evaluation of the same model, images,
-    eps, norm and seed is resumed (its finished attacks are kept, and the finished batches of an
-    attack in progress). ``dist`` (a :class:`virkit.distributed.DistContext` under torchrun)
-    shares the batches out across ranks; ``model_source`` is recorded in the header;
-    ``fingerprint_extra`` (tensors) joins the model fingerprint. Returns the dict written to
-    ``out_path`` (if given) as ``eval.json``."""
-    settings = attacks if isinstance(attacks, EvalSettings) else EvalSettings(
-        attacks, eps=eps, seed=seed, batch_size=batch_size, n_examples=n_examples,
-        attack_overrides=attack_overrides or {}, extra=extra or {}, replace=replace, progress=progress, norm=norm,
-        save_adv=save_adv, allow_tf32=allow_tf32, compile=compile, reuse_from=list(reuse_from or []))
+def evaluate_model(model: nn.Module, split, settings: EvalSettings, *, device=None, out_path=None,
+                   dist: DistContext | None = None, model_source: dict | None = None,
+                   fingerprint_extra: list | None = None) -> dict:
+    """Evaluate ``model`` on the first ``settings.n_examples`` of ``split`` (split order; all of it
+    when unset) under ``settings`` (:class:`EvalSettings`; unset attacks, eps and seed take their
+    defaults, :meth:`EvalSettings.resolved`). ``device``: where it runs (default: the model's). An
+    ``out_path`` holding an evaluation of the same model, images, eps, norm and seed is resumed (its
+    finished attacks are kept, and the finished batches of an attack in progress). ``dist`` (a
+    :class:`virkit.distributed.DistContext` under torchrun) shares the batches out across ranks;
+    ``model_source`` is recorded in the header; ``fingerprint_extra`` (tensors) joins the model
+    fingerprint. Returns the dict written to ``out_path`` (if given) as ``eval.json``."""
+    settings = EvalSettings.given(settings, "evaluate_model").resolved()
     return _Evaluation(model, split, settings, device, out_path, dist or DistContext(), model_source,
                        fingerprint_extra).run()
 

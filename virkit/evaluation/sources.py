@@ -21,6 +21,7 @@ instead of logits is refused with one line.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from virkit.errors import VirkitError
+from virkit.evaluation.settings import EvalSettings
 
 __all__ = ["ModelSource", "classify", "robustbench_zoo", "load_source", "evaluate_source", "default_out", "source_slug",
            "load_state_dict_file", "fit_state_dict", "check_model", "parse_normalize", "LogProbabilities",
@@ -382,39 +384,32 @@ def default_out(slug: str, dataset: str, norm: str, root="runs/eval") -> Path:
     return Path(root) / f"{slug}-{dataset}-{norm}" / "eval.json"
 
 
-def evaluate_source(source: str, attacks=None, *, weights=None, dataset: str = "cifar10",
+def evaluate_source(source: str, settings: EvalSettings | None = None, *, weights=None, dataset: str = "cifar10",
                     threat_model: str | None = None, model_dir="./models", normalize: str | None = None,
-                    probabilities: bool = False, norm: str | None = None, n_examples: int | None = None,
-                    batch_size: int = 256, device="auto", seed: int = 0,
-                    eps: float | None = None, data_root: str | None = None, out=None,
-                    replace: bool = False, progress: bool = False, attack_overrides: dict | None = None,
-                    save_adv=None, save_adv_png: bool = False, dist=None, log=None, allow_tf32: bool = False,
-                    compile: str = "off") -> dict:
+                    probabilities: bool = False, data_root: str | None = None, device="auto", out=None,
+                    dist=None, log=None) -> dict:
     """Evaluate a model from outside virkit (:mod:`virkit.evaluation.sources`: ``module:callable`` with optional
-    ``weights``, ``robustbench:NAME``, a TorchScript file) on the seeded class-balanced draw of
-    ``n_examples`` test images of ``dataset`` (all of them by default).
+    ``weights``, ``robustbench:NAME``, a TorchScript file) under ``settings`` (an
+    :class:`virkit.evaluation.EvalSettings`; None: the defaults) on the seeded class-balanced draw
+    of ``settings.n_examples`` test images of ``dataset`` (all of them when unset).
 
-    ``threat_model`` (RobustBench's folder, Linf or L2) defaults to ``norm`` and ``norm`` to it;
-    ``out`` defaults to :func:`default_out`. Every input is checked, and the model probed on test
-    images (:func:`virkit.evaluation.sources.check_model`), before anything is written. eval.json records the
-    source under ``model_source``."""
+    ``threat_model`` (RobustBench's folder, Linf or L2) defaults to ``settings.norm``; ``out``
+    defaults to :func:`default_out`. Every input is checked, and the model probed on test images
+    (:func:`virkit.evaluation.sources.check_model`), before anything is written. eval.json records
+    the source under ``model_source``."""
     from virkit.attacks import NORMS
     from virkit.data import load_dataset, test_subset
     from virkit.devices import resolve_device
     from virkit.distributed import DistContext
     from virkit.errors import check_choice
-    from virkit.evaluation.evaluate import EvalSettings, evaluate_model
+    from virkit.evaluation.evaluate import evaluate_model
     from virkit.evaluation.run import writer_lock
 
     dist = dist or DistContext()
-    norm = norm or threat_model or "Linf"
+    settings = EvalSettings.given(settings, "evaluate_source")   # checked when made: before anything is written
+    norm, n_examples = settings.norm, settings.n_examples
     threat_model = threat_model or norm
     check_choice("threat model", threat_model, NORMS)
-    attacks = attacks if attacks is not None else (["natural", "fgsm", "pgd100", "cw"] if norm == "Linf" else
-                                                   ["natural", "fgsm", "pgd100"])
-    settings = EvalSettings(attacks, batch_size=batch_size, eps=eps, norm=norm, seed=seed,
-                            attack_overrides=attack_overrides or {}, replace=replace, progress=progress,
-                            save_adv=save_adv, save_adv_png=save_adv_png, allow_tf32=allow_tf32, compile=compile)
     src = load_source(source, weights=weights, dataset=dataset, threat_model=threat_model, model_dir=model_dir,
                       normalize=normalize, probabilities=probabilities)
     full = load_dataset(dataset, data_root, "test")
@@ -433,10 +428,11 @@ def evaluate_source(source: str, attacks=None, *, weights=None, dataset: str = "
     if probabilities:
         fp_extra.append(torch.tensor([1.0]))
     out_path = Path(out) if out is not None else default_out(src.slug, dataset, norm)
-    settings.extra = {"test_subset": n_examples, "dataset_source": split.source}
+    own = dataclasses.replace(settings.resolved(), n_examples=None,
+                              extra={**settings.extra, "test_subset": n_examples, "dataset_source": split.source})
     lock = writer_lock(out_path, dist)
     try:
-        doc = evaluate_model(model, split, settings, device=dev, out_path=out_path, dist=dist,
+        doc = evaluate_model(model, split, own, device=dev, out_path=out_path, dist=dist,
                              model_source=src.info, fingerprint_extra=fp_extra)
     finally:
         lock.release()

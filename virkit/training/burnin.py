@@ -105,7 +105,7 @@ def relative_evals(run: RunDir) -> list[Path]:
     """The evaluation files of a branched run's relatives: its parent and the parent's other
     branches under the same folder (empty for a run trained from scratch). A branched run whose
     best.pt is a burn-in epoch has weights a relative's evaluation may already cover
-    (:class:`virkit.evaluation.evaluate.EvalSettings`'s ``reuse_from``: reused only on equal fingerprints)."""
+    (:class:`virkit.evaluation.EvalSettings`'s ``reuse_from``: reused only on equal fingerprints)."""
     parent = ((run.read_config() or {}).get("parent") or {}).get("path")
     if not parent or not Path(parent).is_dir():
         return []

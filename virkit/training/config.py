@@ -12,6 +12,7 @@ from typing import Any
 
 from virkit.data import AUGMENTATIONS, DATASETS
 from virkit.errors import VirkitError, check_choice, check_range
+from virkit.evaluation.settings import DEFAULT_ATTACKS
 from virkit.models import MODELS
 from virkit.training.methods import METHODS
 
@@ -90,7 +91,7 @@ class TrainConfig:
     channels_last: bool | None = None   # None: auto (on a CPU: yes, oneDNN convs are faster in NHWC)
     compile: bool = False               # torch.compile the model (falls back to eager on failure)
     holdout_pgd_steps: int = 10         # per-epoch held-out robust accuracy: PGD-10, step 2/255
-    eval_attacks: tuple = ("natural", "fgsm", "pgd100", "cw")  # run after training, into eval.json
+    eval_attacks: tuple = DEFAULT_ATTACKS["Linf"]  # run after training, into eval.json (virkit evaluate's default)
     eval_batch_size: int = 256
     eval_checkpoint: str = "last"       # which checkpoint the final evaluation uses: last | best
     preset: str = "paper"

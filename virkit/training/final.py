@@ -3,10 +3,12 @@ what separates them) and summary.json. A sweep that asks a finished run for more
 :func:`evaluate_checkpoints` too."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from virkit.data import Split
-from virkit.evaluation import evaluate_run
+from virkit.evaluation import EvalSettings, evaluate_run
 from virkit.models import read_checkpoint
 from virkit.runs import RunDir
 from virkit.training.burnin import relative_evals
@@ -40,15 +42,14 @@ def evaluate_checkpoints(run: RunDir, cfg: TrainConfig, device, *, test: Split |
     other = "best" if main == "last" else "last"
     epochs = {"last": last_epoch if last_epoch is not None else _checkpoint_epoch(run, "last"),
               "best": _checkpoint_epoch(run, "best")}
-    doc = evaluate_run(run.path, list(cfg.eval_attacks), which=main, batch_size=cfg.eval_batch_size,
-                       device=device, replace=replace, test_split=test, log=log)
+    settings = EvalSettings(list(cfg.eval_attacks), batch_size=cfg.eval_batch_size, replace=replace, progress=False)
+    doc = evaluate_run(run.path, settings, which=main, device=device, test_split=test, log=log)
     accuracy = {k: v["accuracy"] for k, v in doc["attacks"].items()}
     record = {main: {"file": run.eval_file.name, "epoch": epochs[main], "accuracy": accuracy}}
     if run.checkpoint(other).is_file() and epochs[other] != epochs[main]:
         # a branched run's best.pt from the burn-in may be a relative's, already evaluated
-        odoc = evaluate_run(run.path, list(cfg.eval_attacks), which=other, batch_size=cfg.eval_batch_size,
-                            device=device, replace=replace, test_split=test, out=run.eval_file_for(other),
-                            reuse_from=relative_evals(run),
+        odoc = evaluate_run(run.path, dataclasses.replace(settings, reuse_from=relative_evals(run)), which=other,
+                            device=device, test_split=test, out=run.eval_file_for(other),
                             log=lambda m: log(m.replace("final evaluation", f"final evaluation of {other}")))
         record[other] = {"file": run.eval_file_for(other).name, "epoch": epochs[other],
                          "accuracy": {k: v["accuracy"] for k, v in odoc["attacks"].items()}}
