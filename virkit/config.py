@@ -33,7 +33,8 @@ class TrainConfig:
                                         # the best of them. Carved from the training split (fixed seeded,
                                         # class-balanced draw per dataset; the run trains on the rest)
     holdout_from: str = "train"         # "train" (a validation split: no test image selects best.pt) or
-                                        # "test" (held-out test images, virkit before 0.2, for old runs)
+                                        # "test" (held-out test images, the only choice before commit
+                                        # 61386ed, for runs from then)
     normalize: str = "dataset"          # "dataset": per-channel mean/std inside the model; "none"
     augment: str = "crop-flip"          # training images: "crop-flip" (random crop, zero padding 4, and
                                         # horizontal flip, as every baseline's code), "flip", or "none"
