@@ -58,4 +58,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py --mode cpu
 
 clean:
-	rm -rf runs/notebooks figures/demo figures/demo-mid figures/demo-lite figures/smoke figures/quick figures/tiny
+	rm -rf runs/notebooks figures/demo figures/demo-mid figures/demo-lite figures/demo-min figures/smoke figures/quick figures/tiny

@@ -216,13 +216,13 @@ class VirkitLoop:
 
     name = "virkit"
 
-    def __init__(self, model_name, method, split, device, args, seed=0):
+    def __init__(self, model_name, method, split, device, args, seed=0, trades_forwards=None, name="virkit"):
         from virkit.training.trainer import _autocast_factory, _maybe_compile
-        self.device = device
+        self.device, self.name = device, name
         self.cfg = resolve_config("paper", model=model_name, method=method, device=str(device),
                                   precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                                   attack_steps=args.attack_steps, step_size=args.step_size, eps=args.eps,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, trades_forwards=trades_forwards)
         self.epoch = self.cfg.reweight_start  # reweighting active: the expensive branch of VIR-*
         torch.manual_seed(seed)
         model = build_model(model_name, split.num_classes, split.mean, split.std).to(device)
@@ -355,7 +355,12 @@ def bench_pair(model_name: str, method: str, split: Split, device: torch.device,
         if cls is ReferenceLoop and args.no_reference:
             continue
         t0 = time.perf_counter()
-        loop = cls(model_name, method, split, device, args)
+        if cls is ReferenceLoop and args.versus_forwards:
+            # the same virkit step with 2 train-mode TRADES forwards (x', x) in the reference's place
+            loop = VirkitLoop(model_name, method, split, device, args, trades_forwards=args.versus_forwards,
+                              name="reference")
+        else:
+            loop = cls(model_name, method, split, device, args)
         for _ in range(args.warmup):
             loop.step()
         sync(device)
@@ -381,6 +386,9 @@ def bench_pair(model_name: str, method: str, split: Split, device: torch.device,
            "virkit_img_s": statistics.median(rates["virkit"]), "virkit_img_s_rounds": rates["virkit"],
            "virkit_peak_mem_mib": mem["virkit"].peak, "virkit_warmup_s": warm["virkit"],
            "virkit_compile": v.compiled, "virkit_precision": v.cfg.precision,
+           "virkit_trades_forwards": v.cfg.trades_forwards,
+           "reference_kind": (f"virkit with trades_forwards={args.versus_forwards}" if args.versus_forwards
+                              else "reference-style loop"),
            "virkit_channels_last": v.channels_last, "virkit_finite": v.finite(), "mem_kind": mem["virkit"].kind,
            "load_avg_before": load_before, "load_avg_after": load_average()}
     if v.log:
@@ -539,6 +547,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--ref-workers", type=int, help="DataLoader workers of the reference (cpu 0, gpu 2)")
     p.add_argument("--no-reference", action="store_true", help="time virkit only")
+    p.add_argument("--versus-forwards", type=int, choices=[2],
+                   help="TRADES-family methods: time virkit's step (3 train-mode forwards, x, x', x, as trades.py) "
+                        "against the same step with 2 (x', x) in the reference's place, in the same alternating "
+                        "rounds: the ratio is the third forward's cost")
     p.add_argument("--data", choices=["auto", "cifar10", "synthetic"], default="auto")
     p.add_argument("--data-root", help="as virkit's --data-root (default $VIRKIT_DATA)")
     p.add_argument("--data-n", type=int, help="training images used (cpu 5120, gpu 50000)")
@@ -559,6 +571,10 @@ def parse_args(argv=None):
     for m in args.methods:
         if m not in ALL_METHODS:
             p.error(f"--methods: {m!r} is not one of {', '.join(ALL_METHODS)}")
+    if args.versus_forwards and not all(m in ("trades", "vir-trades") for m in args.methods):
+        p.error("--versus-forwards compares TRADES-family steps: --methods trades and/or vir-trades")
+    if args.versus_forwards and args.no_reference:
+        p.error("--versus-forwards needs the second loop: drop --no-reference")
     if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
         p.error("--steps and --rounds must be >= 1, --warmup >= 0")
     args.rounds = min(args.rounds, args.steps)
@@ -590,7 +606,8 @@ def main(argv=None) -> dict:
             result["training"].append(r)
             ratio = f", ratio {r['ratio']:.2f}x" if "ratio" in r else ""
             print(f"[bench] {model_name:10s} {method:10s} virkit {r['virkit_img_s']:8.1f} img/s"
-                  + (f", reference {r['reference_img_s']:8.1f} img/s" if "reference_img_s" in r else "")
+                  + (f", {'2 forwards' if args.versus_forwards else 'reference'} {r['reference_img_s']:8.1f} img/s"
+                     if "reference_img_s" in r else "")
                   + f"{ratio} (load {r['load_avg_before']})", file=sys.stderr, flush=True)
     try:
         result["autoattack"] = bench_autoattack(args, args.aa_model or args.models[0], train_dev, test, device)

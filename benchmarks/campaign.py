@@ -201,8 +201,8 @@ def environment(dev: torch.device) -> dict:
         env["torchattacks_from"] = str(Path(torchattacks.__file__).parent)
     except Exception as e:
         env["torchattacks"] = None
-        env["torchattacks_missing"] = (f"torchattacks not importable ({_err(e)}); copy its wheel into the carried "
-                                       "data folder (BENCHMARKS.md, GPU campaign)")
+        env["torchattacks_missing"] = (f"torchattacks not importable ({_err(e)}); copy its wheel into the "
+                                       "checkout's data/ folder (BENCHMARKS.md, GPU campaign)")
     return env
 
 
@@ -237,8 +237,8 @@ def phase_prep(ph: Phase, args) -> None:
         data["note"] = "not decoded: no CUDA, so no phase would use it"
     elif not data["found"]:
         ph.skip("decode the CIFAR-10 stand-in", f"not found under {args.data_root!r} (copy cifar10-jpeg.tar.gz into "
-                "data/ of the checkout and carry it); a_train/a_wrn/d use synthetic images, c is skipped, b trains "
-                "its model on synthetic images")
+                "data/ of the checkout, or pass --data-root); a_train/a_wrn/d use synthetic images, c is skipped, "
+                "b trains its model on synthetic images")
     else:
         from virkit.data import load_dataset
         ph.running("decoding the CIFAR-10 stand-in into virkit's cache (once for all phases)")
@@ -662,7 +662,8 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         precision, channels_last = "fp32", True
     else:
         if not data_found(args.data_root):
-            ph.done("skipped", f"the CIFAR-10 stand-in is not under {args.data_root!r}; carry data/ (BENCHMARKS.md)")
+            ph.done("skipped", f"the CIFAR-10 stand-in is not under {args.data_root!r}; copy it into data/ "
+                    "(BENCHMARKS.md)")
             return
         model, dataset, root = "resnet18", "cifar10", args.data_root
         n_train = (read_phase(args, "prep").get("data") or {}).get("n_train") or 50000
@@ -888,7 +889,7 @@ def phase_b_autoattack(ph: Phase, args) -> None:
                                           "budget as virkit"}
     except Exception as e:
         torchattacks = None
-        ph.doc["torchattacks"] = {"skipped": f"torchattacks not importable ({_err(e)}): carry its wheel in data/"}
+        ph.doc["torchattacks"] = {"skipped": f"torchattacks not importable ({_err(e)}): put its wheel in data/"}
         ph.skip("torchattacks comparison", ph.doc["torchattacks"]["skipped"])
     vk = AutoAttack(eps=eps, apgd_steps=budget["apgd_steps"], fab_steps=budget["fab_steps"],
                     square_queries=budget["square_queries"], seed=0)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # virkit's GPU campaign: one command, at most 7 minutes on one H100/H200, no network.
 #
-#   bash benchmarks/gpu_campaign.sh              # on the GPU machine (results under $OUT)
+#   bash benchmarks/gpu_campaign.sh              # on the GPU machine (results under --out, $OUT or benchmarks/out/)
 #   bash benchmarks/gpu_campaign.sh --smoke      # every phase on the CPU, tiny budgets (also: SMOKE=1)
-#   bash benchmarks/gpu_campaign.sh --prepare    # here, before the run: fill data/ (the carried folder)
+#   bash benchmarks/gpu_campaign.sh --prepare    # before the run, online: fill data/ (copied along with the checkout)
 #
 # Phases, in this order, each in its own process with a soft budget (the phase plans its work to
 # fit) and a hard cap (`timeout`; a killed phase keeps what it wrote); the caps fit in a 415 s
@@ -91,7 +91,7 @@ if ((PREPARE)); then
     echo "WARNING: data/decoded exists (VIRKIT_DATA pointed at data/?); remove it: it would travel with data/" >&2
   fi
   du -sh "$ROOT/data"; ls -la "$ROOT/data"
-  echo "carry [\"data\"]; command: bash benchmarks/gpu_campaign.sh"
+  echo "copy the checkout with data/ to the GPU machine, then run there: bash benchmarks/gpu_campaign.sh"
   exit 0
 fi
 

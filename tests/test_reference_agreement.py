@@ -49,7 +49,7 @@ RESULTS: dict[str, dict] = {}
 
 
 def _data_root() -> Path | None:
-    for cand in (os.environ.get("VIRKIT_DATA"), "/work/shared/datasets"):
+    for cand in (os.environ.get("VIRKIT_DATA"), str(Path(__file__).resolve().parents[2] / "shared" / "datasets")):
         if cand and ((Path(cand) / "cifar10-jpeg.tar.gz").is_file() or (Path(cand) / "cifar-10-batches-py").is_dir()):
             return Path(cand)
     return None

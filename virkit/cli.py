@@ -46,7 +46,7 @@ def _add_train(sub) -> None:
                        description="Train with one method. Unset options take the preset's value (paper: Sec. 5.1/5.3).")
     from virkit.training import PRESETS
     p.add_argument("--preset", default="paper", metavar="PRESET",
-                   help=f"{' | '.join(PRESETS)} (default: paper; docs/NOTEBOOKS.md and the README list what each is)")
+                   help=f"{' | '.join(PRESETS)} (default: paper; docs/USAGE.md says what each is)")
     p.add_argument("--method", help="training method (default vir-at)")
     p.add_argument("--dataset")
     p.add_argument("--model")
@@ -58,7 +58,8 @@ def _add_train(sub) -> None:
                    help="validation images evaluated every epoch (best.pt is the best of them), carved from the "
                         "training split")
     p.add_argument("--holdout-from", choices=["train", "test"],
-                   help="train (default): a validation split; test: held-out test images (virkit before 0.2)")
+                   help="train (default): a validation split; test: held-out test images (the only choice before "
+                        "commit 61386ed)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -75,7 +76,7 @@ def _add_train(sub) -> None:
     p.add_argument("--attack-steps", type=int)
     p.add_argument("--random-start", choices=["uniform", "normal", "none"])
     p.add_argument("--reweight-start", type=int,
-                   help="first epoch (1-based) with instance weights (default: the method's own, README)")
+                   help="first epoch (1-based) with instance weights (default: the method's own, docs/USAGE.md)")
     p.add_argument("--trades-forwards", type=int, choices=[2, 3],
                    help="train-mode forwards per TRADES step: 3 (x, x', x) as trades.py (default) or 2")
     p.add_argument("--alpha", type=float)

@@ -398,8 +398,13 @@ class RunDir:
     # ---- the lock --------------------------------------------------------------------------------
     def lock(self, command: str = "train", wait: bool = False, note: Callable[[str], None] | None = None
              ) -> WriterLock:
-        """Take the run's writer lock (a context manager). Creates the directory if needed; a
-        directory this call created is removed again if the lock cannot be had."""
+        """Take the run's writer lock (``.lock`` in the directory) and return it held: a
+        :class:`WriterLock`, released by ``release()`` or by leaving its ``with`` block. Creates the
+        directory (and its parents) if needed and leaves it there, also when the lock cannot be had
+        (:class:`RunLockedError`, or :class:`VirkitError` where the file system has no ``flock``);
+        :meth:`claim` is the variant that removes a directory it created. ``wait=True`` blocks until
+        the holder releases it; ``note`` (default: a line on stderr) is told when the lock file of
+        an earlier holder is taken over."""
         note = note if note is not None else (lambda s: print(f"virkit: {s}", file=sys.stderr))
         if self.path.exists() and not self.path.is_dir():
             raise VirkitError(f"output path {self.path} exists and is not a directory; choose another --out")

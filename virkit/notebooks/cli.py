@@ -82,9 +82,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="notebooks_command", required=True)
     r = sub.add_parser("run", help="execute notebooks (all, or --only NAMES)")
     r.add_argument("--preset", default=None, choices=list(NOTEBOOK_PRESETS),
-                   help="the trainer preset every run uses (virkit train --preset NAME trains the same): smoke: "
-                        "seconds (tests); the demo tiers demo (8,750 images a run), demo-mid (5,000), demo-lite "
-                        "(2,500), demo-min (1,500); paper: the paper's settings (GPU). Default: the largest demo tier "
+                   help="the trainer preset every run uses (virkit train --preset NAME trains the same; 'virkit "
+                        "notebooks list' describes each). Default: the largest demo tier "
                         "this machine is expected to finish in 10 minutes, from a timed calibration of its training "
                         "step")
     r.add_argument("--only", default=None, metavar="NAMES",

@@ -33,7 +33,8 @@ class TrainConfig:
                                         # the best of them. Carved from the training split (fixed seeded,
                                         # class-balanced draw per dataset; the run trains on the rest)
     holdout_from: str = "train"         # "train" (a validation split: no test image selects best.pt) or
-                                        # "test" (held-out test images, virkit before 0.2, for old runs)
+                                        # "test" (held-out test images, the only choice before commit
+                                        # 61386ed, for runs from then)
     normalize: str = "dataset"          # "dataset": per-channel mean/std inside the model; "none"
     augment: str = "crop-flip"          # training images: "crop-flip" (random crop, zero padding 4, and
                                         # horizontal flip, as every baseline's code), "flip", or "none"
@@ -79,8 +80,9 @@ class TrainConfig:
     batch_reduction: str = "mean"       # "mean": (1/M) sum_i w_i L_i as every baseline's code does, so
                                         # the lr means the same across methods; "sum": Algorithm 1 literally
     trades_forwards: int = 3            # train-mode forwards per TRADES-family step: 3 (x, x', x) as the
-                                        # official trades.py, so BatchNorm statistics see x twice (about
-                                        # 3% slower, docs/BASELINES.md); 2 (x', x): virkit before 0.2
+                                        # official trades.py, so BatchNorm statistics see x twice (cost not
+                                        # measurable, under 3% at PGD-10: BENCHMARKS.md, "TRADES' third
+                                        # forward"); 2 (x', x): virkit's order before commit 5bfc2f1
 
     # --- engineering ------------------------------------------------------------------------------
     device: str = "auto"                # auto | cpu | cuda | cuda:N | mps

@@ -33,7 +33,7 @@ method                        loss per example i, then the mean over the batch
 ``vir-at``                    w_i CE(f(x'_i), y_i)  (Eq. 8), w = S_v S_d + beta  (Eq. 5-7)
 ``vir-trades``                CE(f(x_i), y_i) + (1/lambda) w_i KL  (Eq. 10)
 ablations and controls        ``vir-at-sv``, ``-sd``, ``-w1``, ``-mean1``, ``-flat`` and the
-                              ``vir-trades-`` ones (README, Methods)
+                              ``vir-trades-`` ones (docs/USAGE.md, Methods)
 ============================  ==============================================================
 
 Defaults are the paper's (Sec. 5.1, 5.3) or the official code's, as :class:`virkit.training.config.TrainConfig`
@@ -79,7 +79,7 @@ SETTINGS: dict[str, str] = {
 
 
 def method_names() -> list[str]:
-    """Every method :func:`method_loss` accepts (the methods table, README "Methods")."""
+    """Every method :func:`method_loss` accepts (the methods table, docs/USAGE.md "Methods")."""
     return list(METHODS)
 
 
