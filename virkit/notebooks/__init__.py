@@ -27,13 +27,38 @@ from __future__ import annotations
 from virkit.notebooks.analysis import ablation_results, eval_table, paper_table, table_runs, vulnerability_attributions
 from virkit.notebooks.cli import add_cli, main
 from virkit.notebooks.context import REPO_ROOT, NotebookContext, setup
-from virkit.notebooks.parameters import (Parameter, check_values, find_notebook, list_notebooks, notebook_dir, notebook_parameters,
-                         parse_parameter_value, planned_parameters, resolve_notebooks, validate_parameters)
+from virkit.notebooks.parameters import (
+                         Parameter,
+                         check_values,
+                         find_notebook,
+                         list_notebooks,
+                         notebook_dir,
+                         notebook_parameters,
+                         parse_parameter_value,
+                         planned_parameters,
+                         resolve_notebooks,
+                         validate_parameters,
+)
+from virkit.notebooks.presets import (
+                         COMMON_PARAMETERS,
+                         NOTEBOOK_PRESETS,
+                         default_runs_root,
+                         load_eval,
+                         load_history,
+                         preset_settings,
+                         run_paths,
+                         shared_run,
+                         train_config,
+)
+from virkit.notebooks.runner import (
+                         KERNEL_NAME,
+                         NotebookResult,
+                         ensure_kernelspec,
+                         execute_one,
+                         run_notebooks,
+                         write_index,
+)
 from virkit.notebooks.tiers import DEMO_BUDGET_S, DEMO_TIERS, TierChoice, choose_demo_tier, default_demo_preset
-from virkit.notebooks.presets import (COMMON_PARAMETERS, NOTEBOOK_PRESETS,
-                      default_runs_root, load_eval, load_history,
-                      preset_settings, run_paths, shared_run, train_config)
-from virkit.notebooks.runner import KERNEL_NAME, NotebookResult, ensure_kernelspec, execute_one, run_notebooks, write_index
 
 __all__ = ["NOTEBOOK_PRESETS", "COMMON_PARAMETERS", "DEMO_TIERS", "DEMO_BUDGET_S", "TierChoice", "choose_demo_tier",
            "default_demo_preset", "notebook_dir", "list_notebooks", "find_notebook",

@@ -10,11 +10,11 @@ Functions that train take a notebook context (``ctx.run(method, seed=..., **over
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
-from virkit.paper import catalogue as paper
 from virkit.errors import VirkitError
+from virkit.paper import catalogue as paper
 
 __all__ = ["eval_table", "robust_attack", "table_runs", "paper_table", "grid_parameter", "ablation_results",
            "class_accuracy", "per_class_accuracy", "fairness_rows", "confusion_panels", "class_accuracy_table",
@@ -408,8 +408,8 @@ def vulnerability_attributions(runs: Mapping[str, os.PathLike], n_examples: int 
     import torch
     from captum.attr import IntegratedGradients, Saliency
 
-    from virkit.models import load_checkpoint
     from virkit.data import load_dataset, test_subset
+    from virkit.models import load_checkpoint
 
     def label(m: str) -> str:
         return paper.method_label(m, "figure")

@@ -10,8 +10,8 @@ from typing import Any
 from virkit.errors import VirkitError
 from virkit.notebooks.parameters import list_notebooks, notebook_dir, notebook_parameters, parse_parameter_value
 from virkit.notebooks.presets import NOTEBOOK_PRESETS, preset_settings
-from virkit.notebooks.tiers import default_demo_preset
 from virkit.notebooks.runner import execute_one, run_notebooks
+from virkit.notebooks.tiers import default_demo_preset
 
 __all__ = ["add_cli", "main"]
 

@@ -9,8 +9,9 @@ figures and shared runs go, and shortcuts to train/reuse runs and to save + show
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from virkit.errors import VirkitError
 from virkit.notebooks.parameters import check_values, find_notebook, notebook_parameters

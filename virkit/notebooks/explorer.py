@@ -139,8 +139,8 @@ def load_batch(checkpoint, n: int = 256, split: str = "test", seed: int = 0, dat
                device: str = "cpu") -> BatchStats:
     """Load a trained model (run directory or .pt) and compute :class:`BatchStats` on ``n`` seeded
     test images of the dataset it was trained on."""
-    from virkit.models import load_checkpoint
     from virkit.data import load_dataset, subset
+    from virkit.models import load_checkpoint
 
     model, cfg = load_checkpoint(checkpoint, device=device)
     ds = load_dataset(cfg["dataset"], data_root or cfg.get("data_root"), split, gmm=cfg.get("extra", {}).get("gmm"))

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from virkit.errors import VirkitError
+from virkit.notebooks.context import output_root
 from virkit.paper.report import checkpoint_eval_file, mean_std
 from virkit.runs import RunDir
 
@@ -41,8 +42,12 @@ CHECKPOINTS = ("last", "best")
 def grid_runs(grid_dir: str | os.PathLike, methods: Sequence[str] = GRID_METHODS) -> dict[str, dict[int, Path]]:
     """The finished runs under a sweep's folder (or any folder of run directories): ``{method:
     {seed: run dir}}`` for ``methods``, read from each run's config.json and summary.json (not from
-    folder names). Unfinished runs are left out; a folder without any finished run is an error."""
+    folder names). A relative ``grid_dir`` that is not a folder here is taken from the checkout (or
+    ``$VIRKIT_NOTEBOOK_OUTPUT``), where the notebooks write. Unfinished runs are left out; a folder
+    without any finished run is an error."""
     root = Path(grid_dir)
+    if not root.is_absolute() and not root.is_dir():
+        root = output_root() / root
     if not root.is_dir():
         raise VirkitError(f"{root} is not a folder; give the grid's --out folder (virkit sweep "
                           "configs/grids/control_overfit.yaml --out FOLDER)")
@@ -146,7 +151,9 @@ def class_fairness(runs: Mapping[str, Mapping[int, str | os.PathLike]], attack: 
             record = _eval_doc(Path(path), "last").get("checkpoints") or {}
             doc = _eval_doc(Path(path), (record.get(checkpoint) or {}).get("same_as", checkpoint))
             if attack not in doc.get("attacks", {}):
-                continue
+                have = ", ".join(doc.get("attacks", {})) or "none"
+                raise VirkitError(f"{path}: the {checkpoint} checkpoint's evaluation has no {attack!r} (it has {have}); "
+                                  f"choose one of those or evaluate the run under {attack}")
             per = [100 * float(v) for v in doc["attacks"][attack]["per_class_accuracy"]]
             classes = doc["classes"]
             worst = min(range(len(per)), key=per.__getitem__)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import ast
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from virkit.errors import VirkitError
 from virkit.notebooks.presets import preset_settings

@@ -26,9 +26,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from virkit.errors import VirkitError
 from virkit.notebooks.context import REPO_ROOT
@@ -51,7 +51,7 @@ class PlannedRun:
     reweight_start: int
     epochs: int
     cost: float              # expected cost of the whole run (image-epochs x family cost)
-    parent: "PlannedRun | None" = None      # the run whose burn-in this one branches from
+    parent: PlannedRun | None = None      # the run whose burn-in this one branches from
     status: str = "pending"                 # pending | running | done | failed
     seconds: float = 0.0
     error: str = ""
@@ -83,8 +83,7 @@ def _entries(preset: str) -> list[tuple[str, dict]]:
 def planned_runs(preset: str, runs_root: str | os.PathLike, seeds=None) -> list[PlannedRun]:
     """The preset's runs (each seed), with their burn-in parents assigned: in each group of the
     same burn-in key, the run whose reweighting starts first trains the burn-in for the others."""
-    from virkit.training import burnin_key
-    from virkit.training import METHODS
+    from virkit.training import METHODS, burnin_key
 
     seeds = list(seeds if seeds is not None else NOTEBOOK_PRESETS[preset].get("seeds") or [0])
     plan: list[PlannedRun] = []
@@ -190,7 +189,7 @@ def train_one(spec: dict) -> dict:
     try:
         shared_run(spec["method"], spec["preset"], spec["runs_root"], seed=int(spec["seed"]), **spec["overrides"])
         return {"status": "done", "error": ""}
-    except Exception as e:  # noqa: BLE001 - reported by the parent process, which goes on with the others
+    except Exception as e:
         line = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         return {"status": "failed", "error": line}
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from virkit.errors import check_choice
 
-__all__ = ["NOTEBOOK_PRESETS", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run",
+__all__ = ["NOTEBOOK_PRESETS", "preset_notebooks", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run",
            "run_paths", "run_dir_for", "default_runs_root", "load_history", "load_eval"]
 
 #: parameters every notebook has (the runner sets them)
@@ -37,11 +38,11 @@ _NO_SWEEPS = {"beta_grid_at": [], "beta_grid_trades": [], "alpha_grid_at": [], "
 #: Each name is also a trainer preset: that is the budget of every run.
 NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
-        "description": "smoke test for the test suite: 4 tiny runs, seconds per notebook, models barely trained",
+        "description": "smoke test for the test suite: 7 tiny runs, seconds per notebook, models barely trained",
         "robust_attack": "fgsm",
         "seeds": [0],
         # the runs the notebooks ask for, trained first, in parallel (virkit.notebooks.prepare)
-        "runs": ["natural", "at", "vir-at", "vir-at-w1", "vir-at-sv"],
+        "runs": ["natural", "at", "vir-at", "vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat"],
         "notebooks": {
             "01_weight_explorer": {"batch_size": 32, "attack_steps": 2},
             "02_gaussian_mixture_theory": {"mc_samples": 20000, "K_grid": [1.0, 2.0, 3.0], "n_train": 1000,
@@ -52,6 +53,7 @@ NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
             "07_ablations": {"tables": [6], "components": ["sv"], **_NO_SWEEPS},
             "08_attributions": {"n_examples": 2, "n_pool": 64, "ig_steps": 8},
             "09_outside_model": {"attacks": ["natural", "fgsm"]},
+            "10_robust_overfitting": {"seeds": [0], "attacks": ["natural", "fgsm"], "fairness_attack": "fgsm"},
         },
     },
     "demo": {
@@ -102,6 +104,30 @@ NOTEBOOK_PRESETS["demo-lite"] = {**NOTEBOOK_PRESETS["demo"], "description": (
 NOTEBOOK_PRESETS["demo-min"] = {**NOTEBOOK_PRESETS["demo"], "description": (
     "as demo with 1,500 CIFAR-10 images a run, for the slowest CPUs (oneDNN's AVX2 kernels, for example): the "
     "weakest models")}
+
+NOTEBOOK_PRESETS["overfit"] = {
+    "description": ("the robust-overfitting regime on a CPU (docs/RESULTS.md): notebook 10 over the control grid "
+                    "of configs/grids/control_overfit.yaml (AT and four VIR-AT variants, 3 seeds; run it first: "
+                    "virkit sweep configs/grids/control_overfit.yaml --jobs 2 --out runs/grids/control_overfit)"),
+    "robust_attack": "pgd20",
+    "seeds": [0, 1, 2],
+    # the other notebooks belong to the paper's and the demo's budgets
+    "only": ["10_robust_overfitting"],
+    "notebooks": {"10_robust_overfitting": {"grid_dir": "runs/grids/control_overfit"}},
+}
+# notebook 10 reads a grid the demo's budget cannot train: the demo tiers and paper run 01-09
+for _name in ("demo", "demo-mid", "demo-lite", "demo-min", "paper"):
+    NOTEBOOK_PRESETS[_name]["skip"] = ["10_robust_overfitting"]
+
+
+def preset_notebooks(preset: str, notebooks: list[Path]) -> list[Path]:
+    """The notebooks a batch run of ``preset`` executes when none are named: the preset's ``only``
+    list if it has one, else all of ``notebooks`` but its ``skip`` list."""
+    settings = NOTEBOOK_PRESETS[preset]
+    if settings.get("only"):
+        return [nb for nb in notebooks if nb.stem in settings["only"]]
+    return [nb for nb in notebooks if nb.stem not in (settings.get("skip") or [])]
+
 
 def preset_settings(preset: str) -> dict:
     check_choice("notebook preset", preset, NOTEBOOK_PRESETS)

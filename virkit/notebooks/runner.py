@@ -22,15 +22,16 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from virkit.errors import VirkitError, check_choice
 from virkit.notebooks.context import REPO_ROOT
 from virkit.notebooks.parameters import notebook_dir, notebook_parameters, planned_parameters, resolve_notebooks
-from virkit.notebooks.presets import NOTEBOOK_PRESETS
+from virkit.notebooks.presets import NOTEBOOK_PRESETS, preset_notebooks
 
 __all__ = ["KERNEL_NAME", "ensure_kernelspec", "NotebookResult", "execute_one", "run_notebooks", "write_index",
            "export_html", "PAGES_DIR"]
@@ -91,7 +92,7 @@ def execute_one(nb_path: str, out_path: str, parameters: dict, cwd: str, timeout
                             progress_bar=False, log_output=False, request_save_on_cell_execute=True,
                             execution_timeout=timeout)
         return "ok", ""
-    except Exception as e:  # noqa: BLE001 - a failing notebook must not stop the others
+    except Exception as e:
         return "failed", _clean_error(e)
 
 
@@ -126,8 +127,7 @@ def ensure_preset_data(preset: str) -> None:
     """The dataset the preset's runs train on, in place before any notebook or run starts (fetched on
     first use, :func:`virkit.data.fetch.ensure_dataset`); a machine that has neither the data nor the
     network gets one line here instead of one failure per notebook."""
-    from virkit.data import data_root
-    from virkit.data import ensure_dataset
+    from virkit.data import data_root, ensure_dataset
     from virkit.notebooks.presets import train_config
     cfg = train_config(preset, "at")
     ensure_dataset(cfg.dataset, data_root(cfg.data_root))
@@ -151,6 +151,8 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     if int(jobs) < 1:
         raise VirkitError(f"--jobs must be >= 1, got {jobs}")
     nbs = resolve_notebooks(only, folder)
+    if not only:
+        nbs = preset_notebooks(preset, nbs)
     out_dir = Path(out_root).resolve() / preset
     fig_dir = Path(fig_root).resolve() / preset
     runs_root = out_dir / "runs"
@@ -293,7 +295,7 @@ def _export_page(executed: Path, fig_dir: Path) -> str:
     try:
         export_html(executed, fig_dir / PAGES_DIR / f"{executed.stem}.html")
         return ""
-    except Exception as e:  # noqa: BLE001 - a page that cannot be written must not fail the batch
+    except Exception as e:
         return f"HTML page not written: {_clean_error(e)}"
 
 

@@ -35,7 +35,6 @@ def choose_demo_tier(jobs: int | None = None, budget_s: float = DEMO_BUDGET_S, l
     the speed calibration of the demo's training step (:mod:`virkit.training.speed`, measured once and cached)
     with the threads each of ``jobs`` training workers gets, and the cost model of
     :func:`virkit.notebooks.prepare.expected_seconds`. Falls back to the smallest tier, saying so."""
-    import torch
 
     from virkit.devices import resolve_device
     from virkit.training import StepSpec, calibration_for
