@@ -31,7 +31,10 @@ from virkit.paper import catalogue as paper
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
 EXPECTED = ["01_weight_explorer", "02_gaussian_mixture_theory", "03_train_and_evaluate", "04_confusion_matrices",
-            "05_class_weights", "06_robustness_tables", "07_ablations", "08_attributions", "09_outside_model"]
+            "05_class_weights", "06_robustness_tables", "07_ablations", "08_attributions", "09_outside_model",
+            "10_robust_overfitting"]
+#: a notebook's default preset: the demo's, except notebook 10, which reads the robust-overfitting grid
+DEFAULT_PRESET = {"10_robust_overfitting": "overfit"}
 
 
 def test_notebooks_present_and_clean():
@@ -55,7 +58,7 @@ def test_parameters_parse_in_virkit_and_papermill(name, capsys):
     path = NB_DIR / f"{name}.ipynb"
     params = N.notebook_parameters(path)
     assert set(N.COMMON_PARAMETERS) <= set(params)
-    assert params["preset"].default == "demo"
+    assert params["preset"].default == DEFAULT_PRESET.get(name, "demo")
     pm_params = inspect_notebook(str(path))
     assert set(pm_params) == set(params)
     assert "Unable to parse" not in capsys.readouterr().err  # papermill reads every line
@@ -359,6 +362,26 @@ def test_executed_notebooks_are_html_pages_linked_from_the_index(smoke_batch):
         assert pngs and base64.b64decode(pngs[0]).startswith(b"\x89PNG"), name
         assert "What it trains." in text and "How long." in text   # the opening markdown cell
         assert f"href='notebooks/{name}.html'" in index_html and f"(notebooks/{name}.html)" in index_md
+
+
+def test_presets_choose_their_notebooks():
+    """The demo tiers and paper run notebooks 01-09 (10 reads a grid the demo's budget cannot train);
+    overfit runs 10 alone; smoke runs all of them."""
+    nbs = N.list_notebooks(NB_DIR)
+    for preset in ("demo", "demo-mid", "demo-lite", "demo-min", "paper"):
+        assert [p.stem for p in N.preset_notebooks(preset, nbs)] == EXPECTED[:9], preset
+    assert [p.stem for p in N.preset_notebooks("overfit", nbs)] == ["10_robust_overfitting"]
+    assert [p.stem for p in N.preset_notebooks("smoke", nbs)] == EXPECTED
+
+
+def test_overfitting_reads_only_finished_runs_of_a_grid(tmp_path):
+    from virkit.notebooks import overfitting
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VirkitError, match="no finished run of at, vir-at-w1"):
+        overfitting.grid_runs(tmp_path / "empty")
+    with pytest.raises(VirkitError, match="is not a folder"):
+        overfitting.grid_runs(tmp_path / "missing")
 
 
 def test_every_notebook_opens_with_what_it_shows_trains_and_costs():

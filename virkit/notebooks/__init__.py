@@ -15,6 +15,8 @@ then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :
   inspection plus virkit's checks: an unknown name or a wrong type is a one-line error);
 * :mod:`.runner` -- the private kernelspec, papermill execution, the batch run and the figure
   index (``index.md``, ``index.html``);
+* :mod:`.overfitting` -- the control grid in the robust-overfitting regime read from its run
+  directories (notebook 10);
 * :mod:`.headline` -- what a batch run ends with (:func:`~virkit.notebooks.headline.batch_headline`,
   the demo's headline numbers);
 * :mod:`.cli` -- ``virkit notebooks run|list`` and ``python -m virkit.notebooks``.
@@ -45,6 +47,7 @@ from virkit.notebooks.presets import (
                          default_runs_root,
                          load_eval,
                          load_history,
+                         preset_notebooks,
                          preset_settings,
                          run_paths,
                          shared_run,
@@ -65,6 +68,6 @@ __all__ = ["NOTEBOOK_PRESETS", "COMMON_PARAMETERS", "DEMO_TIERS", "DEMO_BUDGET_S
            "notebook_parameters", "parse_parameter_value", "validate_parameters", "check_values", "resolve_notebooks",
            "planned_parameters",
            "run_notebooks", "write_index", "add_cli", "main", "preset_settings", "train_config", "shared_run",
-           "run_paths", "default_runs_root", "load_history", "load_eval", "NotebookResult", "ensure_kernelspec",
+           "run_paths", "preset_notebooks", "default_runs_root", "load_history", "load_eval", "NotebookResult", "ensure_kernelspec",
            "execute_one", "KERNEL_NAME", "NotebookContext", "setup", "Parameter", "REPO_ROOT",
            "eval_table", "table_runs", "paper_table", "ablation_results", "vulnerability_attributions"]
