@@ -81,8 +81,10 @@ def main() -> int:
         p.error("--out FILE (or --compare BEFORE AFTER)")
     methods = a.methods
     if not methods:
-        r = subprocess.run([sys.executable, "-c", "import virkit.training.methods as m; print(' '.join(m.METHODS))"],
-                           capture_output=True, text=True, check=True)
+        # the methods registry: virkit.training.methods (virkit.methods before the package tree)
+        probe = ("try:\n import virkit.training.methods as m\nexcept ImportError:\n import virkit.methods as m\n"
+                 "print(' '.join(m.METHODS))")
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
         methods = r.stdout.split()
     with tempfile.TemporaryDirectory() as d:
         doc = fingerprint(methods, Path(d))
