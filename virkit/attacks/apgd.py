@@ -185,6 +185,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
                 lvec = loss_fn(logits, yy) if tt is None else loss_fn(logits, yy, tt)
                 gi, = torch.autograd.grad(lvec.sum(), z)
             g = gi if g is None else g + gi
+        assert g is not None, "eot_iter must be >= 1"
         if eot_iter > 1:
             g = g / eot_iter
         return lvec.detach(), logits.detach(), g.detach()

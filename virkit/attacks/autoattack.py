@@ -26,6 +26,7 @@ individual mode robust under that component alone.
 from __future__ import annotations
 
 import time
+from typing import TypedDict
 
 import torch
 
@@ -53,6 +54,20 @@ def component_list(components) -> tuple[str, ...]:
         raise ValueError(f"unknown AutoAttack component(s) {', '.join(bad) or '(none given)'}; valid: "
                          f"{', '.join(AA_COMPONENTS)}")
     return out
+
+
+class _Common(TypedDict):
+    """The settings every component takes from the ensemble (:meth:`AutoAttack.build`)."""
+    eps: float
+    bounds: tuple[float, float] | None
+    seed: int
+    norm: str
+
+
+class _Levers(TypedDict):
+    """The speed levers the APGD and FAB components take (:meth:`AutoAttack.build`)."""
+    early_stop: bool
+    compact_every: int | None
 
 
 @register("autoattack")
@@ -126,8 +141,8 @@ class AutoAttack(Attack):
 
     def build(self, name: str) -> Attack:
         """The component ``name`` with this version's settings."""
-        kw = dict(eps=self.eps, bounds=self.bounds, seed=self.seed, norm=self.norm)
-        lev = dict(early_stop=self.early_stop, compact_every=self.compact_every)
+        kw = _Common(eps=self.eps, bounds=self.bounds, seed=self.seed, norm=self.norm)
+        lev = _Levers(early_stop=self.early_stop, compact_every=self.compact_every)
         if name in ("apgd-ce", "apgd-dlr"):
             return APGD(steps=self.apgd_steps, loss=name[5:], n_restarts=self.apgd_restarts,
                         eot_iter=self.eot_iter, **lev, **kw)

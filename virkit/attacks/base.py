@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 import torch
 from torch import nn
@@ -59,11 +59,11 @@ class Attack:
     norm: str = "Linf"
     #: the threat models this attack implements; a class with more than ``("Linf",)`` takes a ``norm``
     #: constructor keyword (:func:`virkit.attacks.get_attack` passes it on only to those)
-    norms: tuple[str, ...] = ("Linf",)
+    norms: ClassVar[tuple[str, ...]] = ("Linf",)
     #: True for score-based black-box attacks, which read only the model's outputs (logits) and never
     #: its gradients (Square, SPSA); False for white-box attacks, which use input gradients (also
     #: the ensembles, AutoAttack and MDE, whose components are mostly gradient-based).
-    black_box: bool = False
+    black_box: ClassVar[bool] = False
     #: settings added after eval.json files were first written: left out of :meth:`describe` while
     #: they hold these values, so earlier evaluations with the same attack are still recognised
     quiet_defaults: dict = {}
@@ -99,7 +99,7 @@ class Attack:
 
     def describe(self) -> dict:
         """Settings of this attack as a JSON-serializable dict (written into eval.json)."""
-        out = {"name": self.name, "norm": self.norm, "paper": self.paper}
+        out: dict[str, int | float | str | bool | None] = {"name": self.name, "norm": self.norm, "paper": self.paper}
         for k, v in vars(self).items():
             if k == "details" or (k in self.quiet_defaults and v == self.quiet_defaults[k]):
                 continue
@@ -112,11 +112,13 @@ class Attack:
 
 
 #: name -> factory(**overrides) -> Attack. Filled by ``@register`` in the attack modules.
-ATTACKS: dict[str, type] = {}
+ATTACKS: dict[str, type[Attack]] = {}
+
+_AttackClass = TypeVar("_AttackClass", bound=type[Attack])
 
 
-def register(name: str):
-    def deco(cls):
+def register(name: str) -> Callable[[_AttackClass], _AttackClass]:
+    def deco(cls: _AttackClass) -> _AttackClass:
         ATTACKS[name] = cls
         return cls
     return deco
@@ -140,6 +142,12 @@ def target_classes(logits: torch.Tensor, y: torch.Tensor, n_targets: int) -> tor
     return masked.topk(n, dim=1).indices
 
 
+@overload
+def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int,
+                  clean_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: None,
+                  clean_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, None]: ...
 @torch.no_grad()
 def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int | None,
                   clean_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -192,7 +200,14 @@ def first_rank_table(group: torch.Tensor | None) -> torch.Tensor | None:
     return torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=group.device)
 
 
-_State = TypeVar("_State")
+class _RowState(Protocol):
+    """What :func:`compact_rows` needs of a state: a dataclass with the ``group`` and ``rank`` fields."""
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+    group: torch.Tensor | None
+    rank: torch.Tensor | None
+
+
+_State = TypeVar("_State", bound=_RowState)
 
 
 def compact_rows(state: _State, done: torch.Tensor, best_rank: torch.Tensor | None,
@@ -205,9 +220,11 @@ def compact_rows(state: _State, done: torch.Tensor, best_rank: torch.Tensor | No
     rows still running."""
     keep = ~done
     if best_rank is not None:
+        group, rank = state.group, state.rank
+        assert group is not None and rank is not None, "best_rank needs the state's group and rank"
         if bool(done.any()):
-            best_rank.scatter_reduce_(0, state.group[done], state.rank[done], "amin")
-        keep &= state.rank < best_rank[state.group]
+            best_rank.scatter_reduce_(0, group[done], rank[done], "amin")
+        keep &= rank < best_rank[group]
     if bool(keep.all()):
         return state
     finish(state, ~keep)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +164,7 @@ class PGD(Attack):
 
     name = "PGD"
     paper = "Madry et al., ICLR 2018"
-    norms = ("Linf", "L2")
+    norms: ClassVar[tuple[str, ...]] = ("Linf", "L2")   # the base's type: CW-inf narrows it to ("Linf",)
 
     def __init__(self, eps: float = 8 / 255, step_size: float = 1 / 255, steps: int = 100,
                  random_start: str = "uniform", loss: str = "ce", kappa: float = 50.0, bounds=(0.0, 1.0),

@@ -98,17 +98,24 @@ class Square(Attack):
         m = margin(model(x_best), y)
         rows = torch.arange(h, device=dev).view(1, 1, h, 1)
         cols = torch.arange(w, device=dev).view(1, 1, 1, w)
-        active = xa = ya = xb_a = m_a = None
+        # the rows still querying and their compact tensors: None until the first look (it == 1)
+        active: torch.Tensor | None = None
+        xa: torch.Tensor | None = None
+        ya: torch.Tensor | None = None
+        xb_a: torch.Tensor | None = None
+        m_a: torch.Tensor | None = None
         k = 0
         for it in range(1, self.n_queries):
             if (it - 1) % self.check_every == 0:
                 if active is not None:
+                    assert xb_a is not None and m_a is not None     # set with ``active``
                     x_best[active], m[active] = xb_a, m_a
                 active = (m > 0).nonzero().squeeze(1)
                 if active.numel() == 0:
                     break
                 xa, ya, xb_a, m_a = x[active], y[active], x_best[active], m[active]
                 k = active.numel()
+            assert xa is not None and ya is not None and xb_a is not None and m_a is not None  # the look at it == 1
             p = square_p_schedule(it - 1, self.n_queries, self.p_init, self.resc_schedule)
             s = max(int(round(math.sqrt(p * h * w))), 1)
             s = min(s, h - 1, w - 1) if min(h, w) > 1 else 1
@@ -123,6 +130,7 @@ class Square(Attack):
             m_a = torch.where(better, m_new, m_a)
         else:
             if active is not None and active.numel():
+                assert xb_a is not None and m_a is not None     # set with ``active``
                 x_best[active], m[active] = xb_a, m_a
         return x_best, m
 
