@@ -15,7 +15,7 @@ help:
 	@echo "             figures in figures/<preset>/, executed notebooks and runs in runs/notebooks/<preset>/"
 	@echo "make gallery - after make demo: its key figures into figures/gallery/ (tracked) with provenance"
 	@echo "make test   - run the test suite"
-	@echo "make lint   - ruff (lint and format), the import contract (lint-imports), mypy over the core"
+	@echo "make lint   - ruff check, the import contract (lint-imports), mypy over the core and the attacks"
 	@echo "make bench  - CPU benchmark (see BENCHMARKS.md)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -36,7 +36,6 @@ gallery: $(STAMP)   # after make demo: its key figures into figures/gallery/ (tr
 # The checks CI runs before the suite (pre-commit runs the same on each commit)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check virkit tests benchmarks
-	$(VENV)/bin/ruff format --check virkit tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 

@@ -22,7 +22,6 @@ FOREIGN = {
     "ray start": {"--head", "--port"},
     "papermill": {"--help-notebook"},
     "git (provenance)": {"--porcelain", "--short", "--untracked-files"},
-    "ruff format (Makefile: make lint)": {"--check"},
     "virkit's worker processes (python -m virkit.notebooks / virkit.sweep)": {"--exec-one", "--train-one", "--worker"},
 }
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
