@@ -79,7 +79,8 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
 
     for preset, spec in N.NOTEBOOK_PRESETS.items():
         assert preset in TRAINER_PRESETS
-        assert set(spec) <= {"description", "robust_attack", "seeds", "notebooks", "eval_attacks", "runs"}, preset
+        assert set(spec) <= {"description", "robust_attack", "seeds", "notebooks", "eval_attacks", "runs", "only",
+                             "skip"}, preset
         for m in ("natural", "at", "vir-at", "vir-trades-sd"):
             assert N.train_config(preset, m, seed=1) == resolve_config(preset, method=m, seed=1)
         assert set(spec.get("eval_attacks", [])) <= set(attack_names())
@@ -427,13 +428,16 @@ def test_shared_runs_are_reused(smoke_batch):
     runs_root = smoke_batch["root"] / "runs" / "smoke" / "runs"
     dirs = sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = {p.name.split("-s0-")[0] for p in dirs}
-    # five runs serve all nine notebooks (Table 6's first row is the VIR pipeline with w = 1)
+    # seven runs serve all ten notebooks (Table 6's first row is the VIR pipeline with w = 1; notebook 10
+    # adds the scale-matched controls)
     assert {"cifar10-small-cnn-natural", "cifar10-small-cnn-at", "cifar10-small-cnn-vir-at",
-            "cifar10-small-cnn-vir-at-sv", "cifar10-small-cnn-vir-at-w1"} == names
+            "cifar10-small-cnn-vir-at-sv", "cifar10-small-cnn-vir-at-w1", "cifar10-small-cnn-vir-at-mean1",
+            "cifar10-small-cnn-vir-at-flat"} == names
     vir = next(p for p in dirs if p.name.startswith("cifar10-small-cnn-vir-at-s0-"))
     # trained before the notebooks (virkit.notebooks.prepare): the ablations branched from VIR-AT's burn-in
     for d in dirs:
-        if d.name.startswith(("cifar10-small-cnn-vir-at-w1-", "cifar10-small-cnn-vir-at-sv-")):
+        if d.name.startswith(("cifar10-small-cnn-vir-at-w1-", "cifar10-small-cnn-vir-at-sv-",
+                              "cifar10-small-cnn-vir-at-mean1-", "cifar10-small-cnn-vir-at-flat-")):
             parent = json.loads((d / "config.json").read_text())["parent"]
             assert Path(parent["path"]) == vir.resolve() and parent["epoch"] == 1
     mtime = (vir / "last.pt").stat().st_mtime_ns
@@ -511,8 +515,8 @@ def test_planned_runs_share_burn_ins(tmp_path):
     from virkit.notebooks.prepare import planned_runs
 
     by = {r.method: r for r in planned_runs("smoke", tmp_path)}
-    assert set(by) == {"natural", "at", "vir-at", "vir-at-w1", "vir-at-sv"}
-    assert by["vir-at-w1"].parent is by["vir-at"] and by["vir-at-sv"].parent is by["vir-at"]
+    assert set(by) == {"natural", "at", "vir-at", "vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat"}
+    assert all(by[m].parent is by["vir-at"] for m in ("vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat"))
     assert by["at"].parent is None and by["natural"].parent is None and by["vir-at"].parent is None
     demo = {r.method: r for r in planned_runs("demo", tmp_path)}
     assert set(paper.TABLES[1].methods) <= set(demo)          # every row of Table 1's layout
