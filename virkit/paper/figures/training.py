@@ -129,13 +129,14 @@ def plot_overfitting_curves(curves, title: str | None = None):
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    dashes = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]   # runs that coincide (the same burn-in) stay visible
     for i, (method, g) in enumerate(curves.groupby("method", sort=False)):
         by_epoch = g.groupby("epoch")
         color = method_color(method, i)
         n = g["seed"].nunique()
         for ax, key in zip(axes, ("val_pgd", "lr_x_weight")):
             mean = by_epoch[key].mean()
-            ax.plot(mean.index, mean.values, "-", lw=1.6, color=color,
+            ax.plot(mean.index, mean.values, ls=dashes[i % len(dashes)], lw=1.6, color=color,
                     label=f"{method_label(method)} ({n} seed{'s' if n != 1 else ''})")
             if n > 1:
                 ax.fill_between(mean.index, by_epoch[key].min().values, by_epoch[key].max().values, color=color,
