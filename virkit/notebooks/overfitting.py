@@ -63,10 +63,6 @@ def grid_runs(grid_dir: str | os.PathLike, methods: Sequence[str] = GRID_METHODS
     return runs
 
 
-def _history(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines() if line.strip()]
-
-
 def epoch_curves(runs: Mapping[str, Mapping[int, str | os.PathLike]]) -> pd.DataFrame:
     """One row per method, seed and epoch: ``lr``, validation natural and PGD accuracy (%), training
     adversarial accuracy (%), mean sample weight and ``lr_x_weight`` (the step the weights leave
@@ -74,7 +70,7 @@ def epoch_curves(runs: Mapping[str, Mapping[int, str | os.PathLike]]) -> pd.Data
     rows = []
     for method, seeds in runs.items():
         for seed, path in seeds.items():
-            for h in _history(Path(path)):
+            for h in RunDir(path).read_history():
                 w = float(h.get("weight_mean", 1.0))
                 rows.append({"method": method, "seed": seed, "epoch": int(h["epoch"]), "lr": float(h["lr"]),
                              "val_nat": 100 * float(h["holdout_nat_acc"]),
