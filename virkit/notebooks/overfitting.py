@@ -81,12 +81,19 @@ def epoch_curves(runs: Mapping[str, Mapping[int, str | os.PathLike]]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def _eval_doc(path: Path, checkpoint: str) -> dict:
-    file = checkpoint_eval_file(RunDir(path), checkpoint)
+def _read_json(file: Path) -> dict:
     try:
         return json.loads(file.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _checkpoint_eval(path: Path, checkpoint: str) -> tuple[dict, dict]:
+    """The trainer's record of ``checkpoint`` (epoch, file; ``same_as`` when best.pt is last.pt's
+    epoch) and the evaluation document that holds its numbers."""
+    run = RunDir(path)
+    rec = (_read_json(run.eval_file).get("checkpoints") or {}).get(checkpoint) or {}
+    return rec, _read_json(checkpoint_eval_file(run, rec.get("same_as", checkpoint)))
 
 
 def checkpoint_results(runs: Mapping[str, Mapping[int, str | os.PathLike]],
@@ -98,10 +105,8 @@ def checkpoint_results(runs: Mapping[str, Mapping[int, str | os.PathLike]],
     rows = []
     for method, seeds in runs.items():
         for seed, path in seeds.items():
-            record = _eval_doc(Path(path), "last").get("checkpoints") or {}
             for ck in CHECKPOINTS:
-                rec = record.get(ck) or {}
-                doc = _eval_doc(Path(path), rec.get("same_as", ck))
+                rec, doc = _checkpoint_eval(Path(path), ck)
                 acc = {a: 100 * float(doc["attacks"][a]["accuracy"]) if a in doc.get("attacks", {}) else float("nan")
                        for a in attacks}
                 rows.append({"method": method, "seed": seed, "checkpoint": ck, "epoch": rec.get("epoch"), **acc})
@@ -144,8 +149,7 @@ def class_fairness(runs: Mapping[str, Mapping[int, str | os.PathLike]], attack: 
     rows = []
     for method, seeds in runs.items():
         for seed, path in seeds.items():
-            record = _eval_doc(Path(path), "last").get("checkpoints") or {}
-            doc = _eval_doc(Path(path), (record.get(checkpoint) or {}).get("same_as", checkpoint))
+            _, doc = _checkpoint_eval(Path(path), checkpoint)
             if attack not in doc.get("attacks", {}):
                 have = ", ".join(doc.get("attacks", {})) or "none"
                 raise VirkitError(f"{path}: the {checkpoint} checkpoint's evaluation has no {attack!r} (it has {have}); "
