@@ -35,6 +35,7 @@ gallery: $(STAMP)   # after make demo: its key figures into figures/gallery/ (tr
 
 # The checks CI runs before the suite (pre-commit runs the same on each commit)
 lint: $(STAMP)
+	$(VENV)/bin/ruff format --check virkit tests benchmarks
 	$(VENV)/bin/ruff check virkit tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy

@@ -30,6 +30,7 @@ absent). Its model is an AT model trained briefly here (or ``--aa-checkpoint``).
 
 Prints one JSON object (also written to ``--json``) and Markdown rows for BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,12 +61,38 @@ from virkit.training.methods import METHODS, method_step  # noqa: E402
 
 ALL_METHODS = ("at", "vir-at", "trades", "vir-trades")
 MODE_DEFAULTS = {
-    "cpu": dict(models=("small-cnn",), device="cpu", precision="fp32", channels_last=True, compile=False,
-                warmup=4, steps=24, rounds=4, ref_workers=0, data_n=5120, aa_n=100, aa_batch=100,
-                aa_train_steps=60, aa_train_attack_steps=3),
-    "gpu": dict(models=("resnet18", "wrn-34-10"), device="cuda", precision="bf16", channels_last=True, compile=True,
-                warmup=15, steps=120, rounds=4, ref_workers=2, data_n=50000, aa_n=1000, aa_batch=1000,
-                aa_train_steps=1500, aa_train_attack_steps=10),
+    "cpu": dict(
+        models=("small-cnn",),
+        device="cpu",
+        precision="fp32",
+        channels_last=True,
+        compile=False,
+        warmup=4,
+        steps=24,
+        rounds=4,
+        ref_workers=0,
+        data_n=5120,
+        aa_n=100,
+        aa_batch=100,
+        aa_train_steps=60,
+        aa_train_attack_steps=3,
+    ),
+    "gpu": dict(
+        models=("resnet18", "wrn-34-10"),
+        device="cuda",
+        precision="bf16",
+        channels_last=True,
+        compile=True,
+        warmup=15,
+        steps=120,
+        rounds=4,
+        ref_workers=2,
+        data_n=50000,
+        aa_n=1000,
+        aa_batch=1000,
+        aa_train_steps=1500,
+        aa_train_attack_steps=10,
+    ),
 }
 
 
@@ -87,6 +114,7 @@ def environment(device: torch.device) -> dict:
         env["cudnn"] = torch.backends.cudnn.version()
     try:
         import torchattacks
+
         env["torchattacks"] = torchattacks.__version__
     except Exception:
         pass
@@ -120,7 +148,7 @@ class PeakMemory:
                 yield
             finally:
                 torch.cuda.synchronize(self.device)
-                self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device) / 2 ** 20)
+                self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device) / 2**20)
             return
         stop = threading.Event()
         peak = [_rss_mb()]
@@ -128,6 +156,7 @@ class PeakMemory:
         def sample():
             while not stop.wait(0.005):
                 peak[0] = max(peak[0], _rss_mb())
+
         t = threading.Thread(target=sample, daemon=True)
         t.start()
         try:
@@ -173,8 +202,11 @@ def load_data(kind: str, root: str | None, n_train: int, n_test: int) -> tuple[S
         try:
             train = load_dataset("cifar10", root, "train")
             test = load_dataset("cifar10", root, "test")
-            return subset(train, min(n_train, len(train)), seed=0), subset(test, min(n_test, len(test)), seed=1), \
-                train.source
+            return (
+                subset(train, min(n_train, len(train)), seed=0),
+                subset(test, min(n_test, len(test)), seed=1),
+                train.source,
+            )
         except VirkitError as e:
             if kind == "cifar10":
                 raise
@@ -200,6 +232,7 @@ class ReferenceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         from PIL import Image
+
         img = Image.fromarray(self.data[i])
         return self.transform(img), self.targets[i]
 
@@ -218,19 +251,31 @@ class VirkitLoop:
 
     def __init__(self, model_name, method, split, device, args, seed=0, trades_forwards=None, name="virkit"):
         from virkit.training.trainer import _autocast_factory, _maybe_compile
+
         self.device, self.name = device, name
-        self.cfg = resolve_config("paper", model=model_name, method=method, device=str(device),
-                                  precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-                                  attack_steps=args.attack_steps, step_size=args.step_size, eps=args.eps,
-                                  batch_size=args.batch_size, trades_forwards=trades_forwards)
+        self.cfg = resolve_config(
+            "paper",
+            model=model_name,
+            method=method,
+            device=str(device),
+            precision=args.precision,
+            channels_last=args.channels_last,
+            compile=args.compile,
+            attack_steps=args.attack_steps,
+            step_size=args.step_size,
+            eps=args.eps,
+            batch_size=args.batch_size,
+            trades_forwards=trades_forwards,
+        )
         self.epoch = self.cfg.reweight_start  # reweighting active: the expensive branch of VIR-*
         torch.manual_seed(seed)
         model = build_model(model_name, split.num_classes, split.mean, split.std).to(device)
         self.channels_last = self.cfg.channels_last and device.type in ("cuda", "cpu")  # as the trainer
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        kw = dict(lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay,
-                  nesterov=self.cfg.nesterov)
+        kw = dict(
+            lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay, nesterov=self.cfg.nesterov
+        )
         if device.type == "cuda":
             kw["fused"] = True
         self.model, self.opt = model, torch.optim.SGD(model.parameters(), **kw)
@@ -242,7 +287,7 @@ class VirkitLoop:
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed + 2)
         loader = DeviceLoader(split, args.batch_size, shuffle=True, augment=True, drop_last=True)
-        counter = iter(range(10 ** 9))
+        counter = iter(range(10**9))
         self.batches = _forever(lambda: loader.epoch(next(counter)))
         self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         self.adv_correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -271,22 +316,38 @@ class ReferenceLoop:
 
     def __init__(self, model_name, method, split, device, args, seed=0):
         from torchvision import transforms
+
         split = split.to("cpu")  # the reference's dataset lives in host memory, as torchvision's
         spec = METHODS[method]
-        self.cfg = resolve_config("paper", model=model_name, method=method, attack_steps=args.attack_steps,
-                                  step_size=args.step_size, eps=args.eps, batch_size=args.batch_size)
+        self.cfg = resolve_config(
+            "paper",
+            model=model_name,
+            method=method,
+            attack_steps=args.attack_steps,
+            step_size=args.step_size,
+            eps=args.eps,
+            batch_size=args.batch_size,
+        )
         self.method, self.family, self.device = method, spec.family, device
         self.vir = spec.weighting == "vir"
         torch.manual_seed(seed)
         self.model = build_model(model_name, split.num_classes, split.mean, split.std).to(device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                   weight_decay=self.cfg.weight_decay)
-        tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                 transforms.ToTensor()])
+        self.opt = torch.optim.SGD(
+            self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
+        )
+        tf = transforms.Compose(
+            [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        )
         nw = args.ref_workers
         self.loader = torch.utils.data.DataLoader(
-            ReferenceDataset(split, tf), batch_size=args.batch_size, shuffle=True, num_workers=nw,
-            pin_memory=device.type == "cuda", drop_last=True, persistent_workers=nw > 0)
+            ReferenceDataset(split, tf),
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=nw,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+            persistent_workers=nw > 0,
+        )
         self.batches = _forever(lambda: iter(self.loader))
         self.eps, self.step_size, self.k = self.cfg.eps, self.cfg.step_size, self.cfg.attack_steps
         self.beta = self.cfg.hp("trades_beta")
@@ -310,7 +371,7 @@ class ReferenceLoop:
         if self.family == "at":
             if self.vir:  # Algorithm 1, line 5
                 x_adv = x.detach() + 0.001 * torch.randn_like(x)
-            else:         # Madry et al.: uniform start
+            else:  # Madry et al.: uniform start
                 x_adv = (x.detach() + torch.empty_like(x).uniform_(-eps, eps)).clamp(0.0, 1.0)
             for _ in range(self.k):
                 x_adv.requires_grad_()
@@ -338,8 +399,9 @@ class ReferenceLoop:
         else:
             logits = model(x)
             loss_natural = F.cross_entropy(logits, y)
-            kl = torch.nn.KLDivLoss(reduction="none")(F.log_softmax(model(x_adv), dim=1),
-                                                      F.softmax(model(x), dim=1)).sum(1)
+            kl = torch.nn.KLDivLoss(reduction="none")(
+                F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1)
+            ).sum(1)
             loss = loss_natural + self.beta * ((w * kl).mean() if w is not None else kl.mean())
         loss.backward()
         self.opt.step()
@@ -357,8 +419,9 @@ def bench_pair(model_name: str, method: str, split: Split, device: torch.device,
         t0 = time.perf_counter()
         if cls is ReferenceLoop and args.versus_forwards:
             # the same virkit step with 2 train-mode TRADES forwards (x', x) in the reference's place
-            loop = VirkitLoop(model_name, method, split, device, args, trades_forwards=args.versus_forwards,
-                              name="reference")
+            loop = VirkitLoop(
+                model_name, method, split, device, args, trades_forwards=args.versus_forwards, name="reference"
+            )
         else:
             loop = cls(model_name, method, split, device, args)
         for _ in range(args.warmup):
@@ -371,7 +434,7 @@ def bench_pair(model_name: str, method: str, split: Split, device: torch.device,
     mem = {lp.name: PeakMemory(device) for lp in loops}
     load_before = load_average()
     for r in range(args.rounds):
-        for lp in (loops if r % 2 == 0 else loops[::-1]):
+        for lp in loops if r % 2 == 0 else loops[::-1]:
             with mem[lp.name].measure():
                 sync(device)
                 t = time.perf_counter()
@@ -381,22 +444,41 @@ def bench_pair(model_name: str, method: str, split: Split, device: torch.device,
                 dt = time.perf_counter() - t
             rates[lp.name].append(per_round * args.batch_size / dt)
     v = loops[0]
-    res = {"model": model_name, "method": method, "batch_size": args.batch_size, "attack_steps": args.attack_steps,
-           "measured_steps": per_round * args.rounds, "rounds": args.rounds,
-           "virkit_img_s": statistics.median(rates["virkit"]), "virkit_img_s_rounds": rates["virkit"],
-           "virkit_peak_mem_mib": mem["virkit"].peak, "virkit_warmup_s": warm["virkit"],
-           "virkit_compile": v.compiled, "virkit_precision": v.cfg.precision,
-           "virkit_trades_forwards": v.cfg.trades_forwards,
-           "reference_kind": (f"virkit with trades_forwards={args.versus_forwards}" if args.versus_forwards
-                              else "reference-style loop"),
-           "virkit_channels_last": v.channels_last, "virkit_finite": v.finite(), "mem_kind": mem["virkit"].kind,
-           "load_avg_before": load_before, "load_avg_after": load_average()}
+    res = {
+        "model": model_name,
+        "method": method,
+        "batch_size": args.batch_size,
+        "attack_steps": args.attack_steps,
+        "measured_steps": per_round * args.rounds,
+        "rounds": args.rounds,
+        "virkit_img_s": statistics.median(rates["virkit"]),
+        "virkit_img_s_rounds": rates["virkit"],
+        "virkit_peak_mem_mib": mem["virkit"].peak,
+        "virkit_warmup_s": warm["virkit"],
+        "virkit_compile": v.compiled,
+        "virkit_precision": v.cfg.precision,
+        "virkit_trades_forwards": v.cfg.trades_forwards,
+        "reference_kind": (
+            f"virkit with trades_forwards={args.versus_forwards}" if args.versus_forwards else "reference-style loop"
+        ),
+        "virkit_channels_last": v.channels_last,
+        "virkit_finite": v.finite(),
+        "mem_kind": mem["virkit"].kind,
+        "load_avg_before": load_before,
+        "load_avg_after": load_average(),
+    }
     if v.log:
         res["virkit_log"] = v.log
     if "reference" in rates:
-        res.update({"reference_img_s": statistics.median(rates["reference"]),
-                    "reference_img_s_rounds": rates["reference"], "reference_peak_mem_mib": mem["reference"].peak,
-                    "reference_warmup_s": warm["reference"], "reference_finite": loops[1].finite()})
+        res.update(
+            {
+                "reference_img_s": statistics.median(rates["reference"]),
+                "reference_img_s_rounds": rates["reference"],
+                "reference_peak_mem_mib": mem["reference"].peak,
+                "reference_warmup_s": warm["reference"],
+                "reference_finite": loops[1].finite(),
+            }
+        )
         res["ratio"] = res["virkit_img_s"] / res["reference_img_s"]
         # per-round ratios (the two loops of a round ran back to back) as a spread indicator
         res["ratio_rounds"] = [a / b for a, b in zip(rates["virkit"], rates["reference"])]
@@ -413,23 +495,27 @@ def _aa_model(args, model_name: str, train: Split, device: torch.device):
     (virkit's fast training step, fp32 or --precision), in eval mode, fp32."""
     if args.aa_checkpoint:
         from virkit.models.checkpoint import load_checkpoint
+
         model, _ = load_checkpoint(args.aa_checkpoint, device=device)
         return model.eval(), f"checkpoint {args.aa_checkpoint}"
     k = args.aa_train_attack_steps
-    ns = argparse.Namespace(**{**vars(args), "compile": False, "attack_steps": k,
-                               "step_size": max(2 / 255, 2.5 * args.eps / k)})
+    ns = argparse.Namespace(
+        **{**vars(args), "compile": False, "attack_steps": k, "step_size": max(2 / 255, 2.5 * args.eps / k)}
+    )
     loop = VirkitLoop(model_name, "at", train, device, ns, seed=1)
     t = time.perf_counter()
     for _ in range(args.aa_train_steps):
         loop.step()
     sync(device)
-    return loop.model.eval(), (f"{model_name} trained here with virkit PGD-{k} AT for "
-                               f"{args.aa_train_steps} steps of {args.batch_size} ({time.perf_counter() - t:.0f} s)")
+    return loop.model.eval(), (
+        f"{model_name} trained here with virkit PGD-{k} AT for "
+        f"{args.aa_train_steps} steps of {args.batch_size} ({time.perf_counter() - t:.0f} s)"
+    )
 
 
 @torch.no_grad()
 def _accuracy(model, x, y, bs) -> float:
-    return sum(int((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum()) for i in range(0, len(y), bs)) / len(y)
+    return sum(int((model(x[i : i + bs]).argmax(1) == y[i : i + bs]).sum()) for i in range(0, len(y), bs)) / len(y)
 
 
 def bench_autoattack(args, model_name: str, train: Split, test: Split, device: torch.device) -> dict:
@@ -455,21 +541,33 @@ def bench_autoattack(args, model_name: str, train: Split, test: Split, device: t
     x = test.float_images(torch.arange(n)).contiguous().to(device)
     y = test.y[:n].to(device)
     bs = args.aa_batch
-    out = {"n": n, "eps": args.eps, "model": model_name, "model_origin": origin, "batch_size": bs,
-           "natural_acc": _accuracy(model, x, y, bs), "load_avg_before": load_average()}
+    out = {
+        "n": n,
+        "eps": args.eps,
+        "model": model_name,
+        "model_origin": origin,
+        "batch_size": bs,
+        "natural_acc": _accuracy(model, x, y, bs),
+        "load_avg_before": load_average(),
+    }
 
     def run(fn):
         mem = PeakMemory(device)
         with mem.measure():
             sync(device)
             t = time.perf_counter()
-            xs = [fn(x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs)]
+            xs = [fn(x[i : i + bs], y[i : i + bs]) for i in range(0, n, bs)]
             sync(device)
             dt = time.perf_counter() - t
         x_adv = torch.cat(xs).detach()
         linf = float((x_adv - x).abs().amax())
-        return {"seconds": dt, "robust_acc": _accuracy(model, x_adv, y, bs), "max_linf": linf,
-                "peak_mem_mib": mem.peak, "mem_kind": mem.kind}
+        return {
+            "seconds": dt,
+            "robust_acc": _accuracy(model, x_adv, y, bs),
+            "max_linf": linf,
+            "peak_mem_mib": mem.peak,
+            "mem_kind": mem.kind,
+        }
 
     atk = VirkitAA(eps=args.eps, seed=0)
     out["virkit"] = run(lambda xb, yb: atk(model, xb, yb))
@@ -479,20 +577,25 @@ def bench_autoattack(args, model_name: str, train: Split, test: Split, device: t
         # for the comparison is therefore the same composition at the standard budget; the shipped
         # class is timed too and recorded as such.
         k = test.num_classes
-        ta = torchattacks.MultiAttack([
-            torchattacks.APGD(model, norm="Linf", eps=args.eps, steps=100, n_restarts=1, loss="ce", seed=0),
-            torchattacks.APGDT(model, norm="Linf", eps=args.eps, steps=100, n_restarts=1, n_classes=k, seed=0),
-            torchattacks.FAB(model, norm="Linf", eps=args.eps, steps=100, n_restarts=1, multi_targeted=True,
-                             n_classes=k, seed=0),
-            torchattacks.Square(model, norm="Linf", eps=args.eps, n_queries=5000, n_restarts=1, seed=0)])
+        ta = torchattacks.MultiAttack(
+            [
+                torchattacks.APGD(model, norm="Linf", eps=args.eps, steps=100, n_restarts=1, loss="ce", seed=0),
+                torchattacks.APGDT(model, norm="Linf", eps=args.eps, steps=100, n_restarts=1, n_classes=k, seed=0),
+                torchattacks.FAB(
+                    model, norm="Linf", eps=args.eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=k, seed=0
+                ),
+                torchattacks.Square(model, norm="Linf", eps=args.eps, n_queries=5000, n_restarts=1, seed=0),
+            ]
+        )
         out["torchattacks"] = run(lambda xb, yb: ta(xb, yb))
         out["torchattacks"]["what"] = "MultiAttack(APGD-CE, APGD-T, FAB-T at 100 steps, Square 5000): standard budget"
         out["speedup"] = out["torchattacks"]["seconds"] / out["virkit"]["seconds"]
         out["robust_acc_diff_points"] = 100 * (out["virkit"]["robust_acc"] - out["torchattacks"]["robust_acc"])
         shipped = torchattacks.AutoAttack(model, norm="Linf", eps=args.eps, version="standard", n_classes=k, seed=0)
         out["torchattacks_autoattack_class"] = run(lambda xb, yb: shipped(xb, yb))
-        out["torchattacks_autoattack_class"]["what"] = ("torchattacks.AutoAttack as shipped: APGD-CE, APGD-T, "
-                                                        "FAB-T at 10 steps, Square 5000")
+        out["torchattacks_autoattack_class"]["what"] = (
+            "torchattacks.AutoAttack as shipped: APGD-CE, APGD-T, FAB-T at 10 steps, Square 5000"
+        )
     else:
         out["torchattacks"] = {"skipped": ta_skip}
     out["load_avg_after"] = load_average()
@@ -508,29 +611,39 @@ def markdown_rows(result: dict) -> list[str]:
         ref = f"{r['reference_img_s']:.1f}" if "reference_img_s" in r else "-"
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
         mem = f"{r['virkit_peak_mem_mib']:.0f} / {r.get('reference_peak_mem_mib', float('nan')):.0f}"
-        rows.append(f"| {date} | {dev} | {r['model']} | {r['method']} | {r['virkit_precision']}"
-                    f"{', channels_last' if r['virkit_channels_last'] else ''}, compile {r['virkit_compile']} | "
-                    f"{r['virkit_img_s']:.1f} | {ref} | {ratio} | {mem} | {r['load_avg_before']} |")
+        rows.append(
+            f"| {date} | {dev} | {r['model']} | {r['method']} | {r['virkit_precision']}"
+            f"{', channels_last' if r['virkit_channels_last'] else ''}, compile {r['virkit_compile']} | "
+            f"{r['virkit_img_s']:.1f} | {ref} | {ratio} | {mem} | {r['load_avg_before']} |"
+        )
     aa = result.get("autoattack", {})
     if "virkit" in aa and "seconds" in aa.get("torchattacks", {}):
-        rows.append(f"| {date} | {dev} | AutoAttack {aa['model']} n={aa['n']} | virkit {aa['virkit']['seconds']:.1f} s "
-                    f"(robust {100 * aa['virkit']['robust_acc']:.1f}%) | torchattacks "
-                    f"{aa['torchattacks']['seconds']:.1f} s (robust {100 * aa['torchattacks']['robust_acc']:.1f}%) | "
-                    f"{aa['speedup']:.2f}x | nat {100 * aa['natural_acc']:.1f}% | {aa['load_avg_before']} |")
+        rows.append(
+            f"| {date} | {dev} | AutoAttack {aa['model']} n={aa['n']} | virkit {aa['virkit']['seconds']:.1f} s "
+            f"(robust {100 * aa['virkit']['robust_acc']:.1f}%) | torchattacks "
+            f"{aa['torchattacks']['seconds']:.1f} s (robust {100 * aa['torchattacks']['robust_acc']:.1f}%) | "
+            f"{aa['speedup']:.2f}x | nat {100 * aa['natural_acc']:.1f}% | {aa['load_avg_before']} |"
+        )
         if "seconds" in aa.get("torchattacks_autoattack_class", {}):
             c = aa["torchattacks_autoattack_class"]
-            rows.append(f"| {date} | {dev} | (torchattacks.AutoAttack as shipped, 10-step APGD/FAB) | | "
-                        f"{c['seconds']:.1f} s (robust {100 * c['robust_acc']:.1f}%) | "
-                        f"{c['seconds'] / aa['virkit']['seconds']:.2f}x | | |")
+            rows.append(
+                f"| {date} | {dev} | (torchattacks.AutoAttack as shipped, 10-step APGD/FAB) | | "
+                f"{c['seconds']:.1f} s (robust {100 * c['robust_acc']:.1f}%) | "
+                f"{c['seconds'] / aa['virkit']['seconds']:.2f}x | | |"
+            )
     return rows
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--mode", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--models", type=lambda s: tuple(v for v in s.split(",") if v),
-                   help="comma-separated (cpu: small-cnn; gpu: resnet18,wrn-34-10)")
+    p.add_argument(
+        "--models",
+        type=lambda s: tuple(v for v in s.split(",") if v),
+        help="comma-separated (cpu: small-cnn; gpu: resnet18,wrn-34-10)",
+    )
     p.add_argument("--methods", type=lambda s: tuple(v for v in s.split(",") if v), default=ALL_METHODS)
     p.add_argument("--steps", type=int, help="measured iterations per loop (split over --rounds)")
     p.add_argument("--warmup", type=int, help="iterations per loop before timing (include compilation)")
@@ -547,10 +660,14 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--ref-workers", type=int, help="DataLoader workers of the reference (cpu 0, gpu 2)")
     p.add_argument("--no-reference", action="store_true", help="time virkit only")
-    p.add_argument("--versus-forwards", type=int, choices=[2],
-                   help="TRADES-family methods: time virkit's step (3 train-mode forwards, x, x', x, as trades.py) "
-                        "against the same step with 2 (x', x) in the reference's place, in the same alternating "
-                        "rounds: the ratio is the third forward's cost")
+    p.add_argument(
+        "--versus-forwards",
+        type=int,
+        choices=[2],
+        help="TRADES-family methods: time virkit's step (3 train-mode forwards, x, x', x, as trades.py) "
+        "against the same step with 2 (x', x) in the reference's place, in the same alternating "
+        "rounds: the ratio is the third forward's cost",
+    )
     p.add_argument("--data", choices=["auto", "cifar10", "synthetic"], default="auto")
     p.add_argument("--data-root", help="as virkit's --data-root (default $VIRKIT_DATA)")
     p.add_argument("--data-n", type=int, help="training images used (cpu 5120, gpu 50000)")
@@ -594,21 +711,34 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     train, test, data_note = load_data(args.data, args.data_root, args.data_n, max(args.aa_n, 1))
     train_dev = train.to(device)
-    result = {"benchmark": "virkit bench.py", "mode": args.mode, "date": datetime.datetime.now().astimezone().isoformat(
-              timespec="seconds"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None
-              else "bench.py " + " ".join(argv), "env": environment(device), "data": data_note,
-              "data_n": len(train), "load_avg_start": load_average(),
-              "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
-              "training": []}
+    result = {
+        "benchmark": "virkit bench.py",
+        "mode": args.mode,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else "bench.py " + " ".join(argv),
+        "env": environment(device),
+        "data": data_note,
+        "data_n": len(train),
+        "load_avg_start": load_average(),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "training": [],
+    }
     for model_name in args.models:
         for method in args.methods:
             r = bench_pair(model_name, method, train_dev, device, args)
             result["training"].append(r)
             ratio = f", ratio {r['ratio']:.2f}x" if "ratio" in r else ""
-            print(f"[bench] {model_name:10s} {method:10s} virkit {r['virkit_img_s']:8.1f} img/s"
-                  + (f", {'2 forwards' if args.versus_forwards else 'reference'} {r['reference_img_s']:8.1f} img/s"
-                     if "reference_img_s" in r else "")
-                  + f"{ratio} (load {r['load_avg_before']})", file=sys.stderr, flush=True)
+            print(
+                f"[bench] {model_name:10s} {method:10s} virkit {r['virkit_img_s']:8.1f} img/s"
+                + (
+                    f", {'2 forwards' if args.versus_forwards else 'reference'} {r['reference_img_s']:8.1f} img/s"
+                    if "reference_img_s" in r
+                    else ""
+                )
+                + f"{ratio} (load {r['load_avg_before']})",
+                file=sys.stderr,
+                flush=True,
+            )
     try:
         result["autoattack"] = bench_autoattack(args, args.aa_model or args.models[0], train_dev, test, device)
     except Exception as e:

@@ -26,6 +26,7 @@ Phases (``--mode gpu``: one CUDA device; ``--mode smoke``: the CPU, tiny everyth
 
     python benchmarks/campaign.py PHASE --work DIR --mode gpu|smoke --budget S [--data-root DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,7 @@ from campaign_report import PHASES, write_json_atomic  # noqa: E402
 
 from virkit.devices import compile_model, tf32_mode  # noqa: E402
 
-PAPER_EPOCHS, PAPER_MILESTONES, PAPER_REWEIGHT = 115, (75, 90), 76   # Sec. 5.1
+PAPER_EPOCHS, PAPER_MILESTONES, PAPER_REWEIGHT = 115, (75, 90), 76  # Sec. 5.1
 
 
 def now_iso() -> str:
@@ -72,8 +73,17 @@ class Phase:
         self.t0 = time.time()
         self.deadline = self.t0 + args.budget
         self.path = Path(args.work) / f"{name}.json"
-        self.doc = {"phase": name, "status": "running", "mode": args.mode, "budget_s": args.budget,
-                    "cap_s": args.cap, "started": now_iso(), "current": None, "skipped": [], "notes": []}
+        self.doc = {
+            "phase": name,
+            "status": "running",
+            "mode": args.mode,
+            "budget_s": args.budget,
+            "cap_s": args.cap,
+            "started": now_iso(),
+            "current": None,
+            "skipped": [],
+            "notes": [],
+        }
         self.save()
 
     def left(self) -> float:
@@ -132,8 +142,9 @@ def read_phase(args, name: str) -> dict:
 
 
 def data_found(root: str | None) -> bool:
-    return bool(root) and ((Path(root) / "cifar10-jpeg.tar.gz").is_file() or
-                           (Path(root) / "cifar-10-batches-py").is_dir())
+    return bool(root) and (
+        (Path(root) / "cifar10-jpeg.tar.gz").is_file() or (Path(root) / "cifar-10-batches-py").is_dir()
+    )
 
 
 def bench_args(args, extra: list[str]) -> argparse.Namespace:
@@ -151,22 +162,33 @@ def paper_schedule(epochs: int, method: str = "vir-at") -> dict:
     (``virkit.training.config.default_reweight_start``: the epoch after the first lr drop for VIR, the
     paper's 76th of 115), capped at the last epoch so that a very short run still reweights."""
     from virkit.training.config import default_reweight_start, scaled_schedule
+
     milestones = tuple(int(m) for m in scaled_schedule(epochs)["lr_milestones"])
     reweight = max(1, min(epochs, default_reweight_start(method, milestones, epochs)))
-    return {"epochs": epochs, "lr_milestones": milestones, "reweight_start": reweight,
-            "scaled_from": {"epochs": PAPER_EPOCHS, "lr_milestones": list(PAPER_MILESTONES),
-                            "reweight_start": PAPER_REWEIGHT}}
+    return {
+        "epochs": epochs,
+        "lr_milestones": milestones,
+        "reweight_start": reweight,
+        "scaled_from": {
+            "epochs": PAPER_EPOCHS,
+            "lr_milestones": list(PAPER_MILESTONES),
+            "reweight_start": PAPER_REWEIGHT,
+        },
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # prep
 # ------------------------------------------------------------------------------------------------
 def _nvidia_smi() -> dict:
-    q = ("name,driver_version,memory.total,memory.used,utilization.gpu,clocks.sm,clocks.max.sm,power.limit,"
-         "temperature.gpu")
+    q = (
+        "name,driver_version,memory.total,memory.used,utilization.gpu,clocks.sm,clocks.max.sm,power.limit,"
+        "temperature.gpu"
+    )
     try:
-        p = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True, text=True,
-                           timeout=15)
+        p = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True, text=True, timeout=15
+        )
         if p.returncode == 0 and p.stdout.strip():
             vals = [v.strip() for v in p.stdout.strip().splitlines()[0].split(",")]
             return dict(zip(q.split(","), vals))
@@ -184,12 +206,13 @@ def environment(dev: torch.device) -> dict:
     env["hostname"] = os.uname().nodename
     try:
         import triton
+
         env["triton"] = triton.__version__
     except Exception:
         env["triton"] = None
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
-        env["gpu_memory_gib"] = round(props.total_memory / 2 ** 30, 1)
+        env["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         env["gpu_sms"] = props.multi_processor_count
         env["gpu_capability"] = f"{props.major}.{props.minor}"
         smi = _nvidia_smi()
@@ -197,12 +220,15 @@ def environment(dev: torch.device) -> dict:
         env["driver"] = smi.get("driver_version")
     try:
         import torchattacks
+
         env["torchattacks"] = torchattacks.__version__
         env["torchattacks_from"] = str(Path(torchattacks.__file__).parent)
     except Exception as e:
         env["torchattacks"] = None
-        env["torchattacks_missing"] = (f"torchattacks not importable ({_err(e)}); copy its wheel into the "
-                                       "checkout's data/ folder (BENCHMARKS.md, GPU campaign)")
+        env["torchattacks_missing"] = (
+            f"torchattacks not importable ({_err(e)}); copy its wheel into the "
+            "checkout's data/ folder (BENCHMARKS.md, GPU campaign)"
+        )
     return env
 
 
@@ -212,6 +238,7 @@ def phase_prep(ph: Phase, args) -> None:
     ph.doc["env"] = environment(dev)
     ph.doc["cuda_available"] = torch.cuda.is_available()
     from virkit.training.methods import METHODS
+
     ph.doc["methods"] = sorted(METHODS)
     ph.doc["vir_at_flat"] = "vir-at-flat" in METHODS
     data = {"root": args.data_root, "found": data_found(args.data_root)}
@@ -224,10 +251,23 @@ def phase_prep(ph: Phase, args) -> None:
         # compile ResNet-18's training graphs now, on other cores while the data decodes: a_train's
         # torch.compile then finds inductor's on-disk caches warm (/tmp/torchinductor_<user>)
         with open(Path(args.work) / "prep_warm_compile.log", "wb") as wlog:
-            warm = subprocess.Popen([sys.executable, "-u", str(Path(__file__).resolve()), "_warm_compile", "--work",
-                                     args.work, "--mode", args.mode, "--budget", str(args.budget)],
-                                    stdout=wlog, stderr=subprocess.STDOUT,
-                                    env=_child_env(max(1, (os.cpu_count() or 2) - 2)))
+            warm = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-u",
+                    str(Path(__file__).resolve()),
+                    "_warm_compile",
+                    "--work",
+                    args.work,
+                    "--mode",
+                    args.mode,
+                    "--budget",
+                    str(args.budget),
+                ],
+                stdout=wlog,
+                stderr=subprocess.STDOUT,
+                env=_child_env(max(1, (os.cpu_count() or 2) - 2)),
+            )
         ph.doc["warm_compile"] = {"started": True}
     if smoke(args):
         data["decoded"] = False
@@ -236,18 +276,29 @@ def phase_prep(ph: Phase, args) -> None:
         data["decoded"] = False
         data["note"] = "not decoded: no CUDA, so no phase would use it"
     elif not data["found"]:
-        ph.skip("decode the CIFAR-10 stand-in", f"not found under {args.data_root!r} (copy cifar10-jpeg.tar.gz into "
-                "data/ of the checkout, or pass --data-root); a_train/a_wrn/d use synthetic images, c is skipped, "
-                "b trains its model on synthetic images")
+        ph.skip(
+            "decode the CIFAR-10 stand-in",
+            f"not found under {args.data_root!r} (copy cifar10-jpeg.tar.gz into "
+            "data/ of the checkout, or pass --data-root); a_train/a_wrn/d use synthetic images, c is skipped, "
+            "b trains its model on synthetic images",
+        )
     else:
         from virkit.data import load_dataset
+
         ph.running("decoding the CIFAR-10 stand-in into virkit's cache (once for all phases)")
         t = time.perf_counter()
         try:
             tr = load_dataset("cifar10", args.data_root, "train")
             te = load_dataset("cifar10", args.data_root, "test")
-            data.update({"decoded": True, "n_train": len(tr), "n_test": len(te), "source": tr.source,
-                         "seconds": round(time.perf_counter() - t, 1)})
+            data.update(
+                {
+                    "decoded": True,
+                    "n_train": len(tr),
+                    "n_test": len(te),
+                    "source": tr.source,
+                    "seconds": round(time.perf_counter() - t, 1),
+                }
+            )
         except Exception as e:
             data.update({"decoded": False, "error": _err(e)})
             ph.skip("decode the CIFAR-10 stand-in", _err(e))
@@ -263,8 +314,9 @@ def phase_prep(ph: Phase, args) -> None:
         except (OSError, ValueError):
             ph.doc["warm_compile"] = {"finished": False, "returncode": warm.returncode}
         if not ph.doc["warm_compile"].get("finished"):
-            ph.doc["warm_compile"]["log_tail"] = (Path(args.work) / "prep_warm_compile.log").read_text(
-                errors="replace").splitlines()[-6:]
+            ph.doc["warm_compile"]["log_tail"] = (
+                (Path(args.work) / "prep_warm_compile.log").read_text(errors="replace").splitlines()[-6:]
+            )
     ph.done()
 
 
@@ -311,9 +363,11 @@ def _pair(ph: Phase, model: str, method: str, split, dev, ns) -> dict | None:
         return None
     r["pair_seconds"] = round(time.time() - t, 2)
     r["compile_requested"] = bool(ns.compile)
-    log(f"{ph.name}: {model} {method}: virkit {r['virkit_img_s']:.0f} img/s ({r['virkit_compile']}), reference "
+    log(
+        f"{ph.name}: {model} {method}: virkit {r['virkit_img_s']:.0f} img/s ({r['virkit_compile']}), reference "
         f"{r.get('reference_img_s', float('nan')):.0f} img/s, ratio {r.get('ratio', float('nan')):.2f}x, peak "
-        f"{r['virkit_peak_mem_mib']:.0f} MiB, {r['pair_seconds']:.0f} s")
+        f"{r['virkit_peak_mem_mib']:.0f} MiB, {r['pair_seconds']:.0f} s"
+    )
     return r
 
 
@@ -322,17 +376,40 @@ def phase_a_train(ph: Phase, args) -> None:
     if dev is None:
         return
     model = "small-cnn" if smoke(args) else "resnet18"
-    ns = bench_args(args, ["--steps", "2", "--warmup", "1", "--rounds", "2"] if smoke(args) else
-                    ["--steps", "48", "--warmup", "8", "--rounds", "3"])
+    ns = bench_args(
+        args,
+        ["--steps", "2", "--warmup", "1", "--rounds", "2"]
+        if smoke(args)
+        else ["--steps", "48", "--warmup", "8", "--rounds", "3"],
+    )
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     split = _train_data(ph, args, ns.data_n, dev)
-    ph.doc.update({"model": model, "settings": {k: getattr(ns, k) for k in (
-        "batch_size", "attack_steps", "eps", "step_size", "precision", "channels_last", "compile", "warmup", "steps",
-        "rounds", "ref_workers")}, "results": []})
-    methods = ["vir-at", "at", "vir-trades", "trades"]   # the targets' methods first
+    ph.doc.update(
+        {
+            "model": model,
+            "settings": {
+                k: getattr(ns, k)
+                for k in (
+                    "batch_size",
+                    "attack_steps",
+                    "eps",
+                    "step_size",
+                    "precision",
+                    "channels_last",
+                    "compile",
+                    "warmup",
+                    "steps",
+                    "rounds",
+                    "ref_workers",
+                )
+            },
+            "results": [],
+        }
+    )
+    methods = ["vir-at", "at", "vir-trades", "trades"]  # the targets' methods first
     compile_ok = bool(ns.compile)
-    compile_late = False   # eager pairs first, one compiled VIR-AT at the end (when compiling is not known to be quick)
+    compile_late = False  # eager pairs first, one compiled VIR-AT at the end (when compiling is not known to be quick)
     if compile_ok:
         warm = read_phase(args, "prep").get("warm_compile") or {}
         logs = "; ".join(x for st in (warm.get("steps") or {}).values() for x in st.get("log", []))
@@ -341,19 +418,26 @@ def phase_a_train(ph: Phase, args) -> None:
             ph.note(f"torch.compile failed in prep's warm-up ({logs[:300]}): every method runs eager")
         elif not warm.get("finished"):
             compile_late = True
-            ph.note("prep's compile warm-up did not finish, so compiling may be slow: the four pairs run eager "
-                    "first, then a compiled VIR-AT (virkit only) if time is left")
+            ph.note(
+                "prep's compile warm-up did not finish, so compiling may be slow: the four pairs run eager "
+                "first, then a compiled VIR-AT (virkit only) if time is left"
+            )
     last_compiled = eager_est = None
     for i, m in enumerate(methods):
         left, n_after = ph.left(), len(methods) - i - 1
         if eager_est is not None and left < eager_est:
             ph.skip(f"{model} {m}", f"phase budget: {left:.0f} s left, a pair takes about {eager_est:.0f} s eager")
             continue
-        use_compile = compile_ok and not compile_late and (
-            last_compiled is None or left >= last_compiled + n_after * (eager_est or 0))
+        use_compile = (
+            compile_ok
+            and not compile_late
+            and (last_compiled is None or left >= last_compiled + n_after * (eager_est or 0))
+        )
         if compile_ok and not compile_late and not use_compile:
-            ph.note(f"{m}: torch.compile not attempted (phase budget: {left:.0f} s left, a compiled pair took "
-                    f"{last_compiled:.0f} s); eager bf16 channels_last instead")
+            ph.note(
+                f"{m}: torch.compile not attempted (phase budget: {left:.0f} s left, a compiled pair took "
+                f"{last_compiled:.0f} s); eager bf16 channels_last instead"
+            )
         ph.running(f"{model} {m}, virkit (compile {'on' if use_compile else 'off'}) vs reference")
         r = _pair(ph, model, m, split, dev, argparse.Namespace(**{**vars(ns), "compile": use_compile}))
         if r is None and use_compile and ph.left() > (eager_est or 10):
@@ -368,8 +452,10 @@ def phase_a_train(ph: Phase, args) -> None:
             last_compiled = r["pair_seconds"]
             if r["virkit_compile"] == "fallback-eager":
                 compile_ok = False
-                ph.note(f"torch.compile failed on {m} ({'; '.join(r.get('virkit_log', []))[:300]}); the trainer's "
-                        "fallback ran eager mode; later methods run eager")
+                ph.note(
+                    f"torch.compile failed on {m} ({'; '.join(r.get('virkit_log', []))[:300]}); the trainer's "
+                    "fallback ran eager mode; later methods run eager"
+                )
         eager_est = max(2.0, r["pair_seconds"] - r["virkit_warmup_s"] + (1.0 if smoke(args) else 3.0))
     if compile_late:
         eager = next((r for r in ph.doc["results"] if r["method"] == "vir-at"), None)
@@ -377,13 +463,24 @@ def phase_a_train(ph: Phase, args) -> None:
             ph.skip(f"{model} vir-at compiled", f"phase budget: {ph.left():.0f} s left after the eager pairs")
         else:
             ph.running(f"{model} vir-at, virkit compiled (no reference); the hard cap may cut this off")
-            r = _pair(ph, model, "vir-at", split, dev, argparse.Namespace(**{**vars(ns), "compile": True,
-                                                                            "no_reference": True}))
+            r = _pair(
+                ph,
+                model,
+                "vir-at",
+                split,
+                dev,
+                argparse.Namespace(**{**vars(ns), "compile": True, "no_reference": True}),
+            )
             if r is not None:
-                if eager is not None:   # the reference does not depend on virkit's setting: the eager pair's
-                    r.update({"reference_img_s": eager["reference_img_s"], "ratio": r["virkit_img_s"] /
-                              eager["reference_img_s"], "reference_peak_mem_mib": eager["reference_peak_mem_mib"],
-                              "reference_from": "the eager vir-at pair of this phase"})
+                if eager is not None:  # the reference does not depend on virkit's setting: the eager pair's
+                    r.update(
+                        {
+                            "reference_img_s": eager["reference_img_s"],
+                            "ratio": r["virkit_img_s"] / eager["reference_img_s"],
+                            "reference_peak_mem_mib": eager["reference_peak_mem_mib"],
+                            "reference_from": "the eager vir-at pair of this phase",
+                        }
+                    )
                 ph.doc["results"].append(r)
     ph.done("ok" if ph.doc["results"] else "failed", None if ph.doc["results"] else "no method measured")
 
@@ -395,8 +492,12 @@ def phase_a_wrn(ph: Phase, args) -> None:
     model = "small-cnn" if smoke(args) else "wrn-34-10"
     if smoke(args):
         ph.note("smoke: small-cnn stands in for WideResNet-34-10")
-    ns = bench_args(args, ["--steps", "2", "--warmup", "1", "--rounds", "2"] if smoke(args) else
-                    ["--steps", "8", "--warmup", "3", "--rounds", "2", "--data-n", "10240"])
+    ns = bench_args(
+        args,
+        ["--steps", "2", "--warmup", "1", "--rounds", "2"]
+        if smoke(args)
+        else ["--steps", "8", "--warmup", "3", "--rounds", "2", "--data-n", "10240"],
+    )
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     split = _train_data(ph, args, ns.data_n, dev)
@@ -412,8 +513,9 @@ def phase_a_wrn(ph: Phase, args) -> None:
         ph.skip(f"{model} vir-at compiled", f"phase budget: {ph.left():.0f} s left (compiling WRN-34-10 takes longer)")
     else:
         ph.running(f"{model} vir-at, virkit compiled (no reference); the hard cap may cut this off")
-        r2 = _pair(ph, model, "vir-at", split, dev, argparse.Namespace(**{**vars(ns), "compile": True,
-                                                                         "no_reference": True}))
+        r2 = _pair(
+            ph, model, "vir-at", split, dev, argparse.Namespace(**{**vars(ns), "compile": True, "no_reference": True})
+        )
         if r2 is not None:
             ph.doc["results"].append(r2)
     ph.done("ok" if ph.doc["results"] else "failed", None if ph.doc["results"] else "nothing measured")
@@ -469,18 +571,20 @@ def worker_d(args) -> None:
                 if time.time() >= w["end"]:
                     break
             dt = time.time() - t0
-            out["windows"].append({"processes": w["processes"], "steps": steps, "seconds": dt,
-                                   "img_s": steps * ns.batch_size / dt})
+            out["windows"].append(
+                {"processes": w["processes"], "steps": steps, "seconds": dt, "img_s": steps * ns.batch_size / dt}
+            )
         out["finite"] = loop.finite()
-        out["peak_mem_mib"] = (torch.cuda.max_memory_allocated(dev) / 2 ** 20 if dev.type == "cuda" else None)
+        out["peak_mem_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
     write_json_atomic(sync_dir / f"result-{i}.json", out)
 
 
 def _child_env(threads: int) -> dict:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), *[p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p]])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(HERE), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    )
     return env
 
 
@@ -505,24 +609,56 @@ def phase_d_concurrency(ph: Phase, args) -> None:
     levels = [1, 2] if smoke(args) else [1, 2, 4]
     ns = bench_args(args, [])
     warmup = 1 if smoke(args) else 10
-    ph.doc.update({"model": model, "method": "vir-at", "batch_size": ns.batch_size, "attack_steps": ns.attack_steps,
-                   "precision": ns.precision, "channels_last": ns.channels_last, "compile": False, "warmup": warmup,
-                   "levels_planned": levels, "levels": [],
-                   "how": "max(levels) processes start and warm up together; then in consecutive windows the first 1, "
-                          "2, 4 of them train at once (synchronizing after every step); a window's aggregate is the "
-                          "sum of its processes' img/s"})
+    ph.doc.update(
+        {
+            "model": model,
+            "method": "vir-at",
+            "batch_size": ns.batch_size,
+            "attack_steps": ns.attack_steps,
+            "precision": ns.precision,
+            "channels_last": ns.channels_last,
+            "compile": False,
+            "warmup": warmup,
+            "levels_planned": levels,
+            "levels": [],
+            "how": "max(levels) processes start and warm up together; then in consecutive windows the first 1, "
+            "2, 4 of them train at once (synchronizing after every step); a window's aggregate is the "
+            "sum of its processes' img/s",
+        }
+    )
     sync_dir = Path(args.work) / "d_sync"
     shutil.rmtree(sync_dir, ignore_errors=True)
     sync_dir.mkdir(parents=True)
     n = max(levels)
     threads = 1 if smoke(args) else max(1, (os.cpu_count() or 2) // n)
     logs = [open(Path(args.work) / f"d_worker-{i}.log", "wb") for i in range(n)]
-    cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "_d_worker", "--work", args.work, "--mode", args.mode,
-           "--budget", str(args.budget), "--model", model, "--method", "vir-at", "--sync-dir", str(sync_dir),
-           "--warmup", str(warmup), "--wait", str(max(5.0, args.budget))]
+    cmd = [
+        sys.executable,
+        "-u",
+        str(Path(__file__).resolve()),
+        "_d_worker",
+        "--work",
+        args.work,
+        "--mode",
+        args.mode,
+        "--budget",
+        str(args.budget),
+        "--model",
+        model,
+        "--method",
+        "vir-at",
+        "--sync-dir",
+        str(sync_dir),
+        "--warmup",
+        str(warmup),
+        "--wait",
+        str(max(5.0, args.budget)),
+    ]
     ph.running(f"starting {n} worker processes ({model} vir-at)")
-    procs = [subprocess.Popen(cmd + ["--index", str(i)], stdout=logs[i], stderr=subprocess.STDOUT,
-                              env=_child_env(threads)) for i in range(n)]
+    procs = [
+        subprocess.Popen(cmd + ["--index", str(i)], stdout=logs[i], stderr=subprocess.STDOUT, env=_child_env(threads))
+        for i in range(n)
+    ]
     try:
         ready_by = ph.t0 + 0.6 * args.budget
         while time.time() < ready_by:
@@ -534,8 +670,10 @@ def phase_d_concurrency(ph: Phase, args) -> None:
         ph.doc["ready"] = len(ready)
         ph.doc["startup_s"] = round(time.time() - ph.t0, 1)
         if len(ready) < n:
-            ph.note(f"only {len(ready)} of {n} workers were ready after {time.time() - ph.t0:.0f} s; the others are "
-                    "stopped (their warm-up would run into the timed windows)")
+            ph.note(
+                f"only {len(ready)} of {n} workers were ready after {time.time() - ph.t0:.0f} s; the others are "
+                "stopped (their warm-up would run into the timed windows)"
+            )
             _stop([procs[i] for i in range(n) if i not in ready])
         run_levels = [lv for lv in levels if lv <= len(ready)]
         for lv in levels:
@@ -563,15 +701,21 @@ def phase_d_concurrency(ph: Phase, args) -> None:
         base = None
         for lv in run_levels:
             rates = [w["img_s"] for r in results for w in r.get("windows", []) if w["processes"] == lv]
-            entry = {"processes": lv, "aggregate_img_s": sum(rates), "per_process_img_s": rates,
-                     "complete": len(rates) == lv}
+            entry = {
+                "processes": lv,
+                "aggregate_img_s": sum(rates),
+                "per_process_img_s": rates,
+                "complete": len(rates) == lv,
+            }
             if lv == 1 and rates:
                 base = sum(rates)
             entry["vs_1_process"] = sum(rates) / base if base else None
             ph.doc["levels"].append(entry)
         ph.doc["peak_mem_mib_per_process"] = [r.get("peak_mem_mib") for r in results]
-        log(f"{ph.name}: " + ", ".join(f"{e['processes']} proc {e['aggregate_img_s']:.0f} img/s"
-                                       for e in ph.doc["levels"]))
+        log(
+            f"{ph.name}: "
+            + ", ".join(f"{e['processes']} proc {e['aggregate_img_s']:.0f} img/s" for e in ph.doc["levels"])
+        )
     finally:
         _stop(procs)
         for f in logs:
@@ -589,6 +733,7 @@ def phase_d_concurrency(ph: Phase, args) -> None:
 def _smoke_imagefolder(root: Path) -> Path:
     """A tiny ImageFolder tree of synthetic 32x32 PNGs (10 classes) for the smoke run of phase c."""
     from PIL import Image
+
     if (root / "test").is_dir():
         return root
     s = bench.synthetic_split(10 * 12, seed=3)
@@ -597,7 +742,7 @@ def _smoke_imagefolder(root: Path) -> Path:
         d = root / split / f"c{int(s.y[i])}"
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(s.x[i].permute(1, 2, 0).numpy()).save(d / f"{i:04d}.png")
-    for split in ("train", "test"):   # every class in both splits
+    for split in ("train", "test"):  # every class in both splits
         for c in range(10):
             d = root / split / f"c{c}"
             if not d.is_dir():
@@ -626,8 +771,9 @@ def _rate_per_run(args, k: int) -> tuple[float, str]:
     a = read_phase(args, "a_train")
     for r in a.get("results", []):
         if r.get("method") == "vir-at":
-            return 0.6 * r["virkit_img_s"] / k, ("phase a: 0.6 x the single-process VIR-AT rate, shared by "
-                                                  f"{k} runs (phase d has no rate)")
+            return 0.6 * r["virkit_img_s"] / k, (
+                f"phase a: 0.6 x the single-process VIR-AT rate, shared by {k} runs (phase d has no rate)"
+            )
     return 1500.0 / k, "assumed 1,500 img/s shared by the runs (neither phase d nor a measured a rate)"
 
 
@@ -635,6 +781,7 @@ def worker_c(args) -> None:
     """One training run of phase c (a child process): ``virkit.training.trainer.train``."""
     from virkit.training.config import TrainConfig
     from virkit.training.trainer import train
+
     if torch.cuda.is_available() and not smoke(args):
         torch.backends.cudnn.benchmark = True
     if smoke(args):
@@ -649,6 +796,7 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         return
     from virkit.training.config import resolve_config
     from virkit.training.methods import METHODS
+
     methods = ["at", "vir-at"] + (["vir-at-flat"] if "vir-at-flat" in METHODS else [])
     if "vir-at-flat" not in METHODS:
         ph.skip("vir-at-flat", "virkit.training.methods.METHODS has no 'vir-at-flat' in this checkout")
@@ -657,13 +805,20 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         model, dataset, root = "small-cnn", "imagefolder", str(_smoke_imagefolder(Path(args.work) / "smoke-images"))
         n_train, n_eval, n_aa = 80, 20, 8
         epochs, estimate = 2, {"note": "smoke: 2 epochs"}
-        extra = {"batch_size": 16, "attack_steps": 1, "step_size": 8 / 255, "holdout": 16, "holdout_pgd_steps": 1,
-                 "train_subset": None}
+        extra = {
+            "batch_size": 16,
+            "attack_steps": 1,
+            "step_size": 8 / 255,
+            "holdout": 16,
+            "holdout_pgd_steps": 1,
+            "train_subset": None,
+        }
         precision, channels_last = "fp32", True
     else:
         if not data_found(args.data_root):
-            ph.done("skipped", f"the CIFAR-10 stand-in is not under {args.data_root!r}; copy it into data/ "
-                    "(BENCHMARKS.md)")
+            ph.done(
+                "skipped", f"the CIFAR-10 stand-in is not under {args.data_root!r}; copy it into data/ (BENCHMARKS.md)"
+            )
             return
         model, dataset, root = "resnet18", "cifar10", args.data_root
         n_train = (read_phase(args, "prep").get("data") or {}).get("n_train") or 50000
@@ -674,21 +829,48 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         epoch_s = n_train / per_run + holdout_s + ckpt_s
         window = args.budget - startup - eval_reserve - 3.0
         epochs = int(max(1, min(PAPER_EPOCHS, math.floor(window / epoch_s))))
-        estimate = {"per_run_img_s": per_run, "source": source, "epoch_s": epoch_s, "train_window_s": window,
-                    "startup_s": startup, "eval_reserve_s": eval_reserve}
+        estimate = {
+            "per_run_img_s": per_run,
+            "source": source,
+            "epoch_s": epoch_s,
+            "train_window_s": window,
+            "startup_s": startup,
+            "eval_reserve_s": eval_reserve,
+        }
         extra = {"holdout": 1000, "holdout_pgd_steps": 10}
         precision, channels_last = "bf16", True
     sched = paper_schedule(epochs)
-    ph.doc.update({"model": model, "dataset": dataset, "data_root": root, "methods": methods, "concurrent_runs": k,
-                   "schedule": {**sched, "lr_milestones": list(sched["lr_milestones"])}, "estimate": estimate,
-                   "runs": []})
+    ph.doc.update(
+        {
+            "model": model,
+            "dataset": dataset,
+            "data_root": root,
+            "methods": methods,
+            "concurrent_runs": k,
+            "schedule": {**sched, "lr_milestones": list(sched["lr_milestones"])},
+            "estimate": estimate,
+            "runs": [],
+        }
+    )
     cfgs = {}
     for m in methods:
-        cfgs[m] = resolve_config("paper", model=model, method=m, dataset=dataset, data_root=root, seed=0,
-                                 epochs=epochs, lr_milestones=sched["lr_milestones"],
-                                 reweight_start=paper_schedule(epochs, m)["reweight_start"], device=str(dev),
-                                 precision=precision, channels_last=channels_last, compile=False, eval_attacks=(),
-                                 **extra)
+        cfgs[m] = resolve_config(
+            "paper",
+            model=model,
+            method=m,
+            dataset=dataset,
+            data_root=root,
+            seed=0,
+            epochs=epochs,
+            lr_milestones=sched["lr_milestones"],
+            reweight_start=paper_schedule(epochs, m)["reweight_start"],
+            device=str(dev),
+            precision=precision,
+            channels_last=channels_last,
+            compile=False,
+            eval_attacks=(),
+            **extra,
+        )
     ph.doc["config"] = {k2: v for k2, v in cfgs[methods[-1]].to_dict().items() if k2 not in ("method",)}
     eval_reserve = estimate.get("eval_reserve_s", 0.0) if not smoke(args) else 0.0
     run_root = Path(args.work) / "c_runs"
@@ -698,17 +880,36 @@ def phase_c_fidelity(ph: Phase, args) -> None:
     for m in methods:
         logs[m] = open(Path(args.work) / f"c_{m}.log", "wb")
         procs[m] = subprocess.Popen(
-            [sys.executable, "-u", str(Path(__file__).resolve()), "_c_train", "--work", args.work, "--mode", args.mode,
-             "--budget", str(args.budget), "--cfg-json", json.dumps(cfgs[m].to_dict()),
-             "--run-dir", str(run_root / m)], stdout=logs[m], stderr=subprocess.STDOUT, env=_child_env(threads))
+            [
+                sys.executable,
+                "-u",
+                str(Path(__file__).resolve()),
+                "_c_train",
+                "--work",
+                args.work,
+                "--mode",
+                args.mode,
+                "--budget",
+                str(args.budget),
+                "--cfg-json",
+                json.dumps(cfgs[m].to_dict()),
+                "--run-dir",
+                str(run_root / m),
+            ],
+            stdout=logs[m],
+            stderr=subprocess.STDOUT,
+            env=_child_env(threads),
+        )
     stop_at = ph.deadline - eval_reserve
     try:
         while time.time() < stop_at and any(p.poll() is None for p in procs.values()):
             time.sleep(0.2)
         cut = [m for m, p in procs.items() if p.poll() is None]
         if cut:
-            ph.note(f"training of {', '.join(cut)} stopped at the phase's training deadline (the last finished epoch's "
-                    "checkpoint is evaluated)")
+            ph.note(
+                f"training of {', '.join(cut)} stopped at the phase's training deadline (the last finished epoch's "
+                "checkpoint is evaluated)"
+            )
     finally:
         _stop(list(procs.values()))
         for f in logs.values():
@@ -716,6 +917,7 @@ def phase_c_fidelity(ph: Phase, args) -> None:
     from virkit.data import load_dataset, test_subset
     from virkit.evaluation import EvalSettings, evaluate_model
     from virkit.models.checkpoint import load_checkpoint
+
     test = None
     try:
         test = test_subset(load_dataset(dataset, root, "test"), n_eval).to(dev)
@@ -729,12 +931,33 @@ def phase_c_fidelity(ph: Phase, args) -> None:
             hist = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines() if x.strip()]
         except OSError:
             pass
-        rec = {"method": m, "run_dir": str(run_dir), "returncode": procs[m].returncode, "epochs_done": len(hist),
-               "reweight_start": cfgs[m].reweight_start if METHODS[m].reweighted else None,
-               "history": [{k2: h.get(k2) for k2 in ("epoch", "lr", "train_loss", "train_adv_acc", "holdout_nat_acc",
-                                                     "holdout_pgd_acc", "reweighting_active", "weight_mean",
-                                                     "images_per_s", "seconds")} for h in hist],
-               "train_img_s_mean": (sum(h["images_per_s"] for h in hist) / len(hist)) if hist else None, "eval": {}}
+        rec = {
+            "method": m,
+            "run_dir": str(run_dir),
+            "returncode": procs[m].returncode,
+            "epochs_done": len(hist),
+            "reweight_start": cfgs[m].reweight_start if METHODS[m].reweighted else None,
+            "history": [
+                {
+                    k2: h.get(k2)
+                    for k2 in (
+                        "epoch",
+                        "lr",
+                        "train_loss",
+                        "train_adv_acc",
+                        "holdout_nat_acc",
+                        "holdout_pgd_acc",
+                        "reweighting_active",
+                        "weight_mean",
+                        "images_per_s",
+                        "seconds",
+                    )
+                }
+                for h in hist
+            ],
+            "train_img_s_mean": (sum(h["images_per_s"] for h in hist) / len(hist)) if hist else None,
+            "eval": {},
+        }
         ph.doc["runs"].append(rec)
         if m == "at":
             ph.doc["at_checkpoint"] = str(run_dir / "last.pt") if (run_dir / "last.pt").is_file() else None
@@ -747,8 +970,9 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         ph.running(f"evaluating {m}: natural and PGD-20 on {len(test)} test images")
         try:
             mdl, _ = load_checkpoint(run_dir / "last.pt", dev)
-            doc = evaluate_model(mdl, test, EvalSettings(["natural", "pgd20"], batch_size=500, progress=False),
-                                 device=dev)
+            doc = evaluate_model(
+                mdl, test, EvalSettings(["natural", "pgd20"], batch_size=500, progress=False), device=dev
+            )
             rec["eval"].update({a: doc["attacks"][a]["accuracy"] for a in ("natural", "pgd20")})
             rec["eval"]["n"] = len(test)
             rec["eval"]["seconds"] = round(sum(doc["attacks"][a].get("seconds", 0.0) for a in doc["attacks"]), 2)
@@ -761,20 +985,27 @@ def phase_c_fidelity(ph: Phase, args) -> None:
         if "natural" not in rec["eval"] or test is None:
             continue
         if ph.left() < aa_est:
-            ph.skip(f"{rec['method']} AutoAttack on {n_aa} images", f"phase budget ({ph.left():.0f} s left, about "
-                    f"{aa_est:.0f} s needed)")
+            ph.skip(
+                f"{rec['method']} AutoAttack on {n_aa} images",
+                f"phase budget ({ph.left():.0f} s left, about {aa_est:.0f} s needed)",
+            )
             continue
         ph.running(f"AutoAttack on {n_aa} test images of {rec['method']}")
         t = time.time()
         try:
             mdl, _ = load_checkpoint(Path(rec["run_dir"]) / "last.pt", dev)
             sub = type(test)(test.x[:n_aa], test.y[:n_aa], test.classes, test.name, test.source, test.mean, test.std)
-            doc = evaluate_model(mdl, sub, EvalSettings(["aa"], batch_size=500, progress=False,
-                                                        attack_overrides=aa_over), device=dev)
-            rec["eval"].update({"aa": doc["attacks"]["aa"]["accuracy"], "aa_n": n_aa,
-                                "aa_seconds": round(doc["attacks"]["aa"].get("seconds", 0.0), 2),
-                                "aa_budget": "smoke (APGD/FAB 2 steps, Square 10 queries)" if smoke(args) else
-                                "standard"})
+            doc = evaluate_model(
+                mdl, sub, EvalSettings(["aa"], batch_size=500, progress=False, attack_overrides=aa_over), device=dev
+            )
+            rec["eval"].update(
+                {
+                    "aa": doc["attacks"]["aa"]["accuracy"],
+                    "aa_n": n_aa,
+                    "aa_seconds": round(doc["attacks"]["aa"].get("seconds", 0.0), 2),
+                    "aa_budget": "smoke (APGD/FAB 2 steps, Square 10 queries)" if smoke(args) else "standard",
+                }
+            )
         except Exception as e:
             ph.skip(f"{rec['method']} AutoAttack", _err(e))
         aa_est = max(aa_est, 1.3 * (time.time() - t))
@@ -788,20 +1019,30 @@ def phase_c_fidelity(ph: Phase, args) -> None:
 # ------------------------------------------------------------------------------------------------
 def _aa_budget(args) -> dict:
     if smoke(args):
-        return {"name": "smoke: APGD/FAB 2 steps, Square 10 queries", "apgd_steps": 2, "fab_steps": 2,
-                "square_queries": 10}
-    return {"name": "standard: APGD-CE, APGD-T, FAB-T 100 steps, 9 targets, Square 5000", "apgd_steps": 100,
-            "fab_steps": 100, "square_queries": 5000}
+        return {
+            "name": "smoke: APGD/FAB 2 steps, Square 10 queries",
+            "apgd_steps": 2,
+            "fab_steps": 2,
+            "square_queries": 10,
+        }
+    return {
+        "name": "standard: APGD-CE, APGD-T, FAB-T 100 steps, 9 targets, Square 5000",
+        "apgd_steps": 100,
+        "fab_steps": 100,
+        "square_queries": 5000,
+    }
 
 
 def _b_model(ph: Phase, args, dev):
     """(model, origin, test split): c's AT checkpoint, else a quick AT model trained here."""
     from virkit.data import load_dataset, test_subset
+
     c = read_phase(args, "c_fidelity")
     ck = c.get("at_checkpoint")
     n = 12 if smoke(args) else 1000
     if ck and Path(ck).is_file():
         from virkit.models.checkpoint import load_checkpoint
+
         model, cfg = load_checkpoint(ck, dev)
         test = test_subset(load_dataset(c["dataset"], c["data_root"], "test"), n)
         at = next((r for r in c.get("runs", []) if r["method"] == "at"), {})
@@ -825,19 +1066,29 @@ def _b_model(ph: Phase, args, dev):
         loop.step()
         steps += 1
     bench.sync(dev)
-    return loop.model.eval(), (f"{model_name} trained here: virkit PGD-{ns.attack_steps} AT, {steps} steps of "
-                               f"{ns.batch_size} on {'CIFAR-10 stand-in' if real else 'synthetic images'} "
-                               f"({time.time() - t:.0f} s)"), test
+    return (
+        loop.model.eval(),
+        (
+            f"{model_name} trained here: virkit PGD-{ns.attack_steps} AT, {steps} steps of "
+            f"{ns.batch_size} on {'CIFAR-10 stand-in' if real else 'synthetic images'} "
+            f"({time.time() - t:.0f} s)"
+        ),
+        test,
+    )
 
 
 def _b_compiled(ph: Phase, args, model, vk, timed, xb, yb, eager_s) -> None:
     """virkit's AutoAttack once more on the first chunk, with the model torch.compile'd as
     ``virkit evaluate --compile on`` does it (automatic dynamic shapes), if the budget pays for the
     compilation: seconds and robust count next to the eager chunk's."""
-    est = 60.0 + 1.2 * (eager_s or 0.0)    # compiling ResNet-18 forward + backward, then one chunk
+    est = 60.0 + 1.2 * (eager_s or 0.0)  # compiling ResNet-18 forward + backward, then one chunk
     if smoke(args) or eager_s is None or ph.left() < est:
-        ph.skip("virkit AutoAttack, compiled model", "smoke mode" if smoke(args) else
-                f"phase budget: {ph.left():.0f} s left, compiling and one chunk take about {est:.0f} s")
+        ph.skip(
+            "virkit AutoAttack, compiled model",
+            "smoke mode"
+            if smoke(args)
+            else f"phase budget: {ph.left():.0f} s left, compiling and one chunk take about {est:.0f} s",
+        )
         return
     ph.running(f"virkit AutoAttack on images 0-{len(yb) - 1} again, model torch.compile'd")
     t = time.perf_counter()
@@ -848,10 +1099,15 @@ def _b_compiled(ph: Phase, args, model, vk, timed, xb, yb, eager_s) -> None:
         return
     rc = timed(lambda a, b: vk(compiled, a, b), xb, yb)
     first = ph.doc["virkit"]["chunks"][0]
-    ph.doc["virkit_compiled"] = {"status": "compiled", "compile_s": compile_s, **rc,
-                                 "eager_seconds": first["seconds"], "eager_robust": first["robust"],
-                                 "speedup_vs_eager": first["seconds"] / rc["seconds"] if rc["seconds"] > 0 else None,
-                                 "note": "the first timed call includes the recompiles of the shrinking batches"}
+    ph.doc["virkit_compiled"] = {
+        "status": "compiled",
+        "compile_s": compile_s,
+        **rc,
+        "eager_seconds": first["seconds"],
+        "eager_robust": first["robust"],
+        "speedup_vs_eager": first["seconds"] / rc["seconds"] if rc["seconds"] > 0 else None,
+        "note": "the first timed call includes the recompiles of the shrinking batches",
+    }
     ph.save()
 
 
@@ -860,8 +1116,9 @@ def phase_b_autoattack(ph: Phase, args) -> None:
     if dev is None:
         return
     from virkit.attacks.autoattack import AutoAttack
+
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = False   # AutoAttack's shrinking subsets: no autotuning for every new shape
+        torch.backends.cudnn.benchmark = False  # AutoAttack's shrinking subsets: no autotuning for every new shape
     budget = _aa_budget(args)
     # fp32 as virkit's evaluation runs it: TF32 off for both implementations (PyTorch leaves cuDNN's
     # on), for the rest of this process (the phase is one process)
@@ -871,38 +1128,73 @@ def phase_b_autoattack(ph: Phase, args) -> None:
     model = model.float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    x = test.float_images().contiguous().to(dev)   # contiguous NCHW (torchattacks' FAB uses .view)
+    x = test.float_images().contiguous().to(dev)  # contiguous NCHW (torchattacks' FAB uses .view)
     y = test.y.to(dev)
     n, chunk = len(y), (6 if smoke(args) else 250)
     eps = 8 / 255
     nat = bench._accuracy(model, x, y, chunk)
-    xw = x[:chunk].clone().requires_grad_(True)   # warm-up (kernels, handles) before anything is timed
+    xw = x[:chunk].clone().requires_grad_(True)  # warm-up (kernels, handles) before anything is timed
     torch.nn.functional.cross_entropy(model(xw), y[:chunk]).backward()
     bench.sync(dev)
-    ph.doc.update({"model": "small-cnn" if smoke(args) else "resnet18", "model_origin": origin, "n_planned": n,
-                   "chunk": chunk, "eps": eps, "natural_acc": nat, "budget_name": budget["name"], "budget": budget,
-                   "cudnn_benchmark": False, "virkit": {"chunks": []}})
+    ph.doc.update(
+        {
+            "model": "small-cnn" if smoke(args) else "resnet18",
+            "model_origin": origin,
+            "n_planned": n,
+            "chunk": chunk,
+            "eps": eps,
+            "natural_acc": nat,
+            "budget_name": budget["name"],
+            "budget": budget,
+            "cudnn_benchmark": False,
+            "virkit": {"chunks": []},
+        }
+    )
     try:
         import torchattacks
-        ph.doc["torchattacks"] = {"version": torchattacks.__version__, "chunks": [],
-                                  "what": "MultiAttack(APGD-CE, APGD-T, FAB-T multi-targeted, Square) at the same "
-                                          "budget as virkit"}
+
+        ph.doc["torchattacks"] = {
+            "version": torchattacks.__version__,
+            "chunks": [],
+            "what": "MultiAttack(APGD-CE, APGD-T, FAB-T multi-targeted, Square) at the same budget as virkit",
+        }
     except Exception as e:
         torchattacks = None
         ph.doc["torchattacks"] = {"skipped": f"torchattacks not importable ({_err(e)}): put its wheel in data/"}
         ph.skip("torchattacks comparison", ph.doc["torchattacks"]["skipped"])
-    vk = AutoAttack(eps=eps, apgd_steps=budget["apgd_steps"], fab_steps=budget["fab_steps"],
-                    square_queries=budget["square_queries"], seed=0)
+    vk = AutoAttack(
+        eps=eps,
+        apgd_steps=budget["apgd_steps"],
+        fab_steps=budget["fab_steps"],
+        square_queries=budget["square_queries"],
+        seed=0,
+    )
     ta = None
     if torchattacks is not None:
         k = test.num_classes
-        ta = torchattacks.MultiAttack([
-            torchattacks.APGD(model, norm="Linf", eps=eps, steps=budget["apgd_steps"], n_restarts=1, loss="ce", seed=0),
-            torchattacks.APGDT(model, norm="Linf", eps=eps, steps=budget["apgd_steps"], n_restarts=1, n_classes=k,
-                               seed=0),
-            torchattacks.FAB(model, norm="Linf", eps=eps, steps=budget["fab_steps"], n_restarts=1, multi_targeted=True,
-                             n_classes=k, seed=0),
-            torchattacks.Square(model, norm="Linf", eps=eps, n_queries=budget["square_queries"], n_restarts=1, seed=0)])
+        ta = torchattacks.MultiAttack(
+            [
+                torchattacks.APGD(
+                    model, norm="Linf", eps=eps, steps=budget["apgd_steps"], n_restarts=1, loss="ce", seed=0
+                ),
+                torchattacks.APGDT(
+                    model, norm="Linf", eps=eps, steps=budget["apgd_steps"], n_restarts=1, n_classes=k, seed=0
+                ),
+                torchattacks.FAB(
+                    model,
+                    norm="Linf",
+                    eps=eps,
+                    steps=budget["fab_steps"],
+                    n_restarts=1,
+                    multi_targeted=True,
+                    n_classes=k,
+                    seed=0,
+                ),
+                torchattacks.Square(
+                    model, norm="Linf", eps=eps, n_queries=budget["square_queries"], n_restarts=1, seed=0
+                ),
+            ]
+        )
 
     def timed(fn, xb, yb) -> dict:
         mem = bench.PeakMemory(dev)
@@ -914,18 +1206,26 @@ def phase_b_autoattack(ph: Phase, args) -> None:
             dt = time.perf_counter() - t
         with torch.no_grad():
             robust = int((model(xa).argmax(1) == yb).sum())
-        return {"n": len(yb), "seconds": dt, "robust": robust, "max_linf": float((xa - xb).abs().amax()),
-                "peak_mem_mib": mem.peak}
+        return {
+            "n": len(yb),
+            "seconds": dt,
+            "robust": robust,
+            "max_linf": float((xa - xb).abs().amax()),
+            "peak_mem_mib": mem.peak,
+        }
 
     # chunk by chunk, virkit then torchattacks on the same images; once both no longer fit, virkit
     # alone goes on (the comparison stays on the chunks both finished: always the first ones)
     last_vk = last_ta = None
     for s in range(0, n, chunk):
-        xb, yb = x[s:s + chunk], y[s:s + chunk]
+        xb, yb = x[s : s + chunk], y[s : s + chunk]
         rest = f"images {s}-{n - 1}"
         if ta is not None and last_ta is not None and ph.left() < 1.15 * (last_vk + last_ta):
-            ph.skip(f"torchattacks on {rest}", f"phase budget: {ph.left():.0f} s left, a chunk takes about "
-                    f"{last_vk + last_ta:.0f} s for both; virkit goes on alone")
+            ph.skip(
+                f"torchattacks on {rest}",
+                f"phase budget: {ph.left():.0f} s left, a chunk takes about "
+                f"{last_vk + last_ta:.0f} s for both; virkit goes on alone",
+            )
             ta = None
         if last_vk is not None and ph.left() < 1.15 * last_vk:
             ph.skip(f"virkit on {rest}", f"phase budget: {ph.left():.0f} s left, a chunk takes about {last_vk:.0f} s")
@@ -933,7 +1233,7 @@ def phase_b_autoattack(ph: Phase, args) -> None:
         ph.running(f"virkit AutoAttack on images {s}-{s + len(yb) - 1}")
         rv = timed(lambda a, b: vk(model, a, b), xb, yb)
         det = getattr(vk, "details", None)
-        if isinstance(det, dict) and isinstance(det.get("components"), dict):   # robust after each component
+        if isinstance(det, dict) and isinstance(det.get("components"), dict):  # robust after each component
             rv["robust_after"] = {k: int(v.sum()) for k, v in det["components"].items()}
         ph.doc["virkit"]["chunks"].append(rv)
         ph.save()
@@ -959,8 +1259,13 @@ def phase_b_autoattack(ph: Phase, args) -> None:
         if not ch:
             return {}
         n_ = sum(c["n"] for c in ch)
-        return {"n": n_, "seconds": sum(c["seconds"] for c in ch), "robust_acc": sum(c["robust"] for c in ch) / n_,
-                "max_linf": max(c["max_linf"] for c in ch), "peak_mem_mib": max(c["peak_mem_mib"] for c in ch)}
+        return {
+            "n": n_,
+            "seconds": sum(c["seconds"] for c in ch),
+            "robust_acc": sum(c["robust"] for c in ch) / n_,
+            "max_linf": max(c["max_linf"] for c in ch),
+            "peak_mem_mib": max(c["peak_mem_mib"] for c in ch),
+        }
 
     ph.doc["virkit"].update(total(ph.doc["virkit"]))
     _b_compiled(ph, args, model, vk, timed, x[:chunk], y[:chunk], last_vk)
@@ -968,18 +1273,28 @@ def phase_b_autoattack(ph: Phase, args) -> None:
         both = len(ph.doc["torchattacks"]["chunks"])
         ph.doc["torchattacks"].update(total(ph.doc["torchattacks"]))
         v, t = total(ph.doc["virkit"], both), total(ph.doc["torchattacks"], both)
-        ph.doc["compare"] = {"n": v["n"], "virkit_seconds": v["seconds"], "torchattacks_seconds": t["seconds"],
-                             "speedup": t["seconds"] / v["seconds"] if v["seconds"] > 0 else None,
-                             "virkit_robust_acc": v["robust_acc"], "torchattacks_robust_acc": t["robust_acc"],
-                             "robust_acc_diff_points": 100 * (v["robust_acc"] - t["robust_acc"])}
+        ph.doc["compare"] = {
+            "n": v["n"],
+            "virkit_seconds": v["seconds"],
+            "torchattacks_seconds": t["seconds"],
+            "speedup": t["seconds"] / v["seconds"] if v["seconds"] > 0 else None,
+            "virkit_robust_acc": v["robust_acc"],
+            "torchattacks_robust_acc": t["robust_acc"],
+            "robust_acc_diff_points": 100 * (v["robust_acc"] - t["robust_acc"]),
+        }
     ok = bool(ph.doc["virkit"].get("chunks"))
     ph.done("ok" if ok else "failed", None if ok else "nothing measured")
 
 
 # ------------------------------------------------------------------------------------------------
-PHASE_FUNCS = {"prep": phase_prep, "a_train": phase_a_train, "a_wrn": phase_a_wrn,
-               "d_concurrency": phase_d_concurrency, "c_fidelity": phase_c_fidelity,
-               "b_autoattack": phase_b_autoattack}
+PHASE_FUNCS = {
+    "prep": phase_prep,
+    "a_train": phase_a_train,
+    "a_wrn": phase_a_wrn,
+    "d_concurrency": phase_d_concurrency,
+    "c_fidelity": phase_c_fidelity,
+    "b_autoattack": phase_b_autoattack,
+}
 assert tuple(PHASE_FUNCS) == tuple(sorted(PHASE_FUNCS, key=PHASES.index))
 
 
@@ -1014,10 +1329,10 @@ def main(argv=None) -> None:
         return worker_c(args)
     if args.phase == "_warm_compile":
         return worker_warm_compile(args)
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))   # the hard cap: exit (children die with the group)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # the hard cap: exit (children die with the group)
     ph = Phase(args.phase, args)
     try:
-        if os.environ.get("CAMPAIGN_TEST_STALL") == args.phase:   # tests: a phase that overruns its hard cap
+        if os.environ.get("CAMPAIGN_TEST_STALL") == args.phase:  # tests: a phase that overruns its hard cap
             ph.running("stalling (CAMPAIGN_TEST_STALL)")
             time.sleep(3600)
         PHASE_FUNCS[args.phase](ph, args)

@@ -14,6 +14,7 @@ by the shell script when the phase's process ended: exit code, wall seconds, bud
 
 Top-level fields (mode, date, command, budgets, ...) come from ``CAMPAIGN_META_*`` variables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,7 @@ def phase_status(doc: dict | None, rc: dict | None) -> tuple[str, str | None]:
         return "not run", None
     if rc is not None and rc.get("skipped"):
         return "not run", rc["skipped"]
-    if rc is None:   # the phase is running now (a report between phases never sees this) or the shell died
+    if rc is None:  # the phase is running now (a report between phases never sees this) or the shell died
         return ("running" if doc.get("status") == "running" else doc.get("status", "unknown")), None
     code = rc.get("rc")
     killed = code in KILLED_RC
@@ -106,28 +107,40 @@ def markdown_rows(doc: dict) -> list[str]:
     dev = env.get("gpu") or env.get("cpu") or "?"
     if doc.get("mode") == "smoke":
         dev = f"{dev} (SMOKE: CPU, tiny budgets, not a measurement)"
-    lines = [f"<!-- virkit GPU campaign {doc.get('date')} on {dev}; torch {env.get('torch')}, CUDA {env.get('cuda')}, "
-             f"cuDNN {env.get('cudnn')}, driver {env.get('driver', '?')}; command: {doc.get('command')}; "
-             f"results: campaign.json -->", ""]
+    lines = [
+        f"<!-- virkit GPU campaign {doc.get('date')} on {dev}; torch {env.get('torch')}, CUDA {env.get('cuda')}, "
+        f"cuDNN {env.get('cudnn')}, driver {env.get('driver', '?')}; command: {doc.get('command')}; "
+        f"results: campaign.json -->",
+        "",
+    ]
 
     a = phases.get("a_train", {}).get("results") or []
     w = phases.get("a_wrn", {}).get("results") or []
-    lines += ["| date | device | model | method | virkit setting | virkit img/s | reference img/s | ratio | "
-              "peak MiB virkit / reference |", "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
+    lines += [
+        "| date | device | model | method | virkit setting | virkit img/s | reference img/s | ratio | "
+        "peak MiB virkit / reference |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
     if not a and not w:
-        lines.append(f"| {date} | {dev} | ResNet-18 / WRN-34-10 | all | not measured "
-                     f"({phases.get('a_train', {}).get('status', 'not run')}) | | | | |")
+        lines.append(
+            f"| {date} | {dev} | ResNet-18 / WRN-34-10 | all | not measured "
+            f"({phases.get('a_train', {}).get('status', 'not run')}) | | | | |"
+        )
     for r in [*a, *w]:
         ref = _f(r.get("reference_img_s"))
         ratio = _f(r.get("ratio"), "{:.2f}x")
         mem = f"{_f(r.get('virkit_peak_mem_mib'), '{:.0f}')} / {_f(r.get('reference_peak_mem_mib'), '{:.0f}')}"
-        lines.append(f"| {date} | {dev} | {r.get('model')} | {r.get('method')} | {_setting(r)} | "
-                     f"{_f(r.get('virkit_img_s'))} | {ref} | {ratio} | {mem} |")
+        lines.append(
+            f"| {date} | {dev} | {r.get('model')} | {r.get('method')} | {_setting(r)} | "
+            f"{_f(r.get('virkit_img_s'))} | {ref} | {ratio} | {mem} |"
+        )
     lines.append("")
 
     b = phases.get("b_autoattack", {})
-    lines += ["| date | device | AutoAttack on | virkit | torchattacks (same budget) | virkit speed-up | natural acc |",
-              "| --- | --- | --- | --- | --- | ---: | --- |"]
+    lines += [
+        "| date | device | AutoAttack on | virkit | torchattacks (same budget) | virkit speed-up | natural acc |",
+        "| --- | --- | --- | --- | --- | ---: | --- |",
+    ]
     if "virkit" in b:
         v, t = b["virkit"], b.get("torchattacks") or {}
         on = f"{b.get('model')}, n={v.get('n')} ({b.get('budget_name', '?')})"
@@ -143,48 +156,67 @@ def markdown_rows(doc: dict) -> list[str]:
         lines.append(f"| {date} | {dev} | {on} | {vk} | {ta} | {speed} | {_pct(b.get('natural_acc'))}% |")
         vc = b.get("virkit_compiled") or {}
         if vc.get("status") == "compiled":
-            lines.append(f"| {date} | {dev} | {b.get('model')}, n={vc.get('n')}, virkit with the model "
-                         f"torch.compile'd (compile {_f(vc.get('compile_s'))} s) | {_f(vc.get('seconds'))} s (robust "
-                         f"{vc.get('robust')}/{vc.get('n')}) | eager virkit on the same images: "
-                         f"{_f(vc.get('eager_seconds'))} s (robust {vc.get('eager_robust')}) | "
-                         f"{_f(vc.get('speedup_vs_eager'), '{:.2f}x')} vs eager | |")
+            lines.append(
+                f"| {date} | {dev} | {b.get('model')}, n={vc.get('n')}, virkit with the model "
+                f"torch.compile'd (compile {_f(vc.get('compile_s'))} s) | {_f(vc.get('seconds'))} s (robust "
+                f"{vc.get('robust')}/{vc.get('n')}) | eager virkit on the same images: "
+                f"{_f(vc.get('eager_seconds'))} s (robust {vc.get('eager_robust')}) | "
+                f"{_f(vc.get('speedup_vs_eager'), '{:.2f}x')} vs eager | |"
+            )
     else:
-        lines.append(f"| {date} | {dev} | ResNet-18, 1,000 images | not measured ({b.get('status', 'not run')}) "
-                     "| | | |")
+        lines.append(
+            f"| {date} | {dev} | ResNet-18, 1,000 images | not measured ({b.get('status', 'not run')}) | | | |"
+        )
     lines.append("")
 
     c = phases.get("c_fidelity", {})
-    lines += ["| date | device | model | method | epochs (schedule) | natural % | PGD-20 % | AutoAttack % (n) | "
-              "train img/s per run (runs at once) |", "| --- | --- | --- | --- | --- | ---: | ---: | --- | ---: |"]
+    lines += [
+        "| date | device | model | method | epochs (schedule) | natural % | PGD-20 % | AutoAttack % (n) | "
+        "train img/s per run (runs at once) |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | --- | ---: |",
+    ]
     runs = c.get("runs") or []
     if not runs:
-        lines.append(f"| {date} | {dev} | ResNet-18 | AT, VIR-AT | not measured ({c.get('status', 'not run')}) "
-                     "| | | | |")
+        lines.append(
+            f"| {date} | {dev} | ResNet-18 | AT, VIR-AT | not measured ({c.get('status', 'not run')}) | | | | |"
+        )
     for r in runs:
         ev = r.get("eval") or {}
         sched = c.get("schedule") or {}
-        ep = f"{r.get('epochs_done')}/{sched.get('epochs')} (lr /10 after {sched.get('lr_milestones')}, " \
-             f"reweight from {sched.get('reweight_start')})"
+        ep = (
+            f"{r.get('epochs_done')}/{sched.get('epochs')} (lr /10 after {sched.get('lr_milestones')}, "
+            f"reweight from {sched.get('reweight_start')})"
+        )
         aa = ev.get("aa")
         aa_s = f"{_pct(aa)} (n={ev.get('aa_n')})" if aa is not None else "-"
-        lines.append(f"| {date} | {dev} | {c.get('model')} | {r.get('method')} | {ep} | {_pct(ev.get('natural'))} | "
-                     f"{_pct(ev.get('pgd20'))} | {aa_s} | {_f(r.get('train_img_s_mean'), '{:.0f}')} "
-                     f"({c.get('concurrent_runs')}) |")
+        lines.append(
+            f"| {date} | {dev} | {c.get('model')} | {r.get('method')} | {ep} | {_pct(ev.get('natural'))} | "
+            f"{_pct(ev.get('pgd20'))} | {aa_s} | {_f(r.get('train_img_s_mean'), '{:.0f}')} "
+            f"({c.get('concurrent_runs')}) |"
+        )
     lines.append("")
 
     d = phases.get("d_concurrency", {})
-    lines += ["| date | device | processes | model, method (batch, attack) | aggregate img/s | per process img/s | "
-              "vs 1 process |", "| --- | --- | ---: | --- | ---: | --- | ---: |"]
+    lines += [
+        "| date | device | processes | model, method (batch, attack) | aggregate img/s | per process img/s | "
+        "vs 1 process |",
+        "| --- | --- | ---: | --- | ---: | --- | ---: |",
+    ]
     levels = d.get("levels") or []
     if not levels:
-        lines.append(f"| {date} | {dev} | 1, 2, 4 | ResNet-18 VIR-AT | not measured ({d.get('status', 'not run')}) "
-                     "| | |")
+        lines.append(
+            f"| {date} | {dev} | 1, 2, 4 | ResNet-18 VIR-AT | not measured ({d.get('status', 'not run')}) | | |"
+        )
     for lv in levels:
         per = ", ".join(_f(x, "{:.0f}") for x in lv.get("per_process_img_s") or [])
-        what = f"{d.get('model')}, {d.get('method')} ({d.get('batch_size')}, PGD-{d.get('attack_steps')}, " \
-               f"{d.get('precision')}, compile off)"
-        lines.append(f"| {date} | {dev} | {lv.get('processes')} | {what} | {_f(lv.get('aggregate_img_s'), '{:.0f}')} "
-                     f"| {per} | {_f(lv.get('vs_1_process'), '{:.2f}x')} |")
+        what = (
+            f"{d.get('model')}, {d.get('method')} ({d.get('batch_size')}, PGD-{d.get('attack_steps')}, "
+            f"{d.get('precision')}, compile off)"
+        )
+        lines.append(
+            f"| {date} | {dev} | {lv.get('processes')} | {what} | {_f(lv.get('aggregate_img_s'), '{:.0f}')} "
+            f"| {per} | {_f(lv.get('vs_1_process'), '{:.2f}x')} |"
+        )
     return lines
 
 
@@ -206,10 +238,17 @@ def build(work: Path, meta: dict) -> dict:
             skipped.append({"phase": p, "what": "rest of the phase", "why": why or status})
         for s in (doc or {}).get("skipped", []):
             skipped.append({"phase": p, **s})
-    doc = {"campaign": "virkit benchmarks/gpu_campaign.sh", "format": 1, **meta,
-           "device": (prep.get("env") or {}).get("gpu") or (prep.get("env") or {}).get("cpu"),
-           "env": prep.get("env"), "data": prep.get("data"), "phase_order": list(PHASES), "phases": phases,
-           "skipped": skipped}
+    doc = {
+        "campaign": "virkit benchmarks/gpu_campaign.sh",
+        "format": 1,
+        **meta,
+        "device": (prep.get("env") or {}).get("gpu") or (prep.get("env") or {}).get("cpu"),
+        "env": prep.get("env"),
+        "data": prep.get("data"),
+        "phase_order": list(PHASES),
+        "phases": phases,
+        "skipped": skipped,
+    }
     doc["markdown"] = markdown_rows(doc)
     return doc
 
@@ -222,7 +261,7 @@ def meta_from_env(environ=None) -> dict:
     for k, v in environ.items():
         if not k.startswith("CAMPAIGN_META_"):
             continue
-        key = k[len("CAMPAIGN_META_"):].lower()
+        key = k[len("CAMPAIGN_META_") :].lower()
         if key == "budgets":
             meta[key] = {}
             for item in filter(None, v.split(",")):
@@ -261,8 +300,10 @@ def main(argv=None) -> dict:
         print("\n".join(doc["markdown"]))
         print("\nphase            status             wall s  cap s  why")
         for name, ph in doc["phases"].items():
-            print(f"{name:16s} {ph['status']:18s} {_f(ph.get('wall_s'), '{:6.0f}', '     -')}  "
-                  f"{_f(ph.get('cap_s'), '{:5.0f}', '    -')}  {ph.get('why') or ''}")
+            print(
+                f"{name:16s} {ph['status']:18s} {_f(ph.get('wall_s'), '{:6.0f}', '     -')}  "
+                f"{_f(ph.get('cap_s'), '{:5.0f}', '    -')}  {ph.get('why') or ''}"
+            )
         for s in doc["skipped"]:
             print(f"skipped [{s['phase']}] {s.get('what')}: {s.get('why')}")
     return doc

@@ -13,6 +13,7 @@ the weights of last.pt and best.pt, tensor by tensor. Run it at two commits and 
 The training data is whatever virkit finds (VIRKIT_DATA, the cache, a fetch); both sides must
 read the same. Threads are pinned to 1 so that the CPU kernels are the same on both sides.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ def _history_hash(path: Path) -> tuple[str, list]:
 
 def _weights_hash(path: Path) -> str:
     import torch
+
     state = torch.load(path, map_location="cpu", weights_only=False)["model"]
     h = hashlib.sha256()
     for name in sorted(state):
@@ -49,16 +51,36 @@ def fingerprint(methods: list[str], work: Path) -> dict:
     out = {}
     for m in methods:
         run = work / m
-        cmd = [sys.executable, "-m", "virkit", "train", "--preset", "tiny", "--method", m, "--seed", "0",
-               "--device", "cpu", "--out", str(run)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "virkit",
+            "train",
+            "--preset",
+            "tiny",
+            "--method",
+            m,
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(run),
+        ]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(f"{m}: virkit train failed (exit {r.returncode}): {r.stderr.strip()[-400:]}")
         hist, weights = _history_hash(run / "history.jsonl")
-        out[m] = {"history": hist, "weight_mean_per_class": weights,
-                  "last.pt": _weights_hash(run / "last.pt"), "best.pt": _weights_hash(run / "best.pt")}
-        print(f"{m:18s} history {hist[:12]}  last.pt {out[m]['last.pt'][:12]}  best.pt {out[m]['best.pt'][:12]}",
-              flush=True)
+        out[m] = {
+            "history": hist,
+            "weight_mean_per_class": weights,
+            "last.pt": _weights_hash(run / "last.pt"),
+            "best.pt": _weights_hash(run / "best.pt"),
+        }
+        print(
+            f"{m:18s} history {hist[:12]}  last.pt {out[m]['last.pt'][:12]}  best.pt {out[m]['best.pt'][:12]}",
+            flush=True,
+        )
     return out
 
 
@@ -82,8 +104,10 @@ def main() -> int:
     methods = a.methods
     if not methods:
         # the methods registry: virkit.training.methods (virkit.methods before the package tree)
-        probe = ("try:\n import virkit.training.methods as m\nexcept ImportError:\n import virkit.methods as m\n"
-                 "print(' '.join(m.METHODS))")
+        probe = (
+            "try:\n import virkit.training.methods as m\nexcept ImportError:\n import virkit.methods as m\n"
+            "print(' '.join(m.METHODS))"
+        )
         r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
         methods = r.stdout.split()
     with tempfile.TemporaryDirectory() as d:

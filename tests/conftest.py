@@ -1,4 +1,5 @@
 """Shared test fixtures (small and generic; test modules keep their own specifics)."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # later `make demo` would trust them. (Decoded stand-in images are cached beside $VIRKIT_DATA.)
 if "VIRKIT_TEST_CACHE" not in os.environ:
     import tempfile
+
     os.environ["VIRKIT_TEST_CACHE"] = tempfile.mkdtemp(prefix="virkit-test-cache-")
     os.environ["XDG_CACHE_HOME"] = os.environ["VIRKIT_TEST_CACHE"]
 

@@ -7,6 +7,7 @@ after another gives.
 The model is the tiny BatchNorm CNN of ``test_attacks.py`` on 3x8x8 synthetic images; eps 3/255,
 where it is neither fully robust nor fully broken, so that every attack has points of both kinds.
 """
+
 from __future__ import annotations
 
 import sys
@@ -53,14 +54,17 @@ def _mixed(model, x, y, x_adv):
     assert rob.sum() > 0 and (nat & ~rob).sum() > 0, (int(nat.sum()), int(rob.sum()))
 
 
-@pytest.mark.parametrize("name,settings", [
-    ("apgd-ce", {"steps": 20}),
-    ("apgd-dlr", {"steps": 20}),
-    ("apgd-t", {"steps": 10, "n_target_classes": 4, "batch_targets": False}),
-    ("fab-t", {"steps": 10, "n_target_classes": 4, "batch_targets": False}),
-    ("fab-t", {"steps": 10, "n_target_classes": 4}),
-    ("fab", {"steps": 6, "n_restarts": 2}),
-])
+@pytest.mark.parametrize(
+    "name,settings",
+    [
+        ("apgd-ce", {"steps": 20}),
+        ("apgd-dlr", {"steps": 20}),
+        ("apgd-t", {"steps": 10, "n_target_classes": 4, "batch_targets": False}),
+        ("fab-t", {"steps": 10, "n_target_classes": 4, "batch_targets": False}),
+        ("fab-t", {"steps": 10, "n_target_classes": 4}),
+        ("fab", {"steps": 6, "n_restarts": 2}),
+    ],
+)
 def test_early_stop_keeps_the_robust_flags(name, settings, model, batch):
     """Compaction stops points whose attack already succeeded; every step is per example, so the
     others' trajectories and every point's success flag are those of the full run."""
@@ -83,6 +87,7 @@ def test_apgd_early_stop_returns_the_first_misclassified_iterate(model, batch):
 
     def run(**kw):
         return apgd_run(model, x, y, lambda z, yy: loss(z, yy, reduction="none"), eps=EPS, steps=20, start=t, **kw)
+
     x1, f1 = run(early_stop=True, compact_every=1)
     x7, f7 = run(early_stop=True, compact_every=7)
     xf, ff = run(early_stop=False)
@@ -90,7 +95,7 @@ def test_apgd_early_stop_returns_the_first_misclassified_iterate(model, batch):
     assert torch.equal(f1, f7) and torch.equal(f1, ff)
     assert torch.equal(x1, x7)
     assert not _robust(model, x1[f1], y[f1]).any()
-    assert torch.equal(x1[~f1], xf[~f1])        # not fooled: the best-loss point, as the full run
+    assert torch.equal(x1[~f1], xf[~f1])  # not fooled: the best-loss point, as the full run
 
 
 def test_square_levers_change_nothing(model, batch):
@@ -111,9 +116,13 @@ def test_autoattack_levers_on_and_off_give_the_same_flags(model, batch):
     old = AutoAttack(fast=False, **kw)
     x_old = old(model, x, y)
     _mixed(model, x, y, x_old)
-    for levers in ({"batch_targets": False, "channels_last": False}, {"batch_targets": False, "channels_last": True},
-                   {"fast": False, "early_stop": True}, {"fast": False, "reuse_logits": True},
-                   {"fast": False, "inference_mode": True}):
+    for levers in (
+        {"batch_targets": False, "channels_last": False},
+        {"batch_targets": False, "channels_last": True},
+        {"fast": False, "early_stop": True},
+        {"fast": False, "reuse_logits": True},
+        {"fast": False, "inference_mode": True},
+    ):
         new = AutoAttack(**levers, **kw)
         x_new = new(model, x, y)
         assert torch.equal(_robust(model, x_new, y), _robust(model, x_old, y)), levers
@@ -162,8 +171,17 @@ def test_apgd_t_batched_targets_equal_one_target_after_another_with_the_same_sta
     out, robust = xs.clone(), torch.ones(len(idx), dtype=torch.bool)
     for k in range(n_t):
         r = robust.nonzero().squeeze(1)
-        xa, fooled = apgd_run(model, xs[r], ys[r], dlr_targeted_loss, target=ts[r, k], start=starts[k][r], eps=EPS,
-                              steps=steps, early_stop=True)
+        xa, fooled = apgd_run(
+            model,
+            xs[r],
+            ys[r],
+            dlr_targeted_loss,
+            target=ts[r, k],
+            start=starts[k][r],
+            eps=EPS,
+            steps=steps,
+            early_stop=True,
+        )
         out[r[fooled]] = xa[fooled]
         robust[r[fooled]] = False
     seq = x.clone()
@@ -172,8 +190,11 @@ def test_apgd_t_batched_targets_equal_one_target_after_another_with_the_same_sta
     assert torch.equal(_robust(model, batched, y), _robust(model, seq, y))
     assert torch.allclose(batched, seq, atol=1e-6)
     # groups of targets give the same
-    assert torch.allclose(APGDTargeted(eps=EPS, seed=seed, steps=steps, n_target_classes=n_t, batch_targets=3)(
-        model, x, y), seq, atol=1e-6)
+    assert torch.allclose(
+        APGDTargeted(eps=EPS, seed=seed, steps=steps, n_target_classes=n_t, batch_targets=3)(model, x, y),
+        seq,
+        atol=1e-6,
+    )
 
 
 def test_targets_in_one_batch_takes_the_first_target_in_order():
@@ -181,8 +202,14 @@ def test_targets_in_one_batch_takes_the_first_target_in_order():
     real run, but order decides), example 1 only by target 0, example 2 by none, example 3 by target
     3 only; in groups of two targets, an example fooled in the first group skips the second."""
     x = torch.zeros(4, 1)
-    fooled = torch.tensor([[False, True, True, False], [True, False, False, False],
-                           [False, False, False, False], [False, False, False, True]])
+    fooled = torch.tensor(
+        [
+            [False, True, True, False],
+            [True, False, False, False],
+            [False, False, False, False],
+            [False, False, False, True],
+        ]
+    )
     calls = []
 
     def run(ii, kk, group):
@@ -219,7 +246,7 @@ def test_rank_drops_later_targets_once_an_earlier_one_succeeds(model, batch):
     for j in range(m):
         first = [k for k in range(3) if ok_alone[k * m + j]]
         if first:
-            assert ok[first[0] * m + j]                                   # the first success is kept
+            assert ok[first[0] * m + j]  # the first success is kept
             assert not any(ok[k * m + j] for k in range(first[0] + 1, 3) if not ok_alone[k * m + j])
     assert ok_alone.any()
 

@@ -6,6 +6,7 @@ hundred steps, so that every attack has correctly classified points to work on a
 runs in seconds. Heavy attacks get reduced settings here (``FAST``); their paper settings are
 checked in ``test_presets_carry_paper_settings``.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,18 +54,33 @@ FAST: dict[str, dict] = {
     "autoattack": {"apgd_steps": 5, "n_target_classes": 2, "fab_steps": 4, "square_queries": 30},
 }
 #: extra variants of registered classes
-VARIANTS = [("apgd", {"loss": "dlr"}), ("md", {"targeted": True, "n_target_classes": 2}),
-            ("apgd", {"eot_iter": 2}), ("autoattack", {"version": "plus"}), ("autoattack", {"version": "rand"}),
-            ("autoattack", {"components": "apgd-ce,square"}), ("autoattack", {"individual": True})]
+VARIANTS = [
+    ("apgd", {"loss": "dlr"}),
+    ("md", {"targeted": True, "n_target_classes": 2}),
+    ("apgd", {"eot_iter": 2}),
+    ("autoattack", {"version": "plus"}),
+    ("autoattack", {"version": "rand"}),
+    ("autoattack", {"components": "apgd-ce,square"}),
+    ("autoattack", {"individual": True}),
+]
 EPS_L2 = 0.5
 
 
 class TinyCNN(nn.Module):
     def __init__(self, k: int = 10):
         super().__init__()
-        self.f = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                               nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, k))
+        self.f = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(32, k),
+        )
 
     def forward(self, x):
         return self.f(x)
@@ -116,8 +132,10 @@ def _accuracy(model, x, y) -> float:
 def _cases():
     cases = [(name, FAST.get(name)) for name in sorted(ATTACKS)]
     cases += [(name, {**FAST[name], **kw}) for name, kw in VARIANTS]
-    return [pytest.param(n, kw, id=n + ("" if kw == FAST.get(n) else "-" + "-".join(map(str, kw.values()))))
-            for n, kw in cases]
+    return [
+        pytest.param(n, kw, id=n + ("" if kw == FAST.get(n) else "-" + "-".join(map(str, kw.values()))))
+        for n, kw in cases
+    ]
 
 
 @pytest.mark.parametrize("name,settings", _cases())
@@ -217,7 +235,12 @@ def test_presets_carry_paper_settings():
     assert d["apgd-ce"]["loss"] == "ce" and d["apgd-ce"]["steps"] == 100
     assert d["apgd-t"]["n_target_classes"] == 9 and d["fab-t"]["n_target_classes"] == 9
     assert d["square"]["n_queries"] == 5000
-    assert (d["spsa"]["iterations"], d["spsa"]["delta"], d["spsa"]["lr"], d["spsa"]["samples"]) == (100, 0.001, 0.01, 256)
+    assert (d["spsa"]["iterations"], d["spsa"]["delta"], d["spsa"]["lr"], d["spsa"]["samples"]) == (
+        100,
+        0.001,
+        0.01,
+        256,
+    )
     assert d["mde"]["apgd_steps"] == 100 and d["mde"]["md_steps"] == 50 and d["mde"]["fab_steps"] == 100
     for name in ("fmn100", "aa", "apgd-ce", "apgd-t", "fab-t", "square", "spsa", "mde"):
         assert name in ATTACK_PRESETS
@@ -242,7 +265,7 @@ def test_attack_docstrings_name_paper_norm_and_defaults():
     for name, cls in ATTACKS.items():
         doc = cls.__doc__ or ""
         assert "L-inf" in doc or "Linf" in doc or "L_inf" in doc, name
-        assert any(ch.isdigit() for ch in doc), name   # a year / the default numbers
+        assert any(ch.isdigit() for ch in doc), name  # a year / the default numbers
         assert cls.paper, name
 
 
@@ -251,6 +274,7 @@ def test_attack_docstrings_name_paper_norm_and_defaults():
 def test_fab_projection_matches_linear_programming():
     scipy_opt = pytest.importorskip("scipy.optimize")
     import numpy as np
+
     g = torch.Generator().manual_seed(0)
     d_ = 7
     for trial in range(60):
@@ -263,13 +287,18 @@ def test_fab_projection_matches_linear_programming():
         assert ((t + d) >= -1e-12).all() and ((t + d) <= 1 + 1e-12).all()
         c = np.r_[np.zeros(d_), 1.0]
         a_ub = np.vstack([np.c_[np.eye(d_), -np.ones(d_)], np.c_[-np.eye(d_), -np.ones(d_)]])
-        res = scipy_opt.linprog(c, A_ub=a_ub, b_ub=np.zeros(2 * d_),
-                                A_eq=np.r_[w[0].numpy(), 0.0][None], b_eq=[float(b - (w * t).sum())],
-                                bounds=[(-float(t[0, i]), 1 - float(t[0, i])) for i in range(d_)] + [(0, None)])
-        if res.status == 0:   # feasible: on the hyperplane with the smallest L-inf norm
+        res = scipy_opt.linprog(
+            c,
+            A_ub=a_ub,
+            b_ub=np.zeros(2 * d_),
+            A_eq=np.r_[w[0].numpy(), 0.0][None],
+            b_eq=[float(b - (w * t).sum())],
+            bounds=[(-float(t[0, i]), 1 - float(t[0, i])) for i in range(d_)] + [(0, None)],
+        )
+        if res.status == 0:  # feasible: on the hyperplane with the smallest L-inf norm
             assert float((w * (t + d)).sum()) == pytest.approx(float(b), abs=1e-9)
             assert float(d.abs().max()) == pytest.approx(res.x[-1], abs=1e-8)
-        else:                 # unreachable within the box: the box corner towards the plane
+        else:  # unreachable within the box: the box corner towards the plane
             side = torch.sign(b - (w * t).sum())
             assert torch.allclose(t + d, torch.where(w * side > 0, 1.0, torch.where(w * side < 0, 0.0, t)))
 
@@ -293,10 +322,10 @@ def test_target_classes_are_the_best_other_classes():
 
 def test_square_schedule_and_md_step_sizes():
     assert square_p_schedule(0, 5000) == 0.8
-    assert square_p_schedule(20, 5000) == 0.4          # 20 of 5000 -> 40 of 10000
+    assert square_p_schedule(20, 5000) == 0.4  # 20 of 5000 -> 40 of 10000
     assert square_p_schedule(4999, 5000) == pytest.approx(0.8 / 512)
     assert md_step_size(0, 50, 20, 2 * EPS) == pytest.approx(2 * EPS * 0.5 * (1 + math.cos(-math.pi / 30)))
-    assert md_step_size(21, 50, 20, 2 * EPS) == pytest.approx(2 * EPS)     # stage 2 restarts the cosine
+    assert md_step_size(21, 50, 20, 2 * EPS) == pytest.approx(2 * EPS)  # stage 2 restarts the cosine
     assert md_step_size(49, 50, 20, 2 * EPS) < 0.05 * EPS
 
 
@@ -308,7 +337,8 @@ def test_autoattack_square_uses_the_raw_schedule_standalone_square_the_rescaled_
     assert square_p_schedule(4500, 5000, rescale=False) == pytest.approx(0.8 / 128)
     assert square_p_schedule(4500, 5000, rescale=True) == pytest.approx(0.8 / 512)
     assert [square_p_schedule(i, 5000, rescale=False) for i in (10, 11, 50, 51, 8000, 8001)] == pytest.approx(
-        [0.8, 0.4, 0.4, 0.2, 0.8 / 256, 0.8 / 512])
+        [0.8, 0.4, 0.4, 0.2, 0.8 / 256, 0.8 / 512]
+    )
     aa = get_attack("aa")
     square = aa.components()[-1]
     assert type(square).__name__ == "Square" and square.resc_schedule is False
@@ -385,7 +415,7 @@ def test_pgd_l2_steps_along_the_normalised_gradient():
     xa = pgd(net, x, y, eps=1.0, step_size=0.1, steps=1, random_start="none", norm="L2")
     assert per_example_norm(xa - x, "L2") == pytest.approx([0.1] * 4, abs=1e-6)
     xa = pgd(net, x, y, eps=0.05, step_size=0.1, steps=1, random_start="none", norm="L2")
-    assert per_example_norm(xa - x, "L2") == pytest.approx([0.05] * 4, abs=1e-6)   # projected onto the ball
+    assert per_example_norm(xa - x, "L2") == pytest.approx([0.05] * 4, abs=1e-6)  # projected onto the ball
     # presets keep their step as a fraction of eps in L2
     assert get_attack("pgd10", eps=0.5, norm="L2").step_size == pytest.approx(0.5 / 4)
     assert get_attack("pgd100", eps=0.5, norm="L2").step_size == pytest.approx(0.5 / 8)
@@ -397,6 +427,7 @@ def test_fab_l2_projection_matches_a_quadratic_program_and_the_official_code():
     official AutoAttack projection where it is installed (pyautoattack, a dependency of robustbench)."""
     scipy_opt = pytest.importorskip("scipy.optimize")
     import numpy as np
+
     g = torch.Generator().manual_seed(0)
     d_ = 6
     for trial in range(40):
@@ -409,11 +440,16 @@ def test_fab_l2_projection_matches_a_quadratic_program_and_the_official_code():
         assert ((t + d) >= -1e-12).all() and ((t + d) <= 1 + 1e-12).all()
         c = float(b - (w * t).sum())
         reach = float(torch.where(w * np.sign(c) > 0, 1 - t, -t).mul(w).sum()) if c else 0.0
-        if abs(reach) >= abs(c) - 1e-12:   # reachable: compare with the QP optimum
-            res = scipy_opt.minimize(lambda v: float(v @ v), np.zeros(d_), jac=lambda v: 2 * v, method="SLSQP",
-                                     constraints=[{"type": "eq", "fun": lambda v: float(w[0].numpy() @ v) - c}],
-                                     bounds=[(-float(t[0, i]), 1 - float(t[0, i])) for i in range(d_)],
-                                     options={"ftol": 1e-14, "maxiter": 500})
+        if abs(reach) >= abs(c) - 1e-12:  # reachable: compare with the QP optimum
+            res = scipy_opt.minimize(
+                lambda v: float(v @ v),
+                np.zeros(d_),
+                jac=lambda v: 2 * v,
+                method="SLSQP",
+                constraints=[{"type": "eq", "fun": lambda v: float(w[0].numpy() @ v) - c}],
+                bounds=[(-float(t[0, i]), 1 - float(t[0, i])) for i in range(d_)],
+                options={"ftol": 1e-14, "maxiter": 500},
+            )
             assert float((w * (t + d)).sum()) == pytest.approx(float(b), abs=1e-9)
             assert float(d.norm()) == pytest.approx(float(np.linalg.norm(res.x)), abs=1e-6)
     try:
@@ -446,8 +482,19 @@ def test_autoattack_versions_follow_the_official_code():
     with pytest.raises(ValueError, match="unknown AutoAttack component"):
         get_attack("aa", components="apgd-ce,pgd")
     # the standard L-inf settings read as before this issue (earlier eval.json files are recognised)
-    assert set(std.describe()) == {"name", "norm", "paper", "eps", "seed", "version", "apgd_steps", "n_target_classes",
-                                   "fab_steps", "square_queries", "square_resc_schedule"}
+    assert set(std.describe()) == {
+        "name",
+        "norm",
+        "paper",
+        "eps",
+        "seed",
+        "version",
+        "apgd_steps",
+        "n_target_classes",
+        "fab_steps",
+        "square_queries",
+        "square_resc_schedule",
+    }
 
 
 def test_autoattack_component_flags_sequential_and_individual(model, batch):
@@ -461,7 +508,7 @@ def test_autoattack_component_flags_sequential_and_individual(model, batch):
         correct = model(x).argmax(1) == y
         robust = model(xs).argmax(1) == y
     prev = correct
-    for name, f in flags.items():   # running robust flags: never recover
+    for name, f in flags.items():  # running robust flags: never recover
         assert not (f & ~prev).any(), name
         prev = f
     assert torch.equal(prev, robust)

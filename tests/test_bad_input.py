@@ -4,6 +4,7 @@ nothing is created or overwritten (the whole temporary tree is compared byte for
 Most cases run the CLI in-process (``virkit.cli.main``); two go through a real subprocess to check
 the exit status and that stderr is exactly one line.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,14 +35,22 @@ def snapshot(root: Path) -> dict:
 
 def png(size: int, color=(200, 30, 30)) -> bytes:
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", (size, size), color).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def cifar_batch(n: int = 10, values: int = 3072) -> bytes:
-    return pickle.dumps({b"batch_label": b"x", b"labels": [i % 10 for i in range(n)],
-                         b"data": np.zeros((n, values), dtype=np.uint8), b"filenames": [b"f"] * n}, protocol=2)
+    return pickle.dumps(
+        {
+            b"batch_label": b"x",
+            b"labels": [i % 10 for i in range(n)],
+            b"data": np.zeros((n, values), dtype=np.uint8),
+            b"filenames": [b"f"] * n,
+        },
+        protocol=2,
+    )
 
 
 def cifar_folder(root: Path, first: bytes) -> Path:
@@ -53,25 +62,45 @@ def cifar_folder(root: Path, first: bytes) -> Path:
     return root
 
 
-def write_checkpoint(path: Path, model: str = "small-cnn", classes=CIFAR10_CLASSES, weights_of: str | None = None,
-                     **cfg_overrides) -> Path:
+def write_checkpoint(
+    path: Path, model: str = "small-cnn", classes=CIFAR10_CLASSES, weights_of: str | None = None, **cfg_overrides
+) -> Path:
     """A checkpoint in virkit's format (untrained weights); ``weights_of`` builds the state dict
     from another architecture than the one the config names."""
     from virkit.io import atomic_torch_save
     from virkit.models.checkpoint import FORMAT, build_model_from_meta
     from virkit.training.config import resolve_config
+
     cfg = {**resolve_config("tiny", eval_attacks=()).to_dict(), "model": model, **cfg_overrides}
-    meta = {"classes": list(classes), "mean": [0.5] * 3, "std": [0.25] * 3, "shape": [3, 32, 32], "source": "test",
-            "dataset": cfg["dataset"]}
+    meta = {
+        "classes": list(classes),
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "shape": [3, 32, 32],
+        "source": "test",
+        "dataset": cfg["dataset"],
+    }
     net = build_model_from_meta({**cfg, "model": weights_of or model}, meta)
-    atomic_torch_save({"format": FORMAT, "model": net.state_dict(), "optimizer": {}, "epoch": 1, "best_metric": 0.0,
-                       "history": [], "config": json.dumps(cfg), "data": meta}, path)
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "model": net.state_dict(),
+            "optimizer": {},
+            "epoch": 1,
+            "best_metric": 0.0,
+            "history": [],
+            "config": json.dumps(cfg),
+            "data": meta,
+        },
+        path,
+    )
     return path
 
 
 def fake_run(folder: Path, finished: bool) -> Path:
     """A run directory as ``virkit train`` leaves it (finished or not); bytes only, no training."""
     from virkit.training.config import config_hash, resolve_config
+
     cfg = resolve_config("tiny", eval_attacks=(), device="cpu")
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({**cfg.to_dict(), "config_hash": config_hash(cfg)}))
@@ -134,8 +163,20 @@ def _evaluate(tmp: Path, ctx, ckpt_kwargs: dict, *extra: str) -> list[str]:
     root = ctx.stand_in()
     (tmp / "ck").mkdir()
     ck = write_checkpoint(tmp / "ck" / "model.pt", **ckpt_kwargs)
-    return ["evaluate", "--checkpoint", str(ck), "--attacks", "natural", "--device", "cpu", "--data-root", str(root),
-            "--out", str(tmp / "out" / "eval.json"), *extra]
+    return [
+        "evaluate",
+        "--checkpoint",
+        str(ck),
+        "--attacks",
+        "natural",
+        "--device",
+        "cpu",
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp / "out" / "eval.json"),
+        *extra,
+    ]
 
 
 CASES = [
@@ -143,10 +184,17 @@ CASES = [
     ("dataset", lambda t, r: TRAIN + ["--dataset", "mnist"], ["unknown dataset 'mnist'", "cifar10", "imagefolder"]),
     ("model", lambda t, r: TRAIN + ["--model", "resnet9000"], ["unknown model 'resnet9000'", "small-cnn", "resnet18"]),
     ("method", lambda t, r: TRAIN + ["--method", "vir"], ["unknown method 'vir'", "vir-at", "trades"]),
-    ("preset", lambda t, r: ["train", "--preset", "huge", "--device", "cpu"], ["unknown preset 'huge'", "tiny", "paper"]),
+    (
+        "preset",
+        lambda t, r: ["train", "--preset", "huge", "--device", "cpu"],
+        ["unknown preset 'huge'", "tiny", "paper"],
+    ),
     ("train-attack", lambda t, r: TRAIN[:-1] + ["natural,pgd7"], ["unknown attack 'pgd7'", "pgd100", "fgsm"]),
-    ("evaluate-attack", lambda t, r: ["evaluate", "--checkpoint", str(t / "nothing.pt"), "--attacks", "natural,pgd"],
-     ["unknown attack 'pgd'", "pgd100"]),
+    (
+        "evaluate-attack",
+        lambda t, r: ["evaluate", "--checkpoint", str(t / "nothing.pt"), "--attacks", "natural,pgd"],
+        ["unknown attack 'pgd'", "pgd100"],
+    ),
     # values out of range
     ("eps-high", lambda t, r: TRAIN + ["--eps", "8"], ["eps=8.0 is out of range", "8/255"]),
     ("eps-negative", lambda t, r: TRAIN + ["--eps=-8/255"], ["eps=-0.031", "out of range"]),
@@ -159,45 +207,78 @@ CASES = [
     ("alpha", lambda t, r: TRAIN + ["--alpha", "-1"], ["alpha=-1.0 is out of range"]),
     ("beta", lambda t, r: TRAIN + ["--beta", "1e9"], ["beta=1000000000.0 is out of range"]),
     ("gamma", lambda t, r: TRAIN + ["--gamma", "-2"], ["gamma=-2.0 is out of range"]),
-    ("reweight-start", lambda t, r: TRAIN + ["--epochs", "3", "--reweight-start", "4"],
-     ["reweight_start=4 is after the last epoch (3)", "--reweight-start <= 3"]),
+    (
+        "reweight-start",
+        lambda t, r: TRAIN + ["--epochs", "3", "--reweight-start", "4"],
+        ["reweight_start=4 is after the last epoch (3)", "--reweight-start <= 3"],
+    ),
     # data roots: missing or corrupt
     ("data-missing", lambda t, r: TRAIN + ["--data-root", str(t / "nowhere")], ["not found", "nowhere"]),
     ("cifar-truncated", lambda t, r: _root_with(t, cifar_batch()[:500]), ["corrupt dataset file", "data_batch_1"]),
     ("cifar-garbage", lambda t, r: _root_with(t, b"\x00not a pickle at all"), ["corrupt dataset file", "data_batch_1"]),
-    ("cifar-wrong-size", lambda t, r: _root_with(t, cifar_batch(values=3 * 16 * 16)),
-     ["corrupt dataset file", "3072"]),
+    ("cifar-wrong-size", lambda t, r: _root_with(t, cifar_batch(values=3 * 16 * 16)), ["corrupt dataset file", "3072"]),
     ("standin-16x16", lambda t, r: _small_standin(t), ["16x16 images, expected 32x32"]),
     ("imagefolder-empty", lambda t, r: _empty_imagefolder(t), ["no images for split 'train'"]),
     ("imagefolder-mixed-sizes", lambda t, r: _imagefolder(t, {"a": 32, "b": 16}), ["has size 16x16", "same size"]),
     ("imagefolder-corrupt-image", lambda t, r: _corrupt_image(t), ["corrupt image", "0.png"]),
     ("standin-truncated-archive", lambda t, r: _truncated_standin(t), ["corrupt archive", "cifar10-jpeg.tar.gz"]),
     # checkpoints that do not fit
-    ("ckpt-architecture", lambda t, r: _evaluate(t, r, {"model": "resnet18", "weights_of": "small-cnn"}),
-     ["does not match the 'resnet18' architecture"]),
-    ("ckpt-classes", lambda t, r: _evaluate(t, r, {"classes": ["a", "b", "c", "d", "e"]}),
-     ["has 5 classes but the dataset has 10"]),
-    ("ckpt-truncated", lambda t, r: ["evaluate", "--checkpoint", str(_truncated_ckpt(t)), "--attacks", "natural"],
-     ["cannot read checkpoint", "truncated"]),
-    ("ckpt-missing", lambda t, r: ["evaluate", "--checkpoint", str(t / "none.pt"), "--attacks", "natural"],
-     ["does not exist"]),
-    ("ckpt-not-virkit", lambda t, r: ["evaluate", "--checkpoint", str(_foreign_ckpt(t)), "--attacks", "natural"],
-     ["is not a virkit checkpoint"]),
-    ("n-examples", lambda t, r: _evaluate(t, r, {}, "--n-examples", "10001"),
-     ["--n-examples=10001 is more than the test set has (10000)"]),
-    ("compile-cudagraphs-cpu", lambda t, r: _evaluate(t, r, {}, "--compile", "cudagraphs"),
-     ["compile=cudagraphs needs a CUDA device", "--compile on"]),
+    (
+        "ckpt-architecture",
+        lambda t, r: _evaluate(t, r, {"model": "resnet18", "weights_of": "small-cnn"}),
+        ["does not match the 'resnet18' architecture"],
+    ),
+    (
+        "ckpt-classes",
+        lambda t, r: _evaluate(t, r, {"classes": ["a", "b", "c", "d", "e"]}),
+        ["has 5 classes but the dataset has 10"],
+    ),
+    (
+        "ckpt-truncated",
+        lambda t, r: ["evaluate", "--checkpoint", str(_truncated_ckpt(t)), "--attacks", "natural"],
+        ["cannot read checkpoint", "truncated"],
+    ),
+    (
+        "ckpt-missing",
+        lambda t, r: ["evaluate", "--checkpoint", str(t / "none.pt"), "--attacks", "natural"],
+        ["does not exist"],
+    ),
+    (
+        "ckpt-not-virkit",
+        lambda t, r: ["evaluate", "--checkpoint", str(_foreign_ckpt(t)), "--attacks", "natural"],
+        ["is not a virkit checkpoint"],
+    ),
+    (
+        "n-examples",
+        lambda t, r: _evaluate(t, r, {}, "--n-examples", "10001"),
+        ["--n-examples=10001 is more than the test set has (10000)"],
+    ),
+    (
+        "compile-cudagraphs-cpu",
+        lambda t, r: _evaluate(t, r, {}, "--compile", "cudagraphs"),
+        ["compile=cudagraphs needs a CUDA device", "--compile on"],
+    ),
     # output directories holding a run
-    ("out-finished", lambda t, r: (fake_run(t / "run", True), TRAIN + ["--out", str(t / "run")])[1],
-     ["already holds a finished run", "--resume", "--overwrite"]),
-    ("out-unfinished", lambda t, r: (fake_run(t / "run", False), TRAIN + ["--out", str(t / "run")])[1],
-     ["already holds an unfinished run", "--resume"]),
-    ("resume-other-config", lambda t, r: (fake_run(t / "run", False),
-                                          TRAIN + ["--lr", "0.01", "--out", str(t / "run"), "--resume"])[1],
-     ["cannot resume", "config differs", "--overwrite"]),
-    ("resume-finished-other-config", lambda t, r: (fake_run(t / "run", True),
-                                                   TRAIN + ["--lr", "0.01", "--out", str(t / "run"), "--resume"])[1],
-     ["holds a finished run with a different config"]),
+    (
+        "out-finished",
+        lambda t, r: (fake_run(t / "run", True), TRAIN + ["--out", str(t / "run")])[1],
+        ["already holds a finished run", "--resume", "--overwrite"],
+    ),
+    (
+        "out-unfinished",
+        lambda t, r: (fake_run(t / "run", False), TRAIN + ["--out", str(t / "run")])[1],
+        ["already holds an unfinished run", "--resume"],
+    ),
+    (
+        "resume-other-config",
+        lambda t, r: (fake_run(t / "run", False), TRAIN + ["--lr", "0.01", "--out", str(t / "run"), "--resume"])[1],
+        ["cannot resume", "config differs", "--overwrite"],
+    ),
+    (
+        "resume-finished-other-config",
+        lambda t, r: (fake_run(t / "run", True), TRAIN + ["--lr", "0.01", "--out", str(t / "run"), "--resume"])[1],
+        ["holds a finished run with a different config"],
+    ),
 ]
 
 
@@ -211,6 +292,7 @@ def _truncated_ckpt(tmp: Path) -> Path:
 
 def _foreign_ckpt(tmp: Path) -> Path:
     import torch
+
     torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp / "foreign.pt")
     return tmp / "foreign.pt"
 
@@ -250,16 +332,20 @@ def test_bad_input_one_line_exit_2_nothing_written(build, expected, tmp_path, re
     assert snapshot(work) == before, "files were created or changed despite the error"
 
 
-@pytest.mark.parametrize("argv,expected", [
-    pytest.param(TRAIN + ["--method", "vir-atx"], "unknown method 'vir-atx'", id="method"),
-    pytest.param(TRAIN + ["--data-root", "{tmp}/missing"], "not found", id="data-root"),
-])
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        pytest.param(TRAIN + ["--method", "vir-atx"], "unknown method 'vir-atx'", id="method"),
+        pytest.param(TRAIN + ["--data-root", "{tmp}/missing"], "not found", id="data-root"),
+    ],
+)
 def test_bad_input_subprocess(argv, expected, tmp_path):
     """The real entry point: exit status 2, exactly one line on stderr, nothing on stdout, no --out."""
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out", str(tmp_path / "out")]
     env = {**os.environ, "VIRKIT_DATA": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, "-m", "virkit", *argv], capture_output=True, text=True, env=env, cwd=tmp_path,
-                       timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "virkit", *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert p.returncode == 2, p.stderr
     assert p.stdout == ""
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("virkit: error: ") and expected in p.stderr, p.stderr

@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/bench.py in CPU mode, CI-sized: it runs and writes the JSON it documents.
 No timing asserts: throughput is measured by the benchmark itself (BENCHMARKS.md)."""
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,32 @@ METHODS = ["at", "vir-at", "trades", "vir-trades"]
 
 
 def _run(*args, timeout=900):
-    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 # tiny everything; one thread: on a shared 2-core machine a 2-thread OpenMP pool under load is far slower
-SMOKE = ("--mode", "cpu", "--steps", "2", "--warmup", "1", "--rounds", "2", "--batch-size", "16", "--attack-steps", "1",
-         "--data", "synthetic", "--data-n", "64", "--threads", "1")
+SMOKE = (
+    "--mode",
+    "cpu",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--rounds",
+    "2",
+    "--batch-size",
+    "16",
+    "--attack-steps",
+    "1",
+    "--data",
+    "synthetic",
+    "--data-n",
+    "64",
+    "--threads",
+    "1",
+)
 
 
 def test_bench_cpu_smoke(tmp_path):
@@ -53,8 +73,20 @@ def test_bench_cpu_autoattack_part(tmp_path):
     """The AutoAttack comparison on 4 images (full standard AutoAttack on both sides: minutes on a
     loaded CPU when a point resists every attack)."""
     out = tmp_path / "bench.json"
-    p = _run(*SMOKE, "--methods", "at", "--aa-n", "4", "--aa-batch", "4", "--aa-train-steps", "1", "--json", str(out),
-             timeout=1800)
+    p = _run(
+        *SMOKE,
+        "--methods",
+        "at",
+        "--aa-n",
+        "4",
+        "--aa-batch",
+        "4",
+        "--aa-train-steps",
+        "1",
+        "--json",
+        str(out),
+        timeout=1800,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     aa = json.loads(out.read_text())["autoattack"]
     if "skipped" in aa:
@@ -68,6 +100,7 @@ def test_bench_cpu_autoattack_part(tmp_path):
 
 def test_bench_gpu_mode_without_cuda_says_so():
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the GPU mode would run for real")
     p = _run("--mode", "gpu", "--steps", "1", timeout=300)

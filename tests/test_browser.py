@@ -6,6 +6,7 @@ Needs Debian's ``chromium`` (``apt-get install -y chromium``) and the ``playwrig
 with the reason when either is missing. Screenshots go to the test's tmp dir, and to
 ``figures/screenshots/`` when ``VIRKIT_SAVE_SCREENSHOTS`` is set.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,16 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("VIRKIT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _requirements():
@@ -35,8 +44,10 @@ def _requirements():
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("the playwright Python package is not installed (pip install playwright; the system "
-                    "Chromium is used, no 'playwright install')")
+        pytest.skip(
+            "the playwright Python package is not installed (pip install playwright; the system "
+            "Chromium is used, no 'playwright install')"
+        )
     for mod in ("jupyterlab", "ipywidgets", "papermill"):
         pytest.importorskip(mod)
 
@@ -73,24 +84,45 @@ def jupyter_lab(tmp_path):
     root = tmp_path / "lab"
     root.mkdir()
     nb = load_notebook_node(str(REPO / "notebooks" / "01_weight_explorer.ipynb"))
-    nb = parameterize_notebook(nb, {"preset": "smoke", "checkpoint": "", "fig_dir": str(tmp_path / "figs"),
-                                       "runs_root": str(tmp_path / "runs")}, kernel_name="python3",
-                                  language="python")
+    nb = parameterize_notebook(
+        nb,
+        {"preset": "smoke", "checkpoint": "", "fig_dir": str(tmp_path / "figs"), "runs_root": str(tmp_path / "runs")},
+        kernel_name="python3",
+        language="python",
+    )
     write_ipynb(nb, str(root / "01_weight_explorer.ipynb"))
     token = secrets.token_hex(16)
     port = _free_port()
     env = os.environ.copy()
-    env.update({"PYTHONPATH": os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p),
-                "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt"),
-                "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "jsettings"),
-                "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "jworkspaces"),
-                "OMP_NUM_THREADS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p),
+            "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"),
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt"),
+            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "jsettings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "jworkspaces"),
+            "OMP_NUM_THREADS": "1",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        }
+    )
     log = tmp_path / "jupyter.log"
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           "--port-retries=0", f"--IdentityProvider.token={token}", "--LabApp.extension_manager=readonly",
-           f"--ServerApp.root_dir={root}", "--ServerApp.allow_remote_access=False",
-           "--ServerApp.disable_check_xsrf=False", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-           "jupyterlab.NeverCheckForUpdate", "--ServerApp.terminals_enabled=False"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--port-retries=0",
+        f"--IdentityProvider.token={token}",
+        "--LabApp.extension_manager=readonly",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.allow_remote_access=False",
+        "--ServerApp.disable_check_xsrf=False",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--ServerApp.terminals_enabled=False",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and CI run as root
     with open(log, "w") as fh:
@@ -118,8 +150,9 @@ def _wait_redraw(page, n: int, timeout_s: float) -> None:
         if f"redraw #{n}" in _status_text(page):
             return
         page.wait_for_timeout(500)
-    raise AssertionError(f"the explorer did not reach redraw #{n} within {timeout_s:.0f} s "
-                         f"(status: {_status_text(page)!r})")
+    raise AssertionError(
+        f"the explorer did not reach redraw #{n} within {timeout_s:.0f} s (status: {_status_text(page)!r})"
+    )
 
 
 def _wait_idle(page, timeout_s: float) -> None:
@@ -138,8 +171,11 @@ def _wait_idle(page, timeout_s: float) -> None:
 
 
 def _wait_loaded(page) -> None:
-    page.wait_for_function("() => { const i = document.querySelector('img.virkit-landscape');"
-                           " return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('img.virkit-landscape');"
+        " return i && i.complete && i.naturalWidth > 0; }",
+        timeout=60_000,
+    )
     page.wait_for_timeout(500)
 
 
@@ -189,8 +225,9 @@ def test_weight_explorer_in_jupyterlab(jupyter_lab, tmp_path):
             page.goto(url)
             # the notebook panel is open and its kernel started
             page.wait_for_selector(".jp-NotebookPanel", state="visible", timeout=180_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                                   ".jp-Toolbar-kernelStatus", timeout=180_000)
+            page.wait_for_selector(
+                ".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=180_000
+            )
             page.wait_for_timeout(1500)
             no_news = page.get_by_role("button", name="No")
             if no_news.count():

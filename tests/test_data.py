@@ -1,4 +1,5 @@
 """Data: the stand-in loads, batches are (x, y, index) in [0,1], augmentation on the device, seeded subsets."""
+
 import os
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def test_random_crop_flip_is_a_shifted_flipped_copy():
         found = False
         for dy in range(5):
             for dx in range(5):
-                crop = padded[i, :, dy:dy + 8, dx:dx + 8]
+                crop = padded[i, :, dy : dy + 8, dx : dx + 8]
                 if torch.equal(out[i], crop) or torch.equal(out[i], crop.flip(-1)):
                     found = True
         assert found
@@ -79,6 +80,7 @@ def test_gaussian_mixture_matches_definition():
 
 def test_imagefolder_tree(tmp_path):
     from PIL import Image
+
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
         for c in ("cat", "dog"):
@@ -143,6 +145,6 @@ def test_training_loader_augmentations():
         plain[mode] = (sum(same), sum(mirrored), sum(not (s or m) for s, m in zip(same, mirrored)))
     assert plain["none"][0] == 200
     assert plain["flip"][2] == 0 and plain["flip"][0] > 50 and plain["flip"][1] > 50
-    assert plain["crop-flip"][2] > 100          # most crops are shifted (1 in 81 offsets is not)
+    assert plain["crop-flip"][2] > 100  # most crops are shifted (1 in 81 offsets is not)
     with pytest.raises(VirkitError, match="unknown augment 'jitter'; valid augments: crop-flip, flip, none"):
         training_loader(train, 8, "jitter")

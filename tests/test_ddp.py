@@ -11,6 +11,7 @@ gradient average is the global-batch gradient, weights and metrics all-reduced. 
 set (83 images, batch 32) ends in a partial batch of 19 that splits 10/9, so the uneven-shard
 scaling is covered too. Each launch takes a few seconds (2 processes, 1 thread each).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,21 +30,46 @@ from virkit.distributed import DistContext, shard_bounds
 from virkit.errors import VirkitError
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = {"model": "linear", "method": "vir-at", "random_start": "none", "train_subset": 83, "batch_size": 32,
-       "epochs": 2, "reweight_start": 2, "lr_milestones": (2,), "holdout": 32, "test_subset": 32,
-       "attack_steps": 2, "seed": 3}
+RUN = {
+    "model": "linear",
+    "method": "vir-at",
+    "random_start": "none",
+    "train_subset": 83,
+    "batch_size": 32,
+    "epochs": 2,
+    "reweight_start": 2,
+    "lr_milestones": (2,),
+    "holdout": 32,
+    "test_subset": 32,
+    "attack_steps": 2,
+    "seed": 3,
+}
 TIMING = {"seconds", "images_per_s", "seconds_with_holdout"}
 
 
 def _env(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT", distributed.SYNC_BN_ENV)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", distributed.SYNC_BN_ENV)
+    }
     return {**env, "VIRKIT_DATA": str(root), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def _cli(root: Path, out: Path, **overrides) -> list[str]:
-    args = ["train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root", str(root),
-            "--out", str(out)]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--eval-attacks",
+        "",
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+    ]
     for k, v in {**RUN, **overrides}.items():
         args += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
     return args
@@ -55,8 +81,10 @@ def _torchrun(nproc: int, args: list[str], root: Path, timeout: int = 300) -> su
 
 
 def _history(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (run / "history.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in (run / "history.jsonl").read_text().splitlines()
+    ]
 
 
 def _assert_same_run(a: Path, b: Path, atol: float = 1e-4) -> None:
@@ -65,9 +93,13 @@ def _assert_same_run(a: Path, b: Path, atol: float = 1e-4) -> None:
     assert sa["model"].keys() == sb["model"].keys()
     for k in sa["model"]:
         torch.testing.assert_close(sa["model"][k], sb["model"][k], atol=atol, rtol=0, msg=k)
-    for k in sa["optimizer"]["state"]:   # momentum buffers
-        torch.testing.assert_close(sa["optimizer"]["state"][k]["momentum_buffer"],
-                                   sb["optimizer"]["state"][k]["momentum_buffer"], atol=atol, rtol=0)
+    for k in sa["optimizer"]["state"]:  # momentum buffers
+        torch.testing.assert_close(
+            sa["optimizer"]["state"][k]["momentum_buffer"],
+            sb["optimizer"]["state"][k]["momentum_buffer"],
+            atol=atol,
+            rtol=0,
+        )
     ha, hb = _history(a), _history(b)
     assert len(ha) == len(hb) == RUN["epochs"]
     for ra, rb in zip(ha, hb):
@@ -94,12 +126,17 @@ def test_shard_bounds_partition_the_batch_in_rank_order(n, w):
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_loader_union_is_the_single_process_batch(world):
     g = torch.Generator().manual_seed(0)
-    split = Split(torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(50) % 10,
-                  [str(i) for i in range(10)])
+    split = Split(
+        torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=g),
+        torch.arange(50) % 10,
+        [str(i) for i in range(10)],
+    )
     batch = 12
     single = list(DeviceLoader(split, batch, shuffle=True, augment=True).epoch(7))
-    shards = [list(DeviceLoader(split, batch, shuffle=True, augment=True, rank=r, world_size=world).epoch(7))
-              for r in range(world)]
+    shards = [
+        list(DeviceLoader(split, batch, shuffle=True, augment=True, rank=r, world_size=world).epoch(7))
+        for r in range(world)
+    ]
     # 50 = 4 * 12 + 2: the last batch of 2 is kept with 2 ranks and skipped (by every rank) with 3
     expected_steps = len(single) if 50 % batch >= world else len(single) - 1
     assert all(len(s) == expected_steps for s in shards)
@@ -147,8 +184,14 @@ def test_global_batch_not_divisible_and_sync_bn_on_cpu_are_errors_before_joining
 def runs(stand_in_root, tmp_path_factory):
     """A single-process run and the same run on 2 processes (torchrun CLI)."""
     base = tmp_path_factory.mktemp("ddp")
-    single = subprocess.run([sys.executable, "-m", "virkit", *_cli(stand_in_root, base / "single")],
-                            capture_output=True, text=True, env=_env(stand_in_root), cwd=REPO, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "virkit", *_cli(stand_in_root, base / "single")],
+        capture_output=True,
+        text=True,
+        env=_env(stand_in_root),
+        cwd=REPO,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = _torchrun(2, ["-m", "virkit", *_cli(stand_in_root, base / "ddp")], stand_in_root)
     assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-3000:]
@@ -173,17 +216,19 @@ def test_resume_on_two_processes_gives_the_uninterrupted_result(runs, stand_in_r
     """Epoch 1 on 2 processes, stop; resume for epoch 2 on 2 processes: same as uninterrupted."""
     single, _, _ = runs
     script = tmp_path / "two_stage.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         from virkit.training.config import resolve_config
         from virkit.training.trainer import train
         overrides = {{**{RUN!r}, "device": "cpu", "eval_attacks": (), "data_root": {str(stand_in_root)!r}}}
         cfg = resolve_config("tiny", **overrides)
         if sys.argv[1] == "first":
-            train(cfg, {str(tmp_path / 'run')!r}, stop_after_epoch=1)
+            train(cfg, {str(tmp_path / "run")!r}, stop_after_epoch=1)
         else:
-            train(cfg, {str(tmp_path / 'run')!r}, resume=True)
-    """))
+            train(cfg, {str(tmp_path / "run")!r}, resume=True)
+    """)
+    )
     first = _torchrun(2, [str(script), "first"], stand_in_root)
     assert first.returncode == 0, first.stderr[-3000:]
     assert len(_history(tmp_path / "run")) == 1 and not (tmp_path / "run" / "summary.json").exists()

@@ -1,5 +1,6 @@
 """Evaluation numerics and the compiled attack path: TF32 off unless asked (and recorded), the attacks
 calling a torch.compile'd model, the fallback to eager mode, and one-line refusals."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ def tf32_flags():
 
 def test_tf32_mode_switches_off_and_restores(tf32_flags):
     # the flags are process-wide settings, readable and settable without a GPU
-    devices._set_tf32_flags(True, True)           # what a user (or PyTorch's cuDNN default) may have left on
+    devices._set_tf32_flags(True, True)  # what a user (or PyTorch's cuDNN default) may have left on
     with devices.tf32_mode(torch.device("cuda"), allow=False) as on:
         assert on is False and devices._tf32_flags() == (False, False)
     assert devices._tf32_flags() == (True, True)
@@ -33,11 +34,11 @@ def test_tf32_mode_switches_off_and_restores(tf32_flags):
     with devices.tf32_mode(torch.device("cuda"), allow=True) as on:
         assert on is True and devices._tf32_flags() == (True, True)
     assert devices._tf32_flags() == (False, False)
-    with pytest.raises(RuntimeError):             # restored on error too
+    with pytest.raises(RuntimeError):  # restored on error too
         with devices.tf32_mode(torch.device("cuda"), allow=True):
             raise RuntimeError("boom")
     assert devices._tf32_flags() == (False, False)
-    with devices.tf32_mode(torch.device("cpu"), allow=True) as on:   # no TF32 outside CUDA: flags untouched
+    with devices.tf32_mode(torch.device("cpu"), allow=True) as on:  # no TF32 outside CUDA: flags untouched
         assert on is False and devices._tf32_flags() == (False, False)
 
 
@@ -55,7 +56,7 @@ def test_tf32_evaluation_is_not_mixed_with_an_fp32_one(model, split, tmp_path):
     _run(model, split, ["natural"], tmp_path)
     path = tmp_path / "eval.json"
     doc = json.loads(path.read_text())
-    doc["numerics"]["tf32"] = True                 # as a CUDA evaluation with --allow-tf32 writes it
+    doc["numerics"]["tf32"] = True  # as a CUDA evaluation with --allow-tf32 writes it
     path.write_text(json.dumps(doc))
     with pytest.raises(VirkitError, match="allow-tf32"):
         _run(model, split, ["natural"], tmp_path)
@@ -77,6 +78,7 @@ def test_compile_failure_falls_back_to_eager(model, split, tmp_path, monkeypatch
 
     def broken(*a, **k):
         raise RuntimeError("no C compiler here")
+
     monkeypatch.setattr(torch, "compile", broken)
     res = _run(model, split, ["natural", "pgd10"], None, compile="on")
     assert res["runtime"]["compile"] == "fallback-eager"
@@ -95,11 +97,12 @@ def test_attacks_call_the_compiled_model(model, split, monkeypatch):
         def forward(self, x):
             calls["compiled"] += 1
             return self.inner(x)
+
     monkeypatch.setattr(torch, "compile", lambda m, **k: Counting(m))
     eager = _run(model, split, ["natural", "pgd10"], None)
     res = _run(model, split, ["natural", "pgd10"], None, compile="on")
     assert res["runtime"]["compile"] == "compiled"
-    assert calls["compiled"] > 4 * 1       # the check forward plus every PGD step of every batch
+    assert calls["compiled"] > 4 * 1  # the check forward plus every PGD step of every batch
     assert res["attacks"]["pgd10"]["robust"] == eager["attacks"]["pgd10"]["robust"]
 
 
@@ -121,6 +124,7 @@ def test_real_torch_compile_matches_eager(model, split):
 
 def test_reuse_from_takes_only_an_evaluation_of_the_same_weights(model, split, tmp_path):
     import copy
+
     first = _run(model, split, ["natural", "pgd10"], tmp_path)
     src = tmp_path / "eval.json"
     (tmp_path / "b").mkdir()
@@ -129,19 +133,26 @@ def test_reuse_from_takes_only_an_evaluation_of_the_same_weights(model, split, t
     assert again["attacks"]["pgd10"]["robust"] == first["attacks"]["pgd10"]["robust"]
     other = copy.deepcopy(model)
     with torch.no_grad():
-        other.f[0].weight.mul_(1.01)                       # other weights: computed, not reused
+        other.f[0].weight.mul_(1.01)  # other weights: computed, not reused
     (tmp_path / "c").mkdir()
     res = _run(other, split, ["natural", "pgd10"], tmp_path / "c", reuse_from=[src])
     assert all("reused_from" not in r for r in res["attacks"].values())
     # an attack with other settings than the reused file's is run, not taken
     (tmp_path / "d").mkdir()
-    res = _run(model, split, ["natural", "pgd10"], tmp_path / "d", reuse_from=[src],
-               attack_overrides={"pgd10": {"steps": 2, "step_size": 4 / 255}})
+    res = _run(
+        model,
+        split,
+        ["natural", "pgd10"],
+        tmp_path / "d",
+        reuse_from=[src],
+        attack_overrides={"pgd10": {"steps": 2, "step_size": 4 / 255}},
+    )
     assert "reused_from" in res["attacks"]["natural"] and "reused_from" not in res["attacks"]["pgd10"]
 
 
 def test_reuse_with_replace_still_sets_the_old_file_aside(model, split, tmp_path):
     import copy
+
     src_dir, out_dir = tmp_path / "src", tmp_path / "out"
     src_dir.mkdir()
     out_dir.mkdir()
@@ -149,7 +160,7 @@ def test_reuse_with_replace_still_sets_the_old_file_aside(model, split, tmp_path
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.f[0].weight.mul_(1.01)
-    old = _run(other, split, ["natural"], out_dir)                  # out holds another model's evaluation
+    old = _run(other, split, ["natural"], out_dir)  # out holds another model's evaluation
     res = _run(model, split, ["natural"], out_dir, replace=True, reuse_from=[src_dir / "eval.json"])
     assert res["attacks"]["natural"]["reused_from"] == str(src_dir / "eval.json")
     kept = json.loads((out_dir / "eval.prev.json").read_text())

@@ -6,6 +6,7 @@ per-example results of one uninterrupted process.
 A tiny CNN (``virkit.models.examples:tiny_cnn``, trained for a few seconds on 5,000 stand-in images, about 30%
 test accuracy) and AutoAttack with a reduced budget in batches of 16 keep each launch to seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,22 +55,45 @@ def weights(stand_in_root, tmp_path_factory) -> Path:
 
 
 def _args(weights: Path, out: Path) -> list[str]:
-    return ["evaluate", "--model", "virkit.models.examples:tiny_cnn", "--weights", str(weights), "--attacks", "natural,aa",
-            "--attack-settings", json.dumps(AA), "--n-examples", "1000", "--batch-size", "16", "--device", "cpu",
-            "--out", str(out)]
+    return [
+        "evaluate",
+        "--model",
+        "virkit.models.examples:tiny_cnn",
+        "--weights",
+        str(weights),
+        "--attacks",
+        "natural,aa",
+        "--attack-settings",
+        json.dumps(AA),
+        "--n-examples",
+        "1000",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
 
 
 def _env(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     return {**env, "VIRKIT_DATA": str(root), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def _run(args: list[str], root: Path, torchrun: int = 0) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)] \
-        if torchrun else [sys.executable]
-    p = subprocess.run([*launcher, "-m", "virkit", *args], capture_output=True, text=True, env=_env(root), cwd=REPO,
-                       timeout=600)
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)]
+        if torchrun
+        else [sys.executable]
+    )
+    p = subprocess.run(
+        [*launcher, "-m", "virkit", *args], capture_output=True, text=True, env=_env(root), cwd=REPO, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return p
 
@@ -93,12 +117,18 @@ def _same_results(a: dict, b: dict) -> None:
     assert a["worst_case"]["robust"] == b["worst_case"]["robust"]
 
 
-def test_kill_9_in_the_middle_of_autoattack_then_the_same_command_continues(weights, stand_in_root, reference,
-                                                                             tmp_path):
+def test_kill_9_in_the_middle_of_autoattack_then_the_same_command_continues(
+    weights, stand_in_root, reference, tmp_path
+):
     out = tmp_path / "eval.json"
     state = tmp_path / ".eval.json.state" / "aa"
-    p = subprocess.Popen([sys.executable, "-m", "virkit", *_args(weights, out)], env=_env(stand_in_root), cwd=REPO,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "virkit", *_args(weights, out)],
+        env=_env(stand_in_root),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         t0 = time.time()
         while time.time() - t0 < 300 and p.poll() is None:
@@ -111,7 +141,7 @@ def test_kill_9_in_the_middle_of_autoattack_then_the_same_command_continues(weig
     finished = sorted(f.name for f in state.glob("b*.pt"))
     n_batches = -(-sum(reference["attacks"]["natural"]["robust"]) // 16)
     assert 2 <= len(finished) < n_batches, f"killed too late or too early: {finished}"
-    doc = json.loads(out.read_text())          # natural accuracy was written, AutoAttack was not
+    doc = json.loads(out.read_text())  # natural accuracy was written, AutoAttack was not
     assert set(doc["attacks"]) == {"natural"}
 
     again = _run(_args(weights, out), stand_in_root)
@@ -123,6 +153,6 @@ def test_kill_9_in_the_middle_of_autoattack_then_the_same_command_continues(weig
 def test_two_ranks_give_the_results_of_one_process(weights, stand_in_root, reference, tmp_path):
     out = tmp_path / "eval.json"
     p = _run(_args(weights, out), stand_in_root, torchrun=2)
-    assert p.stdout.count("written:") == 1          # rank 0 reports and writes
+    assert p.stdout.count("written:") == 1  # rank 0 reports and writes
     _same_results(reference, json.loads(out.read_text()))
     assert sorted(os.listdir(tmp_path)) == ["eval.json"]

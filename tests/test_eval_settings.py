@@ -1,6 +1,7 @@
 """One evaluation signature: :class:`virkit.evaluation.EvalSettings` holds every setting and its
 default, once; ``evaluate_model``, ``evaluate_run``, ``evaluate_source`` and ``virkit evaluate`` take
 one and add only what is their own; what a run's evaluation leaves unset is the run's own value."""
+
 from __future__ import annotations
 
 import ast
@@ -24,6 +25,7 @@ ENTRY_POINTS = (evaluate_model, evaluate_run, evaluate_source)
 
 def _checkpoint(path: Path, **cfg) -> Path:
     from test_bad_input import write_checkpoint
+
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_checkpoint(path, **cfg)
 
@@ -37,11 +39,23 @@ def test_entry_points_take_settings_and_only_their_own_arguments():
 
 def test_cli_options_that_are_settings_default_to_unset():
     from virkit.cli import build_parser
+
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     evaluate = sub.choices["evaluate"]
     named = [a for a in evaluate._actions if a.dest in FIELDS]
-    assert {a.dest for a in named} >= {"attacks", "eps", "seed", "batch_size", "n_examples", "norm", "replace",
-                                       "save_adv", "save_adv_png", "allow_tf32", "compile"}
+    assert {a.dest for a in named} >= {
+        "attacks",
+        "eps",
+        "seed",
+        "batch_size",
+        "n_examples",
+        "norm",
+        "replace",
+        "save_adv",
+        "save_adv_png",
+        "allow_tf32",
+        "compile",
+    }
     assert [a.dest for a in named if a.default is not None] == []
     assert ",".join(DEFAULT_ATTACKS["Linf"]) in evaluate.format_help().replace("\n", "").replace(" ", "")
 
@@ -52,8 +66,11 @@ def test_default_attack_list_is_written_once():
     holders = set()
     for path in sorted((ROOT / "virkit").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.List, ast.Tuple)) and node.elts and all(
-                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+            if (
+                isinstance(node, (ast.List, ast.Tuple))
+                and node.elts
+                and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)
+            ):
                 if tuple(e.value for e in node.elts) in defaults:
                     holders.add(path.relative_to(ROOT).as_posix())
             elif isinstance(node, ast.Constant) and node.value in joined:
@@ -104,15 +121,21 @@ def test_one_settings_object_for_every_entry_point(stand_in_root, tmp_path):
     split = test_subset(load_dataset("cifar10", stand_in_root, "test"), 16)
     on_split = evaluate_model(net, split, settings, device="cpu", out_path=tmp_path / "model.json")
     run = evaluate_run(ck, settings, device="cpu", data_root=str(stand_in_root), out=tmp_path / "run.json")
-    source = evaluate_source("virkit.models.examples:tiny_cnn", settings, weights=tmp_path / "w.pt", device="cpu",
-                             data_root=str(stand_in_root), out=tmp_path / "source.json")
+    source = evaluate_source(
+        "virkit.models.examples:tiny_cnn",
+        settings,
+        weights=tmp_path / "w.pt",
+        device="cpu",
+        data_root=str(stand_in_root),
+        out=tmp_path / "source.json",
+    )
 
     assert settings == frozen
     for doc in (on_split, run, source):
         assert list(doc["attacks"]) == ["natural", "fgsm"] and doc["n_examples"] == 16
         assert doc["norm"] == "Linf" and doc["eps"] == pytest.approx(8 / 255)
         assert doc["labels"] == on_split["labels"]
-    assert on_split["seed"] == source["seed"] == 0 and run["seed"] == 5      # unset: the run's own seed
+    assert on_split["seed"] == source["seed"] == 0 and run["seed"] == 5  # unset: the run's own seed
     assert run["extra"]["checkpoint"] == "last.pt" and run["extra"]["test_subset"] == 16
     assert source["extra"]["test_subset"] == 16 and on_split["extra"] == {}
     assert source["model_fingerprint"] == on_split["model_fingerprint"]
@@ -121,21 +144,34 @@ def test_one_settings_object_for_every_entry_point(stand_in_root, tmp_path):
 
 
 def test_a_run_fills_what_the_settings_leave_unset(stand_in_root, tmp_path):
-    ck = _checkpoint(tmp_path / "run" / "last.pt", seed=5, eps=4 / 255, eval_attacks=["natural", "fgsm"],
-                     test_subset=12)
+    ck = _checkpoint(
+        tmp_path / "run" / "last.pt", seed=5, eps=4 / 255, eval_attacks=["natural", "fgsm"], test_subset=12
+    )
     root = str(stand_in_root)
-    doc = evaluate_run(ck, EvalSettings(batch_size=8, progress=False), device="cpu", data_root=root,
-                       out=tmp_path / "a.json")
+    doc = evaluate_run(
+        ck, EvalSettings(batch_size=8, progress=False), device="cpu", data_root=root, out=tmp_path / "a.json"
+    )
     assert (list(doc["attacks"]), doc["eps"], doc["seed"], doc["n_examples"]) == (["natural", "fgsm"], 4 / 255, 5, 12)
-    doc = evaluate_run(ck, EvalSettings(["natural"], eps=2 / 255, seed=1, n_examples=8, progress=False),
-                       device="cpu", data_root=root, out=tmp_path / "b.json")
+    doc = evaluate_run(
+        ck,
+        EvalSettings(["natural"], eps=2 / 255, seed=1, n_examples=8, progress=False),
+        device="cpu",
+        data_root=root,
+        out=tmp_path / "b.json",
+    )
     assert (list(doc["attacks"]), doc["eps"], doc["seed"], doc["n_examples"]) == (["natural"], 2 / 255, 1, 8)
-    doc = evaluate_run(ck, EvalSettings(["natural"], norm="L2", progress=False), device="cpu", data_root=root,
-                       out=tmp_path / "c.json")
-    assert doc["norm"] == "L2" and doc["eps"] == 0.5            # not the training eps, a Linf radius
+    doc = evaluate_run(
+        ck, EvalSettings(["natural"], norm="L2", progress=False), device="cpu", data_root=root, out=tmp_path / "c.json"
+    )
+    assert doc["norm"] == "L2" and doc["eps"] == 0.5  # not the training eps, a Linf radius
     # the run's own attacks are checked against the settings before anything is written
     cw = _checkpoint(tmp_path / "cw" / "last.pt", eval_attacks=["natural", "cw"])
     with pytest.raises(VirkitError, match="attack 'cw'"):
-        evaluate_run(cw, EvalSettings(norm="L2", progress=False), device="cpu", data_root=root,
-                     out=tmp_path / "new" / "eval.json")
+        evaluate_run(
+            cw,
+            EvalSettings(norm="L2", progress=False),
+            device="cpu",
+            data_root=root,
+            out=tmp_path / "new" / "eval.json",
+        )
     assert not (tmp_path / "new").exists()

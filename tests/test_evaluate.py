@@ -1,5 +1,6 @@
 """virkit.evaluation.evaluate: eval.json contents, the eps-ball check, resume, errors, gradient-masking warnings,
 and (slow) an end-to-end run of every attack of the paper."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,18 @@ CLASSES = [f"c{i}" for i in range(10)]
 class TinyCNN(nn.Module):
     def __init__(self, k: int = 10):
         super().__init__()
-        self.f = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                               nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, k))
+        self.f = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(32, k),
+        )
 
     def forward(self, x):
         return self.f(x)
@@ -102,7 +112,7 @@ def test_eval_json_contents(model, split, tmp_path):
         assert r["accuracy"] == pytest.approx(sum(r["robust"]) / n)
         cm = torch.tensor(r["confusion_matrix"])
         assert cm.shape == (10, 10) and int(cm.sum()) == n
-        assert cm.sum(1).tolist() == torch.bincount(y, minlength=10).tolist()    # rows = true classes
+        assert cm.sum(1).tolist() == torch.bincount(y, minlength=10).tolist()  # rows = true classes
         assert int(cm.diag().sum()) == sum(r["robust"])
         assert len(r["per_class_accuracy"]) == 10
         for c in range(10):
@@ -112,7 +122,7 @@ def test_eval_json_contents(model, split, tmp_path):
         assert r["accuracy"] <= res["attacks"]["natural"]["accuracy"]
         # robust under an attack implies robust naturally
         assert all(a <= b for a, b in zip(r["robust"], res["attacks"]["natural"]["robust"]))
-    assert res["attacks"]["pgd10"]["settings"]["steps"] == 4          # override recorded
+    assert res["attacks"]["pgd10"]["settings"]["steps"] == 4  # override recorded
     assert res["attacks"]["fgsm"]["settings"]["name"] == "FGSM"
     wc = res["worst_case"]
     expect = [min(r["robust"][i] for r in res["attacks"].values()) for i in range(n)]
@@ -125,7 +135,9 @@ def test_eval_json_contents(model, split, tmp_path):
         assert f["worst_class_accuracy"] == pytest.approx(min(vals))
         assert f["worst_class"] in CLASSES and pcs[CLASSES.index(f["worst_class"])] == f["worst_class_accuracy"]
         assert f["best_minus_worst"] == pytest.approx(max(vals) - min(vals))
-        assert f["std_across_classes"] == pytest.approx(float(torch.tensor(vals, dtype=torch.float64).std(unbiased=False)), abs=1e-9)
+        assert f["std_across_classes"] == pytest.approx(
+            float(torch.tensor(vals, dtype=torch.float64).std(unbiased=False)), abs=1e-9
+        )
     assert isinstance(res["warnings"], list)
 
 
@@ -167,7 +179,7 @@ class _Spy:
     def describe(self):
         return self.real.describe()
 
-    def __getattr__(self, name):   # details (AutoAttack's components) and the rest: the real attack's
+    def __getattr__(self, name):  # details (AutoAttack's components) and the rest: the real attack's
         return getattr(self.real, name)
 
 
@@ -214,7 +226,7 @@ def test_resume_keeps_finished_attacks(model, split, tmp_path, monkeypatch):
 def test_errors(model, split, tmp_path):
     with pytest.raises(VirkitError) as e:
         _run(model, split, ["natural", "pgd1000"])
-    assert "pgd100" in str(e.value) and "mde" in str(e.value)      # lists the valid names
+    assert "pgd100" in str(e.value) and "mde" in str(e.value)  # lists the valid names
     with pytest.raises(VirkitError, match="n_examples"):
         _run(model, split, ["natural"], n_examples=len(split) + 1)
     with pytest.raises(VirkitError):
@@ -232,7 +244,7 @@ class _Broken(Attack):
         super().__init__(eps, bounds, seed)
         self.mode = mode
 
-    def __call__(self, model, x, y):   # bypasses the base class projection on purpose
+    def __call__(self, model, x, y):  # bypasses the base class projection on purpose
         if self.mode == "ball":
             return (x + 2 * self.eps).clamp(0, 1) if x.max() < 0.9 else (x - 2 * self.eps).clamp(0, 1)
         return x + 0.5
@@ -249,7 +261,7 @@ def test_adversarial_examples_are_checked_before_scoring(model, split, monkeypat
 def test_check_adversarial():
     x = torch.rand(4, 3, 8, 8) * 0.5 + 0.25
     check_adversarial(x + EPS, x, EPS)
-    check_adversarial(x + EPS + 5e-7, x, EPS)        # within the 1e-6 tolerance
+    check_adversarial(x + EPS + 5e-7, x, EPS)  # within the 1e-6 tolerance
     with pytest.raises(AdversarialCheckError):
         check_adversarial(x + EPS + 1e-5, x, EPS)
     with pytest.raises(AdversarialCheckError):
@@ -263,8 +275,21 @@ def test_check_adversarial():
 
 
 def test_masking_warnings():
-    assert masking_warnings({"natural": 0.8, "fgsm": 0.55, "pgd20": 0.5, "pgd100": 0.49, "cw": 0.48, "aa": 0.45,
-                             "square": 0.52, "spsa": 0.53}) == []
+    assert (
+        masking_warnings(
+            {
+                "natural": 0.8,
+                "fgsm": 0.55,
+                "pgd20": 0.5,
+                "pgd100": 0.49,
+                "cw": 0.48,
+                "aa": 0.45,
+                "square": 0.52,
+                "spsa": 0.53,
+            }
+        )
+        == []
+    )
     w = masking_warnings({"fgsm": 0.5, "pgd100": 0.55})
     assert len(w) == 1 and "fgsm" in w[0] and "pgd100" in w[0]
     w = masking_warnings({"pgd100": 0.5, "aa": 0.52})
@@ -277,12 +302,13 @@ def test_masking_warnings():
 
 def test_warnings_are_recorded_and_printed(model, split, monkeypatch, capsys):
     """A model that hides its gradients: PGD does worse than FGSM, which must be flagged."""
+
     class Masked(nn.Module):
         def __init__(self, net):
             super().__init__()
             self.net = net
 
-        def forward(self, x):   # quantize the input: zero gradient almost everywhere except a straight-through part
+        def forward(self, x):  # quantize the input: zero gradient almost everywhere except a straight-through part
             return self.net(x + (torch.round(x * 4) / 4 - x).detach())
 
     fake = {"fgsm": 0.2, "pgd10": 0.3}
@@ -301,16 +327,25 @@ def test_every_paper_attack_end_to_end_at_paper_settings(model, split, tmp_path)
     """All attacks of Sec. 5.4 with their paper settings (SPSA 100 x 256 samples, Square and
     AutoAttack's Square 5000 queries, ...) on 64 images, on the tiny CPU model."""
     t0 = time.time()
-    res = evaluate_model(model, split, EvalSettings(PAPER_ATTACKS, n_examples=64, batch_size=64, progress=False),
-                         out_path=tmp_path / "eval.json")
+    res = evaluate_model(
+        model,
+        split,
+        EvalSettings(PAPER_ATTACKS, n_examples=64, batch_size=64, progress=False),
+        out_path=tmp_path / "eval.json",
+    )
     elapsed = time.time() - t0
     acc = {k: v["accuracy"] for k, v in res["attacks"].items()}
     assert list(acc) == PAPER_ATTACKS
     assert all(v <= acc["natural"] for v in acc.values())
     assert acc["aa"] <= acc["pgd100"] + 1 / 64 and acc["mde"] <= acc["pgd100"] + 1 / 64
     assert res["worst_case"]["accuracy"] <= min(acc.values())
-    assert res["attacks"]["spsa"]["settings"]["samples"] == 256 and res["attacks"]["square"]["settings"]["n_queries"] == 5000
-    print(f"every paper attack on 64 images: {elapsed:.1f} s; " + ", ".join(f"{k} {100 * v:.1f}" for k, v in acc.items()))
+    assert (
+        res["attacks"]["spsa"]["settings"]["samples"] == 256
+        and res["attacks"]["square"]["settings"]["n_queries"] == 5000
+    )
+    print(
+        f"every paper attack on 64 images: {elapsed:.1f} s; " + ", ".join(f"{k} {100 * v:.1f}" for k, v in acc.items())
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +358,7 @@ def test_check_adversarial_l2_is_per_example():
     d = torch.randn_like(x)
     d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 0.5
     check_adversarial(x + d, x, 0.5, norm="L2")
-    check_adversarial(x + d * (1 + 1e-6), x, 0.5, norm="L2")          # within the 1e-5 tolerance
+    check_adversarial(x + d * (1 + 1e-6), x, 0.5, norm="L2")  # within the 1e-5 tolerance
     bad = x + d
     bad[2] = x[2] + d[2] * 1.01
     with pytest.raises(AdversarialCheckError, match="L2 norm .* at example 2"):
@@ -337,8 +372,15 @@ def test_check_adversarial_l2_is_per_example():
 
 
 def test_l2_evaluation(model, split, tmp_path):
-    res = _run(model, split, ["natural", "pgd10", "aa"], tmp_path, norm="L2", eps=None,
-               attack_overrides={"pgd10": {"steps": 4}, **AA_FAST})
+    res = _run(
+        model,
+        split,
+        ["natural", "pgd10", "aa"],
+        tmp_path,
+        norm="L2",
+        eps=None,
+        attack_overrides={"pgd10": {"steps": 4}, **AA_FAST},
+    )
     assert res["norm"] == "L2" and res["eps"] == 0.5
     for k in ("pgd10", "aa"):
         assert res["attacks"][k]["settings"]["norm"] == "L2"
@@ -378,7 +420,7 @@ def test_autoattack_components_in_eval_json(model, split, tmp_path, individual):
         assert len(c["robust"]) == 40 and c["accuracy"] == pytest.approx(sum(c["robust"]) / 40)
         assert all(a <= b for a, b in zip(c["robust"], nat))
     worst = [min(comps[k]["robust"][i] for k in names) for i in range(40)]
-    assert aa["robust"] == worst                     # both modes: robust only if every component failed
+    assert aa["robust"] == worst  # both modes: robust only if every component failed
     if not individual:
         assert comps["square"]["robust"] == aa["robust"]
 
@@ -401,13 +443,14 @@ def test_save_adv_and_load_adversarial(model, split, tmp_path):
         with torch.no_grad():
             assert torch.equal(model(q).argmax(1), qpred)
         assert u["robust"] == (qpred == y).int().tolist() and u["n_outside_ball"] == 0
-        assert u["max_distance"] <= EPS + 1e-6   # eps = 8/255 lies on the grid: rounding stays in the ball
+        assert u["max_distance"] <= EPS + 1e-6  # eps = 8/255 lies on the grid: rounding stays in the ball
     with pytest.raises(VirkitError, match="no adversarial examples of 'cw'.*fgsm, pgd10"):
         ev.load_adversarial(adv, "cw")
     # asking for the examples of an attack finished without --save-adv reruns it
     calls: dict[str, int] = {}
     real = ev.get_attack
     import virkit.evaluation.evaluate as evm
+
     evm_get = evm.get_attack
     try:
         evm.get_attack = lambda name, **kw: _Spy(real(name, **kw), calls, name)

@@ -6,6 +6,7 @@ serves CIFAR-10 in torchvision's official layout (``cifar-10-python.tar.gz`` hol
 Its bytes differ from the original download, so the tests name its checksum with VIRKIT_DATA_CHECKSUMS;
 everything else is the path a user's first run takes: download, checksum, unpack, train.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     folder: Path
     requests: list
 
-    def log_message(self, *args):   # quiet
+    def log_message(self, *args):  # quiet
         pass
 
     def do_GET(self):
@@ -56,7 +57,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(data[:-1000] + bytes(1000))
             elif kind == "slow":
                 for i in range(0, len(data), 1 << 18):
-                    self.wfile.write(data[i:i + (1 << 18)])
+                    self.wfile.write(data[i : i + (1 << 18)])
                     time.sleep(0.0125)
             else:
                 self.wfile.write(data)
@@ -90,8 +91,7 @@ def mirror(tmp_path_factory, stand_in_root):
 
 def _user_env(home: Path, mirror_base: str | None, sums: Path | None, **extra) -> dict:
     """A new user's environment: empty HOME, no VIRKIT_DATA (no ../shared), the mirror named."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("VIRKIT_") and k not in ("XDG_CACHE_HOME", "HOME")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRKIT_") and k not in ("XDG_CACHE_HOME", "HOME")}
     env.update(HOME=str(home), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     if mirror_base:
         env["VIRKIT_DATA_MIRROR"] = mirror_base
@@ -102,8 +102,9 @@ def _user_env(home: Path, mirror_base: str | None, sums: Path | None, **extra) -
 
 
 def _virkit(args, env, cwd, **kw):
-    return subprocess.run([sys.executable, "-m", "virkit", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "virkit", *args], env=env, cwd=cwd, capture_output=True, text=True, **kw
+    )
 
 
 def _leftovers(root: Path) -> set[str]:
@@ -127,13 +128,13 @@ def test_first_run_fetches_checks_unpacks_and_trains(mirror, tmp_path):
     data = home / ".cache" / "virkit" / "data"
     assert f"fetching {ARCHIVE}" in p.stderr and f"from {base}/good/{ARCHIVE} into {data}" in p.stderr
     assert (data / "cifar-10-batches-py" / "data_batch_5").is_file() and (data / ARCHIVE).is_file()
-    assert _leftovers(data) == {ARCHIVE, "cifar-10-batches-py"}          # no partial file, no temp folder
+    assert _leftovers(data) == {ARCHIVE, "cifar-10-batches-py"}  # no partial file, no temp folder
     cfg = json.loads((cwd / "run" / "config.json").read_text())
     source = cfg["data"]["source"] if "source" in cfg["data"] else json.dumps(cfg["data"])
-    assert "NOT the original archive" in source                         # the results say which data
+    assert "NOT the original archive" in source  # the results say which data
     assert json.loads((cwd / "run" / "summary.json").read_text())["status"] == "finished"
     n = len(requests)
-    again = _virkit(["fetch", "cifar10"], env, cwd, timeout=120)         # in place: nothing fetched again
+    again = _virkit(["fetch", "cifar10"], env, cwd, timeout=120)  # in place: nothing fetched again
     assert again.returncode == 0 and len(requests) == n and "already" in again.stdout
 
 
@@ -141,12 +142,16 @@ def test_first_run_fetches_checks_unpacks_and_trains(mirror, tmp_path):
 def test_a_broken_download_is_refused_and_leaves_nothing(mirror, tmp_path, kind, words):
     base, sums, _ = mirror
     root = tmp_path / "data"
-    p = _virkit(["fetch", "cifar10", "--data-root", str(root)], _user_env(tmp_path, f"{base}/{kind}", sums),
-                tmp_path, timeout=300)
+    p = _virkit(
+        ["fetch", "cifar10", "--data-root", str(root)],
+        _user_env(tmp_path, f"{base}/{kind}", sums),
+        tmp_path,
+        timeout=300,
+    )
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("virkit: error")]
     assert len(lines) == 1 and re.search(words, lines[0]) and "Traceback" not in p.stderr
-    assert _leftovers(root) == set()                                        # nothing that looks complete
+    assert _leftovers(root) == set()  # nothing that looks complete
 
 
 @pytest.mark.slow
@@ -157,9 +162,17 @@ def test_concurrent_fetches_download_once(mirror, tmp_path):
     root = tmp_path / "data"
     env = _user_env(tmp_path, f"{base}/slow", sums)
     before = len(requests)
-    procs = [subprocess.Popen([sys.executable, "-m", "virkit", "fetch", "cifar10", "--data-root", str(root)], env=env,
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "virkit", "fetch", "cifar10", "--data-root", str(root)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert len(requests) - before == 1
@@ -167,6 +180,7 @@ def test_concurrent_fetches_download_once(mirror, tmp_path):
     assert _leftovers(root) == {ARCHIVE, "cifar-10-batches-py"}
     sys.path.insert(0, str(ROOT))
     from virkit.data.datasets import load_dataset
+
     assert len(load_dataset("cifar10", root, "test", download=False)) == 10000
 
 
@@ -175,8 +189,13 @@ def test_an_interrupted_download_leaves_nothing_that_looks_complete(mirror, tmp_
     base, sums, _ = mirror
     root = tmp_path / "data"
     env = _user_env(tmp_path, f"{base}/slow", sums)
-    p = subprocess.Popen([sys.executable, "-m", "virkit", "fetch", "cifar10", "--data-root", str(root)], env=env,
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "virkit", "fetch", "cifar10", "--data-root", str(root)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(root.glob(".*.partial")):
         time.sleep(0.1)
@@ -185,30 +204,37 @@ def test_an_interrupted_download_leaves_nothing_that_looks_complete(mirror, tmp_
     p.wait()
     assert list(root.glob(".*.partial")) and not (root / ARCHIVE).exists()
     assert not (root / "cifar-10-batches-py").exists()
-    done = _virkit(["fetch", "cifar10", "--data-root", str(root)], _user_env(tmp_path, f"{base}/good", sums),
-                   tmp_path, timeout=300)
+    done = _virkit(
+        ["fetch", "cifar10", "--data-root", str(root)], _user_env(tmp_path, f"{base}/good", sums), tmp_path, timeout=300
+    )
     assert done.returncode == 0, done.stderr
-    assert _leftovers(root) == {ARCHIVE, "cifar-10-batches-py"}          # the stale partial file removed
+    assert _leftovers(root) == {ARCHIVE, "cifar-10-batches-py"}  # the stale partial file removed
 
 
 def test_offline_without_data_stops_once_before_any_notebook(tmp_path):
     """No data and no network (the mirror names a closed port): `virkit notebooks run` stops with one
     line, exit 2, before any notebook runs, naming both fixes."""
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]   # closed once the block ends
+        port = s.getsockname()[1]  # closed once the block ends
     out = tmp_path / "out"
     env = _user_env(tmp_path / "home", f"http://127.0.0.1:{port}", None)
-    p = _virkit(["notebooks", "run", "--preset", "smoke", "--out-root", str(out), "--fig-root", str(tmp_path / "figs")],
-                env, tmp_path, timeout=300)
+    p = _virkit(
+        ["notebooks", "run", "--preset", "smoke", "--out-root", str(out), "--fig-root", str(tmp_path / "figs")],
+        env,
+        tmp_path,
+        timeout=300,
+    )
     assert p.returncode == 2
     errors = [ln for ln in p.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1, p.stderr
     assert "go online" in errors[0] and "VIRKIT_DATA" in errors[0] and "could not be reached" in errors[0]
-    assert not list(out.rglob("*.ipynb"))                                # no notebook started
-    off = _virkit(["fetch", "cifar10"], _user_env(tmp_path / "home", None, None, VIRKIT_OFFLINE="1"), tmp_path,
-                  timeout=120)
+    assert not list(out.rglob("*.ipynb"))  # no notebook started
+    off = _virkit(
+        ["fetch", "cifar10"], _user_env(tmp_path / "home", None, None, VIRKIT_OFFLINE="1"), tmp_path, timeout=120
+    )
     assert off.returncode == 2 and "VIRKIT_OFFLINE" in off.stderr and len(off.stderr.strip().splitlines()) == 1
 
 
@@ -218,6 +244,7 @@ def test_official_sources_are_torchvisions():
     import torchvision.datasets as tvd
 
     from virkit.data import fetch
+
     (a,) = fetch.archives("cifar10")
     assert (a.url, a.md5, a.provides) == (tvd.CIFAR10.url, tvd.CIFAR10.tgz_md5, "cifar-10-batches-py")
     assert [x.filename for x in fetch.archives("svhn")] == ["train_32x32.mat", "test_32x32.mat"]
@@ -229,6 +256,7 @@ def test_doctor_shows_one_screen_for_a_bug_report(tmp_path, stand_in_root):
     """`virkit doctor`: versions, device and ISA, the calibration, datasets found or missing, caches,
     and whether the mirror is reachable; --json gives the same as JSON."""
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -236,11 +264,24 @@ def test_doctor_shows_one_screen_for_a_bug_report(tmp_path, stand_in_root):
     p = _virkit(["doctor"], env, tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr
     out = p.stdout
-    for words in ("versions:", "torch", "device:", "isa flags", "calibration:", "no measurement for this device yet",
-                  "data:", "JPEG stand-in", "cifar100", "missing (fetched on first use)", "caches:", "network:",
-                  f"http://127.0.0.1:{port} (mirror)", "not reachable"):
+    for words in (
+        "versions:",
+        "torch",
+        "device:",
+        "isa flags",
+        "calibration:",
+        "no measurement for this device yet",
+        "data:",
+        "JPEG stand-in",
+        "cifar100",
+        "missing (fetched on first use)",
+        "caches:",
+        "network:",
+        f"http://127.0.0.1:{port} (mirror)",
+        "not reachable",
+    ):
         assert words in out, words
-    assert len(out.splitlines()) < 60                                    # one screen
+    assert len(out.splitlines()) < 60  # one screen
     j = _virkit(["doctor", "--json", "--no-network"], env, tmp_path, timeout=120)
     info = json.loads(j.stdout)
     assert info["data"]["datasets"]["cifar10"].startswith("found") and "network" not in info

@@ -1,4 +1,5 @@
 """Figures (virkit.paper.figures) and the weight explorer's logic (virkit.notebooks.explorer), without a browser."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ def _png_ok(fig, tmp_path, name):
     fig.savefig(p)
     assert p.stat().st_size > 5000
     import matplotlib.pyplot as plt
+
     plt.close(fig)
 
 
@@ -44,9 +46,9 @@ def test_vir_grid_is_the_reweighting_formula():
     assert np.allclose(alpha * np.exp(-gamma * p) * kl + beta, w, rtol=1e-5, atol=1e-6)
     g = E.vir_grid(alpha, gamma, beta, kl_max=2.0, n=11)
     assert g["w"].shape == (11, 11)
-    assert g["w"][0, 0] == pytest.approx(beta)            # KL = 0 -> the floor
+    assert g["w"][0, 0] == pytest.approx(beta)  # KL = 0 -> the floor
     assert g["w"][-1, 0] == pytest.approx(alpha * 2.0 + beta)  # p_y = 0, KL = 2
-    assert np.all(np.diff(g["w"][-1]) < 0)                   # decreasing in p_y
+    assert np.all(np.diff(g["w"][-1]) < 0)  # decreasing in p_y
 
 
 def test_gairat_and_mail_curves_match_reweighting():
@@ -55,7 +57,7 @@ def test_gairat_and_mail_curves_match_reweighting():
     norm = rw.gairat_weights(kappa, 10, -1.0).numpy()
     assert np.allclose(raw / raw.mean(), norm, rtol=1e-4, atol=1e-5)  # float32 tanh near -1
     m = E.mail_curve(10.0, -0.5, 3.0)
-    assert np.all(np.diff(m["w"]) <= 1e-7)                   # smaller margin, larger weight
+    assert np.all(np.diff(m["w"]) <= 1e-7)  # smaller margin, larger weight
     assert m["w"][0] == pytest.approx(3.0 / (1.0 + np.exp(-10.0 * (0.999 - 0.5))), rel=1e-5)
 
 
@@ -97,35 +99,71 @@ def test_every_plot_function(tmp_path):
     _png_ok(E.landscape_figure(), tmp_path, "land")
     rng = np.random.default_rng(0)
     cm = rng.integers(0, 20, size=(10, 10)) + np.eye(10, dtype=int) * 50
-    _png_ok(F.plot_confusion_matrices({"AT · PGD-20": cm, "TRADES · PGD-20": cm.T}, CLASSES, title="t"),
-            tmp_path, "cm")
-    hist = [{"epoch": e, "weight_sum_per_class": list(rng.uniform(50, 100, 10)), "reweighting_active": e > 2,
-             "holdout_nat_acc": 0.1 * e, "holdout_pgd_acc": 0.05 * e, "weight_mean_per_class": [1.0] * 10}
-            for e in range(1, 6)]
+    _png_ok(F.plot_confusion_matrices({"AT · PGD-20": cm, "TRADES · PGD-20": cm.T}, CLASSES, title="t"), tmp_path, "cm")
+    hist = [
+        {
+            "epoch": e,
+            "weight_sum_per_class": list(rng.uniform(50, 100, 10)),
+            "reweighting_active": e > 2,
+            "holdout_nat_acc": 0.1 * e,
+            "holdout_pgd_acc": 0.05 * e,
+            "weight_mean_per_class": [1.0] * 10,
+        }
+        for e in range(1, 6)
+    ]
     _png_ok(F.plot_class_weights({"vir-at": hist, "vir-trades": hist}, CLASSES), tmp_path, "cw")
     _png_ok(F.plot_training_curves({"vir-at": hist, "at": hist}), tmp_path, "tc")
-    _png_ok(F.plot_per_class_accuracy({"at": rng.uniform(0, 100, 10), "vir-at": rng.uniform(0, 100, 10)}, CLASSES,
-                                      {"at": np.ones(10), "vir-at": np.ones(10)}), tmp_path, "pc")
-    rows = [{"method": m, "attack": a, "average": 50.0 + i, "worst": 20.0 + i, "std": 10.0 - i}
-            for i, m in enumerate(["at", "vir-at"]) for a in ["natural", "pgd20"]]
+    _png_ok(
+        F.plot_per_class_accuracy(
+            {"at": rng.uniform(0, 100, 10), "vir-at": rng.uniform(0, 100, 10)},
+            CLASSES,
+            {"at": np.ones(10), "vir-at": np.ones(10)},
+        ),
+        tmp_path,
+        "pc",
+    )
+    rows = [
+        {"method": m, "attack": a, "average": 50.0 + i, "worst": 20.0 + i, "std": 10.0 - i}
+        for i, m in enumerate(["at", "vir-at"])
+        for a in ["natural", "pgd20"]
+    ]
     _png_ok(F.plot_fairness(rows), tmp_path, "fair")
-    panels = {"β": {"x": [0.0, 0.007, 0.1], "xlabel": "β", "default": 0.007,
-                    "series": {"natural": ([80, 81, 79], [0.1, 0.2, 0.1]), "pgd100": ([50, 52, 49], None)}}}
+    panels = {
+        "β": {
+            "x": [0.0, 0.007, 0.1],
+            "xlabel": "β",
+            "default": 0.007,
+            "series": {"natural": ([80, 81, 79], [0.1, 0.2, 0.1]), "pgd100": ([50, 52, 49], None)},
+        }
+    }
     _png_ok(F.plot_ablation(panels), tmp_path, "abl")
     import pandas as pd
-    df = pd.DataFrame({"NATURAL": ["84.12 ± 0.16", "84.59 ± 0.18"], "PGD-100": ["51.58", "56.42"]},
-                      index=["AT", "VIR-AT"])
+
+    df = pd.DataFrame(
+        {"NATURAL": ["84.12 ± 0.16", "84.59 ± 0.18"], "PGD-100": ["51.58", "56.42"]}, index=["AT", "VIR-AT"]
+    )
     _png_ok(F.table_figure(df, title="Table 1"), tmp_path, "table")
     imgs = rng.uniform(0, 1, size=(2, 3, 8, 8))
-    _png_ok(F.plot_attributions(imgs, ["cat\np_y=0.1", "dog\np_y=0.2"], {"AT · IG": rng.normal(size=(2, 8, 8)),
-                                                                       "AT · saliency": rng.uniform(size=(2, 8, 8))}),
-            tmp_path, "attr")
+    _png_ok(
+        F.plot_attributions(
+            imgs,
+            ["cat\np_y=0.1", "dog\np_y=0.2"],
+            {"AT · IG": rng.normal(size=(2, 8, 8)), "AT · saliency": rng.uniform(size=(2, 8, 8))},
+        ),
+        tmp_path,
+        "attr",
+    )
     K = np.linspace(1, 3, 5)
     risks = np.stack([np.linspace(0.05, 0.07, 5), np.linspace(0.05, 0.3, 5)], 1)
     _png_ok(F.plot_theory_risks(K, risks, risks / 2, K[::2], risks[::2], np.full((3, 2), 0.001)), tmp_path, "th")
     _png_ok(F.plot_true_class_probability(rng.uniform(size=400), rng.integers(0, 2, size=400)), tmp_path, "py")
-    _png_ok(F.plot_robust_class_errors(np.linspace(0, 0.3, 4), {"natural": risks[:4], "VIR-AT (ε=0.1)": risks[1:]},
-                                       train_eps=0.1), tmp_path, "rob")
+    _png_ok(
+        F.plot_robust_class_errors(
+            np.linspace(0, 0.3, 4), {"natural": risks[:4], "VIR-AT (ε=0.1)": risks[1:]}, train_eps=0.1
+        ),
+        tmp_path,
+        "rob",
+    )
 
 
 def test_figure_saver_and_index(tmp_path):
@@ -135,7 +173,7 @@ def test_figure_saver_and_index(tmp_path):
     fig = E.landscape_figure()
     paths = saver.save(fig, "landscape", "a caption")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.is_file() for p in paths)
-    saver.save(fig, "landscape", "a caption, again")     # re-running replaces the record
+    saver.save(fig, "landscape", "a caption, again")  # re-running replaces the record
     saver.save(fig, "second one")
     recs = [json.loads(x) for x in saver.manifest.read_text().splitlines()]
     assert [r["name"] for r in recs] == ["landscape", "second one"]

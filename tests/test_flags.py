@@ -5,6 +5,7 @@ parsers and the GPU campaign script's options. Flags of other programs that the 
 own commands (pytest, pip, torchrun, ray, papermill, git) are listed below with the program; virkit's
 internal worker entry points are not user flags but appear in docstrings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ def _parser_flags(parser: argparse.ArgumentParser) -> set[str]:
 
 def _defined_flags() -> set[str]:
     from virkit.cli import build_parser
+
     flags = _parser_flags(build_parser())
     for f in (ROOT / "benchmarks").glob("*.py"):
         flags |= set(re.findall(r'add_argument\(\s*"(--[a-z0-9-]+)"', f.read_text()))
@@ -48,8 +50,11 @@ def _defined_flags() -> set[str]:
 
 
 def _texts() -> list[Path]:
-    return ([ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "Makefile", ROOT / "figures" / "README.md"]
-            + sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "virkit").rglob("*.py")))
+    return (
+        [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "Makefile", ROOT / "figures" / "README.md"]
+        + sorted((ROOT / "docs").glob("*.md"))
+        + sorted((ROOT / "virkit").rglob("*.py"))
+    )
 
 
 def test_every_named_flag_exists():
@@ -63,7 +68,8 @@ def test_every_named_flag_exists():
                 if flag not in known:
                     unknown.setdefault(flag, []).append(f"{path.relative_to(ROOT)}:{i}")
     assert not unknown, "flags named but defined nowhere: " + "; ".join(
-        f"{flag} ({', '.join(where[:3])})" for flag, where in sorted(unknown.items()))
+        f"{flag} ({', '.join(where[:3])})" for flag, where in sorted(unknown.items())
+    )
 
 
 def test_the_check_catches_a_missing_flag(tmp_path, monkeypatch):

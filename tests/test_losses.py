@@ -4,6 +4,7 @@
 * weights are detached, the loss carries the gradient; reweighting follows ``epoch`` or ``active``;
 * bad method names, settings and batches are one-line VirkitErrors.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,13 +31,21 @@ def _model():
     return build_model("small-cnn", 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
 
-@pytest.mark.parametrize("method", ["at", "trades", "mart", "gairat", "mail-at", "mail-trades", "vir-at",
-                                    "vir-trades", "vir-at-flat"])
+@pytest.mark.parametrize(
+    "method", ["at", "trades", "mart", "gairat", "mail-at", "mail-trades", "vir-at", "vir-trades", "vir-at-flat"]
+)
 def test_loss_equals_method_step_bit_for_bit(method):
     x, y = _batch()
     cfg = resolve_config("tiny", method=method, device="cpu")
-    loss_fn = method_loss(method, eps=cfg.eps, step_size=cfg.step_size, attack_steps=cfg.attack_steps,
-                          reweight_start=cfg.reweight_start, epochs=cfg.epochs, lr_milestones=cfg.lr_milestones)
+    loss_fn = method_loss(
+        method,
+        eps=cfg.eps,
+        step_size=cfg.step_size,
+        attack_steps=cfg.attack_steps,
+        reweight_start=cfg.reweight_start,
+        epochs=cfg.epochs,
+        lr_milestones=cfg.lr_milestones,
+    )
     outs = []
     for call in ("step", "loss"):
         model = _model().train()
@@ -54,7 +63,7 @@ def test_loss_equals_method_step_bit_for_bit(method):
     (l1, w1, g1, a1), (l2, w2, g2, a2) = outs
     assert torch.equal(l1, l2) and torch.equal(w1, w2) and torch.equal(g1, g2) and torch.equal(a1, a2)
     if METHODS[method].reweighted and method not in ("gairat", "vir-at-flat"):
-        assert w2.min() != w2.max()   # the weights were on (GAIRAT's untrained kappas tie; -flat is flat)
+        assert w2.min() != w2.max()  # the weights were on (GAIRAT's untrained kappas tie; -flat is flat)
 
 
 def test_weights_are_detached_and_the_loss_is_not():
@@ -64,13 +73,13 @@ def test_weights_are_detached_and_the_loss_is_not():
     assert r.loss.requires_grad and r.loss.dim() == 0
     assert not r.weights.requires_grad and r.weights.grad_fn is None and r.weights.shape == (16,)
     assert not r.loss_per_example.requires_grad and not r.x_adv.requires_grad
-    assert float(r.weights.min()) >= 1.6   # w = S_v S_d + beta with beta 1.6 (Sec. 5.3)
+    assert float(r.weights.min()) >= 1.6  # w = S_v S_d + beta with beta 1.6 (Sec. 5.3)
 
 
 def test_reweighting_start_by_epoch_or_flag():
     x, y = _batch(8)
     vir = method_loss("vir-at", attack_steps=1)
-    assert vir.config.reweight_start == 76   # Sec. 5.1: "on the 76th epoch" of 115
+    assert vir.config.reweight_start == 76  # Sec. 5.1: "on the 76th epoch" of 115
     model = _model().train()
     assert not vir(model, x, y, epoch=75).reweighting
     r = vir(model, x, y, epoch=75)

@@ -1,4 +1,5 @@
 """Every method trains an epoch on a real subset with a finite loss; burn-in weights are 1."""
+
 import json
 import os
 from pathlib import Path
@@ -18,8 +19,17 @@ pytestmark = pytest.mark.skipif(not (STANDIN / "cifar10-jpeg.tar.gz").is_file(),
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_an_epoch(tmp_path, method):
-    cfg = resolve_config("tiny", method=method, epochs=2, reweight_start=2, train_subset=256, holdout=64,
-                         eval_attacks=(), data_root=str(STANDIN), batch_size=128)
+    cfg = resolve_config(
+        "tiny",
+        method=method,
+        epochs=2,
+        reweight_start=2,
+        train_subset=256,
+        holdout=64,
+        eval_attacks=(),
+        data_root=str(STANDIN),
+        batch_size=128,
+    )
     run = train(cfg, tmp_path / method, quiet=True)
     hist = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 2
@@ -45,6 +55,7 @@ def test_vir_at_weights_follow_equation_7_from_eval_mode_logits():
     """weight_logits='eval': weights are Eq. 7 on eval-mode logits taken before the training forward;
     crafting and weighting never touch BatchNorm statistics (only the training forward does)."""
     from virkit import reweighting as rw
+
     train, x, y = _batch()
     torch.manual_seed(0)
     model = build_model("small-cnn", 10, train.mean, train.std)
@@ -156,8 +167,10 @@ def test_trades_runs_three_train_forwards_like_the_official_code():
 
 def test_reweighting_starts_follow_each_official_code():
     """VIR: the 76th epoch (Sec. 5.1); GAIRAT: its first lr drop; MAIL: one epoch later (0-based > 75)."""
-    starts = {m: resolve_config("paper", method=m).reweight_start for m in ("vir-at", "vir-trades", "gairat",
-                                                                             "mail-at", "mail-trades")}
+    starts = {
+        m: resolve_config("paper", method=m).reweight_start
+        for m in ("vir-at", "vir-trades", "gairat", "mail-at", "mail-trades")
+    }
     assert starts == {"vir-at": 76, "vir-trades": 76, "gairat": 76, "mail-at": 77, "mail-trades": 77}
     q = resolve_config("quick", method="vir-at")
     # the quick preset's schedule is the paper's scaled to 10 epochs: the lr drops and reweighting
@@ -177,14 +190,15 @@ def test_onecycle_schedule_per_step():
     step = resolve_config("paper", method="at")
     assert [_lr_at(step, e) for e in (1, 75, 76, 90, 91)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001])
     cyc = resolve_config("paper", method="at", epochs=10, lr=0.1, lr_schedule="onecycle")
-    assert cyc.lr_milestones == () and cyc.reweight_start == 8      # no milestones: round(75/115 * 10) + 1
+    assert cyc.lr_milestones == () and cyc.reweight_start == 8  # no milestones: round(75/115 * 10) + 1
     n = 4
     lrs = [_lr_at(cyc, e, s, n) for e in range(1, 11) for s in range(n)]
     u = [(i + 0.5) / 40 for i in range(40)]
     assert lrs == pytest.approx([0.1 * (x / 0.3 if x <= 0.3 else (1 - x) / 0.7) for x in u])
     assert max(lrs) <= 0.1 and lrs[0] > 0 and lrs[-1] > 0 and lrs.index(max(lrs)) == 12
-    assert _lr_at(cyc, 3) == pytest.approx(0.1 * 0.25 / 0.3)        # an epoch's record: its middle
+    assert _lr_at(cyc, 3) == pytest.approx(0.1 * 0.25 / 0.3)  # an epoch's record: its middle
     with pytest.raises(VirkitError, match="lr_milestones \\[5\\] do not apply to the onecycle schedule"):
         validate(resolve_config("paper", method="at", lr_schedule="onecycle", lr_milestones=(5,)))
-    assert config_hash(TrainConfig(method="at")) == config_hash({k: v for k, v in TrainConfig(method="at").to_dict().items()
-                                                                 if k not in ("lr_schedule", "lr_peak")})
+    assert config_hash(TrainConfig(method="at")) == config_hash(
+        {k: v for k, v in TrainConfig(method="at").to_dict().items() if k not in ("lr_schedule", "lr_peak")}
+    )

@@ -10,6 +10,7 @@
   each notebook's setup call passes exactly the names of its parameters cell;
 * a notebook preset is the trainer preset of the same name (no training overrides).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,18 @@ from virkit.paper import catalogue as paper
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
-EXPECTED = ["01_weight_explorer", "02_gaussian_mixture_theory", "03_train_and_evaluate", "04_confusion_matrices",
-            "05_class_weights", "06_robustness_tables", "07_ablations", "08_attributions", "09_outside_model",
-            "10_robust_overfitting"]
+EXPECTED = [
+    "01_weight_explorer",
+    "02_gaussian_mixture_theory",
+    "03_train_and_evaluate",
+    "04_confusion_matrices",
+    "05_class_weights",
+    "06_robustness_tables",
+    "07_ablations",
+    "08_attributions",
+    "09_outside_model",
+    "10_robust_overfitting",
+]
 #: a notebook's default preset: the demo's, except notebook 10, which reads the robust-overfitting grid
 DEFAULT_PRESET = {"10_robust_overfitting": "overfit"}
 
@@ -79,13 +89,23 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
 
     for preset, spec in N.NOTEBOOK_PRESETS.items():
         assert preset in TRAINER_PRESETS
-        assert set(spec) <= {"description", "robust_attack", "seeds", "notebooks", "eval_attacks", "runs", "only",
-                             "skip"}, preset
+        assert set(spec) <= {
+            "description",
+            "robust_attack",
+            "seeds",
+            "notebooks",
+            "eval_attacks",
+            "runs",
+            "only",
+            "skip",
+        }, preset
         for m in ("natural", "at", "vir-at", "vir-trades-sd"):
             assert N.train_config(preset, m, seed=1) == resolve_config(preset, method=m, seed=1)
         assert set(spec.get("eval_attacks", [])) <= set(attack_names())
-        evaluated = [*TRAINER_PRESETS[preset].get("eval_attacks", resolve_config(preset).eval_attacks),
-                     *spec.get("eval_attacks", [])]
+        evaluated = [
+            *TRAINER_PRESETS[preset].get("eval_attacks", resolve_config(preset).eval_attacks),
+            *spec.get("eval_attacks", []),
+        ]
         assert spec["robust_attack"] in evaluated, preset
     demo = resolve_config("demo")
     # the demo's promises (issue 12): 1,000 test images, Figure 3 over at least 3 reweighted epochs
@@ -102,8 +122,9 @@ def test_a_notebook_preset_is_the_trainer_preset_of_the_same_name():
     assert (smoke.model, smoke.train_subset, smoke.epochs, smoke.attack_steps) == ("small-cnn", 128, 2, 1)
 
 
-@pytest.mark.parametrize("rate, expected", [(2000.0, "demo"), (600.0, "demo-mid"), (250.0, "demo-lite"),
-                                            (60.0, "demo-min")])
+@pytest.mark.parametrize(
+    "rate, expected", [(2000.0, "demo"), (600.0, "demo-mid"), (250.0, "demo-lite"), (60.0, "demo-min")]
+)
 def test_demo_tier_follows_the_measured_rate(monkeypatch, tmp_path, capsys, rate, expected):
     """Without --preset, `virkit notebooks run` measures the training step (virkit.training.speed) and takes the
     largest tier expected to finish in 10 minutes, saying which, the rate and the expected time; a
@@ -111,11 +132,20 @@ def test_demo_tier_follows_the_measured_rate(monkeypatch, tmp_path, capsys, rate
     import torch
 
     from virkit.training import speed
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(speed, "cache_file", lambda: tmp_path / "calibration.json")
     monkeypatch.delenv("VIRKIT_SPEED", raising=False)
-    monkeypatch.setattr(speed, "calibrate", lambda spec, device, **kw: {"fp32": rate / 2, "fp32+channels_last": rate,
-                                                                        "bf16": rate / 3, "bf16+channels_last": 0.0})
+    monkeypatch.setattr(
+        speed,
+        "calibrate",
+        lambda spec, device, **kw: {
+            "fp32": rate / 2,
+            "fp32+channels_last": rate,
+            "bf16": rate / 3,
+            "bf16+channels_last": 0.0,
+        },
+    )
     choice = N.choose_demo_tier(jobs=2)
     assert choice.preset == expected and choice.rate == rate and choice.speed == "fp32 + channels_last"
     # expected times fall with the tier and follow the rate
@@ -133,8 +163,9 @@ def test_demo_tier_follows_the_measured_rate(monkeypatch, tmp_path, capsys, rate
 def test_shared_run_progress_is_reported_per_epoch(tmp_path, stand_in_root, monkeypatch):
     """The shared-run phase says each finished epoch of each run, with an estimate of the time left."""
     from virkit.notebooks import prepare
+
     monkeypatch.setenv("VIRKIT_DATA", str(stand_in_root))
-    monkeypatch.setitem(N.NOTEBOOK_PRESETS["smoke"], "runs", ["at", "vir-at"])   # a from-scratch run and a branch
+    monkeypatch.setitem(N.NOTEBOOK_PRESETS["smoke"], "runs", ["at", "vir-at"])  # a from-scratch run and a branch
     lines: list[str] = []
     plan = prepare.prepare_runs("smoke", tmp_path / "runs", jobs=1, threads=1, say=lines.append, expected_s=30.0)
     assert all(r.status == "done" for r in plan)
@@ -161,8 +192,15 @@ def test_ablation_grid_parameters_are_the_papers_grids():
 
 
 def test_setup_takes_the_parameters_explicitly(tmp_path, capsys):
-    values = {"preset": "smoke", "fig_dir": str(tmp_path / "f"), "runs_root": str(tmp_path / "r"),
-              "dataset": "cifar10", "model": "", "method": "at", "seed": 3}
+    values = {
+        "preset": "smoke",
+        "fig_dir": str(tmp_path / "f"),
+        "runs_root": str(tmp_path / "r"),
+        "dataset": "cifar10",
+        "model": "",
+        "method": "at",
+        "seed": 3,
+    }
     ctx = N.setup("03_train_and_evaluate", **values)
     assert ctx.params == values and ctx.preset == "smoke" and ctx.robust_attack == "fgsm"
     assert ctx.runs_root == tmp_path / "r" and ctx.fig_dir == tmp_path / "f"
@@ -177,7 +215,10 @@ def test_setup_takes_the_parameters_explicitly(tmp_path, capsys):
         N.setup("03_train_and_evaluate", **{k: v for k, v in values.items() if k not in ("method", "seed")})
     with pytest.raises(VirkitError, match="unknown parameter 'metod'.*did you mean 'method'"):
         N.setup("03_train_and_evaluate", **values, metod="at")
-    with pytest.raises(VirkitError, match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, paper, demo-mid, demo-lite, demo-min"):
+    with pytest.raises(
+        VirkitError,
+        match="unknown notebook preset 'quick'; valid notebook presets: smoke, demo, paper, demo-mid, demo-lite, demo-min",
+    ):
         N.setup("03_train_and_evaluate", **{**values, "preset": "quick"})
     with pytest.raises(VirkitError, match="cannot find notebook 99_nothing.ipynb"):
         N.setup("99_nothing", **values)
@@ -189,8 +230,13 @@ def test_each_notebook_passes_its_parameters_to_setup(name):
     import ast
 
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
-    calls = [node for c in nb.cells if c.cell_type == "code" for node in ast.walk(ast.parse(c.source))
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup"]
+    calls = [
+        node
+        for c in nb.cells
+        if c.cell_type == "code"
+        for node in ast.walk(ast.parse(c.source))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup"
+    ]
     assert len(calls) == 1, name
     call = calls[0]
     assert [a.value for a in call.args] == [name]
@@ -226,13 +272,40 @@ def test_validation_errors():
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
-    args = ["run", "--preset", "smoke", "--only", "03", "-p", "metod=at", "--out-root", str(tmp_path / "r"),
-            "--fig-root", str(tmp_path / "f")]
+    args = [
+        "run",
+        "--preset",
+        "smoke",
+        "--only",
+        "03",
+        "-p",
+        "metod=at",
+        "--out-root",
+        str(tmp_path / "r"),
+        "--fig-root",
+        str(tmp_path / "f"),
+    ]
     assert N.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("virkit: error: unknown notebook parameter(s) 'metod'")
-    assert N.main(["run", "--preset", "smoke", "--only", "03", "-p", "seed=abc", "--out-root", str(tmp_path / "r"),
-                   "--fig-root", str(tmp_path / "f")]) == 2
+    assert (
+        N.main(
+            [
+                "run",
+                "--preset",
+                "smoke",
+                "--only",
+                "03",
+                "-p",
+                "seed=abc",
+                "--out-root",
+                str(tmp_path / "r"),
+                "--fig-root",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "parameter 'seed' must be int" in err[0]
     assert N.main(["run", "--preset", "smoke", "--only", "nosuchbook", "--out-root", str(tmp_path / "r")]) == 2
@@ -240,9 +313,22 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing created before validation passed
     # through the project CLI as well, when it registers the subcommand
     from virkit import cli
+
     try:
-        code = cli.main(["notebooks", "run", "--preset", "smoke", "--only", "03", "-p", "metod=at",
-                         "--out-root", str(tmp_path / "r")])
+        code = cli.main(
+            [
+                "notebooks",
+                "run",
+                "--preset",
+                "smoke",
+                "--only",
+                "03",
+                "-p",
+                "metod=at",
+                "--out-root",
+                str(tmp_path / "r"),
+            ]
+        )
     except SystemExit as e:  # pragma: no cover - CLI without the notebooks subcommand
         pytest.skip(f"virkit CLI does not dispatch 'notebooks' ({e})")
     assert code == 2
@@ -274,12 +360,20 @@ def test_failure_does_not_stop_the_others(tmp_path, jobs, capsys):
     folder = tmp_path / "nbs"
     folder.mkdir()
     _mini_notebook(folder / "01_fails.ipynb", "raise ValueError('boom in the notebook')")
-    _mini_notebook(folder / "02_passes.ipynb",
-                   "import matplotlib.pyplot as plt\nfrom virkit.paper.figures import FigureSaver\n"
-                   "fig, ax = plt.subplots(); ax.plot([0, x]); ax.set_title('t')\n"
-                   "FigureSaver(fig_dir, '02_passes', {'x': x}).save(fig, 'line', 'a line')")
-    code = N.run_notebooks("smoke", jobs=jobs, out_root=tmp_path / "out", fig_root=tmp_path / "fig", folder=folder,
-                           parameters_override={"x": 3})
+    _mini_notebook(
+        folder / "02_passes.ipynb",
+        "import matplotlib.pyplot as plt\nfrom virkit.paper.figures import FigureSaver\n"
+        "fig, ax = plt.subplots(); ax.plot([0, x]); ax.set_title('t')\n"
+        "FigureSaver(fig_dir, '02_passes', {'x': x}).save(fig, 'line', 'a line')",
+    )
+    code = N.run_notebooks(
+        "smoke",
+        jobs=jobs,
+        out_root=tmp_path / "out",
+        fig_root=tmp_path / "fig",
+        folder=folder,
+        parameters_override={"x": 3},
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "FAILED 01_fails" in out and "ValueError: boom in the notebook" in out
@@ -307,6 +401,7 @@ def test_kernelspec_uses_this_interpreter(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # every notebook, executed with the smoke preset
 # ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def smoke_batch(tmp_path_factory, stand_in_root):
@@ -361,7 +456,7 @@ def test_executed_notebooks_are_html_pages_linked_from_the_index(smoke_batch):
         assert "<script" not in text and "<link" not in text, name
         pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=\n]+)"', text)
         assert pngs and base64.b64decode(pngs[0]).startswith(b"\x89PNG"), name
-        assert "What it trains." in text and "How long." in text   # the opening markdown cell
+        assert "What it trains." in text and "How long." in text  # the opening markdown cell
         assert f"href='notebooks/{name}.html'" in index_html and f"(notebooks/{name}.html)" in index_md
 
 
@@ -430,14 +525,26 @@ def test_shared_runs_are_reused(smoke_batch):
     names = {p.name.split("-s0-")[0] for p in dirs}
     # seven runs serve all ten notebooks (Table 6's first row is the VIR pipeline with w = 1; notebook 10
     # adds the scale-matched controls)
-    assert {"cifar10-small-cnn-natural", "cifar10-small-cnn-at", "cifar10-small-cnn-vir-at",
-            "cifar10-small-cnn-vir-at-sv", "cifar10-small-cnn-vir-at-w1", "cifar10-small-cnn-vir-at-mean1",
-            "cifar10-small-cnn-vir-at-flat"} == names
+    assert {
+        "cifar10-small-cnn-natural",
+        "cifar10-small-cnn-at",
+        "cifar10-small-cnn-vir-at",
+        "cifar10-small-cnn-vir-at-sv",
+        "cifar10-small-cnn-vir-at-w1",
+        "cifar10-small-cnn-vir-at-mean1",
+        "cifar10-small-cnn-vir-at-flat",
+    } == names
     vir = next(p for p in dirs if p.name.startswith("cifar10-small-cnn-vir-at-s0-"))
     # trained before the notebooks (virkit.notebooks.prepare): the ablations branched from VIR-AT's burn-in
     for d in dirs:
-        if d.name.startswith(("cifar10-small-cnn-vir-at-w1-", "cifar10-small-cnn-vir-at-sv-",
-                              "cifar10-small-cnn-vir-at-mean1-", "cifar10-small-cnn-vir-at-flat-")):
+        if d.name.startswith(
+            (
+                "cifar10-small-cnn-vir-at-w1-",
+                "cifar10-small-cnn-vir-at-sv-",
+                "cifar10-small-cnn-vir-at-mean1-",
+                "cifar10-small-cnn-vir-at-flat-",
+            )
+        ):
             parent = json.loads((d / "config.json").read_text())["parent"]
             assert Path(parent["path"]) == vir.resolve() and parent["epoch"] == 1
     mtime = (vir / "last.pt").stat().st_mtime_ns
@@ -485,14 +592,25 @@ def test_ablation_sweeps_logic(monkeypatch):
         rows = []
         for method, seed, over in runs:
             o = dict(over)
-            rows.append({"method": method, "seed": seed, "natural": 0.5 + 0.01 * o.get("alpha", 0),
-                         "pgd10": 0.2 + 0.01 * o.get("gamma", 0) + o.get("beta", 0)})
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "natural": 0.5 + 0.01 * o.get("alpha", 0),
+                    "pgd10": 0.2 + 0.01 * o.get("gamma", 0) + o.get("beta", 0),
+                }
+            )
         return pd.DataFrame(rows)
 
     monkeypatch.setattr(report, "collect_runs", fake_collect)
     ctx = FakeCtx()
-    grids = {"beta_grid_at": [0.0, 0.1], "alpha_grid_at": [1.0, 3.0], "gamma_grid_at": [2.0], "alpha_grid_trades": [],
-             "gamma_grid_trades": []}
+    grids = {
+        "beta_grid_at": [0.0, 0.1],
+        "alpha_grid_at": [1.0, 3.0],
+        "gamma_grid_at": [2.0],
+        "alpha_grid_trades": [],
+        "gamma_grid_trades": [],
+    }
     res = analysis.ablation_results(ctx, [9, 11, 12], grids, seeds=[0, 1])
     t9 = res[9]["table"]
     assert list(t9.index) == ["α=7, γ=10, β=0", "★ α=7, γ=10, β=0.007", "α=7, γ=10, β=0.1"]
@@ -519,10 +637,10 @@ def test_planned_runs_share_burn_ins(tmp_path):
     assert all(by[m].parent is by["vir-at"] for m in ("vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat"))
     assert by["at"].parent is None and by["natural"].parent is None and by["vir-at"].parent is None
     demo = {r.method: r for r in planned_runs("demo", tmp_path)}
-    assert set(paper.TABLES[1].methods) <= set(demo)          # every row of Table 1's layout
-    assert demo["gairat"].parent is demo["at"]                # the uniform-start AT pipeline
-    assert demo["mail-at"].parent is demo["vir-at"]           # 0.001 N(0, I) start; MAIL starts one epoch later
-    assert demo["trades"].parent is None and demo["vir-trades"].parent is None   # 1/lambda 4 vs 5
+    assert set(paper.TABLES[1].methods) <= set(demo)  # every row of Table 1's layout
+    assert demo["gairat"].parent is demo["at"]  # the uniform-start AT pipeline
+    assert demo["mail-at"].parent is demo["vir-at"]  # 0.001 N(0, I) start; MAIL starts one epoch later
+    assert demo["trades"].parent is None and demo["vir-trades"].parent is None  # 1/lambda 4 vs 5
 
 
 def test_gallery_copies_key_figures_with_provenance(smoke_batch, tmp_path):
@@ -544,5 +662,9 @@ def test_gallery_copies_key_figures_with_provenance(smoke_batch, tmp_path):
     with pytest.raises(VirkitError, match="no batch run of preset 'demo'"):
         make_gallery("demo", root / "figures", tmp_path / "nothing", dest=tmp_path / "g2")
     assert not (tmp_path / "g2").exists()
-    assert N.main(["gallery", "--preset", "demo", "--out-root", str(tmp_path / "nothing"),
-                   "--fig-root", str(tmp_path / "f")]) == 2
+    assert (
+        N.main(
+            ["gallery", "--preset", "demo", "--out-root", str(tmp_path / "nothing"), "--fig-root", str(tmp_path / "f")]
+        )
+        == 2
+    )

@@ -1,5 +1,6 @@
 """virkit.paper.catalogue, the paper's catalogue: labels, Tables 1-12, the Appendix C grids, and the grid files
 of configs/grids/ that name a table agree with it (methods, model, dataset, attacks, swept values)."""
+
 from __future__ import annotations
 
 import os
@@ -56,14 +57,25 @@ def test_figures_and_report_use_the_catalogue():
     assert figures.method_color("zzz", 2) == plt.get_cmap("tab10")(2)
     assert figures.METHOD_COLORS["GAIRAT"] == paper.SCHEMES["GAIRAT"].color
     assert report.MAIN_TABLES is paper.MAIN_TABLES and list(report.MAIN_TABLES) == [1, 2, 3, 4, 5, 6, 7]
-    assert report.ATTACK_TABLE_LABELS["square"] == "SQUARE" and report.METHOD_TABLE_LABELS["natural"] == "NATURAL TRAINING"
+    assert (
+        report.ATTACK_TABLE_LABELS["square"] == "SQUARE" and report.METHOD_TABLE_LABELS["natural"] == "NATURAL TRAINING"
+    )
     assert report.ABLATION_LABELS["vir-at-sv"] == "S_v(x, y) · L_CE(f(x'), y) [VIR-AT-SV]"
     # the old dict layout still reads (virkit.notebooks): Tables 1-5 list every method present
     # Table 6's first row is the VIR pipeline with w = 1 (issue 13: an ablation varies the weight only),
     # then the paper's rows, then virkit's scale-matched controls and Madry et al.'s AT (uniform start)
-    assert report.MAIN_TABLES[6]["methods"] == ["vir-at-w1", "vir-at-sv", "vir-at-sd", "vir-at", "vir-at-mean1",
-                                           "vir-at-flat", "at"]
-    assert report.MAIN_TABLES[1]["methods"] is None and report.MAIN_TABLES[1]["title"] == "White-box robust accuracy (%)"
+    assert report.MAIN_TABLES[6]["methods"] == [
+        "vir-at-w1",
+        "vir-at-sv",
+        "vir-at-sd",
+        "vir-at",
+        "vir-at-mean1",
+        "vir-at-flat",
+        "at",
+    ]
+    assert (
+        report.MAIN_TABLES[1]["methods"] is None and report.MAIN_TABLES[1]["title"] == "White-box robust accuracy (%)"
+    )
     assert report.MAIN_TABLES[3]["datasets"] == ["svhn", "cifar100"] and report.MAIN_TABLES[7].get("ablation") is True
 
 
@@ -74,7 +86,9 @@ def test_every_method_attack_dataset_and_model_has_a_label():
     from virkit.training.methods import METHODS
 
     assert set(METHODS) <= set(paper.METHOD_SPELLINGS), set(METHODS) - set(paper.METHOD_SPELLINGS)
-    assert {*attack_names(), "worst_case"} <= set(paper.ATTACK_SPELLINGS), set(attack_names()) - set(paper.ATTACK_SPELLINGS)
+    assert {*attack_names(), "worst_case"} <= set(paper.ATTACK_SPELLINGS), set(attack_names()) - set(
+        paper.ATTACK_SPELLINGS
+    )
     assert set(dataset_names()) <= set(paper.DATASET_SPELLINGS)
     assert set(model_names()) <= set(paper.MODEL_SPELLINGS)
     for m in paper.METHOD_SPELLINGS.values():
@@ -88,9 +102,15 @@ def test_explorer_schemes_are_the_catalogues():
 
     from virkit.notebooks import explorer
 
-    st = explorer.BatchStats(torch.zeros(4, 10), torch.ones(4, 10), torch.zeros(4, dtype=torch.int64),
-                             torch.arange(4), 10, list("abcdefghij"))
-    assert list(explorer.batch_weights(st)) == list(paper.SCHEMES)     # panel labels: VIR, GAIRAT, MAIL
+    st = explorer.BatchStats(
+        torch.zeros(4, 10),
+        torch.ones(4, 10),
+        torch.zeros(4, dtype=torch.int64),
+        torch.arange(4),
+        10,
+        list("abcdefghij"),
+    )
+    assert list(explorer.batch_weights(st)) == list(paper.SCHEMES)  # panel labels: VIR, GAIRAT, MAIL
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,10 +140,29 @@ def test_sweeps_are_the_appendix_grids():
         s9.values("alpha")
     # Table 11's rows: alpha at gamma 10, then gamma at alpha 7; beta 0.007 throughout
     assert [(p["alpha"], p["gamma"]) for p in s11.points()] == [
-        (1, 10), (2, 10), (3, 10), (5, 10), (7, 10), (8, 10), (7, 2), (7, 4), (7, 6), (7, 8)]
+        (1, 10),
+        (2, 10),
+        (3, 10),
+        (5, 10),
+        (7, 10),
+        (8, 10),
+        (7, 2),
+        (7, 4),
+        (7, 6),
+        (7, 8),
+    ]
     assert {p["beta"] for p in s11.points()} == {0.007}
     assert [(p["alpha"], p["gamma"]) for p in s12.points()] == [
-        (1, 3), (2, 3), (3, 3), (5, 3), (7, 3), (8, 3), (8, 1), (8, 2), (8, 4)]
+        (1, 3),
+        (2, 3),
+        (3, 3),
+        (5, 3),
+        (7, 3),
+        (8, 3),
+        (8, 1),
+        (8, 2),
+        (8, 4),
+    ]
     assert paper.TABLES[9].rows[1].label == "S_v(x, y) · S_d(x, x') + (β = 0.007)"
     assert paper.TABLES[12].rows[0].label == "α=1, γ=3, β=1.6"
     assert paper.TABLES[11].rows[-1].hyperparameters == {"alpha": 7.0, "gamma": 8.0, "beta": 0.007}
@@ -174,13 +213,13 @@ def test_tables_match_the_paper_text():
         lines = found[n]
         header_at = 1 if len(t.datasets) > 1 else 0
         header = [c.strip() for c in lines[header_at] if c.strip()]
-        rows = lines[header_at + 1:]
+        rows = lines[header_at + 1 :]
         cols = [paper.attack_label(a) for a in t.attacks] * len(t.datasets)
-        assert header[-len(cols):] == cols, (n, header)
+        assert header[-len(cols) :] == cols, (n, header)
         if len(t.datasets) > 1:
             groups = [c.strip() for c in lines[0][1:] if c.strip()]
             assert groups == [paper.dataset_label(d) for d in t.datasets]
-        assert len(rows) == len(t.paper_rows), n   # virkit's extension rows are not printed there
+        assert len(rows) == len(t.paper_rows), n  # virkit's extension rows are not printed there
         if t.kind is paper.TableKind.DEFENSES:
             assert [by_label.get(r[0].strip()) for r in rows] == list(t.methods), n
         elif n in (9, 10):
@@ -188,8 +227,9 @@ def test_tables_match_the_paper_text():
             assert betas == [r.hyperparameters["beta"] for r in t.rows]
         elif t.sweep is not None:
             got = [tuple(float(x) for x in r[:3]) for r in rows]
-            assert got == [(r.hyperparameters["alpha"], r.hyperparameters["gamma"], r.hyperparameters["beta"])
-                           for r in t.rows]
+            assert got == [
+                (r.hyperparameters["alpha"], r.hyperparameters["gamma"], r.hyperparameters["beta"]) for r in t.rows
+            ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,7 +261,7 @@ def test_grid_file_agrees_with_the_catalogue(path, tmp_path):
     seeds = g.grid.get("seed") or [g.fixed.get("seed")]
     assert len(set(seeds)) == paper.PAPER_SEEDS, where
 
-    if t.sweep is None:   # the paper's hyperparameters are the methods' defaults: none overridden
+    if t.sweep is None:  # the paper's hyperparameters are the methods' defaults: none overridden
         varied = {*g.fixed, *g.grid, *(k for p in g.points for k in p)}
         assert not varied & set(paper.HYPERPARAMETERS), f"{where}: overrides {varied & set(paper.HYPERPARAMETERS)}"
         return

@@ -6,6 +6,7 @@ stand-in as ``$VIRKIT_DATA`` and ``VIR_SMOKE=1``: the README's training loop rea
 train 2 epochs of 64 images on a small CNN instead of the paper's budget (the block says so in a
 comment). Nothing else about a block is changed.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,7 @@ def python_blocks(text: str, marked_only: bool) -> list[tuple[int, str]]:
                 raise ValueError(f"line {start + 1}: ```python block without a closing fence")
             marked = start > 0 and lines[start - 1].strip() == MARK
             if marked or not marked_only:
-                out.append((start + 1, "\n".join(lines[start + 1:j]) + "\n"))
+                out.append((start + 1, "\n".join(lines[start + 1 : j]) + "\n"))
             i = j + 1
         else:
             i += 1
@@ -58,8 +59,26 @@ BLOCKS = _all_blocks()
 
 
 def test_the_extraction_finds_what_it_should():
-    text = "\n".join(["# t", "```python", "a = 1", "```", "", "<!-- test -->", "```python", "b = 2", "", "```",
-                      "```bash", "ls", "```", "```python", "c = 3", "```"])
+    text = "\n".join(
+        [
+            "# t",
+            "```python",
+            "a = 1",
+            "```",
+            "",
+            "<!-- test -->",
+            "```python",
+            "b = 2",
+            "",
+            "```",
+            "```bash",
+            "ls",
+            "```",
+            "```python",
+            "c = 3",
+            "```",
+        ]
+    )
     assert python_blocks(text, marked_only=False) == [(2, "a = 1\n"), (7, "b = 2\n\n"), (14, "c = 3\n")]
     assert python_blocks(text, marked_only=True) == [(7, "b = 2\n\n")]
     with pytest.raises(ValueError, match="without a closing fence"):
@@ -71,11 +90,17 @@ def test_the_extraction_finds_what_it_should():
 
 @pytest.mark.parametrize("source", BLOCKS)
 def test_block_runs_as_printed(source, tmp_path, stand_in_root):
-    env = {**os.environ, "VIRKIT_DATA": str(stand_in_root), "VIR_SMOKE": "1", "OMP_NUM_THREADS": "1",
-           "MPLBACKEND": "Agg",
-           "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)}
+    env = {
+        **os.environ,
+        "VIRKIT_DATA": str(stand_in_root),
+        "VIR_SMOKE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p),
+    }
     script = tmp_path / "block.py"
     script.write_text(source, encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"the block failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"

@@ -14,6 +14,7 @@ that the whole file runs in a few minutes on 2 CPU cores (see ``SETTINGS``; docs
 records them and the measured numbers). Both sides see only the naturally correct images (a
 misclassified image counts as non-robust for both), and accuracy is over all ``N`` images.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,19 +32,19 @@ foolbox = pytest.importorskip("foolbox")
 
 from virkit.attacks import get_attack
 
-N = 500                 # test images (class-balanced, seeded subset of the stand-in test split)
+N = 500  # test images (class-balanced, seeded subset of the stand-in test split)
 EPS = 8 / 255
 EPS_L2 = 0.5
-TOL = 1.5               # percentage points
+TOL = 1.5  # percentage points
 #: reduced budgets, identical on both sides (paper values in brackets)
 SETTINGS = {
-    "apgd_steps": 8,        # [100]
-    "n_targets": 2,         # target classes of APGD-T / FAB-T [9]
-    "fab_steps": 8,         # [100]
-    "square_queries": 60,   # [5000]
-    "spsa_iterations": 2,   # [100]
-    "spsa_samples": 16,     # [256]; perturbation 0.001 and lr 0.01 as in the paper
-    "fmn_steps": 16,        # [100]
+    "apgd_steps": 8,  # [100]
+    "n_targets": 2,  # target classes of APGD-T / FAB-T [9]
+    "fab_steps": 8,  # [100]
+    "square_queries": 60,  # [5000]
+    "spsa_iterations": 2,  # [100]
+    "spsa_samples": 16,  # [256]; perturbation 0.001 and lr 0.01 as in the paper
+    "fmn_steps": 16,  # [100]
 }
 RESULTS: dict[str, dict] = {}
 
@@ -67,15 +68,28 @@ def reference_setup(tmp_path_factory):
     from virkit.training.trainer import train
 
     # quick preset (small-cnn, PGD adversarial training), shortened to keep the session in minutes
-    cfg = resolve_config("quick", method="at", data_root=str(root), train_subset=2000, epochs=3,
-                         lr_milestones=(3,), reweight_start=3, attack_steps=2, step_size=2.5 * EPS / 2,
-                         holdout=0, eval_attacks=(), test_subset=None, seed=0, device="cpu")
+    cfg = resolve_config(
+        "quick",
+        method="at",
+        data_root=str(root),
+        train_subset=2000,
+        epochs=3,
+        lr_milestones=(3,),
+        reweight_start=3,
+        attack_steps=2,
+        step_size=2.5 * EPS / 2,
+        holdout=0,
+        eval_attacks=(),
+        test_subset=None,
+        seed=0,
+        device="cpu",
+    )
     t0 = time.time()
     run = train(cfg, tmp_path_factory.mktemp("reference-model") / "at", log=None)
     model, _ = load_checkpoint(run, which="last")
     model.eval()
     test = subset(load_dataset("cifar10", str(root), "test"), N, seed=0)
-    x, y = test.float_images().contiguous(), test.y   # torchattacks' FAB needs contiguous inputs
+    x, y = test.float_images().contiguous(), test.y  # torchattacks' FAB needs contiguous inputs
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     RESULTS["_setup"] = {"train_seconds": round(time.time() - t0, 1), "natural": 100 * float(correct.float().mean())}
@@ -131,21 +145,50 @@ def _reference(name, model, xs, ys, norm="Linf", seed=0):
         fmn = foolbox.attacks.LInfFMNAttack if norm == "Linf" else foolbox.attacks.L2FMNAttack
         _, clipped, _ = fmn(steps=s["fmn_steps"])(fmodel, xs, ys, epsilons=eps)
         return clipped
-    if name == "pgd10":   # L2 only: PGD-L2, 10 steps of eps/4, random start (virkit's pgd10 preset in L2)
+    if name == "pgd10":  # L2 only: PGD-L2, 10 steps of eps/4, random start (virkit's pgd10 preset in L2)
         return ta.PGDL2(model, eps=eps, alpha=eps / 4, steps=10, random_start=True)(xs, ys)
-    apgd = lambda: ta.APGD(model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0, loss="ce",
-                           rho=0.75)
-    apgdt = lambda: ta.APGDT(model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0,
-                             n_classes=s["n_targets"] + 1)
-    fabt = lambda: ta.FAB(model, norm=norm, eps=eps, steps=s["fab_steps"], n_restarts=1, seed=0,
-                          multi_targeted=True, n_classes=s["n_targets"] + 1)
-    square = lambda: ta.Square(model, norm=norm, eps=eps, n_queries=s["square_queries"], n_restarts=1,
-                               p_init=0.8, loss="margin", resc_schedule=True, seed=seed)
-    atk = {"apgd-ce": apgd, "apgd-t": apgdt, "fab-t": fabt, "square": square,
-           # torchattacks' AutoAttack('standard') is exactly this MultiAttack (with its own budgets)
-           "aa": lambda: ta.MultiAttack([apgd(), apgdt(), fabt(), square()]),
-           "spsa": lambda: ta.SPSA(model, eps=EPS, delta=0.001, lr=0.01, nb_iter=s["spsa_iterations"],
-                                   nb_sample=s["spsa_samples"], max_batch_size=s["spsa_samples"])}[name]()
+    apgd = lambda: ta.APGD(model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0, loss="ce", rho=0.75)
+    apgdt = lambda: ta.APGDT(
+        model, norm=norm, eps=eps, steps=s["apgd_steps"], n_restarts=1, seed=0, n_classes=s["n_targets"] + 1
+    )
+    fabt = lambda: ta.FAB(
+        model,
+        norm=norm,
+        eps=eps,
+        steps=s["fab_steps"],
+        n_restarts=1,
+        seed=0,
+        multi_targeted=True,
+        n_classes=s["n_targets"] + 1,
+    )
+    square = lambda: ta.Square(
+        model,
+        norm=norm,
+        eps=eps,
+        n_queries=s["square_queries"],
+        n_restarts=1,
+        p_init=0.8,
+        loss="margin",
+        resc_schedule=True,
+        seed=seed,
+    )
+    atk = {
+        "apgd-ce": apgd,
+        "apgd-t": apgdt,
+        "fab-t": fabt,
+        "square": square,
+        # torchattacks' AutoAttack('standard') is exactly this MultiAttack (with its own budgets)
+        "aa": lambda: ta.MultiAttack([apgd(), apgdt(), fabt(), square()]),
+        "spsa": lambda: ta.SPSA(
+            model,
+            eps=EPS,
+            delta=0.001,
+            lr=0.01,
+            nb_iter=s["spsa_iterations"],
+            nb_sample=s["spsa_samples"],
+            max_batch_size=s["spsa_samples"],
+        ),
+    }[name]()
     return atk(xs, ys)
 
 
@@ -154,8 +197,12 @@ CASES = {
     "apgd-t": {"steps": SETTINGS["apgd_steps"], "n_target_classes": SETTINGS["n_targets"]},
     "fab-t": {"steps": SETTINGS["fab_steps"], "n_target_classes": SETTINGS["n_targets"]},
     "square": {"n_queries": SETTINGS["square_queries"]},
-    "aa": {"apgd_steps": SETTINGS["apgd_steps"], "n_target_classes": SETTINGS["n_targets"],
-           "fab_steps": SETTINGS["fab_steps"], "square_queries": SETTINGS["square_queries"]},
+    "aa": {
+        "apgd_steps": SETTINGS["apgd_steps"],
+        "n_target_classes": SETTINGS["n_targets"],
+        "fab_steps": SETTINGS["fab_steps"],
+        "square_queries": SETTINGS["square_queries"],
+    },
     "spsa": {"iterations": SETTINGS["spsa_iterations"], "samples": SETTINGS["spsa_samples"]},
     "fmn": {"steps": SETTINGS["fmn_steps"]},
 }
@@ -201,8 +248,13 @@ def test_l2_agrees_with_reference(name, reference_setup):
     model, x, y, correct = reference_setup
     idx = correct.nonzero().squeeze(1)
     ours, ref, t_ours, t_ref = _both(name, model, x, y, idx, "L2", CASES_L2[name])
-    RESULTS[f"{name} (L2)"] = {"virkit": round(ours, 2), "reference": round(ref, 2), "diff": round(ours - ref, 2),
-                               "virkit_s": round(t_ours, 1), "reference_s": round(t_ref, 1)}
+    RESULTS[f"{name} (L2)"] = {
+        "virkit": round(ours, 2),
+        "reference": round(ref, 2),
+        "diff": round(ours - ref, 2),
+        "virkit_s": round(t_ours, 1),
+        "reference_s": round(t_ref, 1),
+    }
     print(f"\n{name} L2: virkit {ours:.2f}%  reference {ref:.2f}%  ({t_ours:.0f} s vs {t_ref:.0f} s)")
     assert abs(ours - ref) <= TOL, f"{name} (L2): virkit {ours:.2f}% vs reference {ref:.2f}%"
     assert ours - ref <= TOL
@@ -213,10 +265,17 @@ def test_agrees_with_reference(name, reference_setup):
     model, x, y, correct = reference_setup
     idx = correct.nonzero().squeeze(1)
     ours, ref, t_ours, t_ref = _both(name, model, x, y, idx, "Linf", CASES[name])
-    RESULTS[name] = {"virkit": round(ours, 2), "reference": round(ref, 2), "diff": round(ours - ref, 2),
-                     "virkit_s": round(t_ours, 1), "reference_s": round(t_ref, 1)}
-    print(f"\n{name}: virkit {ours:.2f}%  reference {ref:.2f}%  (natural {RESULTS['_setup']['natural']:.2f}%, "
-          f"{t_ours:.0f} s vs {t_ref:.0f} s)")
+    RESULTS[name] = {
+        "virkit": round(ours, 2),
+        "reference": round(ref, 2),
+        "diff": round(ours - ref, 2),
+        "virkit_s": round(t_ours, 1),
+        "reference_s": round(t_ref, 1),
+    }
+    print(
+        f"\n{name}: virkit {ours:.2f}%  reference {ref:.2f}%  (natural {RESULTS['_setup']['natural']:.2f}%, "
+        f"{t_ours:.0f} s vs {t_ref:.0f} s)"
+    )
     assert abs(ours - ref) <= TOL, f"{name}: virkit {ours:.2f}% vs reference {ref:.2f}%"
     assert ours - ref <= TOL
 

@@ -4,6 +4,7 @@ determinism. Each test fails when the protection it covers is removed (see docs/
 Training runs use the ``tiny`` preset shrunk further (192 training images, 3 steps an epoch) on the
 CPU, with one thread: the whole module needs about a minute of CPU time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,16 @@ from virkit.training import trainer
 REPO = Path(__file__).resolve().parents[1]
 # The same run as CLI options and as TrainConfig overrides. vir-at from epoch 2 and an lr step after
 # epoch 2, so that the resumed epochs differ from the first (weights, schedule, momentum).
-RUN = {"train_subset": 192, "batch_size": 64, "holdout": 32, "attack_steps": 1, "epochs": 3, "seed": 7,
-       "lr_milestones": (2,), "reweight_start": 2}
+RUN = {
+    "train_subset": 192,
+    "batch_size": 64,
+    "holdout": 32,
+    "attack_steps": 1,
+    "epochs": 3,
+    "seed": 7,
+    "lr_milestones": (2,),
+    "reweight_start": 2,
+}
 STEPS = -(-RUN["train_subset"] // RUN["batch_size"])  # steps an epoch (3)
 TIMING_KEYS = {"seconds", "images_per_s", "seconds_with_holdout"}
 
@@ -48,8 +57,12 @@ def cli_args(root: Path, **overrides) -> list[str]:
 
 def subprocess_env(root: Path) -> dict:
     # same thread count as this process: CPU kernels then reduce in the same order, bit for bit
-    return {**os.environ, "VIRKIT_DATA": str(root), "PYTHONPATH": str(REPO),
-            "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return {
+        **os.environ,
+        "VIRKIT_DATA": str(root),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }
 
 
 def history(run: Path) -> list[dict]:
@@ -90,6 +103,7 @@ def env_data(stand_in_root):
 def reference_run(env_data, tmp_path_factory):
     """An uninterrupted 3-epoch run, in this process."""
     from virkit.training.config import resolve_config
+
     cfg = resolve_config("tiny", method="vir-at", device="cpu", eval_attacks=(), data_root=str(env_data), **RUN)
     return trainer.train(cfg, tmp_path_factory.mktemp("reference") / "run", log=None)
 
@@ -120,8 +134,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(reference_run, en
     assert read_checkpoint(run / "last.pt", "last")["epoch"] == 1, "the kill did not land inside epoch 2"
     assert len(history(run)) == 1 and not (run / "summary.json").exists()
 
-    p = subprocess.run(cmd + ["--resume"], env=subprocess_env(env_data), capture_output=True, text=True, cwd=tmp_path,
-                       timeout=600)
+    p = subprocess.run(
+        cmd + ["--resume"], env=subprocess_env(env_data), capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "resuming" in p.stdout and "after epoch 1" in p.stdout
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
@@ -129,7 +144,8 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(reference_run, en
     assert metrics(history(run)) == metrics(history(reference_run))
     mom = [read_checkpoint(r / "last.pt", "last")["optimizer"]["state"] for r in (run, reference_run)]
     assert mom[0].keys() == mom[1].keys() and all(
-        torch.equal(mom[0][k]["momentum_buffer"], mom[1][k]["momentum_buffer"]) for k in mom[0])
+        torch.equal(mom[0][k]["momentum_buffer"], mom[1][k]["momentum_buffer"]) for k in mom[0]
+    )
 
 
 # ------------------------------------------------------------------------------------------ determinism
@@ -164,7 +180,8 @@ def test_sigkill_during_atomic_writes_leaves_old_or_new_file(tmp_path):
     """A process rewriting a 16 MB file in a loop is SIGKILLed at random moments: the target always
     holds one whole version, never a truncated or mixed one."""
     from virkit.io import atomic_write_bytes
-    size = 16 * 2 ** 20
+
+    size = 16 * 2**20
     target = tmp_path / "data" / "state.bin"
     target.parent.mkdir()
     atomic_write_bytes(target, b"A" * size)
@@ -172,8 +189,9 @@ def test_sigkill_during_atomic_writes_leaves_old_or_new_file(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     rng = random.Random(0)
     for _ in range(3):  # written in place, 8 kills out of 8 left a truncated or mixed file
-        proc = subprocess.Popen([sys.executable, str(tmp_path / "writer.py"), str(target), str(size)], env=env,
-                                stdout=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(tmp_path / "writer.py"), str(target), str(size)], env=env, stdout=subprocess.PIPE
+        )
         try:
             assert proc.stdout.readline() == b"ready\n"
             time.sleep(rng.uniform(0.05, 0.4))
@@ -184,15 +202,19 @@ def test_sigkill_during_atomic_writes_leaves_old_or_new_file(tmp_path):
                 proc.kill()
                 proc.wait()
         data = target.read_bytes()
-        assert len(data) == size and data in (b"A" * size, b"B" * size), \
+        assert len(data) == size and data in (b"A" * size, b"B" * size), (
             f"partial file after a kill: {len(data)} bytes, starts {data[:1]!r}, ends {data[-1:]!r}"
+        )
     # only the target and, perhaps, temporaries of interrupted writes (never mistaken for it)
-    assert all(p.name == "state.bin" or (p.name.startswith(".state.bin.") and p.name.endswith(".tmp"))
-               for p in target.parent.iterdir())
+    assert all(
+        p.name == "state.bin" or (p.name.startswith(".state.bin.") and p.name.endswith(".tmp"))
+        for p in target.parent.iterdir()
+    )
 
 
 def test_failed_atomic_write_keeps_old_file_and_cleans_up(tmp_path, monkeypatch):
     from virkit import io as vio
+
     target = tmp_path / "f.json"
     vio.atomic_write_json(target, {"v": 1})
     before = target.read_bytes()
@@ -248,8 +270,12 @@ def test_damaged_checkpoint_is_called_corrupt_not_hostile(kind, tmp_path):
     """Random bytes or a cut-short file are no hostile pickle: the message says what is wrong."""
     good = tmp_path / "good.pt"
     torch.save({"format": FORMAT, "model": {"w": torch.zeros(64)}, "config": "{}", "data": {}}, good)
-    data = {"random": random.Random(0).randbytes(5000), "truncated": good.read_bytes()[:good.stat().st_size // 2],
-            "empty": b"", "text": b"hello world\n" * 10}[kind]
+    data = {
+        "random": random.Random(0).randbytes(5000),
+        "truncated": good.read_bytes()[: good.stat().st_size // 2],
+        "empty": b"",
+        "text": b"hello world\n" * 10,
+    }[kind]
     bad = tmp_path / "bad.pt"
     bad.write_bytes(data)
     with pytest.raises(VirkitError) as e:
@@ -277,9 +303,25 @@ def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path, capsys):
 def test_evaluate_subprocess_refuses_hostile_checkpoint(tmp_path):
     marker = tmp_path / "PWNED"
     evil = evil_checkpoint(tmp_path / "evil.pt", marker)
-    p = subprocess.run([sys.executable, "-m", "virkit", "evaluate", "--checkpoint", str(evil), "--attacks", "natural",
-                        "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "virkit",
+            "evaluate",
+            "--checkpoint",
+            str(evil),
+            "--attacks",
+            "natural",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("virkit: error: refusing to load"), p.stderr
     assert not marker.exists()
@@ -287,6 +329,7 @@ def test_evaluate_subprocess_refuses_hostile_checkpoint(tmp_path):
 
 def test_resume_from_hostile_last_pt_is_refused(env_data, tmp_path, capsys):
     from virkit.training.config import config_hash, resolve_config
+
     marker = tmp_path / "PWNED"
     run = tmp_path / "run"
     run.mkdir()
@@ -304,6 +347,7 @@ def test_resume_from_hostile_last_pt_is_refused(env_data, tmp_path, capsys):
 
 def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch, capsys):
     from virkit.data.datasets import load_dataset
+
     marker = tmp_path / "PWNED"
     folder = tmp_path / "data" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -316,8 +360,19 @@ def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(VirkitError, match="corrupt dataset file .*data_batch_1.*refusing to load posix.system"):
         load_dataset("cifar10", tmp_path / "data", "train")
     assert not marker.exists()
-    rc = main(["train", "--preset", "tiny", "--device", "cpu", "--data-root", str(tmp_path / "data"),
-               "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "data_batch_1" in err, err
     assert not marker.exists() and not (tmp_path / "out").exists()
@@ -359,6 +414,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(env_d
 def test_failed_checkpoint_write_stops_training(env_data, tmp_path, monkeypatch, capsys):
     """ENOSPC on the second write of last.pt (as root, chmod cannot make a folder read-only)."""
     from virkit import io as vio
+
     real_write, real_step = vio.atomic_write_bytes, trainer.method_step
     writes, epochs = [], set()
 
@@ -399,6 +455,7 @@ def _notebooks_module():
 def write_notebook(path: Path, body: str) -> Path:
     """A notebook with a papermill ``parameters`` cell (``marker``, ``seed``) and one code cell."""
     import nbformat
+
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell("marker = ''  # file the notebook creates\nseed = 0  # an int")
@@ -408,11 +465,14 @@ def write_notebook(path: Path, body: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("param,expected", [
-    pytest.param("sede=1", ["unknown", "'sede'", "marker, seed"], id="unknown-name"),
-    pytest.param("seed=abc", ["'seed' must be int", "'abc'"], id="wrong-type"),
-    pytest.param("seed", ["'seed' is not NAME=VALUE"], id="not-name-value"),
-])
+@pytest.mark.parametrize(
+    "param,expected",
+    [
+        pytest.param("sede=1", ["unknown", "'sede'", "marker, seed"], id="unknown-name"),
+        pytest.param("seed=abc", ["'seed' must be int", "'abc'"], id="wrong-type"),
+        pytest.param("seed", ["'seed' is not NAME=VALUE"], id="not-name-value"),
+    ],
+)
 def test_notebook_parameters_validated_before_anything_runs(param, expected, tmp_path, capsys):
     if _notebooks_module() is None:
         pytest.skip("virkit/notebooks.py (owned by the notebooks engineer) exposes no run_notebooks")
@@ -421,8 +481,22 @@ def test_notebook_parameters_validated_before_anything_runs(param, expected, tmp
     marker = tmp_path / "RAN"
     write_notebook(folder / "01_touch.ipynb", f"open({str(marker)!r}, 'w').write('ran')")
     capsys.readouterr()
-    rc = main(["notebooks", "run", "--preset", "smoke", "--notebook-dir", str(folder), "-p", param,
-               "--out-root", str(tmp_path / "out"), "--fig-root", str(tmp_path / "fig")])
+    rc = main(
+        [
+            "notebooks",
+            "run",
+            "--preset",
+            "smoke",
+            "--notebook-dir",
+            str(folder),
+            "-p",
+            param,
+            "--out-root",
+            str(tmp_path / "out"),
+            "--fig-root",
+            str(tmp_path / "fig"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith("virkit: error: "), err
     assert all(piece in err for piece in expected), err
@@ -439,8 +513,14 @@ def test_failing_notebook_is_reported_and_the_others_still_run(tmp_path, monkeyp
     write_notebook(folder / "01_fails.ipynb", "raise ValueError('boom from notebook 01')")
     write_notebook(folder / "02_works.ipynb", "open(marker, 'w').write(f'ran with seed {seed}')")
     marker = tmp_path / "RAN"
-    rc = nb.run_notebooks(preset="smoke", folder=folder, out_root=tmp_path / "out", fig_root=tmp_path / "fig",
-                          parameters_override={"marker": str(marker), "seed": 3}, timeout=120)
+    rc = nb.run_notebooks(
+        preset="smoke",
+        folder=folder,
+        out_root=tmp_path / "out",
+        fig_root=tmp_path / "fig",
+        parameters_override={"marker": str(marker), "seed": 3},
+        timeout=120,
+    )
     out = capsys.readouterr().out
     assert rc == 1
     assert marker.read_text() == "ran with seed 3", "the notebook after the failing one did not run"

@@ -1,5 +1,6 @@
 """virkit report ... --html: one self-contained page for a run, an outside model's eval.json, or several
 side by side (smoke-preset runs, seconds)."""
+
 from __future__ import annotations
 
 import base64
@@ -26,9 +27,25 @@ def evaluations(tmp_path_factory, stand_in_root):
     cfg = resolve_config("smoke", method="at", device="cpu", data_root=str(stand_in_root))
     run = train(cfg, root / "at", quiet=True)
     out = root / "outside" / "eval.json"
-    code = cli.main(["evaluate", "--model", "virkit.models.examples:tiny_cnn", "--dataset", "cifar10", "--data-root",
-                     str(stand_in_root), "--n-examples", "32", "--attacks", "natural,fgsm,pgd10", "--device", "cpu",
-                     "--out", str(out)])
+    code = cli.main(
+        [
+            "evaluate",
+            "--model",
+            "virkit.models.examples:tiny_cnn",
+            "--dataset",
+            "cifar10",
+            "--data-root",
+            str(stand_in_root),
+            "--n-examples",
+            "32",
+            "--attacks",
+            "natural,fgsm,pgd10",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return {"root": root, "run": run, "outside": out}
 
@@ -52,11 +69,11 @@ def test_page_for_one_run(evaluations, tmp_path, capsys):
     assert f"written: {out}" in capsys.readouterr().out
     page = out.read_text()
     pngs = _check_self_contained(page)
-    assert len(pngs) == 3   # per-class bars (one panel, every attack), confusion, fairness
+    assert len(pngs) == 3  # per-class bars (one panel, every attack), confusion, fairness
     ev = json.loads((evaluations["run"] / "eval.json").read_text())
     assert "AT (seed 0)" in page and "Natural" in page and "FGSM" in page
     nat = f"{100 * ev['attacks']['natural']['accuracy']:.1f}"
-    assert f"<td>{nat}</td>" in page or f"<b>{nat}</b>" in page       # the headline number
+    assert f"<td>{nat}</td>" in page or f"<b>{nat}</b>" in page  # the headline number
     assert "8/255 (Linf)" in page and ev["model_fingerprint"] in page and "preset smoke" in page
     assert "JPEG stand-in" in page and "commit " in page
     assert ("No warning among the attacks run" in page) == (not ev["warnings"])
@@ -76,13 +93,14 @@ def test_page_for_an_outside_model_and_side_by_side(evaluations, tmp_path):
     assert len(pngs) == 5
     head = page.split("<section id='headline'>")[1].split("</section>")[0]
     assert "AT (seed 0)" in head and "virkit.models.examples:tiny_cnn" in head
-    assert "not directly comparable" in head   # 64 test images against 32
+    assert "not directly comparable" in head  # 64 test images against 32
     prov = page.split("<section id='provenance'>")[1]
     assert prov.count("<h3>") == 2
 
 
 def test_same_labels_are_told_apart(evaluations, tmp_path):
     import shutil
+
     twin = tmp_path / "at-copy"
     shutil.copytree(evaluations["run"], twin)
     page = write_html_report([evaluations["run"], twin], tmp_path / "twins.html").read_text()

@@ -1,4 +1,5 @@
 """Reweighting formulas against values computed by hand."""
+
 import math
 
 import pytest
@@ -106,11 +107,12 @@ def test_shared_kl_and_margin_helpers():
     """virkit.ops: the KL of TRADES' loss, its attack and S_d, and the true/best-other pair of the
     margins, written once."""
     from virkit import ops
+
     kl = ops.kl_per_example(LOGITS_NAT, LOGITS_ADV)
     assert torch.equal(kl.clamp_min(0.0), rw.discrepancy_score(LOGITS_NAT, LOGITS_ADV))
     assert torch.equal(ops.kl_per_example(None, LOGITS_ADV, logp=ops.log_probs(LOGITS_NAT)), kl)
     a = LOGITS_NAT.clone().requires_grad_(True)
-    ops.kl_per_example(LOGITS_ADV, a).sum().backward()       # differentiable (TRADES' loss)
+    ops.kl_per_example(LOGITS_ADV, a).sum().backward()  # differentiable (TRADES' loss)
     assert a.grad is not None and torch.isfinite(a.grad).all()
     true, other = ops.true_and_best_other(LOGITS_ADV, Y)
     assert true.tolist() == [0.5, 0.0] and other.tolist() == [1.0, 1.5]

@@ -2,6 +2,7 @@
 time, tested with real processes (a second `virkit train` or `virkit evaluate` on a run another
 process is writing is refused with one line naming the directory and the holder's PID, exit 2,
 nothing changed; a lock left by a SIGKILLed process is taken over)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,11 @@ def _env(**extra) -> dict:
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def _fake_run(folder: Path, finished: bool) -> Path:
@@ -100,7 +104,7 @@ def test_status_running_while_another_process_holds_the_lock(tmp_path, holder):
         run.plan(run.config_hash(), resume=True)
     p.kill()
     p.wait()
-    assert run.status() is RunStatus.FAILED   # the kernel dropped the dead process's lock
+    assert run.status() is RunStatus.FAILED  # the kernel dropped the dead process's lock
 
 
 def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
@@ -116,8 +120,9 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
 
 # ------------------------------------------------------------------------------------------ CLI, real processes
 def _cli(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "virkit", *args], capture_output=True, text=True, env=env or _env(),
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "virkit", *args], capture_output=True, text=True, env=env or _env(), timeout=600
+    )
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate"])
@@ -126,11 +131,32 @@ def test_second_writer_is_refused_and_changes_nothing(tmp_path, holder, stand_in
     p = holder(run)
     before = _snapshot(run)
     if command == "train":
-        argv = ["train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root",
-                str(stand_in_root), "--out", str(run), "--overwrite"]
+        argv = [
+            "train",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--eval-attacks",
+            "",
+            "--data-root",
+            str(stand_in_root),
+            "--out",
+            str(run),
+            "--overwrite",
+        ]
     else:
-        argv = ["evaluate", "--checkpoint", str(run), "--attacks", "natural", "--device", "cpu", "--data-root",
-                str(stand_in_root)]
+        argv = [
+            "evaluate",
+            "--checkpoint",
+            str(run),
+            "--attacks",
+            "natural",
+            "--device",
+            "cpu",
+            "--data-root",
+            str(stand_in_root),
+        ]
     r = _cli(*argv)
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("virkit: error: ")
@@ -142,10 +168,28 @@ def test_two_trainings_into_one_directory_one_wins(tmp_path, stand_in_root):
     """The reported race: `virkit train --method at` and `--method vir-at` with the same --out,
     started 2 s apart. Before the lock both exited 0 and the directory held a mix."""
     out = tmp_path / "mix"
-    common = ["train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root", str(stand_in_root),
-              "--out", str(out), "--epochs", "3"]
-    a = subprocess.Popen([sys.executable, "-m", "virkit", *common, "--method", "at"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=_env())
+    common = [
+        "train",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--eval-attacks",
+        "",
+        "--data-root",
+        str(stand_in_root),
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+    ]
+    a = subprocess.Popen(
+        [sys.executable, "-m", "virkit", *common, "--method", "at"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     deadline = time.time() + 120
     while not (out / ".lock").exists() and a.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -164,9 +208,29 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path, holder, stand_in_root)
     p = holder(run)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    assert json.loads((run / ".lock").read_text())["pid"] == p.pid   # the dead process's record is still there
-    r = _cli("train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root", str(stand_in_root),
-             "--out", str(run), "--overwrite", "--method", "at", "--epochs", "1", "--train-subset", "128", "--holdout", "0")
+    assert json.loads((run / ".lock").read_text())["pid"] == p.pid  # the dead process's record is still there
+    r = _cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--eval-attacks",
+        "",
+        "--data-root",
+        str(stand_in_root),
+        "--out",
+        str(run),
+        "--overwrite",
+        "--method",
+        "at",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "128",
+        "--holdout",
+        "0",
+    )
     assert r.returncode == 0, r.stderr
     assert f"took over the lock of run directory {run} left by PID {p.pid} (no longer running)" in r.stdout + r.stderr
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
@@ -175,8 +239,19 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path, holder, stand_in_root)
 def test_refused_writer_leaves_no_new_directory(tmp_path, stand_in_root):
     """A request refused after the lock was taken (here: bad data) removes the folder it created."""
     out = tmp_path / "fresh"
-    r = _cli("train", "--preset", "tiny", "--device", "cpu", "--eval-attacks", "", "--data-root",
-             str(tmp_path / "no-data"), "--out", str(out))
+    r = _cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--eval-attacks",
+        "",
+        "--data-root",
+        str(tmp_path / "no-data"),
+        "--out",
+        str(out),
+    )
     assert r.returncode == 2 and not out.exists(), r.stderr
 
 
@@ -224,17 +299,20 @@ def test_branched_run_holds_the_best_checkpoint_of_an_independent_run(tmp_path, 
     real = trainer.holdout_accuracy
     calls = []
 
-    def falling(model, split, cfg):   # validation PGD accuracy falls every epoch: epoch 1 is the best
+    def falling(model, split, cfg):  # validation PGD accuracy falls every epoch: epoch 1 is the best
         nat, _ = real(model, split, cfg)
         calls.append(1)
-        return nat, 0.5 - 0.1 * (len(calls) - 1)     # epoch e: 0.6 - 0.1 e
-    common = dict(epochs=3, reweight_start=3, lr_milestones=(2,), train_subset=256, holdout=64, seed=5,
-                  eval_attacks=("natural",))
+        return nat, 0.5 - 0.1 * (len(calls) - 1)  # epoch e: 0.6 - 0.1 e
+
+    common = dict(
+        epochs=3, reweight_start=3, lr_milestones=(2,), train_subset=256, holdout=64, seed=5, eval_attacks=("natural",)
+    )
     monkeypatch.setattr(trainer, "holdout_accuracy", falling)
 
     def run(method, out, **kw):
-        calls[:] = [1, 1] if "branch_from" in kw else []   # a branched run's first epoch is epoch 3
+        calls[:] = [1, 1] if "branch_from" in kw else []  # a branched run's first epoch is epoch 3
         return train(tiny_cfg(method, **common), tmp_path / out, quiet=True, **kw)
+
     parent = run("vir-at-w1", "w1")
     alone = run("vir-at", "alone")
     child = run("vir-at", "child", branch_from=parent)
@@ -243,7 +321,7 @@ def test_branched_run_holds_the_best_checkpoint_of_an_independent_run(tmp_path, 
     a, b = best(child)["model"], best(alone)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert best(child)["history"] == best(parent)["history"]
-    assert json.loads(best(child)["config"])["method"] == "vir-at"        # this run's config, not the parent's
+    assert json.loads(best(child)["config"])["method"] == "vir-at"  # this run's config, not the parent's
     checkpoints = json.loads((child / "summary.json").read_text())["eval_checkpoints"]
     assert checkpoints["best"]["epoch"] == 1 and (child / checkpoints["best"]["file"]).is_file()
     # the same weights as the parent's best.pt: its evaluation is reused, and it is what evaluating
@@ -265,15 +343,31 @@ def test_sweep_trials_branch_from_a_finished_trial_of_the_same_burn_in(tmp_path,
     gairat would not (uniform start): its burn-in key differs."""
     from virkit import sweep
 
-    grid = {"name": "burnin", "kind": "train", "preset": "tiny",
-            "fixed": {"train_subset": 128, "batch_size": 64, "epochs": 2, "reweight_start": 2, "lr_milestones": [],
-                      "holdout": 32, "holdout_pgd_steps": 1, "attack_steps": 1, "device": "cpu",
-                      "eval_attacks": [], "data_root": str(stand_in_root)},
-            "grid": {"method": ["vir-at-w1", "vir-at", "gairat"], "seed": [0]}}
+    grid = {
+        "name": "burnin",
+        "kind": "train",
+        "preset": "tiny",
+        "fixed": {
+            "train_subset": 128,
+            "batch_size": 64,
+            "epochs": 2,
+            "reweight_start": 2,
+            "lr_milestones": [],
+            "holdout": 32,
+            "holdout_pgd_steps": 1,
+            "attack_steps": 1,
+            "device": "cpu",
+            "eval_attacks": [],
+            "data_root": str(stand_in_root),
+        },
+        "grid": {"method": ["vir-at-w1", "vir-at", "gairat"], "seed": [0]},
+    }
     doc = sweep.run_grid(grid, backend="local", jobs=1, out=tmp_path / "out", log=None)
     assert all(t["status"] == "finished" for t in doc["trials"]), doc["trials"]
-    cfg = {m: json.loads((tmp_path / "out" / f"method={m}__seed=0" / "config.json").read_text())
-           for m in ("vir-at-w1", "vir-at", "gairat")}
+    cfg = {
+        m: json.loads((tmp_path / "out" / f"method={m}__seed=0" / "config.json").read_text())
+        for m in ("vir-at-w1", "vir-at", "gairat")
+    }
     assert cfg["vir-at"]["parent"]["path"].endswith("method=vir-at-w1__seed=0")
     assert "parent" not in cfg["vir-at-w1"] and "parent" not in cfg["gairat"]
 
@@ -284,15 +378,22 @@ def test_final_evaluation_reports_last_and_best(tmp_path, tiny_cfg, monkeypatch)
     from virkit.paper.report import collect_runs, make_table
     from virkit.training import trainer as tr
 
-    accs = iter([(0.5, 0.40), (0.5, 0.30), (0.5, 0.20)])   # validation PGD accuracy falls: best is epoch 1
+    accs = iter([(0.5, 0.40), (0.5, 0.30), (0.5, 0.20)])  # validation PGD accuracy falls: best is epoch 1
     monkeypatch.setattr(tr, "holdout_accuracy", lambda *a, **k: next(accs))
-    run = tr.train(tiny_cfg("at", epochs=3, lr_milestones=(2,), reweight_start=3, train_subset=128,
-                            eval_attacks=("natural", "fgsm")), tmp_path / "run", quiet=True)
+    run = tr.train(
+        tiny_cfg(
+            "at", epochs=3, lr_milestones=(2,), reweight_start=3, train_subset=128, eval_attacks=("natural", "fgsm")
+        ),
+        tmp_path / "run",
+        quiet=True,
+    )
     rec = json.loads((run / "eval.json").read_text())["checkpoints"]
     assert rec["last"]["epoch"] == 3 and rec["best"]["epoch"] == 1 and rec["best"]["file"] == "eval-best.json"
     best = json.loads((run / "eval-best.json").read_text())
-    assert best["extra"]["checkpoint"] == "best.pt" and best["attacks"]["natural"]["accuracy"] == \
-        rec["best"]["accuracy"]["natural"]
+    assert (
+        best["extra"]["checkpoint"] == "best.pt"
+        and best["attacks"]["natural"]["accuracy"] == rec["best"]["accuracy"]["natural"]
+    )
     assert json.loads((run / "summary.json").read_text())["eval_checkpoints"] == rec
     df = collect_runs([run], "best")
     assert df["checkpoint"].tolist() == ["best.pt"]

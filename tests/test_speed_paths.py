@@ -1,6 +1,7 @@
 """The GPU speed paths, exercised on the CPU where PyTorch allows: bf16 autocast training,
 torch.compile (or its clean fallback), channels_last, input-only attack gradients, and evaluation
 staying fp32 after bf16 training. No timing asserts (timings live in benchmarks/bench.py)."""
+
 from __future__ import annotations
 
 import copy
@@ -45,10 +46,11 @@ def test_bf16_method_step_finite_fp32_loss(method):
     model = _tiny_model()
     x, y = _batch()
     model.train()
-    res = method_step(model, x, y, cfg, cfg.reweight_start, autocast=_bf16(),
-                      generator=torch.Generator().manual_seed(0))
+    res = method_step(
+        model, x, y, cfg, cfg.reweight_start, autocast=_bf16(), generator=torch.Generator().manual_seed(0)
+    )
     assert res.loss.dtype == torch.float32 and torch.isfinite(res.loss)
-    assert res.logits_adv.dtype == torch.float32           # losses are computed in fp32 from bf16 logits
+    assert res.logits_adv.dtype == torch.float32  # losses are computed in fp32 from bf16 logits
     assert res.x_adv.dtype == torch.float32 and (res.x_adv - x).abs().max() <= cfg.eps + 1e-6
     res.loss.backward()
     grads = [p.grad for p in model.parameters()]
@@ -58,6 +60,7 @@ def test_bf16_method_step_finite_fp32_loss(method):
 
 def test_bf16_training_epoch_is_finite(tiny_cfg, tmp_path):
     from virkit.training.trainer import train
+
     cfg = tiny_cfg("vir-at", precision="bf16", reweight_start=1, **FAST)
     out = train(cfg, tmp_path / "run", quiet=True)
     (rec,) = _history(out)
@@ -88,6 +91,7 @@ def test_evaluation_stays_fp32_after_bf16_training(tiny_cfg, tmp_path, monkeypat
                 return fn(*a, **k)
             finally:
                 state["eval"] = False
+
         return wrapper
 
     monkeypatch.setattr(tr, "holdout_accuracy", flagged(tr.holdout_accuracy))
@@ -143,19 +147,22 @@ def test_evaluation_stays_fp32_after_bf16_training(tiny_cfg, tmp_path, monkeypat
 # columns swapped: 400-5000 times the bound), and ``test_fp64_reference_check_rejects_a_small_change``
 # shows the bound already rejects the effect on the head gradient of moving a 2 x 2 patch per
 # image by one attack step (5-20 times the bound for vir-trades).
-U32 = 2.0 ** -24   # unit roundoff of float32
+U32 = 2.0**-24  # unit roundoff of float32
 K = 16.0
 
 
 def _step_quantities(model, res) -> dict:
     # the loss itself is the batch mean of loss_per_example
-    return {"loss_per_example": res.loss_per_example.double(), "weights": res.weights.double(),
-            "head_grad": model.net.head.weight.grad.double()}
+    return {
+        "loss_per_example": res.loss_per_example.double(),
+        "weights": res.weights.double(),
+        "head_grad": model.net.head.weight.grad.double(),
+    }
 
 
 def _terms(x, cfg) -> dict:
     """Terms of the last reduction of each quantity (see the comment above)."""
-    forwards = 2 if METHODS[cfg.method].family in ("trades", "mart") else 1   # training forwards with a gradient
+    forwards = 2 if METHODS[cfg.method].family in ("trades", "mart") else 1  # training forwards with a gradient
     return {"loss_per_example": 10, "weights": 10, "head_grad": forwards * x.shape[0]}
 
 
@@ -163,6 +170,7 @@ def _step(model, x, y, cfg, x_adv=None) -> tuple[dict, torch.Tensor]:
     """One method_step of ``model`` (train mode) and its backward; with ``x_adv`` the attack is
     skipped and the step uses that x' (cast to the dtype of ``x``)."""
     import virkit.training.methods as vm
+
     model.train()
     with pytest.MonkeyPatch.context() as mp:
         if x_adv is not None:
@@ -190,8 +198,10 @@ def _assert_within(name, got, ref, other_err, n, q=None):
     mag = _size(ref, q)
     bound = K * max(other_err, n * U32 * mag)
     err = _error(got, ref, q)
-    assert err <= bound, (f"{name}: error vs float64 {err:.3e} > bound {bound:.3e} (other fp32 path's error "
-                          f"{other_err:.3e}, |reference| {mag:.3e}, {n} terms)")
+    assert err <= bound, (
+        f"{name}: error vs float64 {err:.3e} > bound {bound:.3e} (other fp32 path's error "
+        f"{other_err:.3e}, |reference| {mag:.3e}, {n} terms)"
+    )
 
 
 def _assert_step_within(got: dict, ref: dict, other: dict, other_ref: dict, x, cfg):
@@ -204,12 +214,13 @@ def _attack_input_grad(model, x, y, z, cfg):
     in eval mode, as PGD takes it."""
     from virkit.attacks.pgd import attack_loss
     from virkit.ops import log_probs
+
     kind = METHODS[cfg.method].attack_loss
     model.eval()
     with torch.no_grad():
         logp = log_probs(model(x)) if kind == "kl" else None
     z = z.clone().requires_grad_(True)
-    g, = torch.autograd.grad(attack_loss(kind, model(z), y, logp).sum(), z)
+    (g,) = torch.autograd.grad(attack_loss(kind, model(z), y, logp).sum(), z)
     return g
 
 
@@ -251,15 +262,16 @@ def test_fp64_reference_check_rejects_a_small_change():
     q_c, xa_c = _step(_tiny_model(), x, y, cfg)
     ref_c = _fp64_replay(x, y, cfg, xa_c)
     moved = xa_c.clone()
-    pix = (slice(None), 0, slice(16, 18), slice(16, 18))   # a 2 x 2 patch of the red channel
+    pix = (slice(None), 0, slice(16, 18), slice(16, 18))  # a 2 x 2 patch of the red channel
     moved[pix] = (xa_c[pix] - torch.sign(xa_c[pix] - x[pix]) * cfg.step_size).clamp(0, 1)
     assert (moved != xa_c).sum() >= x.shape[0]
     ref_moved = _fp64_replay(x, y, cfg, moved)
     n = _terms(x, cfg)["head_grad"]
     _assert_within("head_grad", q_c["head_grad"], ref_c["head_grad"], _error(q_c["head_grad"], ref_c["head_grad"]), n)
     with pytest.raises(AssertionError, match="head_grad"):
-        _assert_within("head_grad", q_c["head_grad"], ref_moved["head_grad"],
-                       _error(q_c["head_grad"], ref_c["head_grad"]), n)
+        _assert_within(
+            "head_grad", q_c["head_grad"], ref_moved["head_grad"], _error(q_c["head_grad"], ref_c["head_grad"]), n
+        )
 
     z = _border_point(x)
     g_c = _attack_input_grad(_tiny_model(), x, y, z, cfg)
@@ -270,6 +282,7 @@ def test_fp64_reference_check_rejects_a_small_change():
 
 def test_channels_last_flag_trains(tiny_cfg, tmp_path):
     from virkit.training.trainer import train
+
     cfg = tiny_cfg("at", channels_last=True, **FAST)
     out = train(cfg, tmp_path / "run", quiet=True)
     (rec,) = _history(out)
@@ -279,18 +292,18 @@ def test_channels_last_flag_trains(tiny_cfg, tmp_path):
 # ------------------------------------------------------------------------- input-only gradients
 def test_input_grad_only_restores_and_keeps_result():
     model = _tiny_model().eval()
-    model.net.head.bias.requires_grad_(False)       # a frozen parameter stays frozen afterwards
+    model.net.head.bias.requires_grad_(False)  # a frozen parameter stays frozen afterwards
     x, y = _batch()
     with input_grad_only(model):
         assert not any(p.requires_grad for p in model.parameters())
-        with input_grad_only(model):                 # nested: harmless
+        with input_grad_only(model):  # nested: harmless
             pass
         assert not any(p.requires_grad for p in model.parameters())
     assert [p.requires_grad for p in model.parameters()] == [p is not model.net.head.bias for p in model.parameters()]
     with pytest.raises(RuntimeError):
         with input_grad_only(model):
             raise RuntimeError("boom")
-    assert model.net.head.weight.requires_grad       # restored on error too
+    assert model.net.head.weight.requires_grad  # restored on error too
 
     # pgd's result does not depend on whether parameters require grad; no .grad is written
     a = pgd(model, x, y, eps=8 / 255, step_size=2 / 255, steps=3, generator=torch.Generator().manual_seed(1))
@@ -307,6 +320,7 @@ def test_compile_failure_falls_back_to_eager(tiny_cfg, tmp_path, monkeypatch):
 
     def broken(*a, **k):
         raise RuntimeError("no backend here")
+
     monkeypatch.setattr(torch, "compile", broken)
     logs = []
     cfg = tiny_cfg("at", compile=True, **FAST)
@@ -321,6 +335,7 @@ def test_compile_on_cpu_compiles_or_falls_back_cleanly():
     compiles, and crafting through the compiled model gives the eager result with parameter grads
     untouched and requires_grad restored, or it falls back with one log line."""
     from virkit.training.trainer import _maybe_compile
+
     cfg = resolve_config("tiny", method="vir-at", attack_steps=2, compile=True, device="cpu")
     model = _tiny_model()
     x, y = _batch(8)
@@ -339,12 +354,13 @@ def test_compile_on_cpu_compiles_or_falls_back_cleanly():
     # checked against the float64 replay at its own x', within K times the eager path's error
     # (see the comment above test_channels_last_method_step_matches_contiguous)
     q_comp = _step_quantities(model, res_c)
-    q_e, xa_e = _step(_tiny_model(), x, y, cfg)   # same initial weights and running statistics
-    _assert_step_within(q_comp, _fp64_replay(x, y, cfg, res_c.x_adv.detach()), q_e, _fp64_replay(x, y, cfg, xa_e),
-                        x, cfg)
+    q_e, xa_e = _step(_tiny_model(), x, y, cfg)  # same initial weights and running statistics
+    _assert_step_within(
+        q_comp, _fp64_replay(x, y, cfg, res_c.x_adv.detach()), q_e, _fp64_replay(x, y, cfg, xa_e), x, cfg
+    )
     z = _border_point(x)
     eager = _tiny_model()
-    eager.load_state_dict(model.state_dict())     # the BatchNorm statistics after the training forwards
+    eager.load_state_dict(model.state_dict())  # the BatchNorm statistics after the training forwards
     g_comp = _attack_input_grad(run_model, x, y, z, cfg)
     g_e = _attack_input_grad(eager, x, y, z, cfg)
     g_ref = _attack_input_grad(copy.deepcopy(eager).double(), x.double(), y, z.double(), cfg)
@@ -361,7 +377,8 @@ CUDA = {"fp32": 1000.0, "fp32+channels_last": 1100.0, "bf16": 2400.0, "bf16+chan
 
 def test_choice_follows_the_measured_rates_not_a_flag():
     from virkit.training.speed import BF16_MARGIN, choose
-    assert choose(INTEL_NO_AMX) == ("fp32", True)      # bf16 slower: fp32 whatever the CPU flags say
+
+    assert choose(INTEL_NO_AMX) == ("fp32", True)  # bf16 slower: fp32 whatever the CPU flags say
     assert choose(AMX) == ("bf16", True)
     assert choose(CUDA) == ("bf16", True)
     # bf16 changes the numerics: a tie (under the margin) keeps fp32; contiguous when NHWC is no faster
@@ -375,6 +392,7 @@ def test_choice_follows_the_measured_rates_not_a_flag():
 def calib_cache(tmp_path, monkeypatch):
     """An empty user cache, no VIRKIT_SPEED, and a fake measurement that counts its calls."""
     from virkit.training import speed
+
     monkeypatch.setattr(speed, "cache_file", lambda: tmp_path / "cache" / "virkit" / "calibration.json")
     monkeypatch.delenv("VIRKIT_SPEED", raising=False)
     for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
@@ -391,20 +409,21 @@ def calib_cache(tmp_path, monkeypatch):
 
 def test_calibration_is_cached_per_machine_torch_and_threads(calib_cache, monkeypatch):
     from virkit.training import speed
+
     cpu, spec = torch.device("cpu"), speed.StepSpec()
     first = speed.calibration_for(spec, cpu, threads=1)
     assert (first.source, first.precision, first.channels_last, first.rate) == ("measured", "fp32", True, 430.0)
     again = speed.calibration_for(spec, cpu, threads=1)
     assert again.source == "cache" and again.rates == first.rates and len(calib_cache) == 1
-    assert calib_cache[0][2] == 1                       # measured with the thread count it is for
-    speed.calibration_for(spec, cpu, threads=2)         # another thread count: measured again
-    speed.calibration_for(speed.StepSpec(batch_size=128), cpu, threads=1)   # another step
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")    # other kernels
+    assert calib_cache[0][2] == 1  # measured with the thread count it is for
+    speed.calibration_for(spec, cpu, threads=2)  # another thread count: measured again
+    speed.calibration_for(speed.StepSpec(batch_size=128), cpu, threads=1)  # another step
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # other kernels
     speed.calibration_for(spec, cpu, threads=1)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setattr(torch, "__version__", "9.9.9")  # another torch
     speed.calibration_for(spec, cpu, threads=1)
-    monkeypatch.setattr(speed, "device_label", lambda d: "Another CPU")   # another CPU model
+    monkeypatch.setattr(speed, "device_label", lambda d: "Another CPU")  # another CPU model
     speed.calibration_for(spec, cpu, threads=1)
     assert len(calib_cache) == 6
     assert len(json.loads(speed.cache_file().read_text())) == 6
@@ -415,6 +434,7 @@ def test_cuda_mocked_calibration_chooses_bf16(calib_cache, monkeypatch):
     """On a CUDA machine the same mechanism measures and picks bf16 autocast (CUDA mocked: the
     device name and the measurement; the decision is the code under test)."""
     from virkit.training import speed
+
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
     precision, cl, cal = speed.fast_defaults("auto", None, torch.device("cuda"), speed.StepSpec("resnet18", 128, 10))
     assert (precision, cl) == ("bf16", True) and cal.key["device"] == "NVIDIA H100 80GB HBM3"
@@ -427,6 +447,7 @@ def test_cuda_mocked_calibration_chooses_bf16(calib_cache, monkeypatch):
 def test_virkit_speed_env_skips_the_measurement(calib_cache, monkeypatch):
     from virkit.errors import VirkitError
     from virkit.training import speed
+
     monkeypatch.setenv("VIRKIT_SPEED", "bf16,contiguous")
     assert speed.fast_defaults("auto", None, torch.device("cpu"))[:2] == ("bf16", False)
     monkeypatch.setenv("VIRKIT_SPEED", "fast")
@@ -439,9 +460,11 @@ def test_trainer_records_the_calibration(calib_cache, tiny_cfg, tmp_path):
     """precision/channels_last 'auto' are decided by the calibration; config.json records the choice
     and the measured rates. The test presets pin fp32 and the contiguous layout (no calibration)."""
     from virkit.training import trainer as tr
+
     assert resolve_config("quick").precision == "auto" and resolve_config("tiny").precision == "fp32"
-    cfg = dataclasses.replace(tiny_cfg("at", precision="auto", epochs=1, train_subset=128, holdout=0,
-                                       reweight_start=1), channels_last=None)
+    cfg = dataclasses.replace(
+        tiny_cfg("at", precision="auto", epochs=1, train_subset=128, holdout=0, reweight_start=1), channels_last=None
+    )
     run = tr.train(cfg, tmp_path / "run", quiet=True)
     rec = json.loads((run / "config.json").read_text())
     assert rec["precision"] == "auto" and rec["channels_last"] is None
@@ -455,6 +478,7 @@ def test_trainer_records_the_calibration(calib_cache, tiny_cfg, tmp_path):
 def test_calibration_measures_the_real_step(tmp_path, monkeypatch):
     """The real measurement, tiny budget: every option gets a positive rate and the choice follows them."""
     from virkit.training import speed
+
     spec = speed.StepSpec("small-cnn", batch_size=8, attack_steps=1)
     rates = speed.calibrate(spec, torch.device("cpu"), budget_s=0.05, rounds=1)
     assert set(rates) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}

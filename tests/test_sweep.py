@@ -7,6 +7,7 @@ its process is SIGKILLed, an injected crash; Ray: a value that only fails at tra
 other three finish, and a second run skips them. The Ray test is skipped when Ray is not
 installed (``pip install 'virkit[ray]'``); it never connects to a remote cluster.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,18 @@ from virkit.errors import VirkitError
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = REPO / "configs" / "grids"
 QUICK = GRIDS / "quick_2x2.yaml"
-SHRINK = ["train_subset=128", "batch_size=64", "epochs=1", "reweight_start=1", "lr_milestones=[]", "holdout=64",
-          "holdout_pgd_steps=1", "test_subset=64", "attack_steps=1", "device=cpu"]
+SHRINK = [
+    "train_subset=128",
+    "batch_size=64",
+    "epochs=1",
+    "reweight_start=1",
+    "lr_milestones=[]",
+    "holdout=64",
+    "holdout_pgd_steps=1",
+    "test_subset=64",
+    "attack_steps=1",
+    "device=cpu",
+]
 NAMES = ["method=at__seed=0", "method=at__seed=1", "method=vir-at__seed=0", "method=vir-at__seed=1"]
 
 
@@ -52,17 +63,29 @@ PAPER = {  # grid file -> (table, trials, the varied values of the paper's table
     "table1_resnet18.yaml": (1, 28, {"method": ["at", "trades", "mart", "gairat", "mail-at", "vir-trades", "vir-at"]}),
     # Table 6's first row is the VIR pipeline with w = 1; both tables gain the scale-matched controls,
     # Table 6 also Madry's AT (uniform start) beside vir-at-w1
-    "table6_ablation_at.yaml": (6, 28, {"method": ["vir-at-w1", "vir-at-sv", "vir-at-sd", "vir-at", "vir-at-mean1",
-                                                   "vir-at-flat", "at"]}),
-    "table7_ablation_trades.yaml": (7, 24, {"method": ["trades", "vir-trades-sv", "vir-trades-sd", "vir-trades",
-                                                       "vir-trades-mean1", "vir-trades-flat"]}),
+    "table6_ablation_at.yaml": (
+        6,
+        28,
+        {"method": ["vir-at-w1", "vir-at-sv", "vir-at-sd", "vir-at", "vir-at-mean1", "vir-at-flat", "at"]},
+    ),
+    "table7_ablation_trades.yaml": (
+        7,
+        24,
+        {"method": ["trades", "vir-trades-sv", "vir-trades-sd", "vir-trades", "vir-trades-mean1", "vir-trades-flat"]},
+    ),
     "table9_beta_vir_at.yaml": (9, 12, {"beta": [0.0, 0.007, 0.1]}),
     "table10_beta_vir_trades.yaml": (10, 12, {"beta": [0.5, 1.6, 2.0]}),
-    "table11_alpha_gamma_vir_at.yaml": (11, 40, {"alpha,gamma": [(1, 10), (2, 10), (3, 10), (5, 10), (7, 10), (8, 10),
-                                                                  (7, 2), (7, 4), (7, 6), (7, 8)]}),
+    "table11_alpha_gamma_vir_at.yaml": (
+        11,
+        40,
+        {"alpha,gamma": [(1, 10), (2, 10), (3, 10), (5, 10), (7, 10), (8, 10), (7, 2), (7, 4), (7, 6), (7, 8)]},
+    ),
     # the paper's Table 12 has nine rows: the last, alpha 8 / gamma 4, was missing from the grid
-    "table12_alpha_gamma_vir_trades.yaml": (12, 36, {"alpha,gamma": [(1, 3), (2, 3), (3, 3), (5, 3), (7, 3), (8, 3),
-                                                                      (8, 1), (8, 2), (8, 4)]}),
+    "table12_alpha_gamma_vir_trades.yaml": (
+        12,
+        36,
+        {"alpha,gamma": [(1, 3), (2, 3), (3, 3), (5, 3), (7, 3), (8, 3), (8, 1), (8, 2), (8, 4)]},
+    ),
 }
 
 
@@ -80,7 +103,7 @@ def test_paper_grids_match_the_tables_and_every_trial_config_is_valid(fname, tmp
         got = list(dict.fromkeys(tuple(t.params[k] for k in keys) if len(keys) > 1 else t.params[key] for t in trials))
         assert got == expected
     for t in trials:
-        cfg = resolve_config(g.preset, **t.overrides)   # attack names, methods, ranges: all valid
+        cfg = resolve_config(g.preset, **t.overrides)  # attack names, methods, ranges: all valid
         assert (cfg.dataset, cfg.model, cfg.epochs, cfg.batch_size) == ("cifar10", "resnet18", 115, 128)
     if table == 1:
         assert list(trials[0].overrides["eval_attacks"]) == ["natural", "fgsm", "pgd100", "cw", "fmn100", "aa", "mde"]
@@ -102,16 +125,19 @@ def test_quick_tables_grid_covers_tables_1_and_6_rows_over_two_seeds(tmp_path):
         assert resolve_config(g.preset, **t.overrides).model == "small-cnn"
 
 
-@pytest.mark.parametrize("doc,match", [
-    ({"preset": "tiny", "grid": {"seed": [0]}, "fixd": {}}, "unknown key 'fixd'"),
-    ({"preset": "tiny", "grid": {"sead": [0], "lrr": [1]}}, "unknown parameters 'sead', 'lrr'"),
-    ({"preset": "tiny", "fixed": {"epoch": 1}, "grid": {"seed": [0]}}, "unknown parameter 'epoch'"),
-    ({"preset": "tiny", "points": [{"alpah": 1}]}, "unknown parameter 'alpah'"),
-    ({"preset": "tny", "grid": {"seed": [0]}}, "unknown preset 'tny'"),
-    ({"preset": "tiny", "grid": {"seed": 0}}, "grid.seed must be a non-empty list"),
-    ({"preset": "tiny", "kind": "job", "grid": {"seed": [0]}}, "unknown kind 'job'"),
-    ({"preset": "tiny", "grid": {"seed": [0]}, "points": [{"seed": 1}]}, "both in 'grid' and in 'points'"),
-])
+@pytest.mark.parametrize(
+    "doc,match",
+    [
+        ({"preset": "tiny", "grid": {"seed": [0]}, "fixd": {}}, "unknown key 'fixd'"),
+        ({"preset": "tiny", "grid": {"sead": [0], "lrr": [1]}}, "unknown parameters 'sead', 'lrr'"),
+        ({"preset": "tiny", "fixed": {"epoch": 1}, "grid": {"seed": [0]}}, "unknown parameter 'epoch'"),
+        ({"preset": "tiny", "points": [{"alpah": 1}]}, "unknown parameter 'alpah'"),
+        ({"preset": "tny", "grid": {"seed": [0]}}, "unknown preset 'tny'"),
+        ({"preset": "tiny", "grid": {"seed": 0}}, "grid.seed must be a non-empty list"),
+        ({"preset": "tiny", "kind": "job", "grid": {"seed": [0]}}, "unknown kind 'job'"),
+        ({"preset": "tiny", "grid": {"seed": [0]}, "points": [{"seed": 1}]}, "both in 'grid' and in 'points'"),
+    ],
+)
 def test_bad_grid_files_are_one_line_errors_exit_2(doc, match, tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -136,9 +162,10 @@ def test_set_overrides_fixed_values_but_not_varied_ones(tmp_path, capsys):
 
 def test_sweep_does_not_import_ray_and_ray_backend_without_ray_says_how_to_install(tmp_path, monkeypatch):
     code = "import sys, virkit.sweep, virkit.cli; virkit.cli.build_parser(); assert 'ray' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                   timeout=120)
-    monkeypatch.setitem(sys.modules, "ray", None)   # import ray -> ImportError
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120
+    )
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(VirkitError, match=r"pip install 'virkit\[ray\]'"):
         sweep.run_grid(QUICK, backend="ray", out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -156,8 +183,12 @@ def _check_finished(doc: dict, names: list[str]) -> None:
         assert summary["status"] == "finished"
         assert set(summary["eval"]) == {"natural", "pgd10"} and set(t["eval"]) == {"natural", "pgd10"}
         cfg = json.loads((Path(t["run_dir"]) / "config.json").read_text())
-        assert (cfg["method"], cfg["seed"], cfg["preset"], cfg["epochs"]) == (t["params"]["method"],
-                                                                              t["params"]["seed"], "tiny", 1)
+        assert (cfg["method"], cfg["seed"], cfg["preset"], cfg["epochs"]) == (
+            t["params"]["method"],
+            t["params"]["seed"],
+            "tiny",
+            1,
+        )
 
 
 def _check_written(out: Path, doc: dict) -> None:
@@ -167,15 +198,16 @@ def _check_written(out: Path, doc: dict) -> None:
     for t in on_disk["trials"]:
         assert {"name", "params", "run_dir", "status", "seconds", "error"} <= set(t)
     md = (out / "results.md").read_text()
-    assert "| method | seeds | natural | pgd10 |" in md          # mean ± std over seeds
+    assert "| method | seeds | natural | pgd10 |" in md  # mean ± std over seeds
     for t in doc["trials"]:
         assert f"| {t['name']} | {t['status']} |" in md
 
 
-def test_local_backend_runs_the_2x2_grid_survives_a_crash_and_skips_finished_trials(stand_in_root, tmp_path,
-                                                                                      monkeypatch, capsys):
+def test_local_backend_runs_the_2x2_grid_survives_a_crash_and_skips_finished_trials(
+    stand_in_root, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "grid"
-    monkeypatch.setenv(sweep.INJECT_ENV, "method=vir-at__seed=1:kill")   # that trial's process SIGKILLs itself
+    monkeypatch.setenv(sweep.INJECT_ENV, "method=vir-at__seed=1:kill")  # that trial's process SIGKILLs itself
     t0 = time.time()
     doc = sweep.run_grid(QUICK, backend="local", jobs=2, out=out, sets=_sets(stand_in_root))
     first = time.time() - t0
@@ -188,8 +220,17 @@ def test_local_backend_runs_the_2x2_grid_survives_a_crash_and_skips_finished_tri
 
     monkeypatch.delenv(sweep.INJECT_ENV)
     t0 = time.time()
-    code = main(["sweep", str(QUICK), "--jobs", "2", "--out", str(out), *[a for s in _sets(stand_in_root)
-                                                                          for a in ("--set", s)]])
+    code = main(
+        [
+            "sweep",
+            str(QUICK),
+            "--jobs",
+            "2",
+            "--out",
+            str(out),
+            *[a for s in _sets(stand_in_root) for a in ("--set", s)],
+        ]
+    )
     second = time.time() - t0
     assert code == 0
     doc2 = json.loads((out / "results.json").read_text())
@@ -197,15 +238,20 @@ def test_local_backend_runs_the_2x2_grid_survives_a_crash_and_skips_finished_tri
     assert [t["status"] for t in doc2["trials"]] == ["skipped", "skipped", "skipped", "finished"]
     _check_finished(doc2, NAMES)
     assert "4 trials, 3 already finished" in capsys.readouterr().out
-    print(f"\nlocal backend, 2x2 grid: first run {first:.0f} s (3 trained + 1 crashed), "
-          f"second run {second:.0f} s (3 skipped + 1 trained)")
+    print(
+        f"\nlocal backend, 2x2 grid: first run {first:.0f} s (3 trained + 1 crashed), "
+        f"second run {second:.0f} s (3 skipped + 1 trained)"
+    )
 
 
 @pytest.fixture
 def ray_instance(stand_in_root):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'virkit[ray]')")
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "VIRKIT_DATA": str(stand_in_root), "OMP_NUM_THREADS": "1"}
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "VIRKIT_DATA": str(stand_in_root),
+        "OMP_NUM_THREADS": "1",
+    }
     t0 = time.time()
     # a loaded 2-core machine (the other xdist worker, other jobs) can take longer than Ray's wait for its
     # raylet to register with the GCS (30 s, fixed in ray/_private/node.py of Ray 2.x; older Rays read
@@ -215,7 +261,7 @@ def ray_instance(stand_in_root):
         try:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
             break
-        except Exception as e:   # "The current node timed out during startup ..."
+        except Exception as e:  # "The current node timed out during startup ..."
             ray.shutdown()
             if attempt == 2 or "timed out during startup" not in str(e):
                 raise
@@ -225,15 +271,16 @@ def ray_instance(stand_in_root):
     ray.shutdown()
 
 
-def test_ray_backend_runs_the_2x2_grid_reports_a_failing_trial_and_skips_finished_ones(ray_instance, stand_in_root,
-                                                                                        tmp_path):
+def test_ray_backend_runs_the_2x2_grid_reports_a_failing_trial_and_skips_finished_ones(
+    ray_instance, stand_in_root, tmp_path
+):
     # the quick grid as explicit points; the last one asks for a batch larger than its training set,
     # which passes config validation and fails inside the trial when the data is loaded
     grid = yaml.safe_load(QUICK.read_text())
     del grid["grid"]
     grid["points"] = [{"method": m, "seed": s} for m in ("at", "vir-at") for s in (0, 1)]
     grid["points"][3]["batch_size"] = 256
-    grid["fixed"]["batch_size"] = 64          # the others' batch (the point overrides it)
+    grid["fixed"]["batch_size"] = 64  # the others' batch (the point overrides it)
     sets = [s for s in _sets(stand_in_root) if not s.startswith("batch_size")]
     out = tmp_path / "grid"
     t0 = time.time()
@@ -253,11 +300,13 @@ def test_ray_backend_runs_the_2x2_grid_reports_a_failing_trial_and_skips_finishe
     assert doc2["counts"] == {"finished": 0, "skipped": 3, "failed": 1}
     assert [t["status"] for t in doc2["trials"]] == ["skipped", "skipped", "skipped", "failed"]
     assert json.loads((out / "results.json").read_text())["backend"] == "ray"
-    print(f"\nray backend, 2x2 grid: first run {first:.0f} s (3 trained + 1 failed), "
-          f"second run {second:.0f} s (3 skipped + 1 failed again)")
+    print(
+        f"\nray backend, 2x2 grid: first run {first:.0f} s (3 trained + 1 failed), "
+        f"second run {second:.0f} s (3 skipped + 1 failed again)"
+    )
 
 
-@pytest.mark.slow   # a Jupyter kernel per trial: about 45 s on 2 shared cores
+@pytest.mark.slow  # a Jupyter kernel per trial: about 45 s on 2 shared cores
 def test_notebook_trials(tmp_path):
     """``kind: notebook``: each trial executes the notebook with papermill; a failing one is reported."""
     nbformat = pytest.importorskip("nbformat")
@@ -304,19 +353,22 @@ def test_jobs_n_on_one_gpu_runs_n_trial_processes_at_once_on_that_gpu(tmp_path, 
     n = 3
     monkeypatch.setattr(backends, "_visible_gpus", lambda: ["0"])
 
-    def fake_trial(spec, env_extra=None, own_session=True):   # a real child process per trial, as run_trial_process
-        p = subprocess.run([sys.executable, "-c", _BARRIER_CHILD, str(tmp_path), spec["name"], str(n)],
-                           env={**os.environ, **(env_extra or {})}, timeout=120)
+    def fake_trial(spec, env_extra=None, own_session=True):  # a real child process per trial, as run_trial_process
+        p = subprocess.run(
+            [sys.executable, "-c", _BARRIER_CHILD, str(tmp_path), spec["name"], str(n)],
+            env={**os.environ, **(env_extra or {})},
+            timeout=120,
+        )
         return {"name": spec["name"], "status": "finished" if p.returncode == 0 else "failed", "rc": p.returncode}
 
     monkeypatch.setattr(backends, "run_trial_process", fake_trial)
     results = []
     backends.run_local([{"name": f"t{i}"} for i in range(n)], n, results.append)
     assert sorted(r["name"] for r in results) == [f"t{i}" for i in range(n)]
-    assert all(r["status"] == "finished" for r in results), results   # all passed the barrier: concurrent
+    assert all(r["status"] == "finished" for r in results), results  # all passed the barrier: concurrent
     seen = [json.loads((tmp_path / f"t{i}.started").read_text()) for i in range(n)]
-    assert [s["cvd"] for s in seen] == ["0"] * n          # every trial on the one GPU
-    assert len({s["pid"] for s in seen}) == n             # n processes
+    assert [s["cvd"] for s in seen] == ["0"] * n  # every trial on the one GPU
+    assert len({s["pid"] for s in seen}) == n  # n processes
     assert all(int(s["omp"]) >= 1 for s in seen)
 
 
@@ -351,19 +403,23 @@ def test_local_backend_gpu_slots_default_jobs_and_round_robin(monkeypatch):
         backends.run_local([{"name": f"t{i}"} for i in range(n)], jobs, lambda r: None)
         return peak[0], envs
 
-    assert run(["0"], None, 3) == (1, ["0"] * 3)           # default on one GPU: one trial at a time
-    peak, envs = run(["0"], 4, 4)                          # --jobs 4 on one GPU: four at once, all on it
+    assert run(["0"], None, 3) == (1, ["0"] * 3)  # default on one GPU: one trial at a time
+    peak, envs = run(["0"], 4, 4)  # --jobs 4 on one GPU: four at once, all on it
     assert peak == 4 and envs == ["0"] * 4
-    peak, envs = run(["0", "1"], 4, 4)                     # two GPUs: two trials on each
+    peak, envs = run(["0", "1"], 4, 4)  # two GPUs: two trials on each
     assert peak == 4 and sorted(envs) == ["0", "0", "1", "1"]
 
 
-def test_a_finished_trial_asked_for_more_attacks_gets_them_for_last_and_best_keeping_the_rest(stand_in_root,
-                                                                                              tmp_path):
+def test_a_finished_trial_asked_for_more_attacks_gets_them_for_last_and_best_keeping_the_rest(stand_in_root, tmp_path):
     import torch
 
-    grid = {"name": "more", "kind": "train", "preset": "tiny", "fixed": {"eval_attacks": ["natural"]},
-            "grid": {"method": ["at"], "seed": [0]}}
+    grid = {
+        "name": "more",
+        "kind": "train",
+        "preset": "tiny",
+        "fixed": {"eval_attacks": ["natural"]},
+        "grid": {"method": ["at"], "seed": [0]},
+    }
     out = tmp_path / "grid"
     sets = [*_sets(stand_in_root), "epochs=2"]
     doc = sweep.run_grid(grid, backend="local", jobs=1, out=out, sets=sets)
@@ -382,8 +438,10 @@ def test_a_finished_trial_asked_for_more_attacks_gets_them_for_last_and_best_kee
     last = json.loads((run / "eval.json").read_text())
     best = json.loads((run / "eval-best.json").read_text())
     assert list(last["attacks"]) == ["natural", "fgsm"] and list(best["attacks"]) == ["natural", "fgsm"]
-    assert last["attacks"]["natural"] == natural_before          # kept, not evaluated again
+    assert last["attacks"]["natural"] == natural_before  # kept, not evaluated again
     assert last["checkpoints"]["best"]["epoch"] == 1 and last["checkpoints"]["last"]["epoch"] == 2
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["eval"]) == {"natural", "fgsm"} and set(summary["eval_checkpoints"]["best"]["accuracy"]) \
-        == {"natural", "fgsm"}
+    assert set(summary["eval"]) == {"natural", "fgsm"} and set(summary["eval_checkpoints"]["best"]["accuracy"]) == {
+        "natural",
+        "fgsm",
+    }

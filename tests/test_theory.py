@@ -1,6 +1,7 @@
 """Appendix A (virkit.paper.theory): Theorem 1's closed form against an independent numerical
 optimization and against Monte Carlo, the quadratic Bayes rule, robust risks, and the linear-model
 training used by notebook 02."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ def _numeric_best_linear(d, eta, sigma, K):
     def total(t):
         return norm.sf((t + m) / sigma) + norm.cdf((t - m) / (K * sigma))
 
-    res = minimize_scalar(total, bounds=(-m - 10 * K * sigma, m + 10 * K * sigma), method="bounded",
-                          options={"xatol": 1e-10})
+    res = minimize_scalar(
+        total, bounds=(-m - 10 * K * sigma, m + 10 * K * sigma), method="bounded", options={"xatol": 1e-10}
+    )
     t = res.x
     return norm.sf((t + m) / sigma), norm.cdf((t - m) / (K * sigma)), t
 
@@ -144,9 +146,9 @@ def test_logistic_model_is_near_optimal():
 
 def test_corollary_low_tail():
     c = T.corollary_true_class_probability(K=2.0, seed=0)
-    assert c["q10_p_y"][1] < c["q10_p_y"][0] - 0.1      # heavier low-p_y tail for the wide class
+    assert c["q10_p_y"][1] < c["q10_p_y"][0] - 0.1  # heavier low-p_y tail for the wide class
     assert c["test_error"][1] > c["test_error"][0]
-    assert c["vulnerable_share"] > 0.6                    # ranking by p_y picks out class +1
+    assert c["vulnerable_share"] > 0.6  # ranking by p_y picks out class +1
     assert c["p_y"].shape == c["y"].shape
 
 
@@ -170,7 +172,8 @@ def test_vir_reweighting_reduces_class_gap_of_linear_model():
 def test_robust_error_curves_shape():
     x, y = T.sample_gaussian_mixture(500, 4, 0.5, 1.0, 2.0, seed=0)
     m = T.train_linear(x, y, steps=50)
-    out = T.robust_error_curves({"m": m, "opt": T.optimal_linear_classifier(4, 0.5, 1.0, 2.0)},
-                                np.linspace(0, 0.3, 4), 4, 0.5, 1.0, 2.0)
+    out = T.robust_error_curves(
+        {"m": m, "opt": T.optimal_linear_classifier(4, 0.5, 1.0, 2.0)}, np.linspace(0, 0.3, 4), 4, 0.5, 1.0, 2.0
+    )
     assert out["m"].shape == (4, 2) and out["opt"].shape == (4, 2)
     assert np.all(np.diff(out["opt"][:, 1]) > 0)  # robust error grows with eps

@@ -1,4 +1,5 @@
 """Training attacks: eps-ball, box, lower accuracy, mode restored, input-only gradients."""
+
 import pytest
 import torch
 
@@ -24,8 +25,9 @@ def trained_pair():
     return model, x, y
 
 
-@pytest.mark.parametrize("loss,start", [("ce", "uniform"), ("ce", "normal"), ("cw", "uniform"), ("kl", "normal"),
-                                        ("ce", "none")])
+@pytest.mark.parametrize(
+    "loss,start", [("ce", "uniform"), ("ce", "normal"), ("cw", "uniform"), ("kl", "normal"), ("ce", "none")]
+)
 def test_pgd_stays_in_ball_and_box_and_lowers_accuracy(trained_pair, loss, start):
     model, x, y = trained_pair
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Where tensors run: the one place that turns a device name or a model into a ``torch.device``."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,16 @@ from torch import nn
 
 from virkit.errors import VirkitError
 
-__all__ = ["resolve_device", "eval_mode", "model_device", "cpu_name", "onednn_isa_cap", "cpu_has_native_bf16",
-           "tf32_mode", "compile_model"]
+__all__ = [
+    "resolve_device",
+    "eval_mode",
+    "model_device",
+    "cpu_name",
+    "onednn_isa_cap",
+    "cpu_has_native_bf16",
+    "tf32_mode",
+    "compile_model",
+]
 
 
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
@@ -42,6 +51,7 @@ def model_device(model: nn.Module) -> torch.device:
 def cpu_name() -> str:
     """The CPU model as /proc/cpuinfo names it (else the platform's word for it)."""
     import platform
+
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -88,7 +98,7 @@ def _set_tf32_flags(matmul: bool, cudnn: bool) -> None:
     try:
         torch.backends.cuda.matmul.allow_tf32 = matmul
         torch.backends.cudnn.allow_tf32 = cudnn
-    except RuntimeError:   # pragma: no cover - a caller already used the newer fp32_precision API
+    except RuntimeError:  # pragma: no cover - a caller already used the newer fp32_precision API
         torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
         torch.backends.cudnn.conv.fp32_precision = "tf32" if cudnn else "ieee"  # type: ignore[attr-defined]
 
@@ -123,8 +133,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def compile_model(model: nn.Module, example: torch.Tensor, *, dynamic: bool | None = False,
-                  mode: str | None = None, log: Callable[[str], None] | None = None) -> nn.Module:
+def compile_model(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    dynamic: bool | None = False,
+    mode: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> nn.Module:
     """``torch.compile(model, dynamic=..., mode=...)``, checked by one no-grad forward of ``example``
     in eval mode; any failure (no C compiler, an unsupported op, a backend error) is logged and the
     eager ``model`` comes back. ``dynamic=None`` is PyTorch's automatic dynamic shapes: the first
@@ -137,6 +153,8 @@ def compile_model(model: nn.Module, example: torch.Tensor, *, dynamic: bool | No
         return compiled
     except Exception as e:
         if log is not None:
-            log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-                "continuing in eager mode")
+            log(
+                f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                "continuing in eager mode"
+            )
         return model

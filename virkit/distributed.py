@@ -38,6 +38,7 @@ What a distributed run does (docs/SCALE_OUT.md has the long form):
 * Errors that can happen on one rank only (a write failing, a non-finite loss in one shard) are
   agreed on by collective calls, so every rank raises the same error and the launch ends cleanly.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -55,8 +56,8 @@ from virkit.errors import VirkitError
 
 __all__ = ["DistContext", "setup", "launched_by_torchrun", "shard_bounds", "TrainForwardDDP", "SYNC_BN_ENV"]
 
-SYNC_BN_ENV = "VIRKIT_SYNC_BN"          # "1": SyncBatchNorm (what --sync-bn sets)
-BACKEND_ENV = "VIRKIT_DIST_BACKEND"     # force nccl/gloo (default: nccl on CUDA, gloo on CPU)
+SYNC_BN_ENV = "VIRKIT_SYNC_BN"  # "1": SyncBatchNorm (what --sync-bn sets)
+BACKEND_ENV = "VIRKIT_DIST_BACKEND"  # force nccl/gloo (default: nccl on CUDA, gloo on CPU)
 TIMEOUT_ENV = "VIRKIT_DIST_TIMEOUT_MIN"  # collective timeout in minutes (default 60: rank 0's held-out eval)
 _RANK_SEED_STRIDE = 1_000_000_007
 
@@ -99,8 +100,12 @@ class DistContext:
         return self.rank == 0
 
     def describe(self) -> dict:
-        return {"world_size": self.world_size, "backend": self.backend, "sync_bn": self.sync_bn,
-                "launcher": "torchrun" if self.enabled else None}
+        return {
+            "world_size": self.world_size,
+            "backend": self.backend,
+            "sync_bn": self.sync_bn,
+            "launcher": "torchrun" if self.enabled else None,
+        }
 
     # ------------------------------------------------------------------ model and loss
     def prepare_model(self, model: nn.Module, log: Callable[[str], None]) -> nn.Module:
@@ -119,8 +124,9 @@ class DistContext:
         if not self.enabled:
             return model
         kwargs: dict[str, Any] = {}
-        if self.sync_bn:   # SyncBatchNorm keeps the running statistics equal on every rank: no broadcast
+        if self.sync_bn:  # SyncBatchNorm keeps the running statistics equal on every rank: no broadcast
             import inspect
+
             params = inspect.signature(_DDP.__init__).parameters
             kwargs["forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"] = False
         if self.device is not None and self.device.type == "cuda":
@@ -139,7 +145,7 @@ class DistContext:
 
     def rank_seed(self, seed: int) -> int:
         """Seed of this rank's attack generator: rank 0 keeps the single-process seed."""
-        return (seed + self.rank * _RANK_SEED_STRIDE) % (2 ** 62)
+        return (seed + self.rank * _RANK_SEED_STRIDE) % (2**62)
 
     # ------------------------------------------------------------------ collectives
     def all_reduce_(self, *tensors: torch.Tensor, op: str = "sum") -> None:
@@ -147,6 +153,7 @@ class DistContext:
         if not self.enabled:
             return
         import torch.distributed as dist
+
         red = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op]
         for t in tensors:
             dist.all_reduce(t, op=red)
@@ -173,6 +180,7 @@ class DistContext:
         if not self.enabled:
             return obj
         import torch.distributed as dist
+
         box = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0, device=self._coll_device() if self.backend == "nccl" else None)
         return box[0]
@@ -213,6 +221,7 @@ class DistContext:
         if not self.enabled:
             return fn()
         import torch.distributed as dist
+
         result, exc = None, None
         try:
             result = fn()
@@ -230,6 +239,7 @@ class DistContext:
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist
+
             if self.backend == "nccl":
                 dist.barrier(device_ids=[self.device.index])
             else:
@@ -245,7 +255,8 @@ class DistContext:
             import gc
 
             import torch.distributed as dist
-            gc.collect()   # a DDP module the caller has let go of, freed now (it may sit in a reference cycle)
+
+            gc.collect()  # a DDP module the caller has let go of, freed now (it may sit in a reference cycle)
             if dist.is_initialized():
                 self.barrier()
                 dist.destroy_process_group()
@@ -284,18 +295,25 @@ else:  # pragma: no cover - builds without torch.distributed
 def _resolve_device(device: str, local_rank: int) -> torch.device:
     """Under torchrun each process takes ``cuda:LOCAL_RANK`` (or the CPU, for gloo)."""
     if device not in ("cpu", "auto", "cuda"):
-        raise VirkitError(f"--device {device!r} cannot be used with torchrun: each process takes cuda:LOCAL_RANK "
-                          "(use --device auto or cuda, or cpu for gloo on the CPU)")
+        raise VirkitError(
+            f"--device {device!r} cannot be used with torchrun: each process takes cuda:LOCAL_RANK "
+            "(use --device auto or cuda, or cpu for gloo on the CPU)"
+        )
     dev = resolve_device(device, local_rank=local_rank)
     if dev.type == "cuda" and local_rank >= torch.cuda.device_count():
         n = torch.cuda.device_count()
-        raise VirkitError(f"LOCAL_RANK={local_rank} but this machine has {n} CUDA device(s); "
-                          f"use --nproc-per-node {n} or fewer")
+        raise VirkitError(
+            f"LOCAL_RANK={local_rank} but this machine has {n} CUDA device(s); use --nproc-per-node {n} or fewer"
+        )
     return dev
 
 
-def setup(device: str = "auto", batch_size: int | None = None, sync_bn: bool | None = None,
-          log: Callable[[str], None] | None = None) -> DistContext:
+def setup(
+    device: str = "auto",
+    batch_size: int | None = None,
+    sync_bn: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> DistContext:
     """A :class:`DistContext` for this process. Joins the process group when launched by torchrun
     with ``WORLD_SIZE > 1`` (reusing one already initialised), else returns a single-process context.
 
@@ -323,19 +341,28 @@ def setup(device: str = "auto", batch_size: int | None = None, sync_bn: bool | N
     if backend == "nccl" and dev.type != "cuda":
         raise VirkitError(f"{BACKEND_ENV}=nccl needs CUDA devices; use gloo on the CPU")
     if sync_bn and dev.type != "cuda":
-        raise VirkitError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); drop "
-                          "--sync-bn for a CPU run (each process then normalises over its own shard)")
-    if batch_size is not None and batch_size % world:   # the same on every rank: all raise, before joining
-        raise VirkitError(f"batch_size={batch_size} is the global batch and must be divisible by the number of "
-                          f"processes ({world}); each process trains on batch_size/{world} examples a step; use "
-                          f"e.g. --batch-size {max(world, batch_size // world * world)}")
+        raise VirkitError(
+            "--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); drop "
+            "--sync-bn for a CPU run (each process then normalises over its own shard)"
+        )
+    if batch_size is not None and batch_size % world:  # the same on every rank: all raise, before joining
+        raise VirkitError(
+            f"batch_size={batch_size} is the global batch and must be divisible by the number of "
+            f"processes ({world}); each process trains on batch_size/{world} examples a step; use "
+            f"e.g. --batch-size {max(world, batch_size // world * world)}"
+        )
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     owns = False
     if not dist.is_initialized():
         minutes = float(os.environ.get(TIMEOUT_ENV, "60"))
-        kwargs: dict[str, Any] = {"backend": backend, "init_method": "env://", "rank": rank, "world_size": world,
-                                  "timeout": datetime.timedelta(minutes=minutes)}
+        kwargs: dict[str, Any] = {
+            "backend": backend,
+            "init_method": "env://",
+            "rank": rank,
+            "world_size": world,
+            "timeout": datetime.timedelta(minutes=minutes),
+        }
         if backend == "nccl":
             kwargs["device_id"] = dev
         dist.init_process_group(**kwargs)
@@ -343,17 +370,27 @@ def setup(device: str = "auto", batch_size: int | None = None, sync_bn: bool | N
         atexit.register(_destroy_quietly)
     elif dist.get_world_size() != world:
         raise VirkitError(f"a process group of {dist.get_world_size()} ranks exists but WORLD_SIZE={world}")
-    ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend,
-                      sync_bn=sync_bn, owns_group=owns)
+    ctx = DistContext(
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        device=dev,
+        backend=backend,
+        sync_bn=sync_bn,
+        owns_group=owns,
+    )
     if ctx.is_main:
-        log(f"distributed: {world} processes ({backend}), {batch_size // world if batch_size else '?'} examples per "
-            f"process a step, BatchNorm {'synchronised (SyncBatchNorm)' if sync_bn else 'per process'}")
+        log(
+            f"distributed: {world} processes ({backend}), {batch_size // world if batch_size else '?'} examples per "
+            f"process a step, BatchNorm {'synchronised (SyncBatchNorm)' if sync_bn else 'per process'}"
+        )
     return ctx
 
 
 def _destroy_quietly() -> None:
     try:
         import torch.distributed as dist
+
         if dist.is_initialized():
             dist.destroy_process_group()
     except Exception:

@@ -2,6 +2,7 @@
 
 One record, :func:`environment_record`, for every place that writes one down: a run's config.json,
 the benchmarks, the notebooks runner's summary, `virkit doctor` and the HTML report."""
+
 from __future__ import annotations
 
 import os
@@ -47,10 +48,18 @@ def environment_record(device: torch.device | str | None = None, *, commit: bool
     it out."""
     from virkit.devices import cpu_has_native_bf16, cpu_name
 
-    info = {"virkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": _version("torchvision"), "numpy": _version("numpy"), "platform": platform.platform(),
-            "cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": cpu_has_native_bf16(),
-            "threads": torch.get_num_threads()}
+    info = {
+        "virkit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "numpy": _version("numpy"),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "native_bf16": cpu_has_native_bf16(),
+        "threads": torch.get_num_threads(),
+    }
     if device is not None:
         dev = torch.device(device)
         info["device"] = str(dev)

@@ -1,4 +1,5 @@
 """Errors virkit reports to people: one clear line, exit code 2."""
+
 from __future__ import annotations
 
 

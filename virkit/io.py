@@ -5,6 +5,7 @@ a temporary file in the same folder, are fsync'ed, and the file is renamed over 
 the folder is fsync'ed. A kill at any moment leaves either the old file or the new one, whole.
 Checkpoints are read with ``torch.load(weights_only=True)``, which refuses pickled code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,16 @@ import torch
 
 from virkit.errors import VirkitError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "safe_torch_load", "append_jsonl",
-           "to_jsonable", "file_lock", "user_cache_dir"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "safe_torch_load",
+    "append_jsonl",
+    "to_jsonable",
+    "file_lock",
+    "user_cache_dir",
+]
 
 
 def user_cache_dir() -> Path:
@@ -37,6 +46,7 @@ def file_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None = None
     called once when another process holds it. The kernel drops the lock when its process dies, so a
     killed holder never blocks the next one. (Run directories use :class:`virkit.runs.RunLock`.)"""
     import fcntl
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -49,7 +59,7 @@ def file_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None = None
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)   # closing the descriptor releases the lock
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -157,7 +167,7 @@ def _imported_global(data: bytes) -> str | None:
             except Exception:
                 if not parsed_any:
                     return None
-                break   # legacy format: raw tensor bytes follow the pickles
+                break  # legacy format: raw tensor bytes follow the pickles
             parsed_any = True
     return ""
 
@@ -180,12 +190,13 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu") -> Any:
         imported = None if "GLOBAL" in text or not refused else _imported_global(path.read_bytes())
         if "GLOBAL" in text or imported:
             # name what was refused (e.g. "unsupported GLOBAL posix.system"), not torch's generic preamble
-            msg = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln),
-                       f"unsupported GLOBAL {imported}")
-            raise VirkitError(f"refusing to load {path}: it contains pickled objects that could run code "
-                              f"({msg[:160]}); only load checkpoints written by virkit from sources you trust"
-                              ) from None
+            msg = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln), f"unsupported GLOBAL {imported}")
+            raise VirkitError(
+                f"refusing to load {path}: it contains pickled objects that could run code "
+                f"({msg[:160]}); only load checkpoints written by virkit from sources you trust"
+            ) from None
         detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), msg) if refused else msg
-        raise VirkitError(f"cannot read checkpoint {path}: not a virkit checkpoint (corrupt or truncated: "
-                          f"{type(e).__name__}: {detail[:160]}); use another checkpoint (e.g. best.pt or last.pt)"
-                          ) from None
+        raise VirkitError(
+            f"cannot read checkpoint {path}: not a virkit checkpoint (corrupt or truncated: "
+            f"{type(e).__name__}: {detail[:160]}); use another checkpoint (e.g. best.pt or last.pt)"
+        ) from None

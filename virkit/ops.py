@@ -8,6 +8,7 @@
 Both are plain tensor functions: no casts beyond the ones documented, gradients flow through
 them, and callers decide about ``torch.no_grad()``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float(), dim=1)
 
 
-def kl_per_example(logits_p: torch.Tensor | None, logits_q: torch.Tensor, *,
-                   logp: torch.Tensor | None = None) -> torch.Tensor:
+def kl_per_example(
+    logits_p: torch.Tensor | None, logits_q: torch.Tensor, *, logp: torch.Tensor | None = None
+) -> torch.Tensor:
     """``KL(softmax(logits_p) || softmax(logits_q))`` per example (shape B), in nats, computed in fp32
     from log-probabilities as ``sum_k p_k (log p_k - log q_k)`` with ``p_k = exp(log p_k)``.
 

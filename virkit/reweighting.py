@@ -7,6 +7,7 @@ computed under ``torch.no_grad()`` and detached, so no gradient ever flows throu
 Where the baselines' official code fixes a constant, the constant is the official one and the
 docstring says so; see ``docs/BASELINES.md`` for the sources.
 """
+
 from __future__ import annotations
 
 import torch
@@ -109,8 +110,9 @@ def probability_margin(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def mail_weights(logits_adv: torch.Tensor, y: torch.Tensor, gamma: float, beta: float,
-                 scale: float = 1.0) -> torch.Tensor:
+def mail_weights(
+    logits_adv: torch.Tensor, y: torch.Tensor, gamma: float, beta: float, scale: float = 1.0
+) -> torch.Tensor:
     """MAIL's weight (Eq. 4): ``scale * sigmoid(-gamma * (PM - beta))``.
 
     MAIL's official code computes ``3 * sigmoid(slope * (m + bias))`` on the margin

@@ -26,6 +26,7 @@ simply taken over (with a note naming the dead PID). Within one process the lock
 trainer's final evaluation runs under the trainer's lock). See docs/RELIABILITY.md for shared
 network storage.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,11 +44,29 @@ from typing import Any
 from virkit.errors import VirkitError
 from virkit.io import append_jsonl, atomic_torch_save, atomic_write_json
 
-__all__ = ["RunDir", "RunClaim", "RunStatus", "RunAction", "RunLockedError", "WriterLock", "eval_lock",
-           "RUN_FILES", "LOCK_FILE"]
+__all__ = [
+    "RunDir",
+    "RunClaim",
+    "RunStatus",
+    "RunAction",
+    "RunLockedError",
+    "WriterLock",
+    "eval_lock",
+    "RUN_FILES",
+    "LOCK_FILE",
+]
 
-RUN_FILES = ("config.json", "history.jsonl", "last.pt", "best.pt", "burnin.pt", "eval.json", "eval-best.json",
-             "eval-last.json", "summary.json")
+RUN_FILES = (
+    "config.json",
+    "history.jsonl",
+    "last.pt",
+    "best.pt",
+    "burnin.pt",
+    "eval.json",
+    "eval-best.json",
+    "eval-last.json",
+    "summary.json",
+)
 LOCK_FILE = ".lock"
 
 
@@ -55,6 +74,7 @@ class RunStatus(str, enum.Enum):
     """``new``: nothing of a run; ``running``: a live process holds the lock; ``finished``:
     ``summary.json`` says so; ``failed``: files of a run that no process is writing and that did not
     finish (killed, crashed or stopped on an error; resumable when ``last.pt`` exists)."""
+
     NEW = "new"
     RUNNING = "running"
     FINISHED = "finished"
@@ -63,6 +83,7 @@ class RunStatus(str, enum.Enum):
 
 class RunAction(str, enum.Enum):
     """What ``train`` does with a run directory (:meth:`RunDir.plan`)."""
+
     NEW = "new"
     RESUME = "resume"
     REUSE = "reuse"
@@ -77,7 +98,7 @@ class RunLockedError(VirkitError):
 # The writer lock
 # ------------------------------------------------------------------------------------------------
 
-_HELD: dict[str, WriterLock] = {}   # re-entrancy within one process, keyed by the lock file's path
+_HELD: dict[str, WriterLock] = {}  # re-entrancy within one process, keyed by the lock file's path
 _HELD_GUARD = threading.Lock()
 
 
@@ -86,7 +107,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # exists, owned by someone else
+    except PermissionError:  # exists, owned by someone else
         return True
     except OSError:
         return False
@@ -146,12 +167,16 @@ class WriterLock:
             except BlockingIOError:
                 os.close(fd)
                 holder = _read_holder(self.path)
-                raise RunLockedError(f"{self.what} is being written by {_describe_holder(holder)}; wait for it to "
-                                     "finish, stop it, or choose another --out") from None
-            except OSError as e:   # e.g. ENOLCK on storage without locks
+                raise RunLockedError(
+                    f"{self.what} is being written by {_describe_holder(holder)}; wait for it to "
+                    "finish, stop it, or choose another --out"
+                ) from None
+            except OSError as e:  # e.g. ENOLCK on storage without locks
                 os.close(fd)
-                raise VirkitError(f"cannot lock {self.path}: {e.strerror}; this file system does not support "
-                                  "flock (see docs/RELIABILITY.md), use a local --out") from None
+                raise VirkitError(
+                    f"cannot lock {self.path}: {e.strerror}; this file system does not support "
+                    "flock (see docs/RELIABILITY.md), use a local --out"
+                ) from None
             # the file may have been unlinked by the previous holder between open and flock: retry
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -161,14 +186,21 @@ class WriterLock:
                 break
             os.close(fd)
         previous = _read_holder(self.path)
-        if previous.get("pid") and previous.get("pid") != os.getpid() and (
-                previous.get("host") in (None, socket.gethostname())):
+        if (
+            previous.get("pid")
+            and previous.get("pid") != os.getpid()
+            and (previous.get("host") in (None, socket.gethostname()))
+        ):
             self.took_over = previous
             if note is not None:
                 state = "no longer running" if not _pid_alive(int(previous["pid"])) else "its lock was released"
                 note(f"took over the lock of {self.what} left by PID {previous['pid']} ({state})")
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self._fd, self._depth = fd, 1
@@ -187,7 +219,7 @@ class WriterLock:
         import fcntl
 
         with contextlib.suppress(OSError):
-            self.path.unlink()          # before unlocking: a waiter re-checks the inode (see acquire)
+            self.path.unlink()  # before unlocking: a waiter re-checks the inode (see acquire)
         with contextlib.suppress(OSError):
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
@@ -228,6 +260,7 @@ class WriterLock:
 # ------------------------------------------------------------------------------------------------
 # The run directory
 # ------------------------------------------------------------------------------------------------
+
 
 class RunDir:
     """One run directory: paths of its files, readers and atomic writers, status, the
@@ -314,12 +347,15 @@ class RunDir:
 
     def read_eval(self) -> dict:
         if not self.eval_file.is_file():
-            raise VirkitError(f"{self.eval_file} does not exist; train the run with eval_attacks or run "
-                              f"'virkit evaluate --checkpoint {self.path}'")
+            raise VirkitError(
+                f"{self.eval_file} does not exist; train the run with eval_attacks or run "
+                f"'virkit evaluate --checkpoint {self.path}'"
+            )
         d = self._json(self.eval_file)
         if not isinstance(d, dict):
-            raise VirkitError(f"{self.eval_file} is not valid JSON; rerun 'virkit evaluate --checkpoint {self.path} "
-                              "--replace'")
+            raise VirkitError(
+                f"{self.eval_file} is not valid JSON; rerun 'virkit evaluate --checkpoint {self.path} --replace'"
+            )
         return d
 
     def has_run_files(self) -> bool:
@@ -345,8 +381,10 @@ class RunDir:
         status = self.status() if self.path.exists() else RunStatus.NEW
         if status is RunStatus.RUNNING:
             holder = WriterLock.held_by_other(self.lock_file) or {}
-            raise RunLockedError(f"{self.path} is being written by {_describe_holder(holder)}; wait for it to "
-                                 "finish, stop it, or choose another --out")
+            raise RunLockedError(
+                f"{self.path} is being written by {_describe_holder(holder)}; wait for it to "
+                "finish, stop it, or choose another --out"
+            )
         if status is RunStatus.NEW:
             return RunAction.NEW
         old = self.config_hash()
@@ -359,20 +397,27 @@ class RunDir:
             if status is RunStatus.FINISHED:
                 if same:
                     return RunAction.REUSE
-                raise VirkitError(f"{self.path} holds a finished run with a different config; use --overwrite to "
-                                  "replace it or another --out")
+                raise VirkitError(
+                    f"{self.path} holds a finished run with a different config; use --overwrite to "
+                    "replace it or another --out"
+                )
             if not self.checkpoint("last").is_file():
                 if old is None or same:
                     return RunAction.OVERWRITE
-                raise VirkitError(f"{self.path} holds an unfinished run with a different config and no last.pt; "
-                                  "use --overwrite")
+                raise VirkitError(
+                    f"{self.path} holds an unfinished run with a different config and no last.pt; use --overwrite"
+                )
             if old is not None and not same:
-                raise VirkitError(f"cannot resume {self.path}: its config differs from the one given (hash {old} vs "
-                                  f"{cfg_hash}); rerun with the same options or use --overwrite")
+                raise VirkitError(
+                    f"cannot resume {self.path}: its config differs from the one given (hash {old} vs "
+                    f"{cfg_hash}); rerun with the same options or use --overwrite"
+                )
             return RunAction.RESUME
         what = "a finished run" if status is RunStatus.FINISHED else "an unfinished run"
-        raise VirkitError(f"{self.path} already holds {what}; pass --resume to continue it, --overwrite to replace "
-                          "it, or choose another --out")
+        raise VirkitError(
+            f"{self.path} already holds {what}; pass --resume to continue it, --overwrite to replace "
+            "it, or choose another --out"
+        )
 
     # ---- writers (callers hold the lock) ---------------------------------------------------------
     def clear(self) -> None:
@@ -396,8 +441,7 @@ class RunDir:
         atomic_write_json(self.summary_file, summary)
 
     # ---- the lock --------------------------------------------------------------------------------
-    def lock(self, command: str = "train", wait: bool = False, note: Callable[[str], None] | None = None
-             ) -> WriterLock:
+    def lock(self, command: str = "train", wait: bool = False, note: Callable[[str], None] | None = None) -> WriterLock:
         """Take the run's writer lock (``.lock`` in the directory) and return it held: a
         :class:`WriterLock`, released by ``release()`` or by leaving its ``with`` block. Creates the
         directory (and its parents) if needed and leaves it there, also when the lock cannot be had
@@ -440,7 +484,7 @@ class RunClaim:
             self.lock = None
             if self.created:
                 with contextlib.suppress(OSError):
-                    self.run.path.rmdir()      # only succeeds when empty
+                    self.run.path.rmdir()  # only succeeds when empty
 
 
 def eval_lock(path: str | os.PathLike, command: str = "evaluate") -> WriterLock:

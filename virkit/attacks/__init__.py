@@ -2,6 +2,7 @@
 ``x_adv = attack(model, x, y)``. :data:`ATTACK_PRESETS` maps the names used on the command line
 (``pgd100``, ``cw``, ...) to a registered class and the paper's settings. ``norm='L2'`` builds the
 L2 version of the attacks that have one (:func:`l2_attacks`)."""
+
 from __future__ import annotations
 
 from virkit.attacks import apgd as _apgd  # noqa: F401  (registers apgd, apgd-t)
@@ -18,10 +19,28 @@ from virkit.attacks.norms import DEFAULT_EPS, NORMS, per_example_norm, project
 from virkit.attacks.pgd import attack_loss, cw_margin_loss, pgd
 from virkit.errors import VirkitError, check_choice
 
-__all__ = ["ATTACKS", "ATTACK_PRESETS", "Attack", "attack_loss", "cw_margin_loss", "eval_mode", "get_attack",
-           "pgd", "project_linf", "project", "per_example_norm", "attack_names", "white_box_attacks",
-           "black_box_attacks", "l2_attacks", "NORMS", "DEFAULT_EPS", "AA_VERSIONS", "AA_COMPONENTS",
-           "is_autoattack"]
+__all__ = [
+    "ATTACKS",
+    "ATTACK_PRESETS",
+    "Attack",
+    "attack_loss",
+    "cw_margin_loss",
+    "eval_mode",
+    "get_attack",
+    "pgd",
+    "project_linf",
+    "project",
+    "per_example_norm",
+    "attack_names",
+    "white_box_attacks",
+    "black_box_attacks",
+    "l2_attacks",
+    "NORMS",
+    "DEFAULT_EPS",
+    "AA_VERSIONS",
+    "AA_COMPONENTS",
+    "is_autoattack",
+]
 
 # CLI name -> (registered class name, keyword settings). Settings follow Sec. 5.4 of the paper.
 ATTACK_PRESETS: dict[str, tuple[str, dict]] = {
@@ -31,10 +50,14 @@ ATTACK_PRESETS: dict[str, tuple[str, dict]] = {
     "pgd100": ("pgd", {"steps": 100, "step_size": 1 / 255}),
     "cw": ("cw", {"steps": 20, "step_size": 1 / 255, "kappa": 50.0}),
     "fmn100": ("fmn", {"steps": 100}),
-    "aa": ("autoattack", {"version": "standard", "apgd_steps": 100, "n_target_classes": 9, "fab_steps": 100,
-                          "square_queries": 5000}),
-    "aa-plus": ("autoattack", {"version": "plus", "apgd_steps": 100, "n_target_classes": 9, "fab_steps": 100,
-                               "square_queries": 5000}),
+    "aa": (
+        "autoattack",
+        {"version": "standard", "apgd_steps": 100, "n_target_classes": 9, "fab_steps": 100, "square_queries": 5000},
+    ),
+    "aa-plus": (
+        "autoattack",
+        {"version": "plus", "apgd_steps": 100, "n_target_classes": 9, "fab_steps": 100, "square_queries": 5000},
+    ),
     "aa-rand": ("autoattack", {"version": "rand", "apgd_steps": 100}),
     "apgd-ce": ("apgd", {"loss": "ce", "steps": 100}),
     "apgd-dlr": ("apgd", {"loss": "dlr", "steps": 100}),
@@ -43,8 +66,7 @@ ATTACK_PRESETS: dict[str, tuple[str, dict]] = {
     "fab-t": ("fab-t", {"steps": 100, "n_target_classes": 9}),
     "square": ("square", {"n_queries": 5000}),
     "spsa": ("spsa", {"iterations": 100, "delta": 0.001, "lr": 0.01, "samples": 256}),
-    "mde": ("mde", {"apgd_steps": 100, "md_steps": 50, "change_point": 20, "n_target_classes": 9,
-                    "fab_steps": 100}),
+    "mde": ("mde", {"apgd_steps": 100, "md_steps": 50, "change_point": 20, "n_target_classes": 9, "fab_steps": 100}),
 }
 
 
@@ -90,12 +112,13 @@ def get_attack(name: str, eps: float = 8 / 255, seed: int = 0, norm: str = "Linf
     check_choice("norm", norm, NORMS)
     cls = ATTACKS[cls_name]
     if norm not in cls.norms:
-        raise VirkitError(f"attack {name!r} is {'/'.join(cls.norms)} only; with norm {norm} use one of: "
-                          f"{', '.join(l2_attacks())}")
+        raise VirkitError(
+            f"attack {name!r} is {'/'.join(cls.norms)} only; with norm {norm} use one of: {', '.join(l2_attacks())}"
+        )
     settings = dict(settings)
     if norm != "Linf" and "step_size" in settings:
         settings["step_size"] = settings["step_size"] / (8 / 255) * eps
     kwargs = {**settings, **overrides, "eps": eps, "seed": seed}
-    if cls.norms != ("Linf",):      # the attacks with an L2 version take ``norm``; the L-inf-only ones do not
+    if cls.norms != ("Linf",):  # the attacks with an L2 version take ``norm``; the L-inf-only ones do not
         kwargs["norm"] = norm
     return cls(**kwargs)

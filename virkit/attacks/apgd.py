@@ -23,6 +23,7 @@ combination. EOT (``eot_iter > 1``, AutoAttack's ``rand`` version for randomized
 gradient is the mean over ``eot_iter`` forward/backward passes at the same point; the loss and the
 prediction are those of the last pass.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -50,8 +51,19 @@ from virkit.attacks.base import (
 from virkit.attacks.norms import project, random_on_sphere, steepest
 from virkit.ops import true_and_best_other
 
-__all__ = ["APGD", "APGDTargeted", "apgd_run", "apgd_start", "apgd_targets_batched", "dlr_loss", "dlr_targeted_loss",
-           "margin", "correct_mask", "on_correct", "target_classes"]
+__all__ = [
+    "APGD",
+    "APGDTargeted",
+    "apgd_run",
+    "apgd_start",
+    "apgd_targets_batched",
+    "dlr_loss",
+    "dlr_targeted_loss",
+    "margin",
+    "correct_mask",
+    "on_correct",
+    "target_classes",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,36 +122,52 @@ def _schedule(steps: int) -> dict[int, int]:
 class _Rows:
     """APGD's state, one row per run still going (with ``early_stop``, :func:`compact_rows` drops the
     finished ones)."""
-    rows: torch.Tensor              # each row's index in the caller's batch
-    x: torch.Tensor                 # the clean input
+
+    rows: torch.Tensor  # each row's index in the caller's batch
+    x: torch.Tensor  # the clean input
     y: torch.Tensor
-    target: torch.Tensor | None     # APGD-T's target class (None: untargeted)
-    group: torch.Tensor | None      # several targets in one batch: the example and ...
-    rank: torch.Tensor | None       # ... the target's order (see apgd_run)
-    x_adv: torch.Tensor             # the iterate
-    x_prev: torch.Tensor            # the previous iterate (momentum)
-    grad: torch.Tensor              # the gradient at x_adv
-    step: torch.Tensor              # the step size (B)
-    hist: torch.Tensor              # the loss at every iterate so far (B x steps+1)
-    x_best: torch.Tensor            # the iterate of highest loss, its loss and gradient
+    target: torch.Tensor | None  # APGD-T's target class (None: untargeted)
+    group: torch.Tensor | None  # several targets in one batch: the example and ...
+    rank: torch.Tensor | None  # ... the target's order (see apgd_run)
+    x_adv: torch.Tensor  # the iterate
+    x_prev: torch.Tensor  # the previous iterate (momentum)
+    grad: torch.Tensor  # the gradient at x_adv
+    step: torch.Tensor  # the step size (B)
+    hist: torch.Tensor  # the loss at every iterate so far (B x steps+1)
+    x_best: torch.Tensor  # the iterate of highest loss, its loss and gradient
     loss_best: torch.Tensor
     grad_best: torch.Tensor
-    loss_best_last: torch.Tensor    # loss_best at the previous checkpoint
-    reduced_last: torch.Tensor      # whether the step was halved at the previous checkpoint
-    x_fool: torch.Tensor            # the misclassified iterate returned (first or last)
-    fooled: torch.Tensor            # whether some iterate was misclassified
+    loss_best_last: torch.Tensor  # loss_best at the previous checkpoint
+    reduced_last: torch.Tensor  # whether the step was halved at the previous checkpoint
+    x_fool: torch.Tensor  # the misclassified iterate returned (first or last)
+    fooled: torch.Tensor  # whether some iterate was misclassified
 
     def result(self) -> torch.Tensor:
         """Each row's returned point: its misclassified iterate if fooled, else its best one."""
         return torch.where(self.fooled.view((-1,) + (1,) * (self.x.dim() - 1)), self.x_fool, self.x_best)
 
 
-def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor], *,
-             eps: float, steps: int, rho: float = 0.75, momentum: float = 0.75,
-             bounds: tuple[float, float] | None = (0.0, 1.0), generator: torch.Generator | None = None,
-             norm: str = "Linf", eot_iter: int = 1, target: torch.Tensor | None = None,
-             start: torch.Tensor | None = None, early_stop: bool = False, group: torch.Tensor | None = None,
-             rank: torch.Tensor | None = None, compact_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def apgd_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[..., torch.Tensor],
+    *,
+    eps: float,
+    steps: int,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    norm: str = "Linf",
+    eot_iter: int = 1,
+    target: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
+    early_stop: bool = False,
+    group: torch.Tensor | None = None,
+    rank: torch.Tensor | None = None,
+    compact_every: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run on the whole batch; ``loss_fn(logits, y)`` (``loss_fn(logits, y, target)`` when a
     per-row ``target`` is given) gives the per-example loss to maximize.
 
@@ -169,7 +197,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
         group = rank = None
     best_rank = first_rank_table(group)
 
-    def v(m):           # a per-row mask or value, broadcast over the image dimensions
+    def v(m):  # a per-row mask or value, broadcast over the image dimensions
         return m.view((-1,) + (1,) * (x.dim() - 1))
 
     def proj(z, xx):
@@ -183,7 +211,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
             with torch.enable_grad():
                 logits = model(z)
                 lvec = loss_fn(logits, yy) if tt is None else loss_fn(logits, yy, tt)
-                gi, = torch.autograd.grad(lvec.sum(), z)
+                (gi,) = torch.autograd.grad(lvec.sum(), z)
             g = gi if g is None else g + gi
         assert g is not None, "eot_iter must be >= 1"
         if eot_iter > 1:
@@ -196,11 +224,26 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
     loss, logits, grad = evaluate(x_adv, y, target)
     hist = torch.zeros(b, steps + 1, device=dev, dtype=loss.dtype)
     hist[:, 0] = loss
-    st = _Rows(rows=torch.arange(b, device=dev), x=x, y=y, target=target, group=group, rank=rank,
-               x_adv=x_adv, x_prev=x_adv, grad=grad, step=torch.full((b,), 2.0 * eps, device=dev, dtype=x.dtype),
-               hist=hist, x_best=x_adv.clone(), loss_best=loss.clone(), grad_best=grad.clone(),
-               loss_best_last=loss.clone(), reduced_last=torch.ones(b, dtype=torch.bool, device=dev),
-               x_fool=x_adv.clone(), fooled=logits.argmax(1) != y)
+    st = _Rows(
+        rows=torch.arange(b, device=dev),
+        x=x,
+        y=y,
+        target=target,
+        group=group,
+        rank=rank,
+        x_adv=x_adv,
+        x_prev=x_adv,
+        grad=grad,
+        step=torch.full((b,), 2.0 * eps, device=dev, dtype=x.dtype),
+        hist=hist,
+        x_best=x_adv.clone(),
+        loss_best=loss.clone(),
+        grad_best=grad.clone(),
+        loss_best_last=loss.clone(),
+        reduced_last=torch.ones(b, dtype=torch.bool, device=dev),
+        x_fool=x_adv.clone(),
+        fooled=logits.argmax(1) != y,
+    )
     out_x = x.clone()
     out_fooled = torch.zeros(b, dtype=torch.bool, device=dev)
 
@@ -233,8 +276,8 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
         st.grad_best = torch.where(v(better), st.grad, st.grad_best)
         st.loss_best = torch.where(better, loss, st.loss_best)
         k = checkpoints.get(i)
-        if k is not None:     # halve the step where the loss oscillates or stalled, and restart from the best
-            increases = (st.hist[:, i + 2 - k:i + 2] > st.hist[:, i + 1 - k:i + 1]).sum(dim=1)
+        if k is not None:  # halve the step where the loss oscillates or stalled, and restart from the best
+            increases = (st.hist[:, i + 2 - k : i + 2] > st.hist[:, i + 1 - k : i + 1]).sum(dim=1)
             oscillating = increases <= k * rho
             stalled = ~st.reduced_last & (st.loss_best_last >= st.loss_best)
             reduce = oscillating | stalled
@@ -244,24 +287,43 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
             st.grad = torch.where(v(reduce), st.grad_best, st.grad)
         if (i + 1) % every == 0:
             st = compact(st)
-    if not early_stop:          # every row ran all the steps
+    if not early_stop:  # every row ran all the steps
         return st.result(), st.fooled
     if st.rows.numel():
         finish(st, torch.ones_like(st.fooled))
     return out_x, out_fooled
 
 
-def apgd_targets_batched(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
-                         starts: torch.Tensor, loss_fn: Callable[..., torch.Tensor], *,
-                         group_size: int | None = None, early_stop: bool = True,
-                         **kw) -> tuple[torch.Tensor, torch.Tensor]:
+def apgd_targets_batched(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor,
+    starts: torch.Tensor,
+    loss_fn: Callable[..., torch.Tensor],
+    *,
+    group_size: int | None = None,
+    early_stop: bool = True,
+    **kw,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD runs towards several targets per example in one batch
     (:func:`~virkit.attacks.base.targets_in_one_batch`): row (i, k) attacks example ``i`` towards
     ``targets[i, k]`` with ``loss_fn(logits, y, target)`` from ``x[i] + eps * starts[k, i]``;
     ``kw``: the other keywords of :func:`apgd_run`. Returns ``(x_adv, fooled)`` per example."""
+
     def run(ii, kk, group):
-        return apgd_run(model, x[ii], y[ii], loss_fn, target=targets[ii, kk], start=starts[kk, ii],
-                        early_stop=early_stop, group=group, rank=kk, **kw)
+        return apgd_run(
+            model,
+            x[ii],
+            y[ii],
+            loss_fn,
+            target=targets[ii, kk],
+            start=starts[kk, ii],
+            early_stop=early_stop,
+            group=group,
+            rank=kk,
+            **kw,
+        )
 
     return targets_in_one_batch(x, targets.shape[1], run, group_size)
 
@@ -282,9 +344,20 @@ class APGD(Attack):
     norms = ("Linf", "L2")
     quiet_defaults = {"eot_iter": 1, "early_stop": True, "compact_every": None}
 
-    def __init__(self, eps: float = 8 / 255, steps: int = 100, n_restarts: int = 1, loss: str = "ce",
-                 rho: float = 0.75, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf", eot_iter: int = 1,
-                 early_stop: bool = True, compact_every: int | None = None):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        steps: int = 100,
+        n_restarts: int = 1,
+        loss: str = "ce",
+        rho: float = 0.75,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+        norm: str = "Linf",
+        eot_iter: int = 1,
+        early_stop: bool = True,
+        compact_every: int | None = None,
+    ):
         super().__init__(eps, bounds, seed, norm)
         if loss not in ("ce", "dlr"):
             raise ValueError(f"unknown APGD loss {loss!r}; valid: ce, dlr")
@@ -299,14 +372,27 @@ class APGD(Attack):
             return F.cross_entropy(logits.float(), y, reduction="none")
         return dlr_loss(logits, y)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         gen = self.generator(x.device)
 
         def run(idx, _restart):
-            return apgd_run(model, x[idx], y[idx], self._loss, eps=self.eps, steps=self.steps, rho=self.rho,
-                            bounds=self.bounds, generator=gen, norm=self.norm, eot_iter=self.eot_iter,
-                            early_stop=self.early_stop, compact_every=self.compact_every)
+            return apgd_run(
+                model,
+                x[idx],
+                y[idx],
+                self._loss,
+                eps=self.eps,
+                steps=self.steps,
+                rho=self.rho,
+                bounds=self.bounds,
+                generator=gen,
+                norm=self.norm,
+                eot_iter=self.eot_iter,
+                early_stop=self.early_stop,
+                compact_every=self.compact_every,
+            )
 
         robust, _ = clean_targets(model, x, y, None, clean_logits)
         return attack_rounds(x, robust, range(self.n_restarts), run)
@@ -330,9 +416,21 @@ class APGDTargeted(Attack):
     norms = ("Linf", "L2")
     quiet_defaults = {"eot_iter": 1, "early_stop": True, "batch_targets": True, "compact_every": None}
 
-    def __init__(self, eps: float = 8 / 255, steps: int = 100, n_target_classes: int = 9, n_restarts: int = 1,
-                 rho: float = 0.75, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf", eot_iter: int = 1,
-                 early_stop: bool = True, batch_targets: bool | int = True, compact_every: int | None = None):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        steps: int = 100,
+        n_target_classes: int = 9,
+        n_restarts: int = 1,
+        rho: float = 0.75,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+        norm: str = "Linf",
+        eot_iter: int = 1,
+        early_stop: bool = True,
+        batch_targets: bool | int = True,
+        compact_every: int | None = None,
+    ):
         super().__init__(eps, bounds, seed, norm)
         self.steps, self.n_target_classes = int(steps), int(n_target_classes)
         self.n_restarts, self.rho = int(n_restarts), float(rho)
@@ -341,12 +439,20 @@ class APGDTargeted(Attack):
         self.batch_targets = batch_targets if isinstance(batch_targets, bool) else int(batch_targets)
         self.compact_every = None if compact_every is None else int(compact_every)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         gen = self.generator(x.device)
         robust, targets = clean_targets(model, x, y, self.n_target_classes, clean_logits)
-        kw = dict(eps=self.eps, steps=self.steps, rho=self.rho, bounds=self.bounds, norm=self.norm,
-                  eot_iter=self.eot_iter, compact_every=self.compact_every)
+        kw = dict(
+            eps=self.eps,
+            steps=self.steps,
+            rho=self.rho,
+            bounds=self.bounds,
+            norm=self.norm,
+            eot_iter=self.eot_iter,
+            compact_every=self.compact_every,
+        )
         if self.batch_targets is not False and self.n_restarts == 1:
             idx = robust.nonzero().squeeze(1)
             x_adv = x.clone()
@@ -355,14 +461,31 @@ class APGDTargeted(Attack):
             xs = x[idx]
             starts = torch.stack([apgd_start(xs, self.norm, gen) for _ in range(targets.shape[1])])
             gs = None if self.batch_targets is True else int(self.batch_targets)
-            xa, _ = apgd_targets_batched(model, xs, y[idx], targets[idx], starts, dlr_targeted_loss, group_size=gs,
-                                         early_stop=self.early_stop, **kw)
+            xa, _ = apgd_targets_batched(
+                model,
+                xs,
+                y[idx],
+                targets[idx],
+                starts,
+                dlr_targeted_loss,
+                group_size=gs,
+                early_stop=self.early_stop,
+                **kw,
+            )
             x_adv[idx] = xa
             return x_adv
 
         def run(idx, round_):
-            return apgd_run(model, x[idx], y[idx], dlr_targeted_loss, target=targets[idx, round_[0]], generator=gen,
-                            early_stop=self.early_stop, **kw)
+            return apgd_run(
+                model,
+                x[idx],
+                y[idx],
+                dlr_targeted_loss,
+                target=targets[idx, round_[0]],
+                generator=gen,
+                early_stop=self.early_stop,
+                **kw,
+            )
 
         rounds = [(k, r) for k in range(targets.shape[1]) for r in range(self.n_restarts)]
         return attack_rounds(x, robust, rounds, run)

@@ -23,6 +23,7 @@ After each call ``details`` holds, per component, the robust flags of the batch:
 mode robust after that component and every earlier one (the official running accuracy), in
 individual mode robust under that component alone.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,13 +52,15 @@ def component_list(components) -> tuple[str, ...]:
     out = tuple(dict.fromkeys(components or ()))
     bad = [c for c in out if c not in AA_COMPONENTS]
     if bad or not out:
-        raise ValueError(f"unknown AutoAttack component(s) {', '.join(bad) or '(none given)'}; valid: "
-                         f"{', '.join(AA_COMPONENTS)}")
+        raise ValueError(
+            f"unknown AutoAttack component(s) {', '.join(bad) or '(none given)'}; valid: {', '.join(AA_COMPONENTS)}"
+        )
     return out
 
 
 class _Common(TypedDict):
     """The settings every component takes from the ensemble (:meth:`AutoAttack.build`)."""
+
     eps: float
     bounds: tuple[float, float] | None
     seed: int
@@ -66,6 +69,7 @@ class _Common(TypedDict):
 
 class _Levers(TypedDict):
     """The speed levers the APGD and FAB components take (:meth:`AutoAttack.build`)."""
+
     early_stop: bool
     compact_every: int | None
 
@@ -92,24 +96,54 @@ class AutoAttack(Attack):
     paper = "Croce & Hein, ICML 2020"
     norms = ("Linf", "L2")
     # settings added after the first eval.json files: hidden while they hold the standard values
-    quiet_defaults = {"individual": False, "custom_components": None, "apgd_restarts": 1, "fab_restarts": 1,
-                      "eot_iter": 1, "early_stop": True, "batch_targets": True, "compact_every": None,
-                      "reuse_logits": True, "inference_mode": True, "channels_last": None}
+    quiet_defaults = {
+        "individual": False,
+        "custom_components": None,
+        "apgd_restarts": 1,
+        "fab_restarts": 1,
+        "eot_iter": 1,
+        "early_stop": True,
+        "batch_targets": True,
+        "compact_every": None,
+        "reuse_logits": True,
+        "inference_mode": True,
+        "channels_last": None,
+    }
 
-    def __init__(self, eps: float = 8 / 255, apgd_steps: int = 100, n_target_classes: int = 9,
-                 fab_steps: int = 100, square_queries: int = 5000, version: str = "standard",
-                 components=None, individual: bool = False, apgd_restarts: int | None = None,
-                 fab_restarts: int | None = None, eot_iter: int | None = None, bounds=(0.0, 1.0), seed: int = 0,
-                 norm: str = "Linf", fast: bool = True, early_stop: bool | None = None,
-                 batch_targets: bool | int | None = None, compact_every: int | None = None,
-                 reuse_logits: bool | None = None, inference_mode: bool | None = None,
-                 channels_last: bool | None = None, square_resc_schedule: bool = False):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        apgd_steps: int = 100,
+        n_target_classes: int = 9,
+        fab_steps: int = 100,
+        square_queries: int = 5000,
+        version: str = "standard",
+        components=None,
+        individual: bool = False,
+        apgd_restarts: int | None = None,
+        fab_restarts: int | None = None,
+        eot_iter: int | None = None,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+        norm: str = "Linf",
+        fast: bool = True,
+        early_stop: bool | None = None,
+        batch_targets: bool | int | None = None,
+        compact_every: int | None = None,
+        reuse_logits: bool | None = None,
+        inference_mode: bool | None = None,
+        channels_last: bool | None = None,
+        square_resc_schedule: bool = False,
+    ):
         super().__init__(eps, bounds, seed, norm)
         # the speed levers (docs/EVALUATION.md, "AutoAttack's speed levers"); None: the value of ``fast``
         fast = bool(fast)
         self.early_stop = fast if early_stop is None else bool(early_stop)
-        self.batch_targets = fast if batch_targets is None else (
-            batch_targets if isinstance(batch_targets, bool) else int(batch_targets))
+        self.batch_targets = (
+            fast
+            if batch_targets is None
+            else (batch_targets if isinstance(batch_targets, bool) else int(batch_targets))
+        )
         self.compact_every = None if compact_every is None else int(compact_every)
         self.reuse_logits = fast if reuse_logits is None else bool(reuse_logits)
         self.inference_mode = fast if inference_mode is None else bool(inference_mode)
@@ -133,8 +167,9 @@ class AutoAttack(Attack):
         # False: the raw p-schedule, as the official code builds Square (recorded in eval.json); True:
         # rescaled to the budget (virkit's AutoAttack before issue 13; kept to measure the difference)
         self.square_resc_schedule = bool(square_resc_schedule)
-        self.name = f"AutoAttack ({version}{', individual' if self.individual else ''}" + \
-            (f", {norm})" if norm != "Linf" else ")")
+        self.name = f"AutoAttack ({version}{', individual' if self.individual else ''}" + (
+            f", {norm})" if norm != "Linf" else ")"
+        )
 
     def component_names(self) -> tuple[str, ...]:
         return component_list(self.custom_components) if self.version == "custom" else AA_VERSIONS[self.version]
@@ -144,18 +179,35 @@ class AutoAttack(Attack):
         kw = _Common(eps=self.eps, bounds=self.bounds, seed=self.seed, norm=self.norm)
         lev = _Levers(early_stop=self.early_stop, compact_every=self.compact_every)
         if name in ("apgd-ce", "apgd-dlr"):
-            return APGD(steps=self.apgd_steps, loss=name[5:], n_restarts=self.apgd_restarts,
-                        eot_iter=self.eot_iter, **lev, **kw)
+            return APGD(
+                steps=self.apgd_steps, loss=name[5:], n_restarts=self.apgd_restarts, eot_iter=self.eot_iter, **lev, **kw
+            )
         if name == "apgd-t":
-            return APGDTargeted(steps=self.apgd_steps, n_target_classes=self.n_target_classes,
-                                eot_iter=self.eot_iter, batch_targets=self.batch_targets, **lev, **kw)
+            return APGDTargeted(
+                steps=self.apgd_steps,
+                n_target_classes=self.n_target_classes,
+                eot_iter=self.eot_iter,
+                batch_targets=self.batch_targets,
+                **lev,
+                **kw,
+            )
         if name == "fab":
             return FAB(steps=self.fab_steps, n_restarts=self.fab_restarts, **lev, **kw)
         if name == "fab-t":
-            return FABTargeted(steps=self.fab_steps, n_target_classes=self.n_target_classes,
-                               batch_targets=self.batch_targets, **lev, **kw)
-        return Square(n_queries=self.square_queries, resc_schedule=self.square_resc_schedule,
-                      early_stop=self.early_stop, inference_mode=self.inference_mode, **kw)
+            return FABTargeted(
+                steps=self.fab_steps,
+                n_target_classes=self.n_target_classes,
+                batch_targets=self.batch_targets,
+                **lev,
+                **kw,
+            )
+        return Square(
+            n_queries=self.square_queries,
+            resc_schedule=self.square_resc_schedule,
+            early_stop=self.early_stop,
+            inference_mode=self.inference_mode,
+            **kw,
+        )
 
     def components(self) -> list[Attack]:
         return [self.build(n) for n in self.component_names()]
@@ -166,7 +218,7 @@ class AutoAttack(Attack):
             model = _ChannelsLast(model)
         if self.reuse_logits:
             with torch.no_grad():
-                clean_logits = model(x).float()          # once: correct mask and every component's targets
+                clean_logits = model(x).float()  # once: correct mask and every component's targets
             robust0 = clean_logits.argmax(1) == y
         else:
             clean_logits, robust0 = None, correct_mask(model, x, y)
@@ -187,7 +239,7 @@ class AutoAttack(Attack):
                 xa = atk.project(atk.perturb(model, xs, ys, **extra), xs)
                 with torch.no_grad():
                     fooled = model(xa).argmax(1) != ys
-                first = fooled & ~broken[idx]          # the first component (in run order) to break it
+                first = fooled & ~broken[idx]  # the first component (in run order) to break it
                 x_adv[idx] = torch.where(first.view(view), xa, x_adv[idx])
                 broken[idx] |= fooled
                 ok[idx] = ~fooled

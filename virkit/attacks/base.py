@@ -16,6 +16,7 @@ Attacks put the model in eval mode while they run and restore its previous mode 
 take gradients with respect to the input only (``torch.autograd.grad``), so parameter ``.grad``
 fields are never touched.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,13 +30,28 @@ from virkit.attacks.norms import NORMS, project
 from virkit.devices import eval_mode  # re-exported: attacks run models in eval mode
 from virkit.ops import true_and_best_other
 
-__all__ = ["Attack", "eval_mode", "project_linf", "ATTACKS", "register", "correct_mask", "clean_targets",
-           "attack_rounds", "on_correct", "target_classes", "targets_in_one_batch", "compact_rows",
-           "default_compact_every", "first_rank_table", "margin"]
+__all__ = [
+    "Attack",
+    "eval_mode",
+    "project_linf",
+    "ATTACKS",
+    "register",
+    "correct_mask",
+    "clean_targets",
+    "attack_rounds",
+    "on_correct",
+    "target_classes",
+    "targets_in_one_batch",
+    "compact_rows",
+    "default_compact_every",
+    "first_rank_table",
+    "margin",
+]
 
 
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float,
-                 bounds: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
+def project_linf(
+    x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds: tuple[float, float] | None = (0.0, 1.0)
+) -> torch.Tensor:
     """Project onto the L-inf ball of radius eps around x, then onto the box ``bounds``."""
     x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
     if bounds is not None:
@@ -121,6 +137,7 @@ def register(name: str) -> Callable[[_AttackClass], _AttackClass]:
     def deco(cls: _AttackClass) -> _AttackClass:
         ATTACKS[name] = cls
         return cls
+
     return deco
 
 
@@ -143,14 +160,17 @@ def target_classes(logits: torch.Tensor, y: torch.Tensor, n_targets: int) -> tor
 
 
 @overload
-def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int,
-                  clean_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+def clean_targets(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int, clean_logits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 @overload
-def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: None,
-                  clean_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, None]: ...
+def clean_targets(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: None, clean_logits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, None]: ...
 @torch.no_grad()
-def clean_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int | None,
-                  clean_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def clean_targets(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int | None, clean_logits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(robust mask, targets) from one clean forward pass: the correctly classified points and,
     if ``n_targets`` is given, their :func:`target_classes` (else None). With ``clean_logits`` (the
     caller already has them: AutoAttack computes the clean logits once for all components) from
@@ -202,6 +222,7 @@ def first_rank_table(group: torch.Tensor | None) -> torch.Tensor | None:
 
 class _RowState(Protocol):
     """What :func:`compact_rows` needs of a state: a dataclass with the ``group`` and ``rank`` fields."""
+
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     group: torch.Tensor | None
     rank: torch.Tensor | None
@@ -210,8 +231,9 @@ class _RowState(Protocol):
 _State = TypeVar("_State", bound=_RowState)
 
 
-def compact_rows(state: _State, done: torch.Tensor, best_rank: torch.Tensor | None,
-                 finish: Callable[[_State, torch.Tensor], None]) -> _State:
+def compact_rows(
+    state: _State, done: torch.Tensor, best_rank: torch.Tensor | None, finish: Callable[[_State, torch.Tensor], None]
+) -> _State:
     """One compaction step of the ``early_stop`` loops (APGD, FAB): the rows of ``state`` (a
     dataclass whose fields are tensors with one row per running attack, or None) whose attack
     succeeded (``done``) leave; with ``best_rank`` (several targets of an example in one batch:
@@ -229,13 +251,22 @@ def compact_rows(state: _State, done: torch.Tensor, best_rank: torch.Tensor | No
         return state
     finish(state, ~keep)
     kidx = keep.nonzero().squeeze(1)
-    return dataclasses.replace(state, **{f.name: getattr(state, f.name)[kidx] for f in dataclasses.fields(state)
-                                         if getattr(state, f.name) is not None})
+    return dataclasses.replace(
+        state,
+        **{
+            f.name: getattr(state, f.name)[kidx]
+            for f in dataclasses.fields(state)
+            if getattr(state, f.name) is not None
+        },
+    )
 
 
-def targets_in_one_batch(x: torch.Tensor, n_targets: int,
-                         run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                         group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def targets_in_one_batch(
+    x: torch.Tensor,
+    n_targets: int,
+    run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    group_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Several target classes per example in one batch (APGD-T, FAB-T with ``batch_targets``).
     ``run(ii, kk, group) -> (x_rows, fooled_rows)`` attacks row ``r`` = example ``ii[r]`` towards its
     target number ``kk[r]``; ``group[r]`` numbers the examples of the call (0..m-1), so that a run
@@ -254,7 +285,7 @@ def targets_in_one_batch(x: torch.Tensor, n_targets: int,
             break
         ks = torch.arange(k0, min(k0 + gs, n_targets), device=x.device)
         m = idx.numel()
-        ii = idx.repeat(ks.numel())                      # row k * m + j: example idx[j], target ks[k]
+        ii = idx.repeat(ks.numel())  # row k * m + j: example idx[j], target ks[k]
         kk = ks.repeat_interleave(m)
         group = torch.arange(m, device=x.device).repeat(ks.numel())
         xa, fo = run(ii, kk, group)
@@ -267,9 +298,13 @@ def targets_in_one_batch(x: torch.Tensor, n_targets: int,
     return x_adv, fooled
 
 
-def on_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+def on_correct(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Run ``fn(x_sub, y_sub) -> x_adv_sub`` on the examples the model classifies correctly (or on
     ``mask``); the others are returned unchanged (they are already misclassified, so the clean
     input is their adversarial example). Guarantees robust accuracy <= natural accuracy. Unlike

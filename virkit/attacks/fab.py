@@ -11,6 +11,7 @@ extrapolation ``eta``, and, once adversarial, steps back towards the original po
 ``beta``. The attack succeeds at radius eps when it finds an adversarial point no farther than eps
 from the input.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,12 +31,19 @@ from virkit.attacks.base import (
 )
 from virkit.attacks.norms import per_example_norm, random_on_sphere
 
-__all__ = ["FAB", "FABTargeted", "project_hyperplane_box_linf", "project_hyperplane_box_l2", "fab_run",
-           "fab_targeted_run"]
+__all__ = [
+    "FAB",
+    "FABTargeted",
+    "project_hyperplane_box_linf",
+    "project_hyperplane_box_l2",
+    "fab_run",
+    "fab_targeted_run",
+]
 
 
-def project_hyperplane_box_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                                lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+def project_hyperplane_box_linf(
+    t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, lo: float = 0.0, hi: float = 1.0
+) -> torch.Tensor:
     """Per row: the perturbation ``d`` of smallest L-inf norm with ``w . (t + d) = b`` and
     ``lo <= t + d <= hi``. When the box makes the hyperplane unreachable, ``d`` goes as far towards
     it as the box allows (the corner in the direction of ``sign(w)``).
@@ -56,10 +64,10 @@ def project_hyperplane_box_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     a = w.abs()
     r_sorted, order = room.sort(dim=1)
     a_sorted = a.gather(1, order)
-    cum_a = a_sorted.cumsum(dim=1)                       # sum_{j<=k} a_j
-    cum_ar = (a_sorted * r_sorted).cumsum(dim=1)         # sum_{j<=k} a_j r_j
+    cum_a = a_sorted.cumsum(dim=1)  # sum_{j<=k} a_j
+    cum_ar = (a_sorted * r_sorted).cumsum(dim=1)  # sum_{j<=k} a_j r_j
     total_a = cum_a[:, -1:]
-    g_at = cum_ar + r_sorted * (total_a - cum_a)         # g(r_k), non-decreasing in k
+    g_at = cum_ar + r_sorted * (total_a - cum_a)  # g(r_k), non-decreasing in k
     k = torch.searchsorted(g_at.contiguous(), c.unsqueeze(1).contiguous()).clamp(max=room.shape[1] - 1)
     prev_ar = torch.where(k > 0, cum_ar.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(c.unsqueeze(1)))
     prev_a = torch.where(k > 0, cum_a.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(c.unsqueeze(1)))
@@ -69,8 +77,9 @@ def project_hyperplane_box_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return sgn * torch.minimum(lam, room)
 
 
-def project_hyperplane_box_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                              lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+def project_hyperplane_box_l2(
+    t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, lo: float = 0.0, hi: float = 1.0
+) -> torch.Tensor:
     """Per row: the perturbation ``d`` of smallest L2 norm with ``w . (t + d) = b`` and
     ``lo <= t + d <= hi`` (the L2 projection of FAB); when the box makes the hyperplane
     unreachable, the corner in the direction of ``sign(w)``.
@@ -91,10 +100,10 @@ def project_hyperplane_box_l2(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     kink = torch.where(active, room / a.clamp_min(1e-30), torch.zeros_like(room))
     k_sorted, order = kink.sort(dim=1)
     a_sorted, r_sorted = a.gather(1, order), room.gather(1, order)
-    cum_ar = (a_sorted * r_sorted).cumsum(dim=1)         # saturated part: sum_{j<=k} |w_j| r_j
+    cum_ar = (a_sorted * r_sorted).cumsum(dim=1)  # saturated part: sum_{j<=k} |w_j| r_j
     cum_a2 = (a_sorted * a_sorted).cumsum(dim=1)
     total_a2 = cum_a2[:, -1:]
-    g_at = cum_ar + k_sorted * (total_a2 - cum_a2)       # g at each kink, non-decreasing
+    g_at = cum_ar + k_sorted * (total_a2 - cum_a2)  # g at each kink, non-decreasing
     cc = c.unsqueeze(1)
     k = torch.searchsorted(g_at.contiguous(), cc.contiguous()).clamp(max=room.shape[1] - 1)
     prev_ar = torch.where(k > 0, cum_ar.gather(1, (k - 1).clamp_min(0)), torch.zeros_like(cc))
@@ -124,14 +133,14 @@ def _boundary(model: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.
         logits = model(z).float()
         if target is not None:
             f = logits[u, target] - logits[u, y]
-            g, = torch.autograd.grad(f.sum(), z)
+            (g,) = torch.autograd.grad(f.sum(), z)
             return f.detach(), g.detach().flatten(1)
         k = logits.shape[1]
         grads = []
-        for j in range(k):   # the Jacobian, one backward per class
-            gj, = torch.autograd.grad(logits[:, j].sum(), z, retain_graph=j < k - 1)
+        for j in range(k):  # the Jacobian, one backward per class
+            (gj,) = torch.autograd.grad(logits[:, j].sum(), z, retain_graph=j < k - 1)
             grads.append(gj.flatten(1))
-    jac = torch.stack(grads, 1)                                  # B x K x D
+    jac = torch.stack(grads, 1)  # B x K x D
     lg = logits.detach()
     df = lg - lg[u, y].unsqueeze(1)
     dg = jac - jac[u, y].unsqueeze(1)
@@ -141,11 +150,26 @@ def _boundary(model: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.
     return df[u, t], dg[u, t]
 
 
-def fab_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, *,
-            eps: float, steps: int, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-            random_start: bool = False, generator: torch.Generator | None = None, bounds=(0.0, 1.0),
-            norm: str = "Linf", early_stop: bool = False, group: torch.Tensor | None = None,
-            rank: torch.Tensor | None = None, compact_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def fab_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    eps: float,
+    steps: int,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+    bounds=(0.0, 1.0),
+    norm: str = "Linf",
+    early_stop: bool = False,
+    group: torch.Tensor | None = None,
+    rank: torch.Tensor | None = None,
+    compact_every: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One FAB run, towards ``target`` (FAB-T) or untargeted (``target=None``). Returns
     ``(x_best, dist)``: the adversarial point of smallest distance in ``norm`` found and that
     distance (``inf`` where none was found; ``x_best`` is ``x`` there). The random start
@@ -166,14 +190,44 @@ def fab_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Te
     if random_start:
         x1 = (x + 0.5 * eps * random_on_sphere(x, norm, generator)).clamp(lo, hi)
     if early_stop:
-        return _fab_compact(model, x, y, target, x1, eps=eps, steps=steps, alpha_max=alpha_max, eta=eta,
-                            beta=beta, lo=lo, hi=hi, norm=norm, group=group, rank=rank, compact_every=compact_every)
+        return _fab_compact(
+            model,
+            x,
+            y,
+            target,
+            x1,
+            eps=eps,
+            steps=steps,
+            alpha_max=alpha_max,
+            eta=eta,
+            beta=beta,
+            lo=lo,
+            hi=hi,
+            norm=norm,
+            group=group,
+            rank=rank,
+            compact_every=compact_every,
+        )
     view = (bsz,) + (1,) * (x.dim() - 1)
     best = x.clone()
     best_norm = torch.full((bsz,), float("inf"), device=x.device)
     for _ in range(steps):
-        x1, best, best_norm = _fab_step(model, x, y, target, x1, best, best_norm, alpha_max=alpha_max, eta=eta,
-                                        beta=beta, lo=lo, hi=hi, norm=norm, view=view)
+        x1, best, best_norm = _fab_step(
+            model,
+            x,
+            y,
+            target,
+            x1,
+            best,
+            best_norm,
+            alpha_max=alpha_max,
+            eta=eta,
+            beta=beta,
+            lo=lo,
+            hi=hi,
+            norm=norm,
+            view=view,
+        )
     return best, best_norm
 
 
@@ -206,19 +260,21 @@ def _fab_step(model, x, y, target, x1, best, best_norm, *, alpha_max, eta, beta,
 @dataclass
 class _Rows:
     """FAB's state, one row per run still going (:func:`compact_rows` drops the finished ones)."""
-    rows: torch.Tensor              # each row's index in the caller's batch
-    x: torch.Tensor                 # the clean input
+
+    rows: torch.Tensor  # each row's index in the caller's batch
+    x: torch.Tensor  # the clean input
     y: torch.Tensor
-    target: torch.Tensor | None     # FAB-T's target class (None: untargeted)
-    group: torch.Tensor | None      # several targets in one batch: the example and the target's order
+    target: torch.Tensor | None  # FAB-T's target class (None: untargeted)
+    group: torch.Tensor | None  # several targets in one batch: the example and the target's order
     rank: torch.Tensor | None
-    x1: torch.Tensor                # the iterate
-    best: torch.Tensor              # the adversarial point of smallest distance found, and that distance
+    x1: torch.Tensor  # the iterate
+    best: torch.Tensor  # the adversarial point of smallest distance found, and that distance
     best_norm: torch.Tensor
 
 
-def _fab_compact(model, x, y, target, x1, *, eps, steps, alpha_max, eta, beta, lo, hi, norm, group, rank,
-                 compact_every):
+def _fab_compact(
+    model, x, y, target, x1, *, eps, steps, alpha_max, eta, beta, lo, hi, norm, group, rank, compact_every
+):
     """:func:`fab_run` with ``early_stop=True``: the same per-row iteration on the rows still running."""
     b, dev = x.shape[0], x.device
     every = max(int(compact_every or default_compact_every(dev)), 1)
@@ -226,8 +282,17 @@ def _fab_compact(model, x, y, target, x1, *, eps, steps, alpha_max, eta, beta, l
     out_best = x.clone()
     out_norm = torch.full((b,), float("inf"), device=dev)
     best_rank = first_rank_table(group)
-    st = _Rows(rows=torch.arange(b, device=dev), x=x, y=y, target=target, group=group,
-               rank=rank, x1=x1, best=x.clone(), best_norm=out_norm.clone())
+    st = _Rows(
+        rows=torch.arange(b, device=dev),
+        x=x,
+        y=y,
+        target=target,
+        group=group,
+        rank=rank,
+        x1=x1,
+        best=x.clone(),
+        best_norm=out_norm.clone(),
+    )
 
     def finish(s: _Rows, done: torch.Tensor) -> None:
         r = s.rows[done]
@@ -238,8 +303,21 @@ def _fab_compact(model, x, y, target, x1, *, eps, steps, alpha_max, eta, beta, l
         if st.rows.numel() == 0:
             break
         st.x1, st.best, st.best_norm = _fab_step(
-            model, st.x, st.y, st.target, st.x1, st.best, st.best_norm, alpha_max=alpha_max,
-            eta=eta, beta=beta, lo=lo, hi=hi, norm=norm, view=view)
+            model,
+            st.x,
+            st.y,
+            st.target,
+            st.x1,
+            st.best,
+            st.best_norm,
+            alpha_max=alpha_max,
+            eta=eta,
+            beta=beta,
+            lo=lo,
+            hi=hi,
+            norm=norm,
+            view=view,
+        )
         if (i + 1) % every == 0:
             st = compact_rows(st, st.best_norm <= eps, best_rank, finish)
     if st.rows.numel():
@@ -247,13 +325,38 @@ def _fab_compact(model, x, y, target, x1, *, eps, steps, alpha_max, eta, beta, l
     return out_best, out_norm
 
 
-def fab_targeted_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, *, eps: float,
-                     steps: int, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-                     random_start: bool = False, generator: torch.Generator | None = None,
-                     bounds=(0.0, 1.0), norm: str = "Linf") -> tuple[torch.Tensor, torch.Tensor]:
+def fab_targeted_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+    bounds=(0.0, 1.0),
+    norm: str = "Linf",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One FAB-T run towards ``target`` (:func:`fab_run` with a target)."""
-    return fab_run(model, x, y, target, eps=eps, steps=steps, alpha_max=alpha_max, eta=eta, beta=beta,
-                   random_start=random_start, generator=generator, bounds=bounds, norm=norm)
+    return fab_run(
+        model,
+        x,
+        y,
+        target,
+        eps=eps,
+        steps=steps,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+        random_start=random_start,
+        generator=generator,
+        bounds=bounds,
+        norm=norm,
+    )
 
 
 @register("fab-t")
@@ -275,10 +378,22 @@ class FABTargeted(Attack):
     norms = ("Linf", "L2")
     quiet_defaults = {"early_stop": True, "batch_targets": True, "compact_every": None}
 
-    def __init__(self, eps: float = 8 / 255, steps: int = 100, n_target_classes: int = 9, n_restarts: int = 1,
-                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0,
-                 norm: str = "Linf", early_stop: bool = True, batch_targets: bool | int = True,
-                 compact_every: int | None = None):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        steps: int = 100,
+        n_target_classes: int = 9,
+        n_restarts: int = 1,
+        alpha_max: float = 0.1,
+        eta: float = 1.05,
+        beta: float = 0.9,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+        norm: str = "Linf",
+        early_stop: bool = True,
+        batch_targets: bool | int = True,
+        compact_every: int | None = None,
+    ):
         super().__init__(eps, bounds, seed, norm)
         self.steps, self.n_target_classes, self.n_restarts = int(steps), int(n_target_classes), int(n_restarts)
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
@@ -287,11 +402,21 @@ class FABTargeted(Attack):
         self.compact_every = None if compact_every is None else int(compact_every)
 
     def _kw(self):
-        return dict(eps=self.eps, steps=self.steps, alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
-                    bounds=self.bounds, norm=self.norm, early_stop=self.early_stop, compact_every=self.compact_every)
+        return dict(
+            eps=self.eps,
+            steps=self.steps,
+            alpha_max=self.alpha_max,
+            eta=self.eta,
+            beta=self.beta,
+            bounds=self.bounds,
+            norm=self.norm,
+            early_stop=self.early_stop,
+            compact_every=self.compact_every,
+        )
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         gen = self.generator(x.device)
         robust, targets = clean_targets(model, x, y, self.n_target_classes, clean_logits)
         if self.batch_targets is not False and self.n_restarts == 1:
@@ -302,8 +427,16 @@ class FABTargeted(Attack):
             xs, ys, ts = x[idx], y[idx], targets[idx]
 
             def run_rows(ii, kk, group):
-                xb, dist = fab_run(model, xs[ii], ys[ii], ts[ii, kk], generator=gen, group=group if self.early_stop
-                                   else None, rank=kk if self.early_stop else None, **self._kw())
+                xb, dist = fab_run(
+                    model,
+                    xs[ii],
+                    ys[ii],
+                    ts[ii, kk],
+                    generator=gen,
+                    group=group if self.early_stop else None,
+                    rank=kk if self.early_stop else None,
+                    **self._kw(),
+                )
                 return xb, dist <= self.eps
 
             gs = None if self.batch_targets is True else int(self.batch_targets)
@@ -312,8 +445,7 @@ class FABTargeted(Attack):
 
         def run(idx, round_):
             k, r = round_
-            xb, dist = fab_run(model, x[idx], y[idx], targets[idx, k], random_start=r > 0, generator=gen,
-                               **self._kw())
+            xb, dist = fab_run(model, x[idx], y[idx], targets[idx, k], random_start=r > 0, generator=gen, **self._kw())
             return xb, dist <= self.eps
 
         rounds = [(k, r) for k in range(targets.shape[1]) for r in range(self.n_restarts)]
@@ -331,15 +463,40 @@ class FAB(FABTargeted):
     name = "FAB"
     quiet_defaults = {"early_stop": True, "compact_every": None}
 
-    def __init__(self, eps: float = 8 / 255, steps: int = 100, n_restarts: int = 1, alpha_max: float = 0.1,
-                 eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf",
-                 early_stop: bool = True, compact_every: int | None = None):
-        super().__init__(eps, steps, 0, n_restarts, alpha_max, eta, beta, bounds, seed, norm,
-                         early_stop=early_stop, batch_targets=False, compact_every=compact_every)
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        steps: int = 100,
+        n_restarts: int = 1,
+        alpha_max: float = 0.1,
+        eta: float = 1.05,
+        beta: float = 0.9,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+        norm: str = "Linf",
+        early_stop: bool = True,
+        compact_every: int | None = None,
+    ):
+        super().__init__(
+            eps,
+            steps,
+            0,
+            n_restarts,
+            alpha_max,
+            eta,
+            beta,
+            bounds,
+            seed,
+            norm,
+            early_stop=early_stop,
+            batch_targets=False,
+            compact_every=compact_every,
+        )
         del self.n_target_classes, self.batch_targets
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         gen = self.generator(x.device)
 
         def run(idx, r):

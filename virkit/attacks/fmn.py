@@ -17,6 +17,7 @@ the iterate is projected onto the L2 ball of radius ``eps_k`` (``d * min(1, eps_
 the box. (Foolbox 3.3.4's L2 projection multiplies by ``min(1, ||x|| / ||x||) = 1``, i.e. it does
 not project; virkit projects, as the paper's Algorithm 1 says.)
 """
+
 from __future__ import annotations
 
 import math
@@ -29,17 +30,46 @@ from virkit.attacks.norms import per_example_norm
 __all__ = ["FMN", "fmn_linf", "fmn_run"]
 
 
-def fmn_linf(model, x: torch.Tensor, y: torch.Tensor, *, steps: int = 100, alpha_init: float = 1.0,
-             alpha_final: float | None = None, gamma_init: float = 0.05, gamma_final: float = 0.001,
-             bounds=(0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+def fmn_linf(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int = 100,
+    alpha_init: float = 1.0,
+    alpha_final: float | None = None,
+    gamma_init: float = 0.05,
+    gamma_final: float = 0.001,
+    bounds=(0.0, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L-inf FMN (:func:`fmn_run` with ``norm='Linf'``)."""
-    return fmn_run(model, x, y, steps=steps, alpha_init=alpha_init, alpha_final=alpha_final,
-                   gamma_init=gamma_init, gamma_final=gamma_final, bounds=bounds, norm="Linf")
+    return fmn_run(
+        model,
+        x,
+        y,
+        steps=steps,
+        alpha_init=alpha_init,
+        alpha_final=alpha_final,
+        gamma_init=gamma_init,
+        gamma_final=gamma_final,
+        bounds=bounds,
+        norm="Linf",
+    )
 
 
-def fmn_run(model, x: torch.Tensor, y: torch.Tensor, *, steps: int = 100, alpha_init: float = 1.0,
-            alpha_final: float | None = None, gamma_init: float = 0.05, gamma_final: float = 0.001,
-            bounds=(0.0, 1.0), norm: str = "Linf") -> tuple[torch.Tensor, torch.Tensor]:
+def fmn_run(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int = 100,
+    alpha_init: float = 1.0,
+    alpha_final: float | None = None,
+    gamma_init: float = 0.05,
+    gamma_final: float = 0.001,
+    bounds=(0.0, 1.0),
+    norm: str = "Linf",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """FMN in ``norm`` from ``delta = 0``. Returns ``(x + best_delta, best_norm)``; ``best_norm`` is
     ``inf`` where no adversarial point was found (and ``best_delta`` is 0 there)."""
     x = x.detach()
@@ -63,8 +93,8 @@ def fmn_run(model, x: torch.Tensor, y: torch.Tensor, *, steps: int = 100, alpha_
         with torch.enable_grad():
             logits = model(z).float()
             other = logits.scatter(1, y.view(-1, 1), float("-inf")).argmax(1)
-            marg = logits[u, y] - logits[u, other]          # > 0: still correct
-            g, = torch.autograd.grad(-marg.sum(), z)          # ascent direction on -margin
+            marg = logits[u, y] - logits[u, other]  # > 0: still correct
+            (g,) = torch.autograd.grad(-marg.sum(), z)  # ascent direction on -margin
         marg, g = marg.detach(), g.detach()
         adv = logits.detach().argmax(1) != y
         dn = per_example_norm(delta, norm)
@@ -74,8 +104,11 @@ def fmn_run(model, x: torch.Tensor, y: torch.Tensor, *, steps: int = 100, alpha_
         found |= adv
         dual = g.flatten(1).abs().sum(1) if norm == "Linf" else g.flatten(1).norm(dim=1)
         to_boundary = marg.abs() / dual.clamp_min(1e-12)
-        budget = torch.where(adv, torch.minimum(budget * (1 - gamma), per_example_norm(best_delta, norm)),
-                             torch.where(found, budget * (1 + gamma), dn + to_boundary))
+        budget = torch.where(
+            adv,
+            torch.minimum(budget * (1 - gamma), per_example_norm(best_delta, norm)),
+            torch.where(found, budget * (1 + gamma), dn + to_boundary),
+        )
         budget = torch.minimum(budget, worst)
         g_norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
         delta = delta + alpha * g / g_norm
@@ -101,9 +134,18 @@ class FMN(Attack):
     paper = "Pintor et al., NeurIPS 2021"
     norms = ("Linf", "L2")
 
-    def __init__(self, eps: float = 8 / 255, steps: int = 100, alpha_init: float = 1.0,
-                 alpha_final: float | None = None, gamma_init: float = 0.05, gamma_final: float = 0.001,
-                 bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf"):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        steps: int = 100,
+        alpha_init: float = 1.0,
+        alpha_final: float | None = None,
+        gamma_init: float = 0.05,
+        gamma_final: float = 0.001,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+        norm: str = "Linf",
+    ):
         super().__init__(eps, bounds, seed, norm)
         self.steps, self.alpha_init = int(steps), float(alpha_init)
         self.alpha_final = float(alpha_init) / 100 if alpha_final is None else float(alpha_final)
@@ -112,8 +154,17 @@ class FMN(Attack):
 
     def perturb(self, model, x, y):
         def run(xs, ys):
-            return fmn_run(model, xs, ys, steps=self.steps, alpha_init=self.alpha_init,
-                           alpha_final=self.alpha_final, gamma_init=self.gamma_init,
-                           gamma_final=self.gamma_final, bounds=self.bounds, norm=self.norm)[0]
+            return fmn_run(
+                model,
+                xs,
+                ys,
+                steps=self.steps,
+                alpha_init=self.alpha_init,
+                alpha_final=self.alpha_final,
+                gamma_init=self.gamma_init,
+                gamma_final=self.gamma_final,
+                bounds=self.bounds,
+                norm=self.norm,
+            )[0]
 
         return on_correct(model, x, y, run)

@@ -14,6 +14,7 @@ the first misclassified one is kept.
 MDE runs APGD-CE, MD, targeted MD and FAB-T, every attack on every (correctly classified) point,
 and keeps the worst case per example.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,10 +38,20 @@ def md_step_size(i: int, steps: int, change_point: int, initial: float) -> float
     return initial * 0.5 * (1 + math.cos(j / span * math.pi))
 
 
-def md_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 50,
-           change_point: int = 20, initial_step: float | None = None, first_term: str = "true",
-           target: torch.Tensor | None = None, bounds=(0.0, 1.0),
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def md_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int = 50,
+    change_point: int = 20,
+    initial_step: float | None = None,
+    first_term: str = "true",
+    target: torch.Tensor | None = None,
+    bounds=(0.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One MD run. ``first_term``: ``'true'`` maximizes ``-z_y`` in stage 1, ``'other'`` maximizes
     ``z_max`` (or ``z_t`` when ``target`` is given). Stage 2 maximizes ``z_max - z_y`` (``z_t - z_y``).
     Returns ``(x_adv, fooled)``: the first misclassified iterate where one was found, else the last."""
@@ -69,7 +80,7 @@ def md_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, st
                 loss = z_o if first_term == "other" else -z_y
             else:
                 loss = z_o - z_y
-            g, = torch.autograd.grad(loss.sum(), z)
+            (g,) = torch.autograd.grad(loss.sum(), z)
         mis = logits.detach().argmax(1) != y
         new = mis & ~fooled
         out = torch.where(new.view(view), x_adv, out)
@@ -94,9 +105,18 @@ class MD(Attack):
     name = "MD"
     paper = "Ma et al., Machine Learning 2023"
 
-    def __init__(self, eps: float = 8 / 255, steps: int = 50, change_point: int = 20, n_restarts: int = 1,
-                 targeted: bool = False, n_target_classes: int = 9, initial_step: float | None = None,
-                 bounds=(0.0, 1.0), seed: int = 0):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        steps: int = 50,
+        change_point: int = 20,
+        n_restarts: int = 1,
+        targeted: bool = False,
+        n_target_classes: int = 9,
+        initial_step: float | None = None,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+    ):
         super().__init__(eps, bounds, seed)
         self.steps, self.change_point, self.n_restarts = int(steps), int(change_point), int(n_restarts)
         self.targeted, self.n_target_classes = bool(targeted), int(n_target_classes)
@@ -110,9 +130,19 @@ class MD(Attack):
         def run(idx, round_):
             k, _restart, term = round_
             t = targets[idx, k] if targets is not None else None
-            return md_run(model, x[idx], y[idx], eps=self.eps, steps=self.steps, change_point=self.change_point,
-                          initial_step=self.initial_step, first_term=term, target=t, bounds=self.bounds,
-                          generator=gen)
+            return md_run(
+                model,
+                x[idx],
+                y[idx],
+                eps=self.eps,
+                steps=self.steps,
+                change_point=self.change_point,
+                initial_step=self.initial_step,
+                first_term=term,
+                target=t,
+                bounds=self.bounds,
+                generator=gen,
+            )
 
         n_t = targets.shape[1] if targets is not None else 1
         rounds = [(k, r, term) for k in range(n_t) for r in range(self.n_restarts) for term in ("true", "other")]
@@ -129,19 +159,35 @@ class MDE(Attack):
     name = "MDE"
     paper = "Ma et al., Machine Learning 2023"
 
-    def __init__(self, eps: float = 8 / 255, apgd_steps: int = 100, md_steps: int = 50, change_point: int = 20,
-                 n_target_classes: int = 9, fab_steps: int = 100, bounds=(0.0, 1.0), seed: int = 0):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        apgd_steps: int = 100,
+        md_steps: int = 50,
+        change_point: int = 20,
+        n_target_classes: int = 9,
+        fab_steps: int = 100,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+    ):
         super().__init__(eps, bounds, seed)
         self.apgd_steps, self.md_steps, self.change_point = int(apgd_steps), int(md_steps), int(change_point)
         self.n_target_classes, self.fab_steps = int(n_target_classes), int(fab_steps)
 
     def components(self) -> list[Attack]:
         kw = dict(eps=self.eps, bounds=self.bounds, seed=self.seed)
-        return [APGD(steps=self.apgd_steps, loss="ce", **kw),
-                MD(steps=self.md_steps, change_point=self.change_point, **kw),
-                MD(steps=self.md_steps, change_point=self.change_point, targeted=True,
-                   n_target_classes=self.n_target_classes, **kw),
-                FABTargeted(steps=self.fab_steps, n_target_classes=self.n_target_classes, **kw)]
+        return [
+            APGD(steps=self.apgd_steps, loss="ce", **kw),
+            MD(steps=self.md_steps, change_point=self.change_point, **kw),
+            MD(
+                steps=self.md_steps,
+                change_point=self.change_point,
+                targeted=True,
+                n_target_classes=self.n_target_classes,
+                **kw,
+            ),
+            FABTargeted(steps=self.fab_steps, n_target_classes=self.n_target_classes, **kw),
+        ]
 
     def perturb(self, model, x, y):
         x_adv = x.clone()

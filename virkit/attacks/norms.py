@@ -7,12 +7,22 @@ gradient (its sign for L-inf, the gradient divided by its L2 norm for L2) and th
 
 Default radii: 8/255 for L-inf, 0.5 for L2 (CIFAR-10, RobustBench's threat models).
 """
+
 from __future__ import annotations
 
 import torch
 
-__all__ = ["NORMS", "DEFAULT_EPS", "check_norm", "per_example_norm", "project", "project_l2", "steepest",
-           "random_in_ball", "random_on_sphere"]
+__all__ = [
+    "NORMS",
+    "DEFAULT_EPS",
+    "check_norm",
+    "per_example_norm",
+    "project",
+    "project_l2",
+    "steepest",
+    "random_in_ball",
+    "random_on_sphere",
+]
 
 NORMS = ("Linf", "L2")
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}
@@ -50,8 +60,7 @@ def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps, bounds=(0.0, 1.0)) -> 
     return out.clamp(bounds[0], bounds[1]) if bounds is not None else out
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "Linf", bounds=(0.0, 1.0)
-            ) -> torch.Tensor:
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "Linf", bounds=(0.0, 1.0)) -> torch.Tensor:
     """Onto the ``norm`` ball of radius ``eps`` around ``x``, then onto the box ``bounds``."""
     if norm == "Linf":
         x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
@@ -81,8 +90,7 @@ def random_on_sphere(x: torch.Tensor, norm: str, generator: torch.Generator | No
     return t / _view(per_example_norm(t, norm).clamp_min(_TINY), t)
 
 
-def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None
-                   ) -> torch.Tensor:
+def random_in_ball(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """PGD's uniform start: ``U(-eps, eps)`` per coordinate for L-inf; for L2 a random direction
     times a radius ``U(0, 1) * eps`` (as torchattacks' PGDL2). Not clipped to the box."""
     if norm == "Linf":

@@ -5,6 +5,7 @@ registered below wrap it with the paper's evaluation settings (Sec. 5.4). FGSM a
 an L2 version (``norm='L2'``: FGM and PGD-L2, steps along the L2-normalised gradient, projection
 onto the L2 ball then the box); CW-inf is L-inf only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,9 @@ def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -
     return -(z_y - z_other + kappa).clamp_min(0.0)
 
 
-def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, target_logp: torch.Tensor | None = None,
-                kappa: float = 50.0) -> torch.Tensor:
+def attack_loss(
+    kind: str, logits: torch.Tensor, y: torch.Tensor, target_logp: torch.Tensor | None = None, kappa: float = 50.0
+) -> torch.Tensor:
     """Per-example loss the attacker maximizes (``reduction='none'``).
 
     * ``ce``: cross-entropy of the label;
@@ -50,8 +52,14 @@ def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, target_logp: t
     raise ValueError(f"unknown attack loss {kind!r}; valid: ce, cw, kl")
 
 
-def random_init(x: torch.Tensor, eps: float, kind: str, generator: torch.Generator | None = None,
-                bounds=(0.0, 1.0), norm: str = "Linf") -> torch.Tensor:
+def random_init(
+    x: torch.Tensor,
+    eps: float,
+    kind: str,
+    generator: torch.Generator | None = None,
+    bounds=(0.0, 1.0),
+    norm: str = "Linf",
+) -> torch.Tensor:
     """Starting point of PGD.
 
     * ``uniform``: x + U(-eps, eps), clipped to the box (Madry et al. 2018); for ``norm='L2'`` a
@@ -93,10 +101,23 @@ def input_grad_only(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
-        loss: str = "ce", random_start: str = "uniform", target_logits: torch.Tensor | None = None,
-        kappa: float = 50.0, bounds=(0.0, 1.0), generator: torch.Generator | None = None,
-        count_correct: bool = False, norm: str = "Linf"):
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    loss: str = "ce",
+    random_start: str = "uniform",
+    target_logits: torch.Tensor | None = None,
+    kappa: float = 50.0,
+    bounds=(0.0, 1.0),
+    generator: torch.Generator | None = None,
+    count_correct: bool = False,
+    norm: str = "Linf",
+):
     """PGD (Madry et al. 2018) with projection after every step: L-inf (sign steps, the default) or
     L2 (``norm='L2'``: steps of ``step_size`` along the L2-normalised gradient, projection onto the
     L2 ball and then the box).
@@ -122,7 +143,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
             with torch.enable_grad():
                 logits = model(x_adv)
                 lvec = attack_loss(loss, logits, y, target_logp, kappa)
-                grad, = torch.autograd.grad(lvec.sum(), x_adv)
+                (grad,) = torch.autograd.grad(lvec.sum(), x_adv)
             if count is not None:
                 count += (logits.detach().argmax(1) == y).int()
             if norm == "Linf":
@@ -151,8 +172,18 @@ class FGSM(Attack):
             self.name = "FGM (L2)"
 
     def perturb(self, model, x, y):
-        return pgd(model, x, y, eps=self.eps, step_size=self.eps, steps=1, loss="ce", random_start="none",
-                   bounds=self.bounds, norm=self.norm)
+        return pgd(
+            model,
+            x,
+            y,
+            eps=self.eps,
+            step_size=self.eps,
+            steps=1,
+            loss="ce",
+            random_start="none",
+            bounds=self.bounds,
+            norm=self.norm,
+        )
 
 
 @register("pgd")
@@ -164,11 +195,20 @@ class PGD(Attack):
 
     name = "PGD"
     paper = "Madry et al., ICLR 2018"
-    norms: ClassVar[tuple[str, ...]] = ("Linf", "L2")   # the base's type: CW-inf narrows it to ("Linf",)
+    norms: ClassVar[tuple[str, ...]] = ("Linf", "L2")  # the base's type: CW-inf narrows it to ("Linf",)
 
-    def __init__(self, eps: float = 8 / 255, step_size: float = 1 / 255, steps: int = 100,
-                 random_start: str = "uniform", loss: str = "ce", kappa: float = 50.0, bounds=(0.0, 1.0),
-                 seed: int = 0, norm: str = "Linf"):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        step_size: float = 1 / 255,
+        steps: int = 100,
+        random_start: str = "uniform",
+        loss: str = "ce",
+        kappa: float = 50.0,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+        norm: str = "Linf",
+    ):
         super().__init__(eps, bounds, seed, norm)
         self.step_size, self.steps, self.random_start = float(step_size), int(steps), random_start
         self.loss, self.kappa = loss, float(kappa)
@@ -177,9 +217,20 @@ class PGD(Attack):
             self.name += " (L2)"
 
     def perturb(self, model, x, y):
-        return pgd(model, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps, loss=self.loss,
-                   random_start=self.random_start, kappa=self.kappa, bounds=self.bounds,
-                   generator=self.generator(x.device), norm=self.norm)
+        return pgd(
+            model,
+            x,
+            y,
+            eps=self.eps,
+            step_size=self.step_size,
+            steps=self.steps,
+            loss=self.loss,
+            random_start=self.random_start,
+            kappa=self.kappa,
+            bounds=self.bounds,
+            generator=self.generator(x.device),
+            norm=self.norm,
+        )
 
 
 @register("cw")
@@ -192,7 +243,15 @@ class CWInf(PGD):
     paper = "Carlini & Wagner, IEEE S&P 2017 (loss); PGD-20 optimizer"
     norms = ("Linf",)
 
-    def __init__(self, eps: float = 8 / 255, step_size: float = 1 / 255, steps: int = 20, kappa: float = 50.0,
-                 random_start: str = "uniform", bounds=(0.0, 1.0), seed: int = 0):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        step_size: float = 1 / 255,
+        steps: int = 20,
+        kappa: float = 50.0,
+        random_start: str = "uniform",
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+    ):
         super().__init__(eps, step_size, steps, random_start, "cw", kappa, bounds, seed)
         self.name = f"CW-inf (PGD-{self.steps}, kappa={kappa:g})"

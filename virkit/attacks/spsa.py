@@ -6,6 +6,7 @@ perturbation: ``g = mean_k (f(x + c v_k) - f(x - c v_k)) / (2 c) * v_k`` with Ra
 (``1 / v = v`` for +-1 entries); Adam then lowers the margin and the iterate is projected onto the
 eps-ball and the box after every step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,9 +29,18 @@ class SPSA(Attack):
     paper = "Uesato et al., ICML 2018"
     black_box = True
 
-    def __init__(self, eps: float = 8 / 255, iterations: int = 100, delta: float = 0.001, lr: float = 0.01,
-                 samples: int = 256, max_batch: int = 4096, check_every: int = 1, bounds=(0.0, 1.0),
-                 seed: int = 0):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        iterations: int = 100,
+        delta: float = 0.001,
+        lr: float = 0.01,
+        samples: int = 256,
+        max_batch: int = 4096,
+        check_every: int = 1,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+    ):
         super().__init__(eps, bounds, seed)
         self.iterations, self.delta, self.lr = int(iterations), float(delta), float(lr)
         self.samples, self.max_batch, self.check_every = int(samples), int(max_batch), max(int(check_every), 1)
@@ -71,7 +81,7 @@ class SPSA(Attack):
             g = self._grad(model, xa + da, ya, gen)
             m1a = b1 * m1[active] + (1 - b1) * g
             m2a = b2 * m2[active] + (1 - b2) * g * g
-            step = self.lr * (m1a / (1 - b1 ** t)) / ((m2a / (1 - b2 ** t)).sqrt() + adam_eps)
+            step = self.lr * (m1a / (1 - b1**t)) / ((m2a / (1 - b2**t)).sqrt() + adam_eps)
             da = (da - step).clamp(-self.eps, self.eps)
             if self.bounds is not None:
                 da = (xa + da).clamp(*self.bounds) - xa

@@ -20,6 +20,7 @@ content, rescaled so that the norm budget is used, and the whole perturbation is
 eps before clipping to the box. As for L-inf, virkit draws the windows, signs and transposes per
 example (the official PyTorch port shares the windows across the batch).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,17 @@ def square_p_schedule(it: int, n_queries: int, p_init: float = 0.8, rescale: boo
     AutoAttack does: ``resc_schedule=False``)."""
     if rescale:
         it = int(it / n_queries * 10000)
-    for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
-                       (8000, 256)):
+    for bound, div in (
+        (10, 1),
+        (50, 2),
+        (200, 4),
+        (500, 8),
+        (1000, 16),
+        (2000, 32),
+        (4000, 64),
+        (6000, 128),
+        (8000, 256),
+    ):
         if it <= bound:
             return p_init / div
     return p_init / 512
@@ -63,9 +73,20 @@ class Square(Attack):
 
     quiet_defaults = {"early_stop": True, "inference_mode": True}
 
-    def __init__(self, eps: float = 8 / 255, n_queries: int = 5000, p_init: float = 0.8, n_restarts: int = 1,
-                 check_every: int = 10, resc_schedule: bool = True, bounds=(0.0, 1.0), seed: int = 0,
-                 norm: str = "Linf", early_stop: bool = True, inference_mode: bool = True):
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        n_queries: int = 5000,
+        p_init: float = 0.8,
+        n_restarts: int = 1,
+        check_every: int = 10,
+        resc_schedule: bool = True,
+        bounds=(0.0, 1.0),
+        seed: int = 0,
+        norm: str = "Linf",
+        early_stop: bool = True,
+        inference_mode: bool = True,
+    ):
         super().__init__(eps, bounds, seed, norm)
         self.early_stop, self.inference_mode = bool(early_stop), bool(inference_mode)
         self.n_queries, self.p_init, self.n_restarts = int(n_queries), float(p_init), int(n_restarts)
@@ -86,7 +107,7 @@ class Square(Attack):
         """One restart on points ``x`` (all classified correctly). Returns (x_best, margin)."""
         with self._grad_free():
             out = (self._run_compact if self.early_stop else self._run_plain)(model, x, y, gen)
-        return tuple(t.clone() for t in out)   # ordinary tensors again outside inference mode
+        return tuple(t.clone() for t in out)  # ordinary tensors again outside inference mode
 
     def _run_compact(self, model, x, y, gen):
         """:meth:`_run_plain` with the rows still querying kept in compact tensors between the looks
@@ -108,7 +129,7 @@ class Square(Attack):
         for it in range(1, self.n_queries):
             if (it - 1) % self.check_every == 0:
                 if active is not None:
-                    assert xb_a is not None and m_a is not None     # set with ``active``
+                    assert xb_a is not None and m_a is not None  # set with ``active``
                     x_best[active], m[active] = xb_a, m_a
                 active = (m > 0).nonzero().squeeze(1)
                 if active.numel() == 0:
@@ -130,7 +151,7 @@ class Square(Attack):
             m_a = torch.where(better, m_new, m_a)
         else:
             if active is not None and active.numel():
-                assert xb_a is not None and m_a is not None     # set with ``active``
+                assert xb_a is not None and m_a is not None  # set with ``active``
                 x_best[active], m[active] = xb_a, m_a
         return x_best, m
 
@@ -170,11 +191,12 @@ class Square(Attack):
         """The official L2 window pattern (s x s, unit L2 norm): the top half ``s // 2`` rows and the
         bottom half of opposite sign, each a sum of nested rectangles around its centre weighted
         ``1 / (k + 1)^2``."""
+
         def rectangles(a: int, b: int) -> torch.Tensor:
             out = torch.zeros(a, b, device=device)
             r0, c0 = a // 2, b // 2
             for k in range(max(r0 + 1, c0 + 1)):
-                out[max(r0 - k, 0):min(r0 + k + 1, a), max(c0 - k, 0):min(c0 + k + 1, b)] += 1.0 / (k + 1) ** 2
+                out[max(r0 - k, 0) : min(r0 + k + 1, a), max(c0 - k, 0) : min(c0 + k + 1, b)] += 1.0 / (k + 1) ** 2
             return out / out.pow(2).sum().sqrt().clamp_min(1e-12)
 
         top = s // 2
@@ -228,7 +250,7 @@ class Square(Attack):
             xa, d = x[active], x_best[active] - x[active]
             chan_norm = lambda t: t.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
             in1 = torch.where(win1, d, zero)
-            budget = (self.eps ** 2 - per_example_norm(d, "L2").pow(2)).clamp_min(0.0).view(-1, 1, 1, 1) / c
+            budget = (self.eps**2 - per_example_norm(d, "L2").pow(2)).clamp_min(0.0).view(-1, 1, 1, 1) / c
             new = self._placed(k, c, h, w, pos[0], pos[1], s, gen, dev) + in1 / (chan_norm(in1) + 1e-12)
             new = new / (chan_norm(new) + 1e-12) * (budget + chan_norm(torch.where(win1 | win2, d, zero)).pow(2)).sqrt()
             d_new = torch.where(win1, new, torch.where(win2, zero, d))

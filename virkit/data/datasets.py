@@ -16,6 +16,7 @@ For ``cifar10`` the root may hold either torchvision's ``cifar-10-batches-py`` o
 stand-in archive ``cifar10-jpeg.tar.gz``; runs record which one was used, and results on the
 stand-in are reported as "CIFAR-10 (JPEG stand-in)".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,20 @@ import torch
 from virkit.data.fetch import ensure_dataset, source_note
 from virkit.errors import VirkitError, check_choice
 
-__all__ = ["DATASETS", "Split", "load_dataset", "data_root", "dataset_names", "subset",
-           "HOLDOUT_SEED", "holdout_subset", "test_subset", "validation_split", "subset_indices", "take"]
+__all__ = [
+    "DATASETS",
+    "Split",
+    "load_dataset",
+    "data_root",
+    "dataset_names",
+    "subset",
+    "HOLDOUT_SEED",
+    "holdout_subset",
+    "test_subset",
+    "validation_split",
+    "subset_indices",
+    "take",
+]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 STANDIN_ARCHIVE = "cifar10-jpeg.tar.gz"
@@ -75,8 +88,9 @@ class Split:
         return len(self.classes)
 
     def to(self, device) -> Split:
-        return Split(self.x.to(device), self.y.to(device), self.classes, self.name, self.source, self.mean,
-                     self.std, self.extra)
+        return Split(
+            self.x.to(device), self.y.to(device), self.classes, self.name, self.source, self.mean, self.std, self.extra
+        )
 
     def float_images(self, idx=None) -> torch.Tensor:
         """The (selected) inputs as float32 in [0, 1] (uint8 / 255), or the raw features."""
@@ -91,13 +105,15 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     from virkit.io import user_cache_dir
+
     return user_cache_dir() / "data"
 
 
 def _missing(name: str, root: Path, layout: str) -> VirkitError:
     return VirkitError(
         f"dataset {name!r} not found under {root} (from --data-root, else $VIRKIT_DATA, else ~/.cache/virkit/data); "
-        f"expected {layout}; point --data-root (or VIRKIT_DATA) at a folder holding it")
+        f"expected {layout}; point --data-root (or VIRKIT_DATA) at a folder holding it"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,9 +121,15 @@ def _missing(name: str, root: Path, layout: str) -> VirkitError:
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles only plain containers and numpy arrays; anything else is refused."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -120,8 +142,9 @@ def _load_pickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return _ArrayUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise VirkitError(f"corrupt dataset file {path}: {type(e).__name__}: {e}; delete it and re-download "
-                          "(or rebuild it)") from None
+        raise VirkitError(
+            f"corrupt dataset file {path}: {type(e).__name__}: {e}; delete it and re-download (or rebuild it)"
+        ) from None
 
 
 def _cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +153,15 @@ def _cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[np.n
         d = _load_pickle(folder / fn)
         d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
         if "data" not in d or label_key not in d:
-            raise VirkitError(f"corrupt dataset file {folder / fn}: keys 'data'/{label_key!r} missing; "
-                              "re-download or rebuild it")
+            raise VirkitError(
+                f"corrupt dataset file {folder / fn}: keys 'data'/{label_key!r} missing; re-download or rebuild it"
+            )
         data = np.asarray(d["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072:
-            raise VirkitError(f"corrupt dataset file {folder / fn}: images have shape {data.shape[1:]}, "
-                              "expected 3072 values (3x32x32)")
+            raise VirkitError(
+                f"corrupt dataset file {folder / fn}: images have shape {data.shape[1:]}, "
+                "expected 3072 values (3x32x32)"
+            )
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(np.asarray(d[label_key], dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)
@@ -147,11 +173,17 @@ def _load_cifar10(root: Path, split: str) -> Split:
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
-            raise VirkitError(f"dataset 'cifar10' is incomplete: {folder} lacks {', '.join(missing)}; "
-                              "re-download it or rebuild it")
+            raise VirkitError(
+                f"dataset 'cifar10' is incomplete: {folder} lacks {', '.join(missing)}; re-download it or rebuild it"
+            )
         x, y = _cifar_batches(folder, files, "labels")
-        return Split(torch.from_numpy(x), torch.from_numpy(y), list(CIFAR10_CLASSES), "cifar10",
-                     f"CIFAR-10 ({folder}{source_note(folder)})")
+        return Split(
+            torch.from_numpy(x),
+            torch.from_numpy(y),
+            list(CIFAR10_CLASSES),
+            "cifar10",
+            f"CIFAR-10 ({folder}{source_note(folder)})",
+        )
     archive = root / STANDIN_ARCHIVE
     if archive.is_file():
         s = _load_imagefolder(archive, split)
@@ -190,8 +222,13 @@ def _load_cifar100(root: Path, split: str) -> Split:
     x, y = _cifar_batches(folder, [split], "fine_labels")
     meta = {(k.decode() if isinstance(k, bytes) else k): v for k, v in _load_pickle(folder / "meta").items()}
     classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get("fine_label_names", range(100))]
-    return Split(torch.from_numpy(x), torch.from_numpy(y), [str(c) for c in classes], "cifar100",
-                 f"CIFAR-100 ({folder}{source_note(folder)})")
+    return Split(
+        torch.from_numpy(x),
+        torch.from_numpy(y),
+        [str(c) for c in classes],
+        "cifar100",
+        f"CIFAR-100 ({folder}{source_note(folder)})",
+    )
 
 
 def _load_svhn(root: Path, split: str) -> Split:
@@ -208,8 +245,13 @@ def _load_svhn(root: Path, split: str) -> Split:
         raise VirkitError(f"corrupt dataset file {path}: {e}; re-download it") from None
     x = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8)
     y = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN labels digit 0 as 10
-    return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), [str(i) for i in range(10)],
-                 "svhn", f"SVHN ({root})")
+    return Split(
+        torch.from_numpy(np.ascontiguousarray(x)),
+        torch.from_numpy(y),
+        [str(i) for i in range(10)],
+        "svhn",
+        f"SVHN ({root})",
+    )
 
 
 def _decode_images(blobs: list[tuple[str, bytes]], what: str) -> np.ndarray:
@@ -224,8 +266,10 @@ def _decode_images(blobs: list[tuple[str, bytes]], what: str) -> np.ndarray:
         if size is None:
             size = img.shape
         elif img.shape != size:
-            raise VirkitError(f"image {name} in {what} has size {img.shape[1]}x{img.shape[0]}, the others "
-                              f"{size[1]}x{size[0]}; every image of a dataset must have the same size")
+            raise VirkitError(
+                f"image {name} in {what} has size {img.shape[1]}x{img.shape[0]}, the others "
+                f"{size[1]}x{size[0]}; every image of a dataset must have the same size"
+            )
         out.append(img.transpose(2, 0, 1))
     return np.stack(out)
 
@@ -272,8 +316,10 @@ def _load_imagefolder(root: Path, split: str) -> Split:
                 if f.suffix.lower() in _IMG_EXT:
                     entries.append((cdir.name, str(f), f.read_bytes()))
     if not entries:
-        raise VirkitError(f"no images for split {split!r} in {root}; expected {split_names[0]}/<class>/<image> "
-                          f"with extensions {', '.join(_IMG_EXT)}")
+        raise VirkitError(
+            f"no images for split {split!r} in {root}; expected {split_names[0]}/<class>/<image> "
+            f"with extensions {', '.join(_IMG_EXT)}"
+        )
     entries.sort(key=lambda e: (e[0], e[1]))
     classes = sorted({c for c, _, _ in entries})
     x = _decode_images([(n, b) for _, n, b in entries], str(root))
@@ -281,6 +327,7 @@ def _load_imagefolder(root: Path, split: str) -> Split:
     out = Split(torch.from_numpy(x), torch.from_numpy(y), classes, "imagefolder", str(root))
     try:
         from virkit.io import atomic_torch_save
+
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"x": out.x, "y": out.y, "classes": classes}, cache)
     except OSError:
@@ -290,6 +337,7 @@ def _load_imagefolder(root: Path, split: str) -> Split:
 
 def zlib_error():
     import zlib
+
     return zlib.error
 
 
@@ -297,8 +345,9 @@ def _load_tiny_imagenet(root: Path, split: str) -> Split:
     base = root / "tiny-imagenet-200"
     wnids_file = base / "wnids.txt"
     if not wnids_file.is_file():
-        raise _missing("tiny-imagenet", root, f"{base}/wnids.txt, train/<wnid>/images/*.JPEG, val/images + "
-                                               "val/val_annotations.txt")
+        raise _missing(
+            "tiny-imagenet", root, f"{base}/wnids.txt, train/<wnid>/images/*.JPEG, val/images + val/val_annotations.txt"
+        )
     wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
     blobs, labels = [], []
     if split == "train":
@@ -317,12 +366,18 @@ def _load_tiny_imagenet(root: Path, split: str) -> Split:
                 blobs.append((str(f), f.read_bytes()))
                 labels.append(wnids.index(parts[1]))
     x = _decode_images(blobs, str(base))
-    return Split(torch.from_numpy(x), torch.tensor(labels, dtype=torch.int64), wnids, "tiny-imagenet",
-                 f"Tiny-ImageNet ({base}{source_note(base)})")
+    return Split(
+        torch.from_numpy(x),
+        torch.tensor(labels, dtype=torch.int64),
+        wnids,
+        "tiny-imagenet",
+        f"Tiny-ImageNet ({base}{source_note(base)})",
+    )
 
 
-def gaussian_mixture(n: int, d: int = 100, eta: float = 0.1, sigma: float = 1.0, K: float = 2.0,
-                     seed: int = 0) -> Split:
+def gaussian_mixture(
+    n: int, d: int = 100, eta: float = 0.1, sigma: float = 1.0, K: float = 2.0, seed: int = 0
+) -> Split:
     """Appendix A's mixture: y uniform on {0 (the paper's -1), 1 (+1)}; x ~ N(-mu, sigma^2 I) for
     class 0 and N(mu, K^2 sigma^2 I) for class 1, mu = (eta, ..., eta) in R^d. Features are float32
     (not images): no box constraint applies to them."""
@@ -332,9 +387,14 @@ def gaussian_mixture(n: int, d: int = 100, eta: float = 0.1, sigma: float = 1.0,
     scale = torch.where(y == 1, K * sigma, sigma).view(-1, 1)
     mu = torch.full((d,), eta)
     x = torch.where((y == 1).view(-1, 1), mu, -mu) + scale * z
-    return Split(x.float(), y.long(), ["-1 (low variance)", "+1 (high variance)"], "gaussian-mixture",
-                 f"synthetic N(+-{eta}, sigma={sigma}, K={K}), d={d}, seed={seed}",
-                 extra={"d": d, "eta": eta, "sigma": sigma, "K": K})
+    return Split(
+        x.float(),
+        y.long(),
+        ["-1 (low variance)", "+1 (high variance)"],
+        "gaussian-mixture",
+        f"synthetic N(+-{eta}, sigma={sigma}, K={K}), d={d}, seed={seed}",
+        extra={"d": d, "eta": eta, "sigma": sigma, "K": K},
+    )
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple, tuple]:
@@ -342,8 +402,13 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple, tuple]:
     return tuple(xf.mean(dim=(0, 2, 3)).tolist()), tuple(xf.std(dim=(0, 2, 3)).tolist())
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
-                 download: bool | None = None, gmm: dict | None = None) -> Split:
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    split: str = "train",
+    download: bool | None = None,
+    gmm: dict | None = None,
+) -> Split:
     """Load one split into memory (CPU). A missing CIFAR-10, CIFAR-100, SVHN or Tiny-ImageNet is
     fetched first from its official source (:mod:`virkit.data.fetch`; ``download=False`` or
     ``VIRKIT_OFFLINE=1`` turn that off). Raises :class:`VirkitError` with the path, the variable and
@@ -362,20 +427,28 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         return gaussian_mixture(n, seed=seed, **opts)
     if name == "imagefolder":
         if root is None and not os.environ.get("VIRKIT_DATA"):
-            raise VirkitError("dataset 'imagefolder' needs --data-root (or $VIRKIT_DATA) pointing at a folder or "
-                              ".tar.gz with train/<class>/* and test/<class>/*")
+            raise VirkitError(
+                "dataset 'imagefolder' needs --data-root (or $VIRKIT_DATA) pointing at a folder or "
+                ".tar.gz with train/<class>/* and test/<class>/*"
+            )
         s = _load_imagefolder(r, split)
     else:
         if download is not False:
-            ensure_dataset(name, r)   # fetched on first use, with a notice (virkit.data.fetch)
-        s = {"cifar10": _load_cifar10, "cifar100": _load_cifar100, "svhn": _load_svhn,
-             "tiny-imagenet": _load_tiny_imagenet}[name](r, split)
+            ensure_dataset(name, r)  # fetched on first use, with a notice (virkit.data.fetch)
+        s = {
+            "cifar10": _load_cifar10,
+            "cifar100": _load_cifar100,
+            "svhn": _load_svhn,
+            "tiny-imagenet": _load_tiny_imagenet,
+        }[name](r, split)
     if s.x.ndim != 4 or s.x.shape[1] != 3:
         raise VirkitError(f"dataset {name!r} at {r} has images of shape {tuple(s.x.shape[1:])}, expected 3xHxW")
     expected = DATASETS[name][1]
     if expected and s.x.shape[-1] != expected:
-        raise VirkitError(f"dataset {name!r} at {r} has {s.x.shape[-1]}x{s.x.shape[-2]} images, expected "
-                          f"{expected}x{expected}; is this the right folder?")
+        raise VirkitError(
+            f"dataset {name!r} at {r} has {s.x.shape[-1]}x{s.x.shape[-2]} images, expected "
+            f"{expected}x{expected}; is this the right folder?"
+        )
     train = s if split == "train" else None
     if train is None:
         stats_cache = data_root(None) / "decoded" / "stats"
@@ -388,6 +461,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         train = load_dataset(name, root, "train", download)
         try:
             from virkit.io import atomic_torch_save
+
             f.parent.mkdir(parents=True, exist_ok=True)
             atomic_torch_save({"mean": list(train.mean), "std": list(train.std)}, f)
         except OSError:
@@ -422,8 +496,16 @@ def subset_indices(split: Split, n: int, seed: int, stratified: bool = True) -> 
 
 def take(split: Split, idx: torch.Tensor, **extra) -> Split:
     """The examples at positions ``idx`` (in that order), ``extra`` added to the split's record."""
-    return Split(split.x[idx], split.y[idx], split.classes, split.name, split.source, split.mean, split.std,
-                 {**split.extra, **extra})
+    return Split(
+        split.x[idx],
+        split.y[idx],
+        split.classes,
+        split.name,
+        split.source,
+        split.mean,
+        split.std,
+        {**split.extra, **extra},
+    )
 
 
 def subset(split: Split, n: int | None, seed: int, stratified: bool = True) -> Split:
@@ -460,8 +542,12 @@ def validation_split(train: Split, n: int) -> tuple[Split, Split, dict]:
     idx = subset_indices(train, n, seed=HOLDOUT_SEED)
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[idx] = False
-    record = {"from": "train", "size": n, "seed": HOLDOUT_SEED,
-              "indices_sha1": hashlib.sha1(idx.numpy().astype("int64").tobytes()).hexdigest()[:16]}
+    record = {
+        "from": "train",
+        "size": n,
+        "seed": HOLDOUT_SEED,
+        "indices_sha1": hashlib.sha1(idx.numpy().astype("int64").tobytes()).hexdigest()[:16],
+    }
     return take(train, keep.nonzero().squeeze(1)), take(train, idx, validation=True), record
 
 

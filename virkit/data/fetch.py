@@ -21,6 +21,7 @@ interrupted download or extraction leaves nothing that looks complete (stale par
 by the next fetch). A corrupt archive is refused by its checksum with one line. Two processes fetching
 the same dataset at once take turns on a file lock; the second finds the data in place.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,19 @@ from pathlib import Path
 
 from virkit.errors import VirkitError
 
-__all__ = ["Archive", "archives", "FETCHABLE", "is_present", "layout_of", "ensure_dataset", "fetch_dataset",
-           "mirror_url", "offline", "source_note", "MARKER"]
+__all__ = [
+    "Archive",
+    "archives",
+    "FETCHABLE",
+    "is_present",
+    "layout_of",
+    "ensure_dataset",
+    "fetch_dataset",
+    "mirror_url",
+    "offline",
+    "source_note",
+    "MARKER",
+]
 
 #: written into a fetched dataset's folder: where it came from and whether the checksum was the official one
 MARKER = ".virkit-fetched.json"
@@ -53,11 +65,11 @@ _TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 class Archive:
     """One file to download: its official URL and MD5, and what it becomes under the data root."""
 
-    filename: str          # the file's name on the server and under the data root
-    url: str               # the official URL
-    md5: str               # the official checksum
-    extract: str           # "tar", "zip" or "none" (the file is used as it is)
-    provides: str          # the folder (or file) under the root that exists once it is in place
+    filename: str  # the file's name on the server and under the data root
+    url: str  # the official URL
+    md5: str  # the official checksum
+    extract: str  # "tar", "zip" or "none" (the file is used as it is)
+    provides: str  # the folder (or file) under the root that exists once it is in place
 
 
 def _tv():
@@ -131,8 +143,9 @@ def _expected_md5(a: Archive) -> tuple[str, bool]:
         try:
             table = json.loads(Path(path).expanduser().read_text())
         except (OSError, ValueError) as e:
-            raise VirkitError(f"VIRKIT_DATA_CHECKSUMS={path} is not a readable JSON file ({e}); fix it or unset "
-                              "it") from None
+            raise VirkitError(
+                f"VIRKIT_DATA_CHECKSUMS={path} is not a readable JSON file ({e}); fix it or unset it"
+            ) from None
         if a.filename in table:
             return str(table[a.filename]).lower(), str(table[a.filename]).lower() == a.md5
     return a.md5, True
@@ -153,7 +166,7 @@ def source_note(folder: Path) -> str:
 def _human(n: float | None) -> str:
     if not n:
         return "size unknown"
-    return f"{n / 2 ** 20:.1f} MiB"
+    return f"{n / 2**20:.1f} MiB"
 
 
 class _Progress:
@@ -164,8 +177,10 @@ class _Progress:
         if sys.stderr.isatty():
             try:
                 from tqdm.auto import tqdm
-                self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-                                file=sys.stderr, leave=False)
+
+                self.bar = tqdm(
+                    total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr, leave=False
+                )
             except ImportError:  # pragma: no cover
                 pass
 
@@ -174,8 +189,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(n)
         elif self.total and self.done / self.total >= self.next_mark:
-            print(f"  {self.label}: {self.done / self.total:.0%} ({_human(self.done)} of {_human(self.total)})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {self.label}: {self.done / self.total:.0%} ({_human(self.done)} of {_human(self.total)})",
+                file=sys.stderr,
+                flush=True,
+            )
             while self.next_mark <= self.done / self.total:
                 self.next_mark += 0.25
 
@@ -209,9 +227,11 @@ def _download(a: Archive, root: Path, say: Callable[[str], None]) -> Path:
                 while True:
                     try:
                         chunk = resp.read(1 << 20)
-                    except (OSError, ValueError) as e:   # http.client.IncompleteRead, resets, timeouts
-                        raise VirkitError(f"the download of {a.filename} from {url} broke off after "
-                                          f"{_human(bar.done)} ({type(e).__name__}); nothing was kept: run again") from None
+                    except (OSError, ValueError) as e:  # http.client.IncompleteRead, resets, timeouts
+                        raise VirkitError(
+                            f"the download of {a.filename} from {url} broke off after "
+                            f"{_human(bar.done)} ({type(e).__name__}); nothing was kept: run again"
+                        ) from None
                     if not chunk:
                         break
                     f.write(chunk)
@@ -220,13 +240,17 @@ def _download(a: Archive, root: Path, say: Callable[[str], None]) -> Path:
             finally:
                 bar.close()
             if total is not None and bar.done != total:
-                raise VirkitError(f"the download of {a.filename} from {url} is truncated ({bar.done} of {total} "
-                                  "bytes); nothing was kept: run again")
+                raise VirkitError(
+                    f"the download of {a.filename} from {url} is truncated ({bar.done} of {total} "
+                    "bytes); nothing was kept: run again"
+                )
         got = h.hexdigest()
         if got != md5:
-            raise VirkitError(f"checksum mismatch for {a.filename} from {url}: md5 {got}, expected {md5}"
-                              f"{'' if official else ' (VIRKIT_DATA_CHECKSUMS)'}; the archive is corrupt and was "
-                              "not kept: run again, or fix the mirror")
+            raise VirkitError(
+                f"checksum mismatch for {a.filename} from {url}: md5 {got}, expected {md5}"
+                f"{'' if official else ' (VIRKIT_DATA_CHECKSUMS)'}; the archive is corrupt and was "
+                "not kept: run again, or fix the mirror"
+            )
         os.replace(part, final)
         return final
     finally:
@@ -257,7 +281,7 @@ def _extract(a: Archive, archive: Path, root: Path, official: bool, url: str) ->
         if a.extract == "tar":
             try:
                 with tarfile.open(archive) as tar:
-                    tar.extractall(tmp, filter="data")   # refuses absolute paths, links out of the folder
+                    tar.extractall(tmp, filter="data")  # refuses absolute paths, links out of the folder
             except (tarfile.TarError, EOFError, OSError) as e:
                 raise VirkitError(f"cannot unpack {archive}: {e}; delete it and run again") from None
         else:
@@ -272,9 +296,17 @@ def _extract(a: Archive, archive: Path, root: Path, official: bool, url: str) ->
         inside = tmp / a.provides
         if not inside.is_dir():
             raise VirkitError(f"{archive} does not hold the folder {a.provides}/; is the mirror's file the right one?")
-        (inside / MARKER).write_text(json.dumps({"url": url, "archive": a.filename, "md5": _md5(archive),
-                                                 "official_checksum": official,
-                                                 "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        (inside / MARKER).write_text(
+            json.dumps(
+                {
+                    "url": url,
+                    "archive": a.filename,
+                    "md5": _md5(archive),
+                    "official_checksum": official,
+                    "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+            )
+        )
         target = root / a.provides
         if target.exists():
             raise VirkitError(f"{target} exists but is incomplete; move it away (or delete it) and run again")
@@ -297,7 +329,7 @@ def _alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
-    except PermissionError:   # pragma: no cover - someone else's process
+    except PermissionError:  # pragma: no cover - someone else's process
         return True
 
 
@@ -311,10 +343,14 @@ def fetch_dataset(name: str, root: Path, say: Callable[[str], None] | None = Non
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise VirkitError(f"cannot create the data folder {root} ({e.strerror}); point VIRKIT_DATA (or --data-root) "
-                          "at a writable folder") from None
-    with file_lock(root / f".fetch-{name}.lock",
-                   on_wait=lambda: say(f"virkit: another process is fetching {label} into {root}; waiting for it")):
+        raise VirkitError(
+            f"cannot create the data folder {root} ({e.strerror}); point VIRKIT_DATA (or --data-root) "
+            "at a writable folder"
+        ) from None
+    with file_lock(
+        root / f".fetch-{name}.lock",
+        on_wait=lambda: say(f"virkit: another process is fetching {label} into {root}; waiting for it"),
+    ):
         if is_present(name, root):
             return
         _clean_stale(root)
@@ -334,12 +370,16 @@ def ensure_dataset(name: str, root: Path, say: Callable[[str], None] | None = No
     if name not in FETCHABLE or is_present(name, root):
         return
     layout = layout_of(name, root)
-    fixes = (f"go online (or set VIRKIT_DATA_MIRROR to a folder or server holding {archives(name)[0].filename}), "
-             f"or point VIRKIT_DATA (or --data-root) at a folder holding {FETCHABLE[name][1] or 'the files'} "
-             "in torchvision's layout")
+    fixes = (
+        f"go online (or set VIRKIT_DATA_MIRROR to a folder or server holding {archives(name)[0].filename}), "
+        f"or point VIRKIT_DATA (or --data-root) at a folder holding {FETCHABLE[name][1] or 'the files'} "
+        "in torchvision's layout"
+    )
     if offline():
-        raise VirkitError(f"dataset {name!r} not found under {root} (expected {layout}) and VIRKIT_OFFLINE is set; "
-                          f"unset it and {fixes}")
+        raise VirkitError(
+            f"dataset {name!r} not found under {root} (expected {layout}) and VIRKIT_OFFLINE is set; "
+            f"unset it and {fixes}"
+        )
     try:
         fetch_dataset(name, root, say)
     except _Unreachable as e:

@@ -1,5 +1,6 @@
 """Batches from a :class:`~virkit.data.datasets.Split` that already lives on the device, with crop and flip
 done there (airbench-style: no worker processes, no PIL in the loop)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -30,8 +31,17 @@ class DeviceLoader:
     fewer examples than ranks is skipped (by every rank).
     """
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool = False, augment: bool = False,
-                 drop_last: bool = False, pad: int = 4, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: bool = False,
+        drop_last: bool = False,
+        pad: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.split, self.batch_size, self.shuffle, self.augment = split, int(batch_size), shuffle, augment
         self.drop_last, self.pad = drop_last, pad
         self.images = split.x.dtype == torch.uint8 and split.x.ndim == 4
@@ -53,7 +63,7 @@ class DeviceLoader:
         g_dev = torch.Generator(device=device)
         g_dev.manual_seed(seed + 1)
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.split.x[idx]
             if self.images:
                 x = x.float().div_(255.0)
@@ -63,6 +73,7 @@ class DeviceLoader:
                 x = x.float()
             if self.world_size > 1:
                 from virkit.distributed import shard_bounds
+
                 lo, hi = shard_bounds(len(idx), self.rank, self.world_size)
                 x, idx = x[lo:hi], idx[lo:hi]
             yield x, self.split.y[idx], idx
@@ -72,19 +83,30 @@ class DeviceLoader:
 
 
 #: training augmentations (``TrainConfig.augment``): name -> (augment, zero padding of the crop)
-AUGMENTATIONS = {"crop-flip": (True, 4),   # random 32x32 crop of the image padded by 4, and a flip: every
-                                           # baseline's code (TRADES, MART, GAIRAT, MAIL) trains with it
-                 "flip": (True, 0),        # the horizontal flip alone (a crop of the unpadded image)
-                 "none": (False, 0)}
+AUGMENTATIONS = {
+    "crop-flip": (True, 4),  # random 32x32 crop of the image padded by 4, and a flip: every
+    # baseline's code (TRADES, MART, GAIRAT, MAIL) trains with it
+    "flip": (True, 0),  # the horizontal flip alone (a crop of the unpadded image)
+    "none": (False, 0),
+}
 
 
-def training_loader(split, batch_size: int, augment: str = "crop-flip", rank: int = 0,
-                    world_size: int = 1) -> DeviceLoader:
+def training_loader(
+    split, batch_size: int, augment: str = "crop-flip", rank: int = 0, world_size: int = 1
+) -> DeviceLoader:
     """The shuffled training loader of a run, with the augmentation ``augment`` names
     (:data:`AUGMENTATIONS`; images only: feature splits are never augmented)."""
     on, pad = AUGMENTATIONS[check_choice("augment", augment, AUGMENTATIONS)]
-    return DeviceLoader(split, batch_size, shuffle=True, augment=on and split.x.dtype == torch.uint8, pad=pad,
-                        drop_last=False, rank=rank, world_size=world_size)
+    return DeviceLoader(
+        split,
+        batch_size,
+        shuffle=True,
+        augment=on and split.x.dtype == torch.uint8,
+        pad=pad,
+        drop_last=False,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -96,8 +118,8 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
     oy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
     ox = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
     flip = torch.rand(b, device=dev, generator=generator) < 0.5
-    rows = (oy.view(b, 1) + torch.arange(h, device=dev).view(1, h))            # b x h
+    rows = oy.view(b, 1) + torch.arange(h, device=dev).view(1, h)  # b x h
     cols = torch.arange(w, device=dev).view(1, w).expand(b, w)
-    cols = torch.where(flip.view(b, 1), w - 1 - cols, cols) + ox.view(b, 1)    # b x w
+    cols = torch.where(flip.view(b, 1), w - 1 - cols, cols) + ox.view(b, 1)  # b x w
     xp = xp.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w + 2 * pad))
     return xp.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))

@@ -10,6 +10,7 @@
 - :mod:`.document`: what eval.json says (fingerprints, worst case, fairness, masking warnings);
 - :mod:`.export`: a run as a RobustBench model-zoo entry.
 """
+
 from virkit.evaluation.document import EVAL_FORMAT, load_adversarial, masking_warnings
 from virkit.evaluation.evaluate import check_adversarial, evaluate_model
 from virkit.evaluation.export import export_robustbench
@@ -17,6 +18,21 @@ from virkit.evaluation.run import evaluate_run
 from virkit.evaluation.settings import DEFAULT_ATTACKS, EvalSettings, attack_list
 from virkit.evaluation.sources import check_model, classify, default_out, evaluate_source, load_source, source_slug
 
-__all__ = ["EvalSettings", "DEFAULT_ATTACKS", "evaluate_model", "evaluate_run", "evaluate_source", "load_source", "check_model",
-           "check_adversarial", "masking_warnings", "load_adversarial", "EVAL_FORMAT", "attack_list", "classify",
-           "default_out", "source_slug", "export_robustbench"]
+__all__ = [
+    "EvalSettings",
+    "DEFAULT_ATTACKS",
+    "evaluate_model",
+    "evaluate_run",
+    "evaluate_source",
+    "load_source",
+    "check_model",
+    "check_adversarial",
+    "masking_warnings",
+    "load_adversarial",
+    "EVAL_FORMAT",
+    "attack_list",
+    "classify",
+    "default_out",
+    "source_slug",
+    "export_robustbench",
+]

@@ -6,6 +6,7 @@ Also the two files an evaluation keeps beside it: the per-batch state of an atta
 
 :mod:`virkit.evaluation.evaluate` runs the attacks; this module owns what the files say.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,9 +21,21 @@ from torch import nn
 from virkit.errors import VirkitError
 from virkit.runs import eval_state_root
 
-__all__ = ["EVAL_FORMAT", "ADV_FORMAT", "masking_warnings", "model_fingerprint", "tensors_fingerprint", "summarize",
-           "build_document", "load_previous", "AttackState", "write_adversarial", "load_adversarial",
-           "adversarial_file", "flags_summary"]
+__all__ = [
+    "EVAL_FORMAT",
+    "ADV_FORMAT",
+    "masking_warnings",
+    "model_fingerprint",
+    "tensors_fingerprint",
+    "summarize",
+    "build_document",
+    "load_previous",
+    "AttackState",
+    "write_adversarial",
+    "load_adversarial",
+    "adversarial_file",
+    "flags_summary",
+]
 
 EVAL_FORMAT = "virkit-eval-v1"
 
@@ -32,6 +45,7 @@ def _threat_lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
     single-step FGSM is left out of the first: a good black-box attack may beat it without any
     gradient masking."""
     from virkit.attacks import black_box_attacks, white_box_attacks
+
     return tuple(a for a in white_box_attacks() if a != "fgsm"), black_box_attacks()
 
 
@@ -50,19 +64,25 @@ def tensors_fingerprint(tensors) -> str:
 def model_fingerprint(model: nn.Module, extra: list[torch.Tensor] | None = None) -> str:
     """Fingerprint of the weights (``extra``: tensors that shape the outputs without being in the
     state dict, e.g. a normalization wrapped around an outside model)."""
-    return tensors_fingerprint([v.float() if v.is_floating_point() else v for v in model.state_dict().values()]
-                               + list(extra or []))
+    return tensors_fingerprint(
+        [v.float() if v.is_floating_point() else v for v in model.state_dict().values()] + list(extra or [])
+    )
 
 
 def summarize(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-    correct = (pred == y)
+    correct = pred == y
     conf = torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, num_classes)
     per_class = []
     for c in range(num_classes):
         n_c = int(conf[c].sum())
         per_class.append(float(conf[c, c]) / n_c if n_c else None)
-    return {"accuracy": float(correct.float().mean()) if len(y) else 0.0, "per_class_accuracy": per_class,
-            "confusion_matrix": conf.tolist(), "robust": correct.int().tolist(), "predictions": pred.tolist()}
+    return {
+        "accuracy": float(correct.float().mean()) if len(y) else 0.0,
+        "per_class_accuracy": per_class,
+        "confusion_matrix": conf.tolist(),
+        "robust": correct.int().tolist(),
+        "predictions": pred.tolist(),
+    }
 
 
 def flags_summary(robust: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
@@ -71,21 +91,27 @@ def flags_summary(robust: torch.Tensor, y: torch.Tensor, num_classes: int) -> di
     for c in range(num_classes):
         m = y == c
         per_class.append(float(robust[m].float().mean()) if bool(m.any()) else None)
-    return {"accuracy": float(robust.float().mean()) if len(y) else 0.0, "per_class_accuracy": per_class,
-            "robust": robust.int().tolist()}
+    return {
+        "accuracy": float(robust.float().mean()) if len(y) else 0.0,
+        "per_class_accuracy": per_class,
+        "robust": robust.int().tolist(),
+    }
 
 
 def _fairness(per_class: list, classes: list[str]) -> dict:
     vals = [(v, c) for v, c in zip(per_class, classes) if v is not None]
     if not vals:
-        return {"worst_class_accuracy": None, "worst_class": None, "best_minus_worst": None,
-                "std_across_classes": None}
+        return {"worst_class_accuracy": None, "worst_class": None, "best_minus_worst": None, "std_across_classes": None}
     accs = [v for v, _ in vals]
     worst_v, worst_c = min(vals, key=lambda t: t[0])
     mean = sum(accs) / len(accs)
     std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
-    return {"worst_class_accuracy": worst_v, "worst_class": worst_c, "best_minus_worst": max(accs) - worst_v,
-            "std_across_classes": std}
+    return {
+        "worst_class_accuracy": worst_v,
+        "worst_class": worst_c,
+        "best_minus_worst": max(accs) - worst_v,
+        "std_across_classes": std,
+    }
 
 
 def masking_warnings(acc: dict[str, float]) -> list[str]:
@@ -105,27 +131,35 @@ def masking_warnings(acc: dict[str, float]) -> list[str]:
     if "fgsm" in acc:
         for _, k in pgds:
             if acc[k] > acc["fgsm"]:
-                out.append(f"{k} accuracy {pct(acc[k])} is above fgsm accuracy {pct(acc['fgsm'])}: an iterative attack "
-                           "weaker than a single step suggests gradient masking")
+                out.append(
+                    f"{k} accuracy {pct(acc[k])} is above fgsm accuracy {pct(acc['fgsm'])}: an iterative attack "
+                    "weaker than a single step suggests gradient masking"
+                )
     for ens in ensembles:
         if ens in acc:
             for _, k in pgds:
                 if acc[ens] > acc[k]:
-                    out.append(f"{ens} accuracy {pct(acc[ens])} is above {k} accuracy {pct(acc[k])}: the stronger "
-                               "attack did worse, check the evaluation for gradient masking or a bug")
+                    out.append(
+                        f"{ens} accuracy {pct(acc[ens])} is above {k} accuracy {pct(acc[k])}: the stronger "
+                        "attack did worse, check the evaluation for gradient masking or a bug"
+                    )
     white, black = _threat_lists()
     for bb in black:
         if bb in acc:
             beaten = [k for k in white if k in acc and acc[bb] < acc[k]]
             if beaten:
-                out.append(f"black-box {bb} accuracy {pct(acc[bb])} is below white-box "
-                           + ", ".join(f"{k} {pct(acc[k])}" for k in beaten)
-                           + ": gradient-based attacks are being obstructed (gradient masking)")
+                out.append(
+                    f"black-box {bb} accuracy {pct(acc[bb])} is below white-box "
+                    + ", ".join(f"{k} {pct(acc[k])}" for k in beaten)
+                    + ": gradient-based attacks are being obstructed (gradient masking)"
+                )
     for i, (s1, k1) in enumerate(pgds):
-        for s2, k2 in pgds[i + 1:]:
+        for s2, k2 in pgds[i + 1 :]:
             if s2 > s1 and acc[k2] > acc[k1]:
-                out.append(f"{k2} accuracy {pct(acc[k2])} is above {k1} accuracy {pct(acc[k1])}: accuracy should not "
-                           "rise with more attack steps (gradient masking)")
+                out.append(
+                    f"{k2} accuracy {pct(acc[k2])} is above {k1} accuracy {pct(acc[k1])}: accuracy should not "
+                    "rise with more attack steps (gradient masking)"
+                )
     return out
 
 
@@ -134,12 +168,12 @@ def _header_mismatch(doc: dict, header: dict) -> str | None:
     for k, v in header.items():
         if k in ("extra", "model_source", "runtime"):  # for the reader; the fingerprints identify model and data
             continue
-        if k == "numerics":   # files written before TF32 was recorded are fp32 without TF32 (CPU only)
+        if k == "numerics":  # files written before TF32 was recorded are fp32 without TF32 (CPU only)
             there = doc.get("numerics") or {"dtype": "float32", "tf32": False}
             if there != v:
                 return f"numerics {there} there, {v} here (--allow-tf32 differs)"
             continue
-        if k == "norm":   # files written before L2 existed are L-inf
+        if k == "norm":  # files written before L2 existed are L-inf
             if doc.get("norm", "Linf") != v:
                 return f"norm {doc.get('norm', 'Linf')!r} there, {v!r} here"
             continue
@@ -172,15 +206,18 @@ def load_previous(path: Path, header: dict, replace: bool = False) -> dict:
     diff = _header_mismatch(doc, header)
     if diff is not None:
         if not replace:
-            raise VirkitError(f"{path} holds an evaluation with other settings ({diff}); pass --replace to start "
-                              "a new one (the old file is kept as .prev.json) or --out to write elsewhere")
+            raise VirkitError(
+                f"{path} holds an evaluation with other settings ({diff}); pass --replace to start "
+                "a new one (the old file is kept as .prev.json) or --out to write elsewhere"
+            )
         return {}
     atts = doc.get("attacks")
     return atts if isinstance(atts, dict) else {}
 
 
-def build_document(header: dict, results: dict[str, dict], order: list[str], classes: list[str],
-              labels: torch.Tensor) -> dict:
+def build_document(
+    header: dict, results: dict[str, dict], order: list[str], classes: list[str], labels: torch.Tensor
+) -> dict:
     ordered = {k: results[k] for k in order if k in results}
     ordered.update({k: v for k, v in results.items() if k not in ordered})
     doc = {**header, "labels": labels.tolist(), "attacks": ordered}
@@ -217,6 +254,7 @@ class AttackState:
 
     def __init__(self, out_path: Path, attack: str, key: dict):
         from virkit.io import to_jsonable
+
         self.dir = eval_state_root(out_path) / "".join(c if c.isalnum() or c in "-_." else "_" for c in attack)
         self.key = json.loads(json.dumps(to_jsonable(key), sort_keys=True))
 
@@ -229,6 +267,7 @@ class AttackState:
         if old != self.key:
             self.clear()
         from virkit.io import atomic_write_json
+
         self.dir.mkdir(parents=True, exist_ok=True)
         if old != self.key:
             atomic_write_json(self.dir / "key.json", self.key)
@@ -241,16 +280,18 @@ class AttackState:
 
     def save(self, index: int, record: dict) -> None:
         from virkit.io import atomic_torch_save
+
         atomic_torch_save(record, self.dir / f"b{index:06d}.pt")
 
     def load(self, index: int) -> dict:
         from virkit.io import safe_torch_load
+
         return safe_torch_load(self.dir / f"b{index:06d}.pt")
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         try:
-            self.dir.parent.rmdir()   # the state folder goes when its last attack is done
+            self.dir.parent.rmdir()  # the state folder goes when its last attack is done
         except OSError:
             pass
 
@@ -276,16 +317,21 @@ def write_adversarial(folder, attack: str, tensors: dict[str, torch.Tensor], met
     except ImportError:
         raise VirkitError("--save-adv needs the safetensors package: pip install safetensors") from None
     from virkit.io import atomic_write_bytes
+
     path = adversarial_file(folder, attack)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": ADV_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}})
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        str(tmp),
+        metadata={"format": ADV_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}},
+    )
     tmp.replace(path)
     if png:
         import io
 
         from PIL import Image
+
         q = tensors["x_adv_uint8"]
         if q.dim() == 4 and q.shape[1] in (1, 3):
             (path.parent / "png").mkdir(exist_ok=True)
@@ -303,16 +349,20 @@ def load_adversarial(folder, attack: str, quantized: bool = False, with_predicti
     or with ``quantized`` the uint8 copies as float32 /255 (what survives saving as an image).
     ``with_predictions`` adds the adversarial predictions as a third tensor."""
     from torch.utils.data import TensorDataset
+
     path = adversarial_file(folder, attack)
     if not path.is_file():
         have = sorted(p.parent.name for p in Path(folder).glob("*/adversarial.safetensors"))
-        raise VirkitError(f"no adversarial examples of {attack!r} under {folder}"
-                          + (f" (there are: {', '.join(have)})" if have else ""))
+        raise VirkitError(
+            f"no adversarial examples of {attack!r} under {folder}"
+            + (f" (there are: {', '.join(have)})" if have else "")
+        )
     try:
         from safetensors.torch import load_file
     except ImportError:
-        raise VirkitError("reading saved adversarial examples needs the safetensors package: pip install "
-                          "safetensors") from None
+        raise VirkitError(
+            "reading saved adversarial examples needs the safetensors package: pip install safetensors"
+        ) from None
     t = load_file(str(path))
     x = t["x_adv_uint8"].float() / 255.0 if quantized else t["x_adv"]
     parts = [x, t["labels"]] + ([t["uint8_pred"] if quantized else t["adv_pred"]] if with_predictions else [])

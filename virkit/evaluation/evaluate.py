@@ -30,6 +30,7 @@ writer lock) and :func:`evaluate_source` (any model: ``module:callable``, ``robu
 TorchScript file; :mod:`virkit.evaluation.sources`). What the files hold is :mod:`virkit.evaluation.document`'s business;
 :func:`load_adversarial` reads the adversarial examples ``save_adv`` wrote.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,9 +67,20 @@ from virkit.evaluation.document import (
 from virkit.evaluation.settings import DEFAULT_ATTACKS, EvalSettings, attack_list
 from virkit.io import atomic_write_json, to_jsonable
 
-__all__ = ["evaluate_model", "EvalSettings", "DEFAULT_ATTACKS", "attack_list", "check_adversarial",
-           "AdversarialCheckError", "masking_warnings", "load_adversarial", "EVAL_FORMAT", "TOLERANCE",
-           "L2_TOLERANCE", "UINT8_SLACK"]
+__all__ = [
+    "evaluate_model",
+    "EvalSettings",
+    "DEFAULT_ATTACKS",
+    "attack_list",
+    "check_adversarial",
+    "AdversarialCheckError",
+    "masking_warnings",
+    "load_adversarial",
+    "EVAL_FORMAT",
+    "TOLERANCE",
+    "L2_TOLERANCE",
+    "UINT8_SLACK",
+]
 
 TOLERANCE = 1e-6
 #: an L2 norm summed over thousands of float32 coordinates carries a larger rounding error
@@ -81,8 +93,15 @@ class AdversarialCheckError(RuntimeError):
     """An attack returned a point outside the eps-ball or the box: a bug in the attack."""
 
 
-def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds=(0.0, 1.0), tol: float | None = None,
-                      name: str = "attack", norm: str = "Linf") -> None:
+def check_adversarial(
+    x_adv: torch.Tensor,
+    x: torch.Tensor,
+    eps: float,
+    bounds=(0.0, 1.0),
+    tol: float | None = None,
+    name: str = "attack",
+    norm: str = "Linf",
+) -> None:
     """Raise :class:`AdversarialCheckError` unless ``x_adv`` has the shape of ``x``, is finite, lies in the
     ``norm`` ball of radius ``eps`` around ``x`` (L-inf, or L2 per example) and in ``bounds``, each up
     to ``tol`` (default 1e-6; 1e-5 for L2 norms)."""
@@ -96,9 +115,11 @@ def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds=(
     if not math.isfinite(worst) or not bool(torch.isfinite(x_adv).all()):
         raise AdversarialCheckError(f"{name} returned non-finite values")
     if worst > eps + tol:
-        raise AdversarialCheckError(f"{name} returned a perturbation of {'L-inf' if norm == 'Linf' else norm} norm "
-                                    f"{worst:.8f} > eps {eps:.8f} (tolerance {tol:g}) at example "
-                                    f"{int(diff.argmax())} of the batch")
+        raise AdversarialCheckError(
+            f"{name} returned a perturbation of {'L-inf' if norm == 'Linf' else norm} norm "
+            f"{worst:.8f} > eps {eps:.8f} (tolerance {tol:g}) at example "
+            f"{int(diff.argmax())} of the batch"
+        )
     if bounds is not None:
         lo, hi = float(x_adv.min()), float(x_adv.max())
         if lo < bounds[0] - tol or hi > bounds[1] + tol:
@@ -110,9 +131,17 @@ def quantize(x_adv: torch.Tensor) -> torch.Tensor:
     return (x_adv * 255).round().clamp(0, 255) / 255
 
 
-def evaluate_model(model: nn.Module, split, settings: EvalSettings, *, device=None, out_path=None,
-                   dist: DistContext | None = None, model_source: dict | None = None,
-                   fingerprint_extra: list | None = None) -> dict:
+def evaluate_model(
+    model: nn.Module,
+    split,
+    settings: EvalSettings,
+    *,
+    device=None,
+    out_path=None,
+    dist: DistContext | None = None,
+    model_source: dict | None = None,
+    fingerprint_extra: list | None = None,
+) -> dict:
     """Evaluate ``model`` on the first ``settings.n_examples`` of ``split`` (split order; all of it
     when unset) under ``settings`` (:class:`EvalSettings`; unset attacks, eps and seed take their
     defaults, :meth:`EvalSettings.resolved`). ``device``: where it runs (default: the model's). An
@@ -122,20 +151,32 @@ def evaluate_model(model: nn.Module, split, settings: EvalSettings, *, device=No
     ``model_source`` is recorded in the header; ``fingerprint_extra`` (tensors) joins the model
     fingerprint. Returns the dict written to ``out_path`` (if given) as ``eval.json``."""
     settings = EvalSettings.given(settings, "evaluate_model").resolved()
-    return _Evaluation(model, split, settings, device, out_path, dist or DistContext(), model_source,
-                       fingerprint_extra).run()
+    return _Evaluation(
+        model, split, settings, device, out_path, dist or DistContext(), model_source, fingerprint_extra
+    ).run()
 
 
 class _Evaluation:
     """One evaluation: the fp32 model on its device, the images, the header, the results so far."""
 
-    def __init__(self, model: nn.Module, split, s: EvalSettings, device, out_path, dist: DistContext,
-                 model_source: dict | None = None, fingerprint_extra=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        split,
+        s: EvalSettings,
+        device,
+        out_path,
+        dist: DistContext,
+        model_source: dict | None = None,
+        fingerprint_extra=None,
+    ):
         total = len(split)
         n = total if s.n_examples is None else int(s.n_examples)
         if n > total:
-            raise VirkitError(f"n_examples={n} is larger than the {getattr(split, 'name', '') or 'test'} split "
-                              f"({total} examples); use --n-examples <= {total}")
+            raise VirkitError(
+                f"n_examples={n} is larger than the {getattr(split, 'name', '') or 'test'} split "
+                f"({total} examples); use --n-examples <= {total}"
+            )
         self.s, self.dist = s, dist
         self.classes = [str(c) for c in split.classes]
         self.num_classes = len(self.classes)
@@ -145,28 +186,37 @@ class _Evaluation:
         self.bounds = (0.0, 1.0) if self.images else None
         self.x_all, self.y_all = split.x[:n], split.y[:n].long().cpu()
         if int(self.y_all.min()) < 0 or int(self.y_all.max()) >= self.num_classes:
-            raise VirkitError(f"labels outside 0..{self.num_classes - 1} in the split; the class list does not match "
-                              "the labels")
+            raise VirkitError(
+                f"labels outside 0..{self.num_classes - 1} in the split; the class list does not match the labels"
+            )
         # fp32 model on the evaluation device; the caller's model is restored afterwards
         self.model = model
-        if any(t.is_floating_point() and t.dtype != torch.float32
-               for t in list(model.parameters()) + list(model.buffers())):
+        if any(
+            t.is_floating_point() and t.dtype != torch.float32 for t in list(model.parameters()) + list(model.buffers())
+        ):
             self.model = copy.deepcopy(model).float()
-        self.header = {"format": EVAL_FORMAT, "dataset": getattr(split, "name", ""),
-                       "source": getattr(split, "source", ""), "classes": self.classes, "n_examples": n,
-                       "norm": s.norm, "eps": float(s.eps), "seed": int(s.seed),
-                       "data_fingerprint": tensors_fingerprint([self.x_all, self.y_all]),
-                       "model_fingerprint": model_fingerprint(self.model, fingerprint_extra),
-                       # TF32 changes the numbers: an evaluation with it is another evaluation
-                       "numerics": {"dtype": "float32", "tf32": bool(s.allow_tf32 and self.dev.type == "cuda")},
-                       "extra": to_jsonable(s.extra)}
+        self.header = {
+            "format": EVAL_FORMAT,
+            "dataset": getattr(split, "name", ""),
+            "source": getattr(split, "source", ""),
+            "classes": self.classes,
+            "n_examples": n,
+            "norm": s.norm,
+            "eps": float(s.eps),
+            "seed": int(s.seed),
+            "data_fingerprint": tensors_fingerprint([self.x_all, self.y_all]),
+            "model_fingerprint": model_fingerprint(self.model, fingerprint_extra),
+            # TF32 changes the numbers: an evaluation with it is another evaluation
+            "numerics": {"dtype": "float32", "tf32": bool(s.allow_tf32 and self.dev.type == "cuda")},
+            "extra": to_jsonable(s.extra),
+        }
         if model_source is not None:
             self.header["model_source"] = to_jsonable(model_source)
         self.out_path = Path(out_path) if out_path is not None else None
         if dist.enabled and self.out_path is None:
             raise VirkitError("a sharded evaluation (torchrun) needs an output file (--out)")
         own = dist.on_main(lambda: load_previous(self.out_path, self.header, s.replace))
-        self.resumed = bool(own)   # out_path holds this evaluation (else, with replace, it is set aside)
+        self.resumed = bool(own)  # out_path holds this evaluation (else, with replace, it is set aside)
         self.previous = own or dist.on_main(self._reusable)
         self.results: dict[str, dict] = {}
         self.doc: dict[str, Any] = {}
@@ -197,8 +247,9 @@ class _Evaluation:
             try:
                 atomic_write_json(self.out_path, self.doc)
             except OSError as e:
-                raise VirkitError(f"cannot write {self.out_path}: {e.strerror or e}; choose a writable output path"
-                                  ) from None
+                raise VirkitError(
+                    f"cannot write {self.out_path}: {e.strerror or e}; choose a writable output path"
+                ) from None
 
     def _start(self) -> None:
         if self.out_path is None:
@@ -208,8 +259,9 @@ class _Evaluation:
             if self.s.replace and not self.resumed and self.out_path.is_file():
                 os.replace(self.out_path, self.out_path.with_suffix(".prev.json"))
         except OSError as e:
-            raise VirkitError(f"cannot write in {self.out_path.parent}: {e.strerror}; choose a writable output "
-                              "path") from None
+            raise VirkitError(
+                f"cannot write in {self.out_path.parent}: {e.strerror}; choose a writable output path"
+            ) from None
 
     def run(self) -> dict:
         self.dist.on_main(self._start)
@@ -221,8 +273,12 @@ class _Evaluation:
         if moved:
             self.model.to(self.dev)
         try:
-            with eval_mode(self.model), _autocast_off(self.dev), tf32_mode(self.dev, self.s.allow_tf32), \
-                    input_grad_only(self.model):
+            with (
+                eval_mode(self.model),
+                _autocast_off(self.dev),
+                tf32_mode(self.dev, self.s.allow_tf32),
+                input_grad_only(self.model),
+            ):
                 self._compile()
                 nat_pred = self._natural()
                 for name in self.s.attacks:
@@ -245,11 +301,10 @@ class _Evaluation:
         ``off``, ``compiled``, ``cudagraphs`` or ``fallback-eager`` after a compile failure)."""
         self.attack_model, status = self.model, "off"
         if self.s.compile != "off":
-            example = self._batch(self.x_all[:min(len(self.y_all), self.s.batch_size)])
+            example = self._batch(self.x_all[: min(len(self.y_all), self.s.batch_size)])
             mode = "reduce-overhead" if self.s.compile == "cudagraphs" else None
             self.attack_model = compile_model(self.model, example, dynamic=None, mode=mode, log=self.note)
-            status = "fallback-eager" if self.attack_model is self.model else (
-                "cudagraphs" if mode else "compiled")
+            status = "fallback-eager" if self.attack_model is self.model else ("cudagraphs" if mode else "compiled")
         self.header["runtime"] = {"device": str(self.dev), "compile": status, "torch": torch.__version__}
 
     def _natural(self) -> torch.Tensor:
@@ -259,41 +314,61 @@ class _Evaluation:
         t0 = time.perf_counter()
         with torch.no_grad():
             for s in range(0, n, bs):
-                nat_pred[s:s + bs] = self.model(self._batch(self.x_all[s:s + bs])).argmax(1).cpu()
+                nat_pred[s : s + bs] = self.model(self._batch(self.x_all[s : s + bs])).argmax(1).cpu()
         seconds = time.perf_counter() - t0
         prev = self.previous.get("natural")
         if prev is not None and prev.get("predictions") == nat_pred.tolist():
             self.results["natural"] = prev
         elif "natural" in self.s.attacks:
-            self.results["natural"] = {**summarize(nat_pred, self.y_all, self.num_classes), "seconds": seconds,
-                                       "n_attacked": n, "settings": {"name": "natural"}}
+            self.results["natural"] = {
+                **summarize(nat_pred, self.y_all, self.num_classes),
+                "seconds": seconds,
+                "n_attacked": n,
+                "settings": {"name": "natural"},
+            }
         if "natural" in self.s.attacks:
             self.dist.on_main(self.write)
         return nat_pred
 
     def _attack(self, name: str, nat_pred: torch.Tensor) -> None:
         s, dist = self.s, self.dist
-        atk = get_attack(name, eps=s.eps, seed=s.seed, **{**({"norm": s.norm} if s.norm != "Linf" else {}),
-                                                          **s.attack_overrides.get(name, {}),
-                                                          **({"bounds": None} if self.bounds is None else {})})
+        atk = get_attack(
+            name,
+            eps=s.eps,
+            seed=s.seed,
+            **{
+                **({"norm": s.norm} if s.norm != "Linf" else {}),
+                **s.attack_overrides.get(name, {}),
+                **({"bounds": None} if self.bounds is None else {}),
+            },
+        )
         settings = to_jsonable(atk.describe())
-        correct = (nat_pred == self.y_all).nonzero().squeeze(1)     # in split order; attacked in full batches
-        batches = [correct[b:b + s.batch_size] for b in range(0, len(correct), s.batch_size)]
+        correct = (nat_pred == self.y_all).nonzero().squeeze(1)  # in split order; attacked in full batches
+        batches = [correct[b : b + s.batch_size] for b in range(0, len(correct), s.batch_size)]
         header = {k: v for k, v in self.header.items() if k not in ("extra", "model_source", "runtime")}
-        key = {"settings": settings, "header": header,
-               "batch_size": s.batch_size, "n_attacked": len(correct), "save_adv": s.save_adv is not None}
+        key = {
+            "settings": settings,
+            "header": header,
+            "batch_size": s.batch_size,
+            "n_attacked": len(correct),
+            "save_adv": s.save_adv is not None,
+        }
         state = AttackState(self.out_path, name, key) if self.out_path is not None else None
         prev = self.previous.get(name)
-        if prev is not None and prev.get("settings") == settings and not (
-                s.save_adv is not None and not adversarial_file(s.save_adv, name).is_file()):
+        if (
+            prev is not None
+            and prev.get("settings") == settings
+            and not (s.save_adv is not None and not adversarial_file(s.save_adv, name).is_file())
+        ):
             self.results[name] = prev
             if state is not None:
                 dist.on_main(state.clear)
-            self.note(f"{name}: kept from {prev.get('reused_from') or self.out_path} "
-                      f"(accuracy {100 * prev['accuracy']:.2f}%)")
+            self.note(
+                f"{name}: kept from {prev.get('reused_from') or self.out_path} (accuracy {100 * prev['accuracy']:.2f}%)"
+            )
             return
         kept = dist.on_main(state.prepare) if state is not None else 0
-        if kept and dist.is_main:   # always said: the evaluation continues, it does not start over
+        if kept and dist.is_main:  # always said: the evaluation continues, it does not start over
             print(f"virkit: {name}: {kept} of {len(batches)} batches kept from an interrupted run", file=sys.stderr)
         done = state.done() if state is not None else set()
         mine = [i for i in range(len(batches)) if i % dist.world_size == dist.rank and i not in done]
@@ -326,19 +401,21 @@ class _Evaluation:
         t0 = time.perf_counter()
         xa = atk(self.attack_model, xb, yb)
         check_adversarial(xa, xb, s.eps, self.bounds, name=name, norm=s.norm)
-        with torch.no_grad():   # scored by the eager fp32 model, whatever the attack ran on
+        with torch.no_grad():  # scored by the eager fp32 model, whatever the attack ran on
             rec: dict[str, Any] = {"pred": self.model(xa.float()).argmax(1).cpu()}
             details = getattr(atk, "details", None)
             if details:
                 rec["components"] = {k: v.cpu() for k, v in details["components"].items()}
                 rec["mode"] = details["mode"]
                 rec["component_seconds"] = dict(getattr(atk, "timings", None) or {})
-            if self.images:   # what survives saving the adversarial image with 8 bits per value
+            if self.images:  # what survives saving the adversarial image with 8 bits per value
                 q = quantize(xa.float())
                 dist_q = per_example_norm(q - xb, s.norm)
                 if s.norm == "Linf" and float(dist_q.max()) > s.eps + UINT8_SLACK + TOLERANCE:
-                    raise AdversarialCheckError(f"{name}: a quantized image lies {float(dist_q.max()):.6f} from its "
-                                                "input, more than eps + 0.5/255")
+                    raise AdversarialCheckError(
+                        f"{name}: a quantized image lies {float(dist_q.max()):.6f} from its "
+                        "input, more than eps + 0.5/255"
+                    )
                 rec["uint8_pred"] = self.model(q).argmax(1).cpu()
                 rec["uint8_dist"] = dist_q.cpu()
             if s.save_adv is not None:
@@ -369,21 +446,30 @@ class _Evaluation:
                 upred[idx], udist[idx] = rec["uint8_pred"], rec["uint8_dist"].float()
             if x_adv is not None:
                 x_adv[idx] = rec["x_adv"]
-        result = {**summarize(pred, self.y_all, self.num_classes), "seconds": seconds, "n_attacked": len(correct),
-                  "settings": settings}
+        result = {
+            **summarize(pred, self.y_all, self.num_classes),
+            "seconds": seconds,
+            "n_attacked": len(correct),
+            "settings": settings,
+        }
         if comps:
-            result["components"] = {"mode": mode, **{k: flags_summary(v, self.y_all, self.num_classes)
-                                                     for k, v in comps.items()}}
-        if comp_seconds:   # where an AutoAttack's time went (summed over batches)
+            result["components"] = {
+                "mode": mode,
+                **{k: flags_summary(v, self.y_all, self.num_classes) for k, v in comps.items()},
+            }
+        if comp_seconds:  # where an AutoAttack's time went (summed over batches)
             result["component_seconds"] = comp_seconds
         if self.images and len(correct):
             ok = upred == self.y_all
-            result["uint8"] = {**flags_summary(ok, self.y_all, self.num_classes),
-                               "rule": "round to the nearest /255 value, clip to [0, 1], predict again; the point may "
-                                       "leave the eps-ball by at most 0.5/255 per pixel",
-                               "max_distance": float(udist.max()),
-                               "n_outside_ball": int((udist > self.s.eps + (TOLERANCE if self.s.norm == "Linf"
-                                                                              else L2_TOLERANCE)).sum())}
+            result["uint8"] = {
+                **flags_summary(ok, self.y_all, self.num_classes),
+                "rule": "round to the nearest /255 value, clip to [0, 1], predict again; the point may "
+                "leave the eps-ball by at most 0.5/255 per pixel",
+                "max_distance": float(udist.max()),
+                "n_outside_ball": int(
+                    (udist > self.s.eps + (TOLERANCE if self.s.norm == "Linf" else L2_TOLERANCE)).sum()
+                ),
+            }
         if x_adv is not None:
             self._save_adv(name, x_adv, nat_pred, pred, upred, correct)
         self.results[name] = result
@@ -395,13 +481,26 @@ class _Evaluation:
     def _save_adv(self, name, x_adv, nat_pred, pred, upred, correct) -> None:
         attacked = torch.zeros(len(self.y_all), dtype=torch.uint8)
         attacked[correct] = 1
-        tensors = {"x_adv": x_adv, "labels": self.y_all, "clean_pred": nat_pred, "adv_pred": pred,
-                   "uint8_pred": upred, "attacked": attacked, "index": torch.arange(len(self.y_all))}
+        tensors = {
+            "x_adv": x_adv,
+            "labels": self.y_all,
+            "clean_pred": nat_pred,
+            "adv_pred": pred,
+            "uint8_pred": upred,
+            "attacked": attacked,
+            "index": torch.arange(len(self.y_all)),
+        }
         if self.images:
             tensors["x_adv_uint8"] = (x_adv * 255).round().clamp(0, 255).to(torch.uint8)
-        meta = {"attack": name, "eps": self.s.eps, "norm": self.s.norm, "dataset": self.header["dataset"],
-                "classes": self.classes, "data_fingerprint": self.header["data_fingerprint"],
-                "model_fingerprint": self.header["model_fingerprint"]}
+        meta = {
+            "attack": name,
+            "eps": self.s.eps,
+            "norm": self.s.norm,
+            "dataset": self.header["dataset"],
+            "classes": self.classes,
+            "data_fingerprint": self.header["data_fingerprint"],
+            "model_fingerprint": self.header["model_fingerprint"],
+        }
         write_adversarial(self.s.save_adv, name, tensors, meta, png=self.s.save_adv_png and self.images)
 
 

@@ -1,6 +1,7 @@
 """Evaluating a run: :func:`evaluate_run` takes a virkit run directory or checkpoint, evaluates what
 the trainer evaluated by default (the run's eval checkpoint, seed, eps and test subset) under the
 eval.json's writer lock, and hands the work to :func:`virkit.evaluation.evaluate.evaluate_model`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,10 +19,19 @@ from virkit.evaluation.evaluate import EvalSettings, evaluate_model
 __all__ = ["evaluate_run", "writer_lock"]
 
 
-def evaluate_run(source: str | os.PathLike, settings: EvalSettings | None = None, *, which: str | None = None,
-                 dataset: str | None = None, data_root: str | None = None, device: str | torch.device = "auto",
-                 out: str | os.PathLike | None = None, test_split=None, log: Callable[[str], None] | None = None,
-                 dist: DistContext | None = None) -> dict:
+def evaluate_run(
+    source: str | os.PathLike,
+    settings: EvalSettings | None = None,
+    *,
+    which: str | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    device: str | torch.device = "auto",
+    out: str | os.PathLike | None = None,
+    test_split=None,
+    log: Callable[[str], None] | None = None,
+    dist: DistContext | None = None,
+) -> dict:
     """Evaluate a virkit run directory (or one of its checkpoints) under ``settings`` (an
     :class:`virkit.evaluation.EvalSettings`; None: the defaults) and write its eval.json.
 
@@ -42,7 +52,7 @@ def evaluate_run(source: str | os.PathLike, settings: EvalSettings | None = None
     from virkit.runs import RunDir
 
     dist = dist or DistContext()
-    settings = EvalSettings.given(settings, "evaluate_run")   # checked when made: before anything is written
+    settings = EvalSettings.given(settings, "evaluate_run")  # checked when made: before anything is written
     src = Path(source)
     run = RunDir(src if src.is_dir() else src.parent)
     out_path = Path(out) if out is not None else run.eval_file
@@ -58,25 +68,40 @@ def evaluate_run(source: str | os.PathLike, settings: EvalSettings | None = None
         settings.check_device(dev)
         model, cfg = load_checkpoint(ck_path, "cpu")
         ds = dataset or cfg["dataset"]
-        n = settings.n_examples if settings.n_examples is not None else (
-            cfg.get("test_subset") if ds == cfg["dataset"] else None)
+        n = (
+            settings.n_examples
+            if settings.n_examples is not None
+            else (cfg.get("test_subset") if ds == cfg["dataset"] else None)
+        )
         # what the settings leave unset is the run's own (its training eps is a Linf radius)
-        own = settings.resolved(attacks=list(cfg.get("eval_attacks") or ["natural"]),
-                                eps=float(cfg.get("eps", 8 / 255)) if settings.norm == "Linf" else None,
-                                seed=int(cfg.get("seed", 0)))
+        own = settings.resolved(
+            attacks=list(cfg.get("eval_attacks") or ["natural"]),
+            eps=float(cfg.get("eps", 8 / 255)) if settings.norm == "Linf" else None,
+            seed=int(cfg.get("seed", 0)),
+        )
         if test_split is None:
-            full = load_dataset(ds, data_root or cfg.get("data_root"), "test",
-                                gmm=(cfg.get("extra") or {}).get("gmm") if ds == "gaussian-mixture" else None)
+            full = load_dataset(
+                ds,
+                data_root or cfg.get("data_root"),
+                "test",
+                gmm=(cfg.get("extra") or {}).get("gmm") if ds == "gaussian-mixture" else None,
+            )
             n_model = len((cfg.get("data") or {}).get("classes") or full.classes)
             if n_model != full.num_classes:
-                raise VirkitError(f"checkpoint {ck_path} has {n_model} classes but the dataset has "
-                                  f"{full.num_classes}; evaluate it on the dataset it was trained on")
+                raise VirkitError(
+                    f"checkpoint {ck_path} has {n_model} classes but the dataset has "
+                    f"{full.num_classes}; evaluate it on the dataset it was trained on"
+                )
             if n is not None and n > len(full):
-                raise VirkitError(f"--n-examples={n} is more than the test set has ({len(full)}); use at most "
-                                  f"{len(full)}")
+                raise VirkitError(
+                    f"--n-examples={n} is more than the test set has ({len(full)}); use at most {len(full)}"
+                )
             test_split = test_subset(full, n).to(dev)
-        own = dataclasses.replace(own, n_examples=None, extra={
-            **settings.extra, "checkpoint": ck_path.name, "test_subset": n, "dataset_source": test_split.source})
+        own = dataclasses.replace(
+            own,
+            n_examples=None,
+            extra={**settings.extra, "checkpoint": ck_path.name, "test_subset": n, "dataset_source": test_split.source},
+        )
         if lock is None:
             lock = writer_lock(out_path, dist)
         doc = evaluate_model(model.to(dev), test_split, own, device=dev, out_path=out_path, dist=dist)
@@ -84,8 +109,10 @@ def evaluate_run(source: str | os.PathLike, settings: EvalSettings | None = None
         if lock is not None:
             lock.release()
     if log is not None:
-        log(f"final evaluation ({ck_path.name}, {len(test_split)} test images): " +
-            ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in doc["attacks"].items()))
+        log(
+            f"final evaluation ({ck_path.name}, {len(test_split)} test images): "
+            + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in doc["attacks"].items())
+        )
     return doc
 
 
@@ -98,9 +125,9 @@ def writer_lock(out_path: Path, dist: DistContext):
     """The writer lock of ``out_path`` (rank 0 holds it for every rank of a sharded evaluation; if it
     is refused, every rank raises)."""
     from virkit.runs import eval_lock
+
     if not dist.enabled:
         return eval_lock(out_path)
     held: list = []
     dist.on_main(lambda: held.append(eval_lock(out_path)))
     return held[0] if held else _NoLock()
-

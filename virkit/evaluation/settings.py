@@ -4,6 +4,7 @@ saved, numerics) and their defaults (:data:`DEFAULT_ATTACKS` among them), checke
 entry point (:func:`virkit.evaluation.evaluate_model`, :func:`virkit.evaluation.evaluate_run`,
 :func:`virkit.evaluation.evaluate_source`, ``virkit evaluate``, notebooks and sweeps) takes one,
 plus only what is its own (the model, run or source; device, output file, processes)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,16 +99,19 @@ class EvalSettings:
             if k not in ATTACK_PRESETS:
                 raise VirkitError(f"attack_overrides names unknown attack {k!r}; valid: {', '.join(ATTACK_PRESETS)}")
         if self.eps is not None:
-            hint = " (eps is a fraction of the [0,1] pixel range: 8/255 = 0.0314)" if self.norm == "Linf" else \
-                " (an L2 radius in [0,1] pixel units; RobustBench's CIFAR-10 L2 is 0.5)"
+            hint = (
+                " (eps is a fraction of the [0,1] pixel range: 8/255 = 0.0314)"
+                if self.norm == "Linf"
+                else " (an L2 radius in [0,1] pixel units; RobustBench's CIFAR-10 L2 is 0.5)"
+            )
             check_range("eps", self.eps, 0.0, 1.0 if self.norm == "Linf" else 1e4, hint=hint)
-        check_range("batch_size", self.batch_size, 1, 10 ** 7)
+        check_range("batch_size", self.batch_size, 1, 10**7)
         if self.n_examples is not None and int(self.n_examples) <= 0:
             raise VirkitError(f"n_examples must be positive, got {self.n_examples}")
         self.extra = dict(self.extra or {})
         self.reuse_from = list(self.reuse_from or [])
         eps = self.eps if self.eps is not None else DEFAULT_EPS[self.norm]
-        for a in self.attacks or ():   # an attack without this norm is refused now, not after hours of others
+        for a in self.attacks or ():  # an attack without this norm is refused now, not after hours of others
             if a != "natural":
                 try:
                     get_attack(a, eps=eps, seed=self.seed or 0, norm=self.norm, **self.attack_overrides.get(a, {}))
@@ -124,8 +128,13 @@ class EvalSettings:
 
         def pick(own, given, default):
             return own if own is not None else given if given is not None else default
-        return dataclasses.replace(self, attacks=list(pick(self.attacks, attacks, DEFAULT_ATTACKS[self.norm])),
-                                   eps=pick(self.eps, eps, DEFAULT_EPS[self.norm]), seed=pick(self.seed, seed, 0))
+
+        return dataclasses.replace(
+            self,
+            attacks=list(pick(self.attacks, attacks, DEFAULT_ATTACKS[self.norm])),
+            eps=pick(self.eps, eps, DEFAULT_EPS[self.norm]),
+            seed=pick(self.seed, seed, 0),
+        )
 
     @classmethod
     def given(cls, settings: EvalSettings | None, entry: str) -> EvalSettings:
@@ -134,12 +143,15 @@ class EvalSettings:
         if settings is None:
             return cls()
         if not isinstance(settings, cls):
-            raise TypeError(f"{entry} takes an EvalSettings (virkit.evaluation.EvalSettings(attacks=[...], eps=..., "
-                            f"...)), not {type(settings).__name__}")
+            raise TypeError(
+                f"{entry} takes an EvalSettings (virkit.evaluation.EvalSettings(attacks=[...], eps=..., "
+                f"...)), not {type(settings).__name__}"
+            )
         return settings
 
     def check_device(self, dev: torch.device) -> None:
         """Refuse what ``dev`` cannot run, before anything is written."""
         if self.compile == "cudagraphs" and dev.type != "cuda":
-            raise VirkitError(f"compile=cudagraphs needs a CUDA device (this evaluation runs on {dev.type}); "
-                              "use --compile on")
+            raise VirkitError(
+                f"compile=cudagraphs needs a CUDA device (this evaluation runs on {dev.type}); use --compile on"
+            )

@@ -1,4 +1,5 @@
 """PreActResNet-18 (He et al., "Identity Mappings in Deep Residual Networks", 2016), CIFAR variant."""
+
 from __future__ import annotations
 
 import torch

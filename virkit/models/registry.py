@@ -3,6 +3,7 @@
 >>> from virkit.models import build_model
 >>> net = build_model("resnet18", num_classes=10, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -43,7 +44,10 @@ class Normalized(nn.Module):
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "preact-resnet18": (lambda k, c, s: PreActResNet18(k, c), "PreActResNet-18 (He et al. 2016b), 11.2M params"),
     "resnet18": (lambda k, c, s: ResNet18(k, c), "ResNet-18, CIFAR variant (3x3 stem, no max-pool), 11.2M params"),
-    "wrn-34-10": (lambda k, c, s: WideResNet(34, 10, k, c), "WideResNet-34-10 (Zagoruyko & Komodakis 2016), 46.2M params"),
+    "wrn-34-10": (
+        lambda k, c, s: WideResNet(34, 10, k, c),
+        "WideResNet-34-10 (Zagoruyko & Komodakis 2016), 46.2M params",
+    ),
     "wrn-28-10": (lambda k, c, s: WideResNet(28, 10, k, c), "WideResNet-28-10, 36.5M params"),
     "small-cnn": (lambda k, c, s: SmallCNN(k, c), "4-conv CNN with BatchNorm for CPU presets, 0.39M params"),
     "linear": (lambda k, c, s: LinearModel(k, c, s), "linear classifier on flattened inputs (Gaussian-mixture theory)"),
@@ -54,8 +58,9 @@ def model_names() -> list[str]:
     return list(MODELS)
 
 
-def build_model(name: str, num_classes: int, mean=None, std=None, in_channels: int = 3,
-                image_size: int = 32) -> nn.Module:
+def build_model(
+    name: str, num_classes: int, mean=None, std=None, in_channels: int = 3, image_size: int = 32
+) -> nn.Module:
     """Build a registered model wrapped in :class:`Normalized`.
 
     ``mean``/``std`` are per-channel statistics of the training data (``None``: no normalization).

@@ -1,5 +1,6 @@
 """ResNet-18 (He et al. 2016), the CIFAR variant used by TRADES/MART/GAIRAT/MAIL code bases:
 a 3x3 stride-1 stem without max-pooling, four stages of two BasicBlocks."""
+
 from __future__ import annotations
 
 import torch

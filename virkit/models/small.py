@@ -1,4 +1,5 @@
 """Small models for CPU presets, tests and the Gaussian-mixture theory."""
+
 from __future__ import annotations
 
 import torch
@@ -18,9 +19,16 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         self.features = nn.Sequential(
-            *_conv_bn(in_channels, 32), nn.MaxPool2d(2), *_conv_bn(32, 64), nn.MaxPool2d(2),
-            *_conv_bn(64, 128), nn.MaxPool2d(2), *_conv_bn(128, 256),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            *_conv_bn(in_channels, 32),
+            nn.MaxPool2d(2),
+            *_conv_bn(32, 64),
+            nn.MaxPool2d(2),
+            *_conv_bn(64, 128),
+            nn.MaxPool2d(2),
+            *_conv_bn(128, 256),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(256, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

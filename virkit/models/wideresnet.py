@@ -1,5 +1,6 @@
 """WideResNet-depth-k (Zagoruyko & Komodakis 2016) as used by TRADES/MART: pre-activation blocks,
 widths 16, 16k, 32k, 64k; no dropout."""
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ is kept and the caption names what the numbers actually are.
 The tables' layouts and every label come from :mod:`virkit.paper.catalogue`; :func:`mean_std` is the one
 *mean ± std* formatter of virkit.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,20 +27,30 @@ from virkit.errors import VirkitError
 from virkit.paper import catalogue as paper
 from virkit.runs import RunDir, eval_state_root
 
-__all__ = ["collect_runs", "make_table", "to_markdown", "to_csv", "report_main", "mean_std", "MeanStd", "MAIN_TABLES",
-           "checkpoint_eval_file"]
+__all__ = [
+    "collect_runs",
+    "make_table",
+    "to_markdown",
+    "to_csv",
+    "report_main",
+    "mean_std",
+    "MeanStd",
+    "MAIN_TABLES",
+    "checkpoint_eval_file",
+]
 
 DASH = "–"
 
 # The paper's tables, row orders and spellings live in virkit.paper.catalogue; the table cells use these.
-MAIN_TABLES = paper.MAIN_TABLES            #: Tables 1-7 (:class:`virkit.paper.catalogue.Table`)
+MAIN_TABLES = paper.MAIN_TABLES  #: Tables 1-7 (:class:`virkit.paper.catalogue.Table`)
 METHOD_TABLE_LABELS = paper.labels(paper.METHOD_SPELLINGS, "table_label")
 ATTACK_TABLE_LABELS = paper.labels(paper.ATTACK_SPELLINGS, "table_label")
 DATASET_LABELS = paper.labels(paper.DATASET_SPELLINGS)
 MODEL_LABELS = paper.labels(paper.MODEL_SPELLINGS)
 #: Tables 6-7 row labels, ``component [METHOD]``
-ABLATION_LABELS = MappingProxyType({r.method: t.row_label(r.method) for t in MAIN_TABLES.values() if t.ablation
-                                    for r in t.rows})
+ABLATION_LABELS = MappingProxyType(
+    {r.method: t.row_label(r.method) for t in MAIN_TABLES.values() if t.ablation for r in t.rows}
+)
 HYPER = paper.HYPERPARAMETERS
 
 
@@ -73,10 +84,12 @@ def collect_runs(run_dirs, checkpoint: str | None = None) -> pd.DataFrame:
             _warn(f"skipping {p}: {what} (evaluate the run first: virkit evaluate --checkpoint {p})")
             continue
         state = eval_state_root(ev_file)
-        if state.is_dir():   # an attack's per-batch state: the evaluation has not finished
-            _warn(f"skipping {p}: {ev_file.name} is an unfinished evaluation (attacks in progress: "
-                  f"{', '.join(sorted(d.name for d in state.iterdir())) or 'unknown'}); "
-                  "rerun the command that wrote it to finish it")
+        if state.is_dir():  # an attack's per-batch state: the evaluation has not finished
+            _warn(
+                f"skipping {p}: {ev_file.name} is an unfinished evaluation (attacks in progress: "
+                f"{', '.join(sorted(d.name for d in state.iterdir())) or 'unknown'}); "
+                "rerun the command that wrote it to finish it"
+            )
             continue
         if not run.config_file.is_file():
             _warn(f"skipping {p}: no config.json (not a virkit run directory)")
@@ -91,10 +104,18 @@ def collect_runs(run_dirs, checkpoint: str | None = None) -> pd.DataFrame:
             _warn(f"skipping {p}: config.json or eval.json is not in virkit's format")
             continue
         resolved = cfg.get("resolved_hyperparameters") or {}
-        row = {"run_dir": str(p), "dataset": cfg.get("dataset", ev.get("dataset")), "model": cfg.get("model"),
-               "checkpoint": (ev.get("extra") or {}).get("checkpoint"),
-               "method": cfg.get("method"), "seed": cfg.get("seed"), "preset": cfg.get("preset"),
-               "source": ev.get("source", ""), "n_examples": ev.get("n_examples"), "eps": ev.get("eps")}
+        row = {
+            "run_dir": str(p),
+            "dataset": cfg.get("dataset", ev.get("dataset")),
+            "model": cfg.get("model"),
+            "checkpoint": (ev.get("extra") or {}).get("checkpoint"),
+            "method": cfg.get("method"),
+            "seed": cfg.get("seed"),
+            "preset": cfg.get("preset"),
+            "source": ev.get("source", ""),
+            "n_examples": ev.get("n_examples"),
+            "eps": ev.get("eps"),
+        }
         for h in HYPER:
             v = cfg.get(h)
             row[h] = resolved.get(h) if v is None else v
@@ -106,8 +127,10 @@ def collect_runs(run_dirs, checkpoint: str | None = None) -> pd.DataFrame:
             row["worst_case"] = float(wc["accuracy"])
         rows.append(row)
     if not rows:
-        raise VirkitError("no run directory with config.json and eval.json among "
-                          f"{', '.join(str(d) for d in dirs) or 'the arguments'}; train and evaluate runs first")
+        raise VirkitError(
+            "no run directory with config.json and eval.json among "
+            f"{', '.join(str(d) for d in dirs) or 'the arguments'}; train and evaluate runs first"
+        )
     return pd.DataFrame(rows)
 
 
@@ -133,8 +156,6 @@ def mean_std(values, scale: float = 100.0, empty: str = DASH) -> MeanStd:
         return MeanStd(f"{mean:.2f}", mean, math.nan, 1)
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
     return MeanStd(f"{mean:.2f} ± {std:.2f}", mean, std, len(vals))
-
-
 
 
 def _hp_label(row) -> str:
@@ -176,7 +197,7 @@ def make_table(df: pd.DataFrame, table: int, attacks: list[str] | None = None) -
         slots = list(paper_ds)
     else:
         present = sorted(df["dataset"].dropna().unique(), key=str)
-        slots = present[:len(paper_ds)] if len(paper_ds) > 1 else present
+        slots = present[: len(paper_ds)] if len(paper_ds) > 1 else present
         if len(paper_ds) > 1:
             slots += [None] * (len(paper_ds) - len(slots))
     if (df["model"] == spec.model).any():
@@ -220,8 +241,9 @@ def make_table(df: pd.DataFrame, table: int, attacks: list[str] | None = None) -
 
     attacks = list(attacks) if attacks else list(spec.attacks)
     if grouped_slots:
-        columns = pd.MultiIndex.from_tuples([(paper.dataset_label(s) if s else "(no runs)", paper.attack_label(a))
-                                             for s in slots for a in attacks])
+        columns = pd.MultiIndex.from_tuples(
+            [(paper.dataset_label(s) if s else "(no runs)", paper.attack_label(a)) for s in slots for a in attacks]
+        )
     else:
         columns = pd.Index([paper.attack_label(a) for a in attacks])
     cells, means, stds, ns = [], [], [], []
@@ -230,7 +252,7 @@ def make_table(df: pd.DataFrame, table: int, attacks: list[str] | None = None) -
         for col, v in zip(extra_keys, key[2:]):
             sel = sel[sel[col] == v]
         r_cells, r_means, r_stds, r_ns = [], [], [], []
-        for s in (slots if grouped_slots else [None]):
+        for s in slots if grouped_slots else [None]:
             part = sel if s is None and not grouped_slots else sel[sel["dataset"] == s]
             for a in attacks:
                 vals = part[a].tolist() if a in part else []
@@ -243,14 +265,15 @@ def make_table(df: pd.DataFrame, table: int, attacks: list[str] | None = None) -
         means.append(r_means)
         stds.append(r_stds)
         ns.append(r_ns)
-    index = pd.Index([label(k) for k in row_keys],
-                     name="REWEIGHTING COMPONENT" if spec.ablation else "DEFENSE")
+    index = pd.Index([label(k) for k in row_keys], name="REWEIGHTING COMPONENT" if spec.ablation else "DEFENSE")
     out = pd.DataFrame(cells, index=index, columns=columns)
     out.attrs["table"] = table
     out.attrs["mean"] = pd.DataFrame(means, index=index, columns=columns)
     out.attrs["std"] = pd.DataFrame(stds, index=index, columns=columns)
     out.attrs["n"] = pd.DataFrame(ns, index=index, columns=columns)
-    out.attrs["caption"] = _caption(table, spec, models, [s for s in slots if s] if grouped_slots else datasets_used, df)
+    out.attrs["caption"] = _caption(
+        table, spec, models, [s for s in slots if s] if grouped_slots else datasets_used, df
+    )
     return out
 
 
@@ -291,13 +314,24 @@ def _caption(table: int, spec: paper.Table, models: list, datasets: list, df: pd
         text += f"; {' / '.join(f'{n:,}' for n in ns)} test images"
     text += f"; mean ± std over up to {int(seeds) if seeds == seeds else 0} seed(s)"
     cks = sorted({str(c) for c in df["checkpoint"].dropna()}) if "checkpoint" in df else []
-    if cks:   # last.pt vs best.pt (chosen on the validation split) differ by robust overfitting
+    if cks:  # last.pt vs best.pt (chosen on the validation split) differ by robust overfitting
         text += f"; checkpoint {' / '.join(cks)}"
     return text + "."
 
 
-META_COLUMNS = ("run_dir", "dataset", "model", "checkpoint", "method", "seed", "preset", "source", "n_examples",
-                "eps", *HYPER)
+META_COLUMNS = (
+    "run_dir",
+    "dataset",
+    "model",
+    "checkpoint",
+    "method",
+    "seed",
+    "preset",
+    "source",
+    "n_examples",
+    "eps",
+    *HYPER,
+)
 
 
 def paired_differences(df: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -307,14 +341,18 @@ def paired_differences(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     so the paired difference drops the seed-to-seed spread they share; a run without a partner gets
     no number. :func:`make_table` of the result gives mean ± std of the differences over seeds."""
     if "method" not in df or not (df["method"] == reference).any():
-        raise VirkitError(f"--paired-with {reference}: no run of method {reference} among the runs given; "
-                          "add its run directories or choose another method")
+        raise VirkitError(
+            f"--paired-with {reference}: no run of method {reference} among the runs given; "
+            "add its run directories or choose another method"
+        )
     key = ["dataset", "model", "seed"]
     ref = df[df["method"] == reference]
     dup = ref[ref.duplicated(key, keep=False)]
     if len(dup):
-        raise VirkitError(f"--paired-with {reference}: several runs of {reference} with the same seed "
-                          f"({', '.join(dup['run_dir'])}); give one per seed")
+        raise VirkitError(
+            f"--paired-with {reference}: several runs of {reference} with the same seed "
+            f"({', '.join(dup['run_dir'])}); give one per seed"
+        )
     values = [c for c in df.columns if c not in META_COLUMNS]
     out = df[df["method"] != reference].copy()
     partner = out[key].merge(ref[key + values], on=key, how="left")
@@ -353,12 +391,20 @@ def to_csv(table: pd.DataFrame, path=None) -> str:
     text = buf.getvalue()
     if path is not None:
         from virkit.io import atomic_write_bytes
+
         atomic_write_bytes(path, text.encode())
     return text
 
 
-def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str | None = None,
-                attacks: str | list[str] | None = None, paired_with: str | None = None) -> int:
+def report_main(
+    run_dirs,
+    table: int,
+    fmt: str = "md",
+    out=None,
+    checkpoint: str | None = None,
+    attacks: str | list[str] | None = None,
+    paired_with: str | None = None,
+) -> int:
     """What ``virkit report`` runs: collect the runs, build Table ``table`` (with the columns
     ``attacks`` instead of the paper's, if given; with ``paired_with``, each run's difference to that
     method's run of the same seed, :func:`paired_differences`), render it as Markdown (``md``) or CSV
@@ -376,6 +422,7 @@ def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str
         attacks = [a.strip() for a in attacks.split(",") if a.strip()]
     if attacks:
         from virkit.attacks import attack_names
+
         valid = ["worst_case", *attack_names()]
         bad = [a for a in attacks if a not in valid]
         if bad:
@@ -385,11 +432,14 @@ def report_main(run_dirs, table: int, fmt: str = "md", out=None, checkpoint: str
         df = paired_differences(df, paired_with)
     t = make_table(df, table, attacks)
     if paired_with:
-        t.attrs["caption"] = (t.attrs["caption"][:-1] + f"; each cell: the run minus the {paired_with} run of the "
-                              "same seed, in percentage points (mean ± std of the paired differences).")
+        t.attrs["caption"] = (
+            t.attrs["caption"][:-1] + f"; each cell: the run minus the {paired_with} run of the "
+            "same seed, in percentage points (mean ± std of the paired differences)."
+        )
     text = to_markdown(t) if fmt == "md" else to_csv(t)
     if out is not None:
         from virkit.io import atomic_write_bytes
+
         try:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(out, text.encode())

@@ -15,6 +15,7 @@ inline, nothing is fetched, so the file can be mailed or attached as it is. The 
 
 The figures are virkit's own (:mod:`virkit.paper.figures`); what eval.json holds is :mod:`virkit.evaluation.document`'s.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,9 +32,15 @@ from virkit.runs import RunDir, eval_state_root
 
 __all__ = ["Evaluation", "load_evaluation", "build_html_report", "write_html_report"]
 
-SECTIONS = {"headline": "Headline", "per-class": "Per-class robust accuracy",
-            "confusion": "Confusion under the strongest attack", "worst-classes": "Worst classes",
-            "fairness": "Fairness", "warnings": "Gradient-masking checks", "provenance": "Provenance"}
+SECTIONS = {
+    "headline": "Headline",
+    "per-class": "Per-class robust accuracy",
+    "confusion": "Confusion under the strongest attack",
+    "worst-classes": "Worst classes",
+    "fairness": "Fairness",
+    "warnings": "Gradient-masking checks",
+    "provenance": "Provenance",
+}
 
 
 @dataclass
@@ -80,14 +87,17 @@ def load_evaluation(path, checkpoint: str | None = None) -> Evaluation:
     else:
         raise VirkitError(f"{p} does not exist; give a run directory, a folder with eval.json or an eval.json file")
     if not ev_file.is_file():
-        raise VirkitError(f"{p} holds no evaluation ({ev_file.name} is missing); evaluate it first: virkit evaluate "
-                          f"--model {p}")
+        raise VirkitError(
+            f"{p} holds no evaluation ({ev_file.name} is missing); evaluate it first: virkit evaluate --model {p}"
+        )
     try:
         doc = json.loads(ev_file.read_text())
     except (OSError, ValueError) as e:
         raise VirkitError(f"{ev_file} is not readable JSON ({e}); rerun the evaluation that wrote it") from None
     if not isinstance(doc, dict) or doc.get("format") != EVAL_FORMAT or not isinstance(doc.get("attacks"), dict):
-        raise VirkitError(f"{ev_file} is not a virkit evaluation (format {EVAL_FORMAT}); write one with virkit evaluate")
+        raise VirkitError(
+            f"{ev_file} is not a virkit evaluation (format {EVAL_FORMAT}); write one with virkit evaluate"
+        )
     if not any(isinstance(v, dict) and "accuracy" in v for v in doc["attacks"].values()):
         raise VirkitError(f"{ev_file} holds no finished attack; rerun the evaluation that wrote it")
     note = ""
@@ -135,8 +145,11 @@ def _img(fig, alt: str) -> str:
 
 
 def _table(head: list[str] | None, rows: list[list[str]], bold: list[list[bool]] | None = None) -> str:
-    out = ["<table>" + ("<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>"
-                        if head else "") + "<tbody>"]
+    out = [
+        "<table>"
+        + ("<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>" if head else "")
+        + "<tbody>"
+    ]
     for i, r in enumerate(rows):
         cells = []
         for j, c in enumerate(r):
@@ -158,8 +171,7 @@ def _headline(evals: list[Evaluation], attacks: list[str]) -> str:
     from virkit.paper.figures import attack_label
 
     cols = [*attacks, "worst_case"]
-    head = ["evaluation", *[attack_label(a) if a != "worst_case" else "worst case" for a in cols],
-            "test images", "eps"]
+    head = ["evaluation", *[attack_label(a) if a != "worst_case" else "worst case" for a in cols], "test images", "eps"]
     vals = []
     for e in evals:
         atts = e.attacks
@@ -168,12 +180,23 @@ def _headline(evals: list[Evaluation], attacks: list[str]) -> str:
         row.append(wc.get("accuracy") if isinstance(wc, dict) else None)
         vals.append(row)
     best = [max((r[j] for r in vals if r[j] is not None), default=None) for j in range(len(cols))]
-    rows = [[e.label, *[_pct(v) for v in r], f"{e.doc.get('n_examples', '?'):,}"
-             if isinstance(e.doc.get("n_examples"), int) else "?", _eps(e.doc)] for e, r in zip(evals, vals)]
-    bold = [[False, *[len(evals) > 1 and v is not None and v == best[j] for j, v in enumerate(r)], False, False]
-            for r in vals]
-    text = ("<p>Accuracy in % on the evaluated test images; <i>worst case</i> counts an image robust only if "
-            "every attack failed on it." + (" Bold: the best of the evaluations." if len(evals) > 1 else "") + "</p>")
+    rows = [
+        [
+            e.label,
+            *[_pct(v) for v in r],
+            f"{e.doc.get('n_examples', '?'):,}" if isinstance(e.doc.get("n_examples"), int) else "?",
+            _eps(e.doc),
+        ]
+        for e, r in zip(evals, vals)
+    ]
+    bold = [
+        [False, *[len(evals) > 1 and v is not None and v == best[j] for j, v in enumerate(r)], False, False]
+        for r in vals
+    ]
+    text = (
+        "<p>Accuracy in % on the evaluated test images; <i>worst case</i> counts an image robust only if "
+        "every attack failed on it." + (" Bold: the best of the evaluations." if len(evals) > 1 else "") + "</p>"
+    )
     return text + _table(head, rows, bold)
 
 
@@ -181,15 +204,20 @@ def _comparability(evals: list[Evaluation]) -> str:
     if len(evals) < 2:
         return ""
     diffs = []
-    for key, what in (("dataset", "dataset"), ("norm", "threat model"), ("eps", "eps"),
-                      ("data_fingerprint", "test images")):
+    for key, what in (
+        ("dataset", "dataset"),
+        ("norm", "threat model"),
+        ("eps", "eps"),
+        ("data_fingerprint", "test images"),
+    ):
         values = {json.dumps(e.doc.get(key)) for e in evals}
         if len(values) > 1:
             diffs.append(what)
     if not diffs:
         return "<p class='ok'>All evaluations attacked the same test images with the same eps.</p>"
-    return (f"<p class='warn'>The evaluations differ in {', '.join(diffs)}: their numbers are not directly "
-            "comparable.</p>")
+    return (
+        f"<p class='warn'>The evaluations differ in {', '.join(diffs)}: their numbers are not directly comparable.</p>"
+    )
 
 
 def _per_class(evals: list[Evaluation], attacks: list[str]) -> str:
@@ -198,38 +226,61 @@ def _per_class(evals: list[Evaluation], attacks: list[str]) -> str:
     parts = ["<p>Accuracy of each true class in %: the bars a mean hides.</p>"]
     if len(evals) == 1:
         e = evals[0]
-        series = {attack_label(a): [100 * (v if v is not None else float("nan")) for v in r["per_class_accuracy"]]
-                  for a, r in e.attacks.items()}
-        parts.append(_img(plot_per_class_accuracy(series, e.classes, title=f"{e.label}: accuracy per class"),
-                          "per-class accuracy"))
+        series = {
+            attack_label(a): [100 * (v if v is not None else float("nan")) for v in r["per_class_accuracy"]]
+            for a, r in e.attacks.items()
+        }
+        parts.append(
+            _img(
+                plot_per_class_accuracy(series, e.classes, title=f"{e.label}: accuracy per class"), "per-class accuracy"
+            )
+        )
         return "\n".join(parts)
     for a in attacks:
-        series = {e.label: [100 * (v if v is not None else float("nan")) for v in e.attacks[a]["per_class_accuracy"]]
-                  for e in evals if a in e.attacks}
+        series = {
+            e.label: [100 * (v if v is not None else float("nan")) for v in e.attacks[a]["per_class_accuracy"]]
+            for e in evals
+            if a in e.attacks
+        }
         classes = next(e.classes for e in evals if a in e.attacks)
-        parts.append(_img(plot_per_class_accuracy(series, classes, title=f"{attack_label(a)}: accuracy per class"),
-                          f"per-class accuracy under {a}"))
+        parts.append(
+            _img(
+                plot_per_class_accuracy(series, classes, title=f"{attack_label(a)}: accuracy per class"),
+                f"per-class accuracy under {a}",
+            )
+        )
     return "\n".join(parts)
 
 
 def _confusion(evals: list[Evaluation]) -> str:
     from virkit.paper.figures import attack_label, plot_confusion_matrices
 
-    mats = {f"{e.label}\n{attack_label(e.strongest())}": e.attacks[e.strongest()]["confusion_matrix"]
-            for e in evals if e.attacks[e.strongest()].get("confusion_matrix")}
+    mats = {
+        f"{e.label}\n{attack_label(e.strongest())}": e.attacks[e.strongest()]["confusion_matrix"]
+        for e in evals
+        if e.attacks[e.strongest()].get("confusion_matrix")
+    }
     if not mats:
         return "<p>eval.json holds no confusion matrix.</p>"
     classes = evals[0].classes
-    text = ("<p>Rows: true class, columns: the class predicted under the strongest attack (lowest accuracy), "
-            "in % of the true class; the diagonal is the per-class robust accuracy.</p>")
+    text = (
+        "<p>Rows: true class, columns: the class predicted under the strongest attack (lowest accuracy), "
+        "in % of the true class; the diagonal is the per-class robust accuracy.</p>"
+    )
     return text + _img(plot_confusion_matrices(mats, classes), "confusion matrix under the strongest attack")
 
 
 def _worst_classes(evals: list[Evaluation]) -> str:
     from virkit.paper.figures import attack_label
 
-    head = ["evaluation", "attack", "three worst classes (%)", "best class (%)", "best − worst (points)",
-            "std across classes (points)"]
+    head = [
+        "evaluation",
+        "attack",
+        "three worst classes (%)",
+        "best class (%)",
+        "best − worst (points)",
+        "std across classes (points)",
+    ]
     rows = []
     for e in evals:
         for a in dict.fromkeys(["natural", e.strongest()]):
@@ -242,8 +293,16 @@ def _worst_classes(evals: list[Evaluation]) -> str:
             best = max(per)
             fair = (e.doc.get("fairness") or {}).get(a) or {}
             std = fair.get("std_across_classes")
-            rows.append([e.label, attack_label(a), ", ".join(f"{c} {_pct(v)}" for v, c in worst),
-                         f"{best[1]} {_pct(best[0])}", _pct(best[0] - worst[0][0]), _pct(std)])
+            rows.append(
+                [
+                    e.label,
+                    attack_label(a),
+                    ", ".join(f"{c} {_pct(v)}" for v, c in worst),
+                    f"{best[1]} {_pct(best[0])}",
+                    _pct(best[0] - worst[0][0]),
+                    _pct(std),
+                ]
+            )
     return "<p>Under natural inputs and under the strongest attack.</p>" + _table(head, rows)
 
 
@@ -258,19 +317,31 @@ def _fairness(evals: list[Evaluation]) -> str:
                 continue
             fair = (e.doc.get("fairness") or {}).get(a) or {}
             std = fair.get("std_across_classes")
-            rows.append({"method": e.label, "attack": a, "average": 100 * r["accuracy"], "worst": 100 * per[0],
-                         "worst3": 100 * sum(per[:3]) / len(per[:3]), "std": 100 * std if std is not None else 0.0})
+            rows.append(
+                {
+                    "method": e.label,
+                    "attack": a,
+                    "average": 100 * r["accuracy"],
+                    "worst": 100 * per[0],
+                    "worst3": 100 * sum(per[:3]) / len(per[:3]),
+                    "std": 100 * std if std is not None else 0.0,
+                }
+            )
     if not rows:
         return "<p>No per-class accuracies.</p>"
-    text = ("<p>Left: the mean accuracy of the three worst classes against the average (the dashed line is "
-            "equality; points far below it hide weak classes). Right: the spread of class accuracies.</p>")
+    text = (
+        "<p>Left: the mean accuracy of the three worst classes against the average (the dashed line is "
+        "equality; points far below it hide weak classes). Right: the spread of class accuracies.</p>"
+    )
     return text + _img(plot_fairness(rows), "fairness")
 
 
 def _warnings(evals: list[Evaluation]) -> str:
-    parts = ["<p>virkit's red flags for gradient masking (iterative attacks weaker than FGSM, ensembles weaker "
-             "than PGD, black-box attacks stronger than white-box ones, accuracy rising with more steps); "
-             "they can only fire for attacks that were run.</p>"]
+    parts = [
+        "<p>virkit's red flags for gradient masking (iterative attacks weaker than FGSM, ensembles weaker "
+        "than PGD, black-box attacks stronger than white-box ones, accuracy rising with more steps); "
+        "they can only fire for attacks that were run.</p>"
+    ]
     for e in evals:
         ws = e.doc.get("warnings") or []
         ran = ", ".join(e.attacks)
@@ -278,8 +349,10 @@ def _warnings(evals: list[Evaluation]) -> str:
             items = "".join(f"<li>{html.escape(w)}</li>" for w in ws)
             parts.append(f"<h3>{html.escape(e.label)}</h3><ul class='warn'>{items}</ul>")
         else:
-            parts.append(f"<h3>{html.escape(e.label)}</h3><p class='ok'>No warning among the attacks run "
-                         f"({html.escape(ran)}).</p>")
+            parts.append(
+                f"<h3>{html.escape(e.label)}</h3><p class='ok'>No warning among the attacks run "
+                f"({html.escape(ran)}).</p>"
+            )
     return "\n".join(parts)
 
 
@@ -291,9 +364,15 @@ def _model_text(e: Evaluation) -> str:
         return "; ".join(f"{k}: {v}" for k, v in src.items())
     c = e.config or {}
     if c:
-        bits = [f"virkit run {e.path.resolve().parent}", f"method {method_label(c.get('method', '?'))}",
-                f"model {c.get('model', '?')}", f"dataset {dataset_label(c.get('dataset', '?'))}",
-                f"preset {c.get('preset', '?')}", f"seed {c.get('seed', '?')}", f"{c.get('epochs', '?')} epochs"]
+        bits = [
+            f"virkit run {e.path.resolve().parent}",
+            f"method {method_label(c.get('method', '?'))}",
+            f"model {c.get('model', '?')}",
+            f"dataset {dataset_label(c.get('dataset', '?'))}",
+            f"preset {c.get('preset', '?')}",
+            f"seed {c.get('seed', '?')}",
+            f"{c.get('epochs', '?')} epochs",
+        ]
         if c.get("config_hash"):
             bits.append(f"config {c['config_hash']}")
         return "; ".join(bits)
@@ -319,40 +398,55 @@ def _provenance(evals: list[Evaluation], command: str) -> str:
             s = {k: v for k, v in (r.get("settings") or {}).items() if k not in ("name",)}
             s_txt = ", ".join(f"{k} {_setting(k, v, d.get('norm', 'Linf'))}" for k, v in s.items())
             secs = r.get("seconds")
-            attacks.append(f"{attack_label(a)}" + (f" ({s_txt})" if s_txt else "")
-                           + (f", {secs:.1f} s" if isinstance(secs, (int, float)) else ""))
+            attacks.append(
+                f"{attack_label(a)}"
+                + (f" ({s_txt})" if s_txt else "")
+                + (f", {secs:.1f} s" if isinstance(secs, (int, float)) else "")
+            )
         rt = d.get("runtime") or {}
-        rows = [["file", str(e.path.resolve())],
-                ["model", _model_text(e)],
-                ["checkpoint", str(extra.get("checkpoint", "–"))],
-                ["model fingerprint", str(d.get("model_fingerprint", "?"))],
-                ["data", f"{dataset_label(d.get('dataset', '?'))}: {d.get('source') or extra.get('dataset_source', '')}"],
-                ["test images", f"{d.get('n_examples', '?')} (seed {d.get('seed', '?')}, fingerprint "
-                                f"{d.get('data_fingerprint', '?')})"],
-                ["eps", _eps(d)],
-                ["attacks", "; ".join(attacks)],
-                ["numerics", json.dumps(d.get("numerics", {}))],
-                ["runtime", ", ".join(f"{k} {v}" for k, v in rt.items()) or "–"]]
+        rows = [
+            ["file", str(e.path.resolve())],
+            ["model", _model_text(e)],
+            ["checkpoint", str(extra.get("checkpoint", "–"))],
+            ["model fingerprint", str(d.get("model_fingerprint", "?"))],
+            ["data", f"{dataset_label(d.get('dataset', '?'))}: {d.get('source') or extra.get('dataset_source', '')}"],
+            [
+                "test images",
+                f"{d.get('n_examples', '?')} (seed {d.get('seed', '?')}, fingerprint {d.get('data_fingerprint', '?')})",
+            ],
+            ["eps", _eps(d)],
+            ["attacks", "; ".join(attacks)],
+            ["numerics", json.dumps(d.get("numerics", {}))],
+            ["runtime", ", ".join(f"{k} {v}" for k, v in rt.items()) or "–"],
+        ]
         if e.note:
             rows.append(["note", e.note])
         parts.append(f"<h3>{html.escape(e.label)}</h3>" + _table(None, rows))
     from virkit.environment import __version__, git_commit
+
     git = git_commit()
-    commit = (git["commit"] + (" (with local changes)" if git["dirty"] else "")) if git["commit"] \
+    commit = (
+        (git["commit"] + (" (with local changes)" if git["dirty"] else ""))
+        if git["commit"]
         else "unknown (not a git checkout)"
-    parts.append(f"<p class='small'>Page written {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))} by virkit "
-                 f"{html.escape(__version__)}, commit {html.escape(commit)}, command "
-                 f"<code>{html.escape(command)}</code>.</p>")
+    )
+    parts.append(
+        f"<p class='small'>Page written {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))} by virkit "
+        f"{html.escape(__version__)}, commit {html.escape(commit)}, command "
+        f"<code>{html.escape(command)}</code>.</p>"
+    )
     return "\n".join(parts)
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:auto;padding:1em 1.5em;color:#222}"
-        "h1{margin-bottom:0.2em}h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.6em}"
-        "table{border-collapse:collapse;margin:0.6em 0;font-size:0.92em}"
-        "td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}"
-        "th{background:#f2f2f2}img{max-width:100%;display:block;margin:0.8em 0}"
-        ".warn{color:#a40000}.ok{color:#1d6b2a}.small{font-size:0.85em;color:#555}"
-        "code{background:#f4f4f4;padding:0 3px}nav a{margin-right:1em}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:auto;padding:1em 1.5em;color:#222}"
+    "h1{margin-bottom:0.2em}h2{border-bottom:1px solid #ccc;padding-bottom:0.2em;margin-top:1.6em}"
+    "table{border-collapse:collapse;margin:0.6em 0;font-size:0.92em}"
+    "td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}"
+    "th{background:#f2f2f2}img{max-width:100%;display:block;margin:0.8em 0}"
+    ".warn{color:#a40000}.ok{color:#1d6b2a}.small{font-size:0.85em;color:#555}"
+    "code{background:#f4f4f4;padding:0 3px}nav a{margin-right:1em}"
+)
 
 
 def build_html_report(evals: list[Evaluation], title: str | None = None, command: str = "") -> str:
@@ -360,19 +454,27 @@ def build_html_report(evals: list[Evaluation], title: str | None = None, command
     if not evals:
         raise VirkitError("no evaluation to report; give run directories or eval.json files")
     attacks = _union(evals)
-    title = title or ("virkit evaluation: " + evals[0].label if len(evals) == 1
-                      else f"virkit evaluations: {len(evals)} side by side")
-    body = {"headline": _comparability(evals) + _headline(evals, attacks),
-            "per-class": _per_class(evals, attacks),
-            "confusion": _confusion(evals),
-            "worst-classes": _worst_classes(evals),
-            "fairness": _fairness(evals),
-            "warnings": _warnings(evals),
-            "provenance": _provenance(evals, command)}
+    title = title or (
+        "virkit evaluation: " + evals[0].label if len(evals) == 1 else f"virkit evaluations: {len(evals)} side by side"
+    )
+    body = {
+        "headline": _comparability(evals) + _headline(evals, attacks),
+        "per-class": _per_class(evals, attacks),
+        "confusion": _confusion(evals),
+        "worst-classes": _worst_classes(evals),
+        "fairness": _fairness(evals),
+        "warnings": _warnings(evals),
+        "provenance": _provenance(evals, command),
+    }
     nav = " ".join(f"<a href='#{k}'>{html.escape(v)}</a>" for k, v in SECTIONS.items())
-    out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
-           f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-           "<p class='small'>" + html.escape(", ".join(e.label for e in evals)) + "</p>", f"<nav>{nav}</nav>"]
+    out = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p class='small'>" + html.escape(", ".join(e.label for e in evals)) + "</p>",
+        f"<nav>{nav}</nav>",
+    ]
     for key, heading in SECTIONS.items():
         out.append(f"<section id='{key}'><h2>{html.escape(heading)}</h2>\n{body[key]}\n</section>")
     out.append("</body></html>")
@@ -387,7 +489,7 @@ def write_html_report(paths, out, checkpoint: str | None = None, title: str | No
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     evals = [load_evaluation(p, checkpoint) for p in paths]
     seen: dict[str, int] = {}
-    for e in evals:   # every evaluation needs its own name on the page
+    for e in evals:  # every evaluation needs its own name on the page
         seen[e.label] = seen.get(e.label, 0) + 1
     for e in evals:
         if seen[e.label] > 1:
@@ -400,7 +502,7 @@ def write_html_report(paths, out, checkpoint: str | None = None, title: str | No
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, page.encode("utf-8"))
-        out.chmod(0o644)   # a page to share: readable by others, like any file a browser saves
+        out.chmod(0o644)  # a page to share: readable by others, like any file a browser saves
     except OSError as e:
         raise VirkitError(f"cannot write {out}: {e.strerror or e}; choose a writable --html path") from None
     return out

@@ -61,6 +61,7 @@ at most eps ||w||_1, so robust class errors of any linear classifier are closed-
 probabilities (:func:`linear_class_risks`), and adversarial training of a linear model is exact
 (:func:`train_linear` uses the worst-case perturbation x' = x - eps * y * sign(w)).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -115,6 +116,7 @@ def _single_threaded(fn):
     def wrapper(*args, **kwargs):
         with _one_thread_cm():
             return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -179,8 +181,9 @@ def optimal_linear_classifier(d: int, eta: float, sigma: float, K: float) -> tup
     return w, -sigma * u
 
 
-def linear_class_risks(w, b: float, d: int, eta: float, sigma: float, K: float, eps: float = 0.0
-                       ) -> tuple[float, float]:
+def linear_class_risks(
+    w, b: float, d: int, eta: float, sigma: float, K: float, eps: float = 0.0
+) -> tuple[float, float]:
     """Exact class-wise (robust) errors of ``sign(<w, x> + b)`` under an L-inf adversary of radius eps.
 
     The adversary moves the score by eps ||w||_1 against the label, so::
@@ -200,8 +203,7 @@ def linear_class_risks(w, b: float, d: int, eta: float, sigma: float, K: float, 
         return (1.0, 0.0) if b >= 0 else (0.0, 1.0)
     wmu = float(w.sum()) * eta
     shift = eps * float(np.abs(w).sum())
-    return (_phi_cdf((b - wmu + shift) / (sigma * n2)),
-            _phi_cdf((shift - b - wmu) / (K * sigma * n2)))
+    return (_phi_cdf((b - wmu + shift) / (sigma * n2)), _phi_cdf((shift - b - wmu) / (K * sigma * n2)))
 
 
 def robust_class_risks(d: int, eta: float, sigma: float, K: float, eps: float) -> tuple[float, float]:
@@ -212,8 +214,14 @@ def robust_class_risks(d: int, eta: float, sigma: float, K: float, eps: float) -
     class means coincide and no linear rule beats a coin flip; such eps raise an error).
     The disparity R_plus - R_minus grows with eps (Xu et al. 2021).
     """
-    check_range("eps", eps, low=0.0, high=eta, high_open=True,
-                hint=" (at eps >= eta the adversary can move both class means onto each other)")
+    check_range(
+        "eps",
+        eps,
+        low=0.0,
+        high=eta,
+        high_open=True,
+        hint=" (at eps >= eta the adversary can move both class means onto each other)",
+    )
     return class_risks(d, eta - eps, sigma, K)
 
 
@@ -236,15 +244,16 @@ def bayes_quadratic_risks(d: int, eta: float, sigma: float, K: float) -> tuple[f
     k2 = K * K
     mu2 = d * eta * eta
     c = (k2 + 1.0) / (k2 - 1.0)
-    T = 2.0 * d * k2 * sigma ** 2 * math.log(K) / (k2 - 1.0) + 4.0 * k2 * mu2 / (k2 - 1.0) ** 2
-    r_minus = float(ncx2.sf(T / sigma ** 2, d, (c - 1.0) ** 2 * mu2 / sigma ** 2))
-    r_plus = float(ncx2.cdf(T / (k2 * sigma ** 2), d, (c + 1.0) ** 2 * mu2 / (k2 * sigma ** 2)))
+    T = 2.0 * d * k2 * sigma**2 * math.log(K) / (k2 - 1.0) + 4.0 * k2 * mu2 / (k2 - 1.0) ** 2
+    r_minus = float(ncx2.sf(T / sigma**2, d, (c - 1.0) ** 2 * mu2 / sigma**2))
+    r_plus = float(ncx2.cdf(T / (k2 * sigma**2), d, (c + 1.0) ** 2 * mu2 / (k2 * sigma**2)))
     return r_minus, r_plus
 
 
 @_single_threaded
-def sample_gaussian_mixture(n: int, d: int, eta: float, sigma: float, K: float, seed: int = 0,
-                            balanced: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_gaussian_mixture(
+    n: int, d: int, eta: float, sigma: float, K: float, seed: int = 0, balanced: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``n`` examples: ``x`` float32 (n, d), ``y`` int64 class index (0 is y=-1, 1 is y=+1).
 
     ``balanced=True`` gives exactly n//2 (+1 for odd n) examples per class in random order.
@@ -287,8 +296,9 @@ def _mc(pred_fn, n: int, d, eta, sigma, K, seed, chunk=200_000):
     return (float(r[0]), float(r[1])), (float(se[0]), float(se[1]))
 
 
-def monte_carlo_linear_risks(w, b: float, d: int, eta: float, sigma: float, K: float, n: int = 1_000_000,
-                             seed: int = 0, eps: float = 0.0):
+def monte_carlo_linear_risks(
+    w, b: float, d: int, eta: float, sigma: float, K: float, n: int = 1_000_000, seed: int = 0, eps: float = 0.0
+):
     """Monte-Carlo class risks of ``sign(<w,x> + b)`` under the worst-case L-inf perturbation of
     radius eps (which moves the score by eps ||w||_1 against the label).
 
@@ -310,7 +320,7 @@ def monte_carlo_bayes_risks(d: int, eta: float, sigma: float, K: float, n: int =
     mu = torch.full((d,), float(eta), dtype=torch.float64)
 
     def pred_fn(x):
-        lp_minus = -((x + mu) ** 2).sum(1) / (2 * sigma ** 2) - d * math.log(sigma)
+        lp_minus = -((x + mu) ** 2).sum(1) / (2 * sigma**2) - d * math.log(sigma)
         lp_plus = -((x - mu) ** 2).sum(1) / (2 * (K * sigma) ** 2) - d * math.log(K * sigma)
         p = (lp_plus >= lp_minus).long()
         return torch.stack([p, p], 1)
@@ -321,6 +331,7 @@ def monte_carlo_bayes_risks(d: int, eta: float, sigma: float, K: float, n: int =
 # ----------------------------------------------------------------------------------------------
 # Training a linear (logistic) model, naturally or adversarially, with or without VIR weights.
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class LinearResult:
@@ -346,10 +357,21 @@ def _two_class_logits(s: torch.Tensor) -> torch.Tensor:
 
 
 @_single_threaded
-def train_linear(x: torch.Tensor, y: torch.Tensor, eps: float = 0.0, reweight: str = "none",
-                 alpha: float = 7.0, gamma: float = 10.0, beta: float = 0.007, steps: int = 400,
-                 lr: float = 0.05, burn_in: float = 0.5, weight_decay: float = 0.0, seed: int = 0,
-                 log_every: int = 20) -> LinearResult:
+def train_linear(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float = 0.0,
+    reweight: str = "none",
+    alpha: float = 7.0,
+    gamma: float = 10.0,
+    beta: float = 0.007,
+    steps: int = 400,
+    lr: float = 0.05,
+    burn_in: float = 0.5,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    log_every: int = 20,
+) -> LinearResult:
     """Train a logistic linear classifier on (x, y) by full-batch Adam; CPU, well under a second.
 
     * ``eps > 0``: adversarial training with the exact worst-case L-inf perturbation of a linear
@@ -407,12 +429,14 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, eps: float = 0.0, reweight: s
                 vhat = m2[i] / (1 - b2 ** (step + 1))
                 p -= lr * mhat / (vhat.sqrt() + adam_eps)
         if step % log_every == 0 or step == steps - 1:
-            history.append({
-                "step": step,
-                "loss": float(loss.detach()),
-                "reweighting_active": bool(active),
-                "weight_sum_per_class": [float(wt[y == c].sum()) for c in (0, 1)],
-            })
+            history.append(
+                {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "reweighting_active": bool(active),
+                    "weight_sum_per_class": [float(wt[y == c].sum()) for c in (0, 1)],
+                }
+            )
     return LinearResult(w.detach().numpy().copy(), float(b.detach()), float(eps), reweight, history)
 
 
@@ -423,9 +447,16 @@ def linear_true_class_probability(w, b, x: torch.Tensor, y: torch.Tensor) -> tor
 
 
 @_single_threaded
-def corollary_true_class_probability(d: int = 10, eta: float = 0.5, sigma: float = 1.0, K: float = 2.0,
-                                     n_train: int = 4000, n_test: int = 20000, seed: int = 0,
-                                     most_vulnerable: float = 0.1) -> dict:
+def corollary_true_class_probability(
+    d: int = 10,
+    eta: float = 0.5,
+    sigma: float = 1.0,
+    K: float = 2.0,
+    n_train: int = 4000,
+    n_test: int = 20000,
+    seed: int = 0,
+    most_vulnerable: float = 0.1,
+) -> dict:
     """Corollary 1, measured: train a logistic model naturally and look at the true-class
     probability p_y(x) it assigns to fresh test data of each class.
 

@@ -39,6 +39,7 @@ Modules: :mod:`.grid` (grid files, trials), :mod:`.trial` (one trial, in its own
 :mod:`.backends` (local processes, Ray), :mod:`.results` (``results.json``/``results.md``),
 :mod:`.driver` (:func:`run_grid`, ``virkit sweep``).
 """
+
 from __future__ import annotations
 
 from virkit.sweep.driver import BACKENDS, add_cli, run_grid
@@ -46,5 +47,18 @@ from virkit.sweep.grid import GRID_KEYS, KINDS, Grid, Trial, expand, load_grid, 
 from virkit.sweep.results import simple_table, write_results
 from virkit.sweep.trial import INJECT_ENV
 
-__all__ = ["Grid", "Trial", "load_grid", "expand", "trial_name", "run_grid", "add_cli", "simple_table",
-           "write_results", "GRID_KEYS", "KINDS", "BACKENDS", "INJECT_ENV"]
+__all__ = [
+    "Grid",
+    "Trial",
+    "load_grid",
+    "expand",
+    "trial_name",
+    "run_grid",
+    "add_cli",
+    "simple_table",
+    "write_results",
+    "GRID_KEYS",
+    "KINDS",
+    "BACKENDS",
+    "INJECT_ENV",
+]

@@ -2,6 +2,7 @@
 time on this machine (:func:`run_local`: the visible GPUs dealt out round-robin, so several trials
 share a GPU when ``--jobs`` exceeds the number of GPUs, all of them on a one-GPU machine) or as Ray
 tasks (:func:`run_ray`)."""
+
 from __future__ import annotations
 
 import json
@@ -46,16 +47,21 @@ def run_trial_process(spec: dict, env_extra: dict | None = None, own_session: bo
     spec_path = result_path.with_name(result_path.name.replace(".result.json", ".spec.json"))
     atomic_write_json(spec_path, spec)
     env = {**os.environ, **(env_extra or {}), "PYTHONUNBUFFERED": "1"}
-    pkg_root = str(Path(virkit.__file__).resolve().parent.parent)   # the same virkit in the child
+    pkg_root = str(Path(virkit.__file__).resolve().parent.parent)  # the same virkit in the child
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     timeout = spec.get("timeout")
     timed_out = False
     with open(log_path, "ab") as lf:
         lf.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} trial {spec['name']} ===\n".encode())
         lf.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "virkit.sweep", "--worker", str(spec_path)], stdout=lf,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=own_session)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "virkit.sweep", "--worker", str(spec_path)],
+            stdout=lf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=own_session,
+        )
         with _RUNNING_LOCK:
             _RUNNING.add(proc)
         try:
@@ -114,6 +120,7 @@ def _visible_gpus() -> list[str]:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
     try:
         import torch
+
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:
         return []
@@ -148,7 +155,7 @@ def run_local(specs: list[dict], jobs: int | None, on_result: Callable[[dict], N
             with lock:
                 slots.append(slot)
 
-    def _terminate(signum, frame):   # SIGTERM (a scheduler, kill): stop the trials too, like Ctrl-C
+    def _terminate(signum, frame):  # SIGTERM (a scheduler, kill): stop the trials too, like Ctrl-C
         raise KeyboardInterrupt
 
     main_thread = threading.current_thread() is threading.main_thread()
@@ -174,13 +181,20 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise VirkitError("--backend ray needs Ray, which is not installed: pip install 'virkit[ray]' (or pip install "
-                          "ray), or use --backend local") from None
+        raise VirkitError(
+            "--backend ray needs Ray, which is not installed: pip install 'virkit[ray]' (or pip install "
+            "ray), or use --backend local"
+        ) from None
     return ray
 
 
-def run_ray(specs: list[dict], address: str | None, jobs: int | None, on_result: Callable[[dict], None],
-             log: Callable[[str], None]) -> None:
+def run_ray(
+    specs: list[dict],
+    address: str | None,
+    jobs: int | None,
+    on_result: Callable[[dict], None],
+    log: Callable[[str], None],
+) -> None:
     ray = import_ray()
     started = False
     if not ray.is_initialized():
@@ -191,16 +205,19 @@ def run_ray(specs: list[dict], address: str | None, jobs: int | None, on_result:
                 ray.init(num_cpus=jobs or None, include_dashboard=False, log_to_driver=False)
         except Exception as e:
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-            raise VirkitError(f"cannot start or reach {where}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                              ) from None
+            raise VirkitError(
+                f"cannot start or reach {where}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            ) from None
         started = True
     try:
         res = ray.cluster_resources()
         opts: dict[str, Any] = {"num_cpus": 1, "max_retries": 0}
         if res.get("GPU", 0) >= 1:
             opts["num_gpus"] = 1
-        log(f"ray: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs; each trial takes "
-            f"{'1 GPU' if 'num_gpus' in opts else '1 CPU'}")
+        log(
+            f"ray: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs; each trial takes "
+            f"{'1 GPU' if 'num_gpus' in opts else '1 CPU'}"
+        )
         task = ray.remote(_ray_trial).options(**opts)
         limit = jobs or len(specs)
         pending = list(specs)
@@ -216,8 +233,12 @@ def run_ray(specs: list[dict], address: str | None, jobs: int | None, on_result:
                     try:
                         r = ray.get(ref)
                     except Exception as e:
-                        r = {"name": s["name"], "status": "failed", "seconds": None,
-                             "error": f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+                        r = {
+                            "name": s["name"],
+                            "status": "failed",
+                            "seconds": None,
+                            "error": f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                        }
                     on_result(r)
         except BaseException:
             for ref in inflight:

@@ -1,4 +1,5 @@
 """Running a grid (:func:`run_grid`) and ``virkit sweep`` (:func:`add_cli`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,18 @@ __all__ = ["BACKENDS", "run_grid", "add_cli"]
 BACKENDS = ("local", "ray")
 
 
-def run_grid(grid: str | os.PathLike | dict | Grid, backend: str = "local", out: str | os.PathLike | None = None,
-             jobs: int | None = None, address: str | None = None, sets: list[str] | dict | None = None,
-             only: list[str] | None = None, timeout: float | None = None, dry_run: bool = False,
-             log: Callable[[str], None] | None = print) -> dict:
+def run_grid(
+    grid: str | os.PathLike | dict | Grid,
+    backend: str = "local",
+    out: str | os.PathLike | None = None,
+    jobs: int | None = None,
+    address: str | None = None,
+    sets: list[str] | dict | None = None,
+    only: list[str] | None = None,
+    timeout: float | None = None,
+    dry_run: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> dict:
     """Run every trial of ``grid`` not yet finished; write ``results.json``/``results.md`` in ``out``
     (default ``runs/sweeps/<grid name>``) and return the results document."""
     log = log or (lambda s: None)
@@ -36,7 +45,7 @@ def run_grid(grid: str | os.PathLike | dict | Grid, backend: str = "local", out:
         raise VirkitError(f"--timeout={timeout} must be positive (seconds)")
     g = grid if isinstance(grid, Grid) else load_grid(grid, sets)
     if backend == "ray" and not dry_run:
-        import_ray()   # fail before anything is written
+        import_ray()  # fail before anything is written
     out_dir = Path(out) if out is not None else Path("runs") / "sweeps" / g.name
     trials = expand(g, out_dir)
     if only:
@@ -47,9 +56,11 @@ def run_grid(grid: str | os.PathLike | dict | Grid, backend: str = "local", out:
     if dry_run:
         for t in trials:
             what, why = plans[t.name]
-            log(f"{ {'run': 'run ', 'skip': 'skip', 'fail': 'FAIL'}[what]} {t.name}" + (f"  ({why})" if why else ""))
-        return {"grid": g.name, "trials": [{"name": t.name, "plan": plans[t.name][0], "params": t.params}
-                                            for t in trials]}
+            log(f"{ {'run': 'run ', 'skip': 'skip', 'fail': 'FAIL'}[what] } {t.name}" + (f"  ({why})" if why else ""))
+        return {
+            "grid": g.name,
+            "trials": [{"name": t.name, "plan": plans[t.name][0], "params": t.params} for t in trials],
+        }
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -61,20 +72,36 @@ def run_grid(grid: str | os.PathLike | dict | Grid, backend: str = "local", out:
         what, why = plans[t.name]
         base = {"name": t.name, "params": t.params, "run_dir": str(t.run_dir.resolve())}
         if what == "skip":
-            results[t.name] = {**base, "status": "skipped", "seconds": 0.0, "error": None,
-                               "eval": finished_eval(t.run_dir) if g.kind == "train" else {}}
+            results[t.name] = {
+                **base,
+                "status": "skipped",
+                "seconds": 0.0,
+                "error": None,
+                "eval": finished_eval(t.run_dir) if g.kind == "train" else {},
+            }
         elif what == "fail":
             results[t.name] = {**base, "status": "failed", "seconds": 0.0, "error": why}
         else:
-            specs.append({**base, "kind": g.kind, "preset": g.preset, "overrides": t.overrides,
-                          "notebook": str(g.notebook) if g.notebook else None, "timeout": timeout,
-                          "sweep_dir": str(out_dir.resolve()), "inject": injection(t.name),
-                          "result_path": str((out_dir / ".sweep" / f"{t.name}.result.json").resolve()),
-                          "log_path": str((out_dir / "logs" / f"{t.name}.log").resolve())})
+            specs.append(
+                {
+                    **base,
+                    "kind": g.kind,
+                    "preset": g.preset,
+                    "overrides": t.overrides,
+                    "notebook": str(g.notebook) if g.notebook else None,
+                    "timeout": timeout,
+                    "sweep_dir": str(out_dir.resolve()),
+                    "inject": injection(t.name),
+                    "result_path": str((out_dir / ".sweep" / f"{t.name}.result.json").resolve()),
+                    "log_path": str((out_dir / "logs" / f"{t.name}.log").resolve()),
+                }
+            )
     n_skip = sum(1 for r in results.values() if r["status"] == "skipped")
     n_bad = sum(1 for r in results.values() if r["status"] == "failed")
-    log(f"grid {g.name}: {len(trials)} trials, {n_skip} already finished, {n_bad} invalid, {len(specs)} to run "
-        f"on backend {backend} -> {out_dir}")
+    log(
+        f"grid {g.name}: {len(trials)} trials, {n_skip} already finished, {n_bad} invalid, {len(specs)} to run "
+        f"on backend {backend} -> {out_dir}"
+    )
     for r in results.values():
         if r["status"] == "failed":
             log(f"  FAILED {r['name']}: {r['error']}")
@@ -84,8 +111,12 @@ def run_grid(grid: str | os.PathLike | dict | Grid, backend: str = "local", out:
         done[0] += 1
         name = r["name"]
         base = next(s for s in specs if s["name"] == name)
-        r = {"name": name, "params": base["params"], "run_dir": base["run_dir"], **{k: v for k, v in r.items()
-                                                                                     if k != "name"}}
+        r = {
+            "name": name,
+            "params": base["params"],
+            "run_dir": base["run_dir"],
+            **{k: v for k, v in r.items() if k != "name"},
+        }
         results[name] = r
         sec = f"{r['seconds']:.0f} s" if isinstance(r.get("seconds"), (int, float)) else ""
         msg = f"[{done[0]}/{len(specs)}] {name}: {r['status']} {sec}"
@@ -101,13 +132,20 @@ def run_grid(grid: str | os.PathLike | dict | Grid, backend: str = "local", out:
         else:
             run_ray(specs, address, jobs, on_result, log)
     ordered = [results[t.name] for t in trials if t.name in results]
-    meta = {"backend": backend, "address": address, "jobs": jobs, "out": str(out_dir),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
-            "wall_seconds": time.time() - t_start}
+    meta = {
+        "backend": backend,
+        "address": address,
+        "jobs": jobs,
+        "out": str(out_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
+        "wall_seconds": time.time() - t_start,
+    }
     doc = write_results(g, out_dir, ordered, meta)
     c = doc["counts"]
-    log(f"grid {g.name}: {c['finished']} finished, {c['skipped']} skipped, {c['failed']} failed in "
-        f"{meta['wall_seconds']:.0f} s; results in {out_dir / 'results.md'} and results.json")
+    log(
+        f"grid {g.name}: {c['finished']} finished, {c['skipped']} skipped, {c['failed']} failed in "
+        f"{meta['wall_seconds']:.0f} s; results in {out_dir / 'results.md'} and results.json"
+    )
     return doc
 
 
@@ -116,19 +154,35 @@ def run_grid(grid: str | os.PathLike | dict | Grid, backend: str = "local", out:
 # ------------------------------------------------------------------------------------------------
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
-        "sweep", help="run a grid of trainings (a paper table) on this machine or a Ray cluster",
+        "sweep",
+        help="run a grid of trainings (a paper table) on this machine or a Ray cluster",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run every trial of a grid file (configs/grids/*.yaml), skip the finished ones, collect the "
-                    "results into <out>/results.md and results.json. See docs/SCALE_OUT.md.")
+        "results into <out>/results.md and results.json. See docs/SCALE_OUT.md.",
+    )
     p.add_argument("grid", help="grid file (YAML)")
-    p.add_argument("--backend", choices=BACKENDS, default="local",
-                   help="local: subprocesses on this machine (default); ray: Ray tasks")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="local: subprocesses on this machine (default); ray: Ray tasks",
+    )
     p.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: start a local instance")
-    p.add_argument("--jobs", type=int, help="trials at a time (local default: one per GPU, else 1; ray: the "
-                                            "local instance's CPUs / at most this many in flight)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="trials at a time (local default: one per GPU, else 1; ray: the "
+        "local instance's CPUs / at most this many in flight)",
+    )
     p.add_argument("--out", help="folder of the run directories and results (default runs/sweeps/<grid name>)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a fixed parameter of every trial (YAML value), e.g. --set epochs=1; repeatable")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a fixed parameter of every trial (YAML value), e.g. --set epochs=1; repeatable",
+    )
     p.add_argument("--only", action="append", metavar="GLOB", help="run only trials whose name matches (repeatable)")
     p.add_argument("--timeout", type=float, help="seconds a trial may run before it is killed and marked failed")
     p.add_argument("--dry-run", action="store_true", help="list the trials and what would happen; run nothing")
@@ -136,6 +190,15 @@ def add_cli(subparsers) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    doc = run_grid(args.grid, backend=args.backend, out=args.out, jobs=args.jobs, address=args.address,
-                   sets=args.sets, only=args.only, timeout=args.timeout, dry_run=args.dry_run)
+    doc = run_grid(
+        args.grid,
+        backend=args.backend,
+        out=args.out,
+        jobs=args.jobs,
+        address=args.address,
+        sets=args.sets,
+        only=args.only,
+        timeout=args.timeout,
+        dry_run=args.dry_run,
+    )
     return 1 if doc.get("counts", {}).get("failed") else 0

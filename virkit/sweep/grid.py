@@ -1,4 +1,5 @@
 """Grid files: loading and validating them, and expanding a grid into named trials."""
+
 from __future__ import annotations
 
 import itertools
@@ -35,13 +36,14 @@ class Grid:
 @dataclass
 class Trial:
     name: str
-    params: dict          # the varied parameters of this trial
-    overrides: dict       # fixed + params: TrainConfig overrides (train) or notebook parameters
+    params: dict  # the varied parameters of this trial
+    overrides: dict  # fixed + params: TrainConfig overrides (train) or notebook parameters
     run_dir: Path
 
 
 def _train_fields() -> list[str]:
     from virkit.training import TrainConfig
+
     return [f for f in TrainConfig.__dataclass_fields__ if f != "preset"]
 
 
@@ -58,8 +60,10 @@ def _normalize(key: str, value: Any) -> Any:
 def _check_names(names, valid: list[str], where: str, what: str) -> None:
     unknown = [n for n in names if n not in valid]
     if unknown:
-        raise VirkitError(f"{where}: unknown {what}{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                          f"valid {what}s: {', '.join(valid)}")
+        raise VirkitError(
+            f"{where}: unknown {what}{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"valid {what}s: {', '.join(valid)}"
+        )
 
 
 def load_grid(source: str | os.PathLike | dict, sets: list[str] | dict | None = None) -> Grid:
@@ -98,8 +102,9 @@ def load_grid(source: str | os.PathLike | dict, sets: list[str] | dict | None = 
         raise VirkitError(f"{where}: 'grid' must be a mapping of parameter: [values]")
     for k, v in axes.items():
         if not isinstance(v, list) or not v:
-            raise VirkitError(f"{where}: grid.{k} must be a non-empty list of values (put a single value under "
-                              "'fixed')")
+            raise VirkitError(
+                f"{where}: grid.{k} must be a non-empty list of values (put a single value under 'fixed')"
+            )
     if not isinstance(points, list) or not all(isinstance(p, dict) and p for p in points):
         raise VirkitError(f"{where}: 'points' must be a list of non-empty mappings parameter: value")
     if isinstance(sets, dict):
@@ -132,6 +137,7 @@ def load_grid(source: str | os.PathLike | dict, sets: list[str] | dict | None = 
     preset = data.get("preset")
     if kind == "train":
         from virkit.training import PRESETS
+
         _check_names(names, _train_fields(), where, "parameter")
         _check_names(list(set_items), _train_fields(), "--set", "parameter")
         preset = preset or "paper"
@@ -149,16 +155,27 @@ def load_grid(source: str | os.PathLike | dict, sets: list[str] | dict | None = 
         if not notebook.is_absolute() and not notebook.is_file() and path is not None:
             notebook = path.parent / nb
         if not notebook.is_file():
-            raise VirkitError(f"{where}: notebook {nb} not found (relative paths: to the working directory or "
-                              "the grid file)")
+            raise VirkitError(
+                f"{where}: notebook {nb} not found (relative paths: to the working directory or the grid file)"
+            )
         from virkit.notebooks import notebook_parameters
+
         valid = list(notebook_parameters(notebook))
         _check_names(names, valid, where, "notebook parameter")
         _check_names(list(set_items), valid, "--set", "notebook parameter")
     fixed = {k: _normalize(k, v) for k, v in fixed.items()}
-    return Grid(name=name, kind=kind, preset=preset, fixed=fixed, grid=axes, points=points, table=table,
-                description=str(data.get("description") or ""), notebook=notebook.resolve() if notebook else None,
-                path=path)
+    return Grid(
+        name=name,
+        kind=kind,
+        preset=preset,
+        fixed=fixed,
+        grid=axes,
+        points=points,
+        table=table,
+        description=str(data.get("description") or ""),
+        notebook=notebook.resolve() if notebook else None,
+        path=path,
+    )
 
 
 def fmt_value(v: Any) -> str:

@@ -1,6 +1,7 @@
 """A grid's results: ``<out>/results.json`` (per trial: status, seconds, error, accuracies) and
 ``<out>/results.md`` (the paper table via :mod:`virkit.paper.report` when the grid names one, mean ± std
 over seeds of every attack, the status of every trial)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,7 @@ __all__ = ["simple_table", "write_results"]
 
 def _mean_std(values: list[float]) -> str:
     from virkit.paper import mean_std  # pandas: only when results are written
+
     return mean_std(values, empty="").text
 
 
@@ -54,16 +56,27 @@ def write_results(grid: Grid, out: Path, trials: list[dict], meta: dict) -> dict
     from virkit.io import atomic_write_json
 
     counts = {s: sum(1 for t in trials if t["status"] == s) for s in ("finished", "skipped", "failed")}
-    doc = {"grid": grid.name, "grid_file": str(grid.path) if grid.path else None, "kind": grid.kind,
-           "preset": grid.preset, "table": grid.table, "fixed": grid.fixed, **meta, "counts": counts,
-           "trials": trials}
+    doc = {
+        "grid": grid.name,
+        "grid_file": str(grid.path) if grid.path else None,
+        "kind": grid.kind,
+        "preset": grid.preset,
+        "table": grid.table,
+        "fixed": grid.fixed,
+        **meta,
+        "counts": counts,
+        "trials": trials,
+    }
     atomic_write_json(out / "results.json", doc)
     ok_dirs = [t["run_dir"] for t in trials if t["status"] in ("finished", "skipped")]
     md = [f"# Grid {grid.name}", ""]
     if grid.description:
         md += [grid.description.strip(), ""]
-    md += [f"{counts['finished']} trained, {counts['skipped']} already done (skipped), {counts['failed']} failed; "
-           f"backend {meta.get('backend')}, {meta.get('wall_seconds', 0):.0f} s.", ""]
+    md += [
+        f"{counts['finished']} trained, {counts['skipped']} already done (skipped), {counts['failed']} failed; "
+        f"backend {meta.get('backend')}, {meta.get('wall_seconds', 0):.0f} s.",
+        "",
+    ]
     if grid.kind == "train":
         report_md, why = _report_table(grid, ok_dirs)
         if report_md:
@@ -77,5 +90,6 @@ def write_results(grid: Grid, out: Path, trials: list[dict], meta: dict) -> dict
         sec = f"{t['seconds']:.0f}" if isinstance(t.get("seconds"), (int, float)) else ""
         md.append(f"| {t['name']} | {t['status']} | {sec} | {err} |")
     from virkit.io import atomic_write_bytes
+
     atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode())
     return doc

@@ -5,6 +5,7 @@ A training trial goes through :class:`virkit.runs.RunDir` (status, config hash, 
 :func:`virkit.training.ensure_run` (training, resuming or branching, then the attacks asked for later
 than the run was trained) only.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -22,11 +23,12 @@ from virkit.sweep.grid import Grid, Trial
 
 __all__ = ["INJECT_ENV", "plan_trial", "finished_eval", "injection", "worker"]
 
-INJECT_ENV = "VIRKIT_SWEEP_INJECT_FAILURE"   # tests: "<glob>[:raise|kill]" makes matching trials fail
+INJECT_ENV = "VIRKIT_SWEEP_INJECT_FAILURE"  # tests: "<glob>[:raise|kill]" makes matching trials fail
 
 
 def _resolve(grid_preset: str, overrides: dict):
     from virkit.training import resolve_config
+
     return resolve_config(grid_preset, **overrides)
 
 
@@ -41,6 +43,7 @@ def plan_trial(grid: Grid, trial: Trial) -> tuple[str, str | None]:
         return ("skip", None) if state.get("status") == "finished" and same else ("run", None)
     from virkit.runs import RunDir, RunStatus
     from virkit.training import config_hash
+
     try:
         cfg = _resolve(grid.preset, trial.overrides)
     except VirkitError as e:
@@ -51,8 +54,10 @@ def plan_trial(grid: Grid, trial: Trial) -> tuple[str, str | None]:
         return "run", None
     old = run.config_hash()
     if old is not None and old != config_hash(cfg):
-        return "fail", (f"{trial.run_dir} holds a run with another config (hash {old}, the grid asks for "
-                        f"{config_hash(cfg)}): was the grid changed? delete that directory or use another --out")
+        return "fail", (
+            f"{trial.run_dir} holds a run with another config (hash {old}, the grid asks for "
+            f"{config_hash(cfg)}): was the grid changed? delete that directory or use another --out"
+        )
     if status is RunStatus.FINISHED:
         done = finished_eval(run.path)
         if all(a in done for a in cfg.eval_attacks):
@@ -63,6 +68,7 @@ def plan_trial(grid: Grid, trial: Trial) -> tuple[str, str | None]:
 def finished_eval(run_dir: str | os.PathLike) -> dict:
     """The accuracies a finished run's summary records (``{attack: accuracy}``; empty if none)."""
     from virkit.runs import RunDir
+
     return (RunDir(run_dir).read_summary() or {}).get("eval") or {}
 
 
@@ -83,12 +89,14 @@ def _run_notebook_trial(spec: dict) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     params = validate_parameters(spec["notebook"], spec["overrides"])
     ensure_kernelspec(Path(spec["sweep_dir"]))
-    status, error = execute_one(spec["notebook"], str(run_dir / "output.ipynb"), params, str(run_dir),
-                                 spec.get("timeout"))
+    status, error = execute_one(
+        spec["notebook"], str(run_dir / "output.ipynb"), params, str(run_dir), spec.get("timeout")
+    )
     if status != "ok":
         raise VirkitError(f"notebook failed: {error}")
-    atomic_write_json(run_dir / "trial.json", {"status": "finished", "parameters": spec["overrides"],
-                                               "notebook": spec["notebook"]})
+    atomic_write_json(
+        run_dir / "trial.json", {"status": "finished", "parameters": spec["overrides"], "notebook": spec["notebook"]}
+    )
     return {}
 
 

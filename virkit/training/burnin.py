@@ -5,6 +5,7 @@ so a run can start from another run's state after epoch ``reweight_start - 1`` (
 a parent (:func:`find_burnin_parent`, used by sweeps and notebooks) and reads and checks its state
 (:func:`branch_state`, used by :func:`virkit.training.trainer.train` with ``branch_from`` / ``--from``).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,10 @@ def branch_state(cfg: TrainConfig, parent: str | os.PathLike, device, log) -> tu
         raise VirkitError(f"--from {spec}: {path} is not a virkit run directory (no config.json)")
     ck_path = prun.checkpoint("burnin")
     if not ck_path.is_file():
-        raise VirkitError(f"--from {spec}: {path} has no burnin.pt (it has not finished epoch "
-                          f"{burnin_epoch(pcfg)} yet, or was trained before virkit wrote one)")
+        raise VirkitError(
+            f"--from {spec}: {path} has no burnin.pt (it has not finished epoch "
+            f"{burnin_epoch(pcfg)} yet, or was trained before virkit wrote one)"
+        )
     ck = read_checkpoint(ck_path, "burnin", map_location=device)
     epoch = int(ck["epoch"])
     if at and int(at) != epoch:
@@ -44,16 +47,24 @@ def branch_state(cfg: TrainConfig, parent: str | os.PathLike, device, log) -> tu
     mine = burnin_key(cfg)
     theirs = burnin_key(TrainConfig.from_dict({k: v for k, v in pcfg.items() if k in TrainConfig.__dataclass_fields__}))
     if mine != theirs:
-        raise VirkitError(f"--from {spec}: its burn-in differs from this run's (pipeline, seed, data, model or "
-                          f"schedule: key {theirs} vs {mine}); train from scratch or branch from a matching run")
+        raise VirkitError(
+            f"--from {spec}: its burn-in differs from this run's (pipeline, seed, data, model or "
+            f"schedule: key {theirs} vs {mine}); train from scratch or branch from a matching run"
+        )
     if epoch > cfg.reweight_start - 1:
-        raise VirkitError(f"--from {spec}: its burn-in ends at epoch {epoch}, after this run's reweighting starts "
-                          f"(epoch {cfg.reweight_start})")
-    if "best_checkpoint" not in ck:   # a burnin.pt written before it carried best.pt's state
+        raise VirkitError(
+            f"--from {spec}: its burn-in ends at epoch {epoch}, after this run's reweighting starts "
+            f"(epoch {cfg.reweight_start})"
+        )
+    if "best_checkpoint" not in ck:  # a burnin.pt written before it carried best.pt's state
         ck["best_checkpoint"] = _parent_best_until(prun, epoch, log)
     log(f"branching from {path} after epoch {epoch} (burn-in key {mine})")
-    return ck, {"path": str(Path(path).resolve()), "config_hash": pcfg.get("config_hash"), "epoch": epoch,
-                "burnin_key": mine}
+    return ck, {
+        "path": str(Path(path).resolve()),
+        "config_hash": pcfg.get("config_hash"),
+        "epoch": epoch,
+        "burnin_key": mine,
+    }
 
 
 def best_record(best: dict | None) -> dict | None:
@@ -72,13 +83,16 @@ def _parent_best_until(prun: RunDir, epoch: int, log) -> dict | None:
     best = read_checkpoint(path, "best", map_location="cpu")
     if int(best["epoch"]) <= epoch:
         return best_record(best)
-    log(f"{prun.path}'s best.pt is from epoch {best['epoch']}, after its burn-in: the best state as of epoch "
-        f"{epoch} is not kept, so this run's best.pt starts with its own epochs")
+    log(
+        f"{prun.path}'s best.pt is from epoch {best['epoch']}, after its burn-in: the best state as of epoch "
+        f"{epoch} is not kept, so this run's best.pt starts with its own epochs"
+    )
     return None
 
 
-def find_burnin_parent(cfg: TrainConfig, root: str | os.PathLike, exclude: str | os.PathLike | None = None
-                       ) -> Path | None:
+def find_burnin_parent(
+    cfg: TrainConfig, root: str | os.PathLike, exclude: str | os.PathLike | None = None
+) -> Path | None:
     """A run directory under ``root`` (one level) whose ``burnin.pt`` ``cfg`` can branch from (same
     :func:`virkit.training.config.burnin_key`, burn-in ending before ``cfg``'s reweighting starts), else None.
     Sweeps and notebooks call it before training a run from scratch."""
@@ -122,4 +136,3 @@ def relative_evals(run: RunDir) -> list[Path]:
         r = RunDir(d)
         files += [f for f in (r.eval_file, r.eval_file_for("best"), r.eval_file_for("last")) if f.is_file()]
     return files
-

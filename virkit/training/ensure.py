@@ -3,6 +3,7 @@ resuming from ``last.pt``, or branching from a run of the same burn-in beside it
 sure its evaluation files hold the attacks asked for. The notebooks' shared runs
 (:func:`virkit.notebooks.presets.shared_run`) and the sweep's training trials
 (:mod:`virkit.sweep.trial`) both go through it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,15 @@ def _print_flush(msg: str) -> None:
     print(msg, flush=True)
 
 
-def ensure_run(cfg: TrainConfig, run_dir: str | os.PathLike, *, attacks: Iterable[str] = (), command: str = "train",
-               wait: bool = False, log: Callable[[str], None] | None = None) -> Path:
+def ensure_run(
+    cfg: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    attacks: Iterable[str] = (),
+    command: str = "train",
+    wait: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Make ``run_dir`` hold a finished run of ``cfg`` evaluated under ``cfg.eval_attacks`` and
     ``attacks``; returns the run directory.
 
@@ -47,8 +55,9 @@ def ensure_run(cfg: TrainConfig, run_dir: str | os.PathLike, *, attacks: Iterabl
         if not (run.is_finished() and run.config_hash() == config_hash(cfg)):
             t = time.time()
             # a run of the same burn-in beside this one (vir-at-w1 for vir-at, AT for GAIRAT) saves the first epochs
-            parent = None if run.checkpoint("last").is_file() else find_burnin_parent(cfg, run.path.parent,
-                                                                                       exclude=run.path)
+            parent = (
+                None if run.checkpoint("last").is_file() else find_burnin_parent(cfg, run.path.parent, exclude=run.path)
+            )
             train(cfg, run.path, resume=True, reuse=True, log=log, branch_from=parent)
             log(f"trained {run.path.name} in {time.time() - t:.0f} s")
         _evaluate_missing(run, cfg, attacks, log)
@@ -66,6 +75,7 @@ def _evaluate_missing(run: RunDir, cfg: TrainConfig, attacks: Iterable[str], log
     t = time.time()
     log(f"evaluating {run.path} under {', '.join(missing)}")
     summary["eval"], summary["eval_checkpoints"] = evaluate_checkpoints(
-        run, dataclasses.replace(cfg, eval_attacks=tuple(wanted)), cfg.device, replace=False, log=log)
+        run, dataclasses.replace(cfg, eval_attacks=tuple(wanted)), cfg.device, replace=False, log=log
+    )
     run.write_summary(summary)
     log(f"evaluated {run.path.name} under {', '.join(missing)} in {time.time() - t:.0f} s")

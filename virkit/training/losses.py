@@ -43,6 +43,7 @@ loss is the batch *mean* of w_i L_i, as every baseline's code reduces (``batch_r
 gives the sums of Eq. 8 and 10 literally). Weights are values, never differentiated (Sec. 4.2);
 before the reweighting start every weight is 1 (``epoch=`` or ``active=`` of each call).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -128,9 +129,17 @@ class MethodLoss:
         start = f", reweight_start={s['reweight_start']}" if self.spec.reweighted else ""
         return f"MethodLoss({self.method!r}, eps={s['eps']:.5g}, steps={s['attack_steps']}{start})"
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoch: int | None = None,
-                 active: bool | None = None, generator: torch.Generator | None = None,
-                 autocast: Callable | None = None) -> LossResult:
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        epoch: int | None = None,
+        active: bool | None = None,
+        generator: torch.Generator | None = None,
+        autocast: Callable | None = None,
+    ) -> LossResult:
         """The loss of one batch.
 
         ``x``: float images in [0, 1], shape (B, ...); ``y``: class indices, shape (B,). Put the model in
@@ -141,8 +150,10 @@ class MethodLoss:
         global stream); ``autocast``: a context-manager factory for mixed precision (None: fp32).
         """
         if epoch is not None and active is not None:
-            raise VirkitError("pass epoch= or active=, not both: epoch turns the weights on from reweight_start, "
-                              "active turns them on or off directly")
+            raise VirkitError(
+                "pass epoch= or active=, not both: epoch turns the weights on from reweight_start, "
+                "active turns them on or off directly"
+            )
         if epoch is not None:
             if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
                 raise VirkitError(f"epoch={epoch!r} must be a 1-based epoch number (1, 2, ...)")
@@ -150,8 +161,10 @@ class MethodLoss:
         elif active is not None:
             on = bool(active)
         elif self.spec.reweighted:
-            raise VirkitError(f"method {self.method!r} reweights from epoch {self.config.reweight_start}: pass "
-                              "epoch=E (1-based) or active=True/False to each call")
+            raise VirkitError(
+                f"method {self.method!r} reweights from epoch {self.config.reweight_start}: pass "
+                "epoch=E (1-based) or active=True/False to each call"
+            )
         else:
             on = False
         _check_batch(x, y)
@@ -170,12 +183,13 @@ def method_loss(method: str, **settings) -> MethodLoss:
     check_choice("method", method, METHODS)
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
-        raise VirkitError(f"unknown setting(s) {', '.join(unknown)} for method_loss; valid settings: "
-                          f"{', '.join(SETTINGS)}")
+        raise VirkitError(
+            f"unknown setting(s) {', '.join(unknown)} for method_loss; valid settings: {', '.join(SETTINGS)}"
+        )
     values = {k: v for k, v in settings.items() if v is not None}
     if "lr_milestones" in values:
         values["lr_milestones"] = tuple(values["lr_milestones"])
-    cfg = TrainConfig(method=method, preset="paper", **values)   # the dataclass defaults are the paper's
+    cfg = TrainConfig(method=method, preset="paper", **values)  # the dataclass defaults are the paper's
     validate(cfg)
     return MethodLoss(cfg)
 
@@ -184,8 +198,12 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise VirkitError("x must be a float tensor of images in [0, 1]; convert uint8 images with x.float() / 255")
     if not isinstance(y, torch.Tensor) or y.dtype != torch.long or y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise VirkitError(f"y must be a 1-D int64 tensor of class indices, one per image of x ({x.shape[0]}); "
-                          f"got {getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
+        raise VirkitError(
+            f"y must be a 1-D int64 tensor of class indices, one per image of x ({x.shape[0]}); "
+            f"got {getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}"
+        )
     if bool(((x < 0) | (x > 1)).any()):
-        raise VirkitError("x holds values outside [0, 1]; pass images in [0, 1] (normalize inside the model, "
-                          "e.g. virkit.build_model(..., mean, std))")
+        raise VirkitError(
+            "x holds values outside [0, 1]; pass images in [0, 1] (normalize inside the model, "
+            "e.g. virkit.build_model(..., mean, std))"
+        )

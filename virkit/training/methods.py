@@ -31,6 +31,7 @@ KL_i = KL(softmax f(x_i) || softmax f(x'_i)). Before ``reweight_start`` every we
 follows each official code relative to the first lr drop (:attr:`MethodSpec.reweight_delay`).
 Crafting always runs with the model in eval mode (as every official code does) and restores it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,10 +51,10 @@ __all__ = ["METHODS", "MethodSpec", "method_step", "compute_step", "reweighting_
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    family: str                 # natural | at | trades | mart
-    attack_loss: str | None     # ce | kl | None
-    random_start: str           # uniform | normal
-    weighting: str              # none | vir | vir-sv | vir-sd | gairat | mail
+    family: str  # natural | at | trades | mart
+    attack_loss: str | None  # ce | kl | None
+    random_start: str  # uniform | normal
+    weighting: str  # none | vir | vir-sv | vir-sd | gairat | mail
     description: str
     defaults: dict = field(default_factory=dict)
     #: the default first reweighted epoch is the first lr milestone + this: 1 is the first epoch at
@@ -69,43 +70,114 @@ class MethodSpec:
         return self.weighting != "none"
 
 
-_VIR_AT = {"alpha": 7.0, "beta": 0.007, "gamma": 10.0}                   # Sec. 5.3
+_VIR_AT = {"alpha": 7.0, "beta": 0.007, "gamma": 10.0}  # Sec. 5.3
 _VIR_TRADES = {"alpha": 8.0, "beta": 1.6, "gamma": 3.0, "trades_beta": 5.0}  # Sec. 5.3, 1/lambda = 5
 
-METHODS: dict[str, MethodSpec] = {m.name: m for m in [
-    MethodSpec("natural", "natural", None, "none", "none", "standard training on natural images"),
-    MethodSpec("at", "at", "ce", "uniform", "none", "PGD adversarial training (Madry et al. 2018)"),
-    MethodSpec("trades", "trades", "kl", "normal", "none", "TRADES (Zhang et al. 2019), 1/lambda=4 (RN-18)",
-               {"trades_beta": 4.0}),
-    MethodSpec("mart", "mart", "ce", "normal", "none", "MART (Wang et al. 2019), beta=5", {"trades_beta": 5.0}),
-    MethodSpec("gairat", "at", "ce", "uniform", "gairat", "GAIRAT (Zhang et al. 2020), Tanh weights, lambda=-1"),
-    MethodSpec("mail-at", "at", "ce", "normal", "mail", "MAIL-AT (Liu et al. 2021), gamma(slope)=10, beta(bias)=-0.5",
-               {"gamma": 10.0, "beta": -0.5}, reweight_delay=2),
-    MethodSpec("mail-trades", "trades", "kl", "normal", "mail",
-               "MAIL-TRADES (Liu et al. 2021), gamma(slope)=2, beta(bias)=0, 1/lambda=5",
-               {"gamma": 2.0, "beta": 0.0, "trades_beta": 5.0}, reweight_delay=2),
-    MethodSpec("vir-at", "at", "ce", "normal", "vir", "VIR-AT (Eq. 8): alpha=7, beta=0.007, gamma=10", _VIR_AT),
-    MethodSpec("vir-trades", "trades", "kl", "normal", "vir",
-               "VIR-TRADES (Eq. 10): alpha=8, beta=1.6, gamma=3, 1/lambda=5", _VIR_TRADES),
-    MethodSpec("vir-at-sv", "at", "ce", "normal", "vir-sv", "Table 6 ablation: S_v * CE(x')", _VIR_AT),
-    MethodSpec("vir-at-sd", "at", "ce", "normal", "vir-sd", "Table 6 ablation: S_d * CE(x')", _VIR_AT),
-    MethodSpec("vir-trades-sv", "trades", "kl", "normal", "vir-sv", "Table 7 ablation: CE + (1/lambda) S_v KL",
-               _VIR_TRADES),
-    MethodSpec("vir-trades-sd", "trades", "kl", "normal", "vir-sd", "Table 7 ablation: CE + (1/lambda) S_d KL",
-               _VIR_TRADES),
-    MethodSpec("vir-at-w1", "at", "ce", "normal", "none",
-               "Table 6 first row: the VIR-AT pipeline (0.001 N(0, I) start, Algorithm 1) with w = 1", _VIR_AT),
-    MethodSpec("vir-at-mean1", "at", "ce", "normal", "vir", "control: VIR-AT weights rescaled to batch mean 1",
-               _VIR_AT, weight_transform="mean1"),
-    MethodSpec("vir-at-flat", "at", "ce", "normal", "vir",
-               "control: every example gets VIR-AT's batch-mean weight (same total weight, no redistribution)",
-               _VIR_AT, weight_transform="flat"),
-    MethodSpec("vir-trades-mean1", "trades", "kl", "normal", "vir",
-               "control: VIR-TRADES weights rescaled to batch mean 1", _VIR_TRADES, weight_transform="mean1"),
-    MethodSpec("vir-trades-flat", "trades", "kl", "normal", "vir",
-               "control: every example gets VIR-TRADES' batch-mean weight (same total weight, no redistribution)",
-               _VIR_TRADES, weight_transform="flat"),
-]}
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in [
+        MethodSpec("natural", "natural", None, "none", "none", "standard training on natural images"),
+        MethodSpec("at", "at", "ce", "uniform", "none", "PGD adversarial training (Madry et al. 2018)"),
+        MethodSpec(
+            "trades",
+            "trades",
+            "kl",
+            "normal",
+            "none",
+            "TRADES (Zhang et al. 2019), 1/lambda=4 (RN-18)",
+            {"trades_beta": 4.0},
+        ),
+        MethodSpec("mart", "mart", "ce", "normal", "none", "MART (Wang et al. 2019), beta=5", {"trades_beta": 5.0}),
+        MethodSpec("gairat", "at", "ce", "uniform", "gairat", "GAIRAT (Zhang et al. 2020), Tanh weights, lambda=-1"),
+        MethodSpec(
+            "mail-at",
+            "at",
+            "ce",
+            "normal",
+            "mail",
+            "MAIL-AT (Liu et al. 2021), gamma(slope)=10, beta(bias)=-0.5",
+            {"gamma": 10.0, "beta": -0.5},
+            reweight_delay=2,
+        ),
+        MethodSpec(
+            "mail-trades",
+            "trades",
+            "kl",
+            "normal",
+            "mail",
+            "MAIL-TRADES (Liu et al. 2021), gamma(slope)=2, beta(bias)=0, 1/lambda=5",
+            {"gamma": 2.0, "beta": 0.0, "trades_beta": 5.0},
+            reweight_delay=2,
+        ),
+        MethodSpec("vir-at", "at", "ce", "normal", "vir", "VIR-AT (Eq. 8): alpha=7, beta=0.007, gamma=10", _VIR_AT),
+        MethodSpec(
+            "vir-trades",
+            "trades",
+            "kl",
+            "normal",
+            "vir",
+            "VIR-TRADES (Eq. 10): alpha=8, beta=1.6, gamma=3, 1/lambda=5",
+            _VIR_TRADES,
+        ),
+        MethodSpec("vir-at-sv", "at", "ce", "normal", "vir-sv", "Table 6 ablation: S_v * CE(x')", _VIR_AT),
+        MethodSpec("vir-at-sd", "at", "ce", "normal", "vir-sd", "Table 6 ablation: S_d * CE(x')", _VIR_AT),
+        MethodSpec(
+            "vir-trades-sv", "trades", "kl", "normal", "vir-sv", "Table 7 ablation: CE + (1/lambda) S_v KL", _VIR_TRADES
+        ),
+        MethodSpec(
+            "vir-trades-sd", "trades", "kl", "normal", "vir-sd", "Table 7 ablation: CE + (1/lambda) S_d KL", _VIR_TRADES
+        ),
+        MethodSpec(
+            "vir-at-w1",
+            "at",
+            "ce",
+            "normal",
+            "none",
+            "Table 6 first row: the VIR-AT pipeline (0.001 N(0, I) start, Algorithm 1) with w = 1",
+            _VIR_AT,
+        ),
+        MethodSpec(
+            "vir-at-mean1",
+            "at",
+            "ce",
+            "normal",
+            "vir",
+            "control: VIR-AT weights rescaled to batch mean 1",
+            _VIR_AT,
+            weight_transform="mean1",
+        ),
+        MethodSpec(
+            "vir-at-flat",
+            "at",
+            "ce",
+            "normal",
+            "vir",
+            "control: every example gets VIR-AT's batch-mean weight (same total weight, no redistribution)",
+            _VIR_AT,
+            weight_transform="flat",
+        ),
+        MethodSpec(
+            "vir-trades-mean1",
+            "trades",
+            "kl",
+            "normal",
+            "vir",
+            "control: VIR-TRADES weights rescaled to batch mean 1",
+            _VIR_TRADES,
+            weight_transform="mean1",
+        ),
+        MethodSpec(
+            "vir-trades-flat",
+            "trades",
+            "kl",
+            "normal",
+            "vir",
+            "control: every example gets VIR-TRADES' batch-mean weight (same total weight, no redistribution)",
+            _VIR_TRADES,
+            weight_transform="flat",
+        ),
+    ]
+}
 
 MAIL_SCALE = 3.0  # MAIL's official constant multiplier on the sigmoid (docs/BASELINES.md)
 
@@ -116,9 +188,9 @@ def method_names() -> list[str]:
 
 @dataclass
 class StepOutput:
-    loss: torch.Tensor              # scalar to backpropagate
+    loss: torch.Tensor  # scalar to backpropagate
     loss_per_example: torch.Tensor  # detached, (B,)
-    weights: torch.Tensor           # detached per-example weights actually used, (B,)
+    weights: torch.Tensor  # detached per-example weights actually used, (B,)
     logits_adv: torch.Tensor | None  # detached training-forward logits on x' (None for natural)
     x_adv: torch.Tensor | None
 
@@ -132,8 +204,15 @@ def reweighting_active(cfg, epoch: int) -> bool:
     return METHODS[cfg.method].reweighted and epoch >= cfg.reweight_start
 
 
-def method_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, epoch: int,
-                autocast=None, generator: torch.Generator | None = None) -> StepOutput:
+def method_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg,
+    epoch: int,
+    autocast=None,
+    generator: torch.Generator | None = None,
+) -> StepOutput:
     """Craft the training attack for ``cfg.method`` and return the loss for one batch.
 
     ``epoch`` is 1-based; reweighting is active from ``cfg.reweight_start`` on. ``autocast`` is a
@@ -143,8 +222,15 @@ def method_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, epoch: 
     return compute_step(model, x, y, cfg, reweighting_active(cfg, epoch), autocast, generator)
 
 
-def compute_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, active: bool,
-                 autocast=None, generator: torch.Generator | None = None) -> StepOutput:
+def compute_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg,
+    active: bool,
+    autocast=None,
+    generator: torch.Generator | None = None,
+) -> StepOutput:
     """The one implementation of every method's step: attack -> weights -> loss.
 
     ``cfg`` is a :class:`virkit.training.config.TrainConfig` (its method, attack and hyperparameters);
@@ -173,9 +259,19 @@ def compute_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, active
             with torch.no_grad(), ac():
                 logits_nat_eval = model(x).float()
         with ac():
-            out = pgd(model, x, y, eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps,
-                      loss=spec.attack_loss, random_start=start, target_logits=logits_nat_eval,
-                      generator=generator, count_correct=need_kappa)
+            out = pgd(
+                model,
+                x,
+                y,
+                eps=cfg.eps,
+                step_size=cfg.step_size,
+                steps=cfg.attack_steps,
+                loss=spec.attack_loss,
+                random_start=start,
+                target_logits=logits_nat_eval,
+                generator=generator,
+                count_correct=need_kappa,
+            )
         x_adv, kappa = out if need_kappa else (out, None)
         logits_adv_eval = None
         if active and spec.weighting.startswith("vir") and cfg.weight_logits == "eval":
@@ -221,14 +317,14 @@ def compute_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, active
         if (cfg.weight_norm == "mean1" and spec.weighting not in ("gairat",)) or spec.weight_transform == "mean1":
             w = rw.normalize_batch_mean(w)
         elif spec.weight_transform == "flat":
-            w = w.mean().expand_as(w).clone()   # the batch's total weight, spread evenly
+            w = w.mean().expand_as(w).clone()  # the batch's total weight, spread evenly
         w = w.detach()
 
     # ---- 4. loss ------------------------------------------------------------------------------------
     if spec.family == "at":
         lvec = w * F.cross_entropy(logits_adv, y, reduction="none")
     elif spec.family == "trades":
-        kl = kl_per_example(logits_nat, logits_adv)   # differentiable in both arguments (as TRADES)
+        kl = kl_per_example(logits_nat, logits_adv)  # differentiable in both arguments (as TRADES)
         lvec = F.cross_entropy(logits_nat, y, reduction="none") + cfg.hp("trades_beta") * w * kl
     elif spec.family == "mart":
         lvec = _mart_per_example(logits_nat, logits_adv, y, cfg.hp("trades_beta"))
@@ -247,7 +343,8 @@ def _mart_per_example(logits_nat, logits_adv, y, beta):
     top2 = torch.topk(adv_probs, 2, dim=1).indices
     new_y = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
     bce = F.cross_entropy(logits_adv, y, reduction="none") - torch.log(
-        1.0001 - adv_probs.gather(1, new_y.view(-1, 1)).squeeze(1) + 1e-12)
+        1.0001 - adv_probs.gather(1, new_y.view(-1, 1)).squeeze(1) + 1e-12
+    )
     nat_probs = F.softmax(logits_nat, dim=1)
     # nn.KLDivLoss(reduction='none')(log(adv + 1e-12), nat) = xlogy(nat, nat) - nat * log(adv + 1e-12)
     kl = (torch.special.xlogy(nat_probs, nat_probs) - nat_probs * torch.log(adv_probs + 1e-12)).sum(dim=1)

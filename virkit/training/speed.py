@@ -18,6 +18,7 @@ keyed by the device (CPU model or GPU name), torch version, thread count, oneDNN
 processes wait for one calibration (a file lock) instead of timing each other. ``VIRKIT_SPEED``
 (``fp32`` / ``bf16``, optionally ``,channels_last`` / ``,contiguous``) skips the measurement.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,9 +34,22 @@ import torch
 from virkit.errors import VirkitError
 from virkit.io import user_cache_dir
 
-__all__ = ["StepSpec", "Calibration", "calibrate", "choose", "choose_layout", "calibration_for", "fast_defaults",
-           "cached_calibrations", "device_label",
-           "cache_file", "user_cache_dir", "BF16_MARGIN", "LAYOUT_MARGIN", "OPTIONS"]
+__all__ = [
+    "StepSpec",
+    "Calibration",
+    "calibrate",
+    "choose",
+    "choose_layout",
+    "calibration_for",
+    "fast_defaults",
+    "cached_calibrations",
+    "device_label",
+    "cache_file",
+    "user_cache_dir",
+    "BF16_MARGIN",
+    "LAYOUT_MARGIN",
+    "OPTIONS",
+]
 
 #: bf16 must beat the fastest fp32 option by this factor to be chosen (it changes the numerics)
 BF16_MARGIN = 1.10
@@ -65,9 +79,9 @@ class StepSpec:
     @classmethod
     def of(cls, cfg) -> StepSpec:
         from virkit.data import DATASETS
+
         classes, size, _ = DATASETS.get(cfg.dataset, (10, 32, ""))
-        return cls(cfg.model, int(cfg.batch_size), max(1, int(cfg.attack_steps)), int(size or 32),
-                   int(classes or 10))
+        return cls(cfg.model, int(cfg.batch_size), max(1, int(cfg.attack_steps)), int(size or 32), int(classes or 10))
 
 
 @dataclass
@@ -76,10 +90,10 @@ class Calibration:
 
     precision: str
     channels_last: bool
-    rates: dict            # "fp32", "fp32+channels_last", "bf16", "bf16+channels_last" -> images/s
-    key: dict              # what the measurement depends on
-    seconds: float         # how long the measurement took
-    source: str            # "measured", "cache", "env" or "default"
+    rates: dict  # "fp32", "fp32+channels_last", "bf16", "bf16+channels_last" -> images/s
+    key: dict  # what the measurement depends on
+    seconds: float  # how long the measurement took
+    source: str  # "measured", "cache", "env" or "default"
     measured_at: str = ""  # local time of the measurement
 
     @property
@@ -92,8 +106,10 @@ class Calibration:
 
     def describe(self) -> str:
         rates = ", ".join(f"{k} {v:.0f}" for k, v in self.rates.items() if v)
-        return (f"{self.precision}{' + channels_last' if self.channels_last else ''} "
-                f"({self.source}; img/s: {rates or 'not measured'})")
+        return (
+            f"{self.precision}{' + channels_last' if self.channels_last else ''} "
+            f"({self.source}; img/s: {rates or 'not measured'})"
+        )
 
 
 def _label(precision: str, channels_last: bool) -> str:
@@ -105,15 +121,23 @@ def device_label(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
         from virkit.devices import cpu_name
+
         return cpu_name()
     return device.type
 
 
 def _key(spec: StepSpec, device: torch.device, threads: int) -> dict:
     from virkit.devices import onednn_isa_cap
-    return {"device": device_label(device), "device_type": device.type, "torch": torch.__version__,
-            "threads": int(threads), "onednn_isa_cap": onednn_isa_cap(), "step": dataclasses.asdict(spec),
-            "version": _VERSION}
+
+    return {
+        "device": device_label(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "threads": int(threads),
+        "onednn_isa_cap": onednn_isa_cap(),
+        "step": dataclasses.asdict(spec),
+        "version": _VERSION,
+    }
 
 
 def choose(rates: dict) -> tuple[str, bool]:
@@ -144,14 +168,22 @@ def _step_fn(spec: StepSpec, device: torch.device, precision: str, channels_last
     from virkit.training.methods import method_step
 
     torch.manual_seed(0)
-    model = build_model(spec.model, spec.num_classes, mean=(0.5,) * 3, std=(0.25,) * 3,
-                        image_size=spec.image_size).to(device)
+    model = build_model(spec.model, spec.num_classes, mean=(0.5,) * 3, std=(0.25,) * 3, image_size=spec.image_size).to(
+        device
+    )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    cfg = resolve_config("tiny", model=spec.model, method="at", batch_size=spec.batch_size,
-                         attack_steps=spec.attack_steps, step_size=2.5 * 8 / 255 / spec.attack_steps,
-                         precision=precision, channels_last=channels_last)
+    cfg = resolve_config(
+        "tiny",
+        model=spec.model,
+        method="at",
+        batch_size=spec.batch_size,
+        attack_steps=spec.attack_steps,
+        step_size=2.5 * 8 / 255 / spec.attack_steps,
+        precision=precision,
+        channels_last=channels_last,
+    )
     g = torch.Generator().manual_seed(0)
     x = torch.rand(spec.batch_size, 3, spec.image_size, spec.image_size, generator=g).to(device)
     y = torch.randint(0, spec.num_classes, (spec.batch_size,), generator=g).to(device)
@@ -167,13 +199,14 @@ def _step_fn(spec: StepSpec, device: torch.device, precision: str, channels_last
         res.loss.backward()
         opt.step()
 
-    step()   # warm-up: kernel selection, allocations
+    step()  # warm-up: kernel selection, allocations
     return step
 
 
 def _time_steps(step: Callable[[], None], device: torch.device, batch_size: int, budget_s: float) -> float:
     """Images/s of ``step`` over about ``budget_s`` seconds (at least one step: emulated bf16 can take
     longer than the budget)."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -188,8 +221,13 @@ def _time_steps(step: Callable[[], None], device: torch.device, batch_size: int,
             return n * batch_size / (time.perf_counter() - t0)
 
 
-def calibrate(spec: StepSpec, device: torch.device, budget_s: float = 1.5, rounds: int = 3,
-              log: Callable[[str], None] | None = None) -> dict:
+def calibrate(
+    spec: StepSpec,
+    device: torch.device,
+    budget_s: float = 1.5,
+    rounds: int = 3,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Measure images/s of every option in :data:`OPTIONS`: ``rounds`` rounds that visit every option in
     turn (so a burst of load from another process hits all of them), about ``budget_s / rounds`` of
     timed steps each after a warm-up step; an option's rate is its best round. After the first round,
@@ -200,7 +238,7 @@ def calibrate(spec: StepSpec, device: torch.device, budget_s: float = 1.5, round
     for precision, cl in options:
         try:
             steps[(precision, cl)] = _step_fn(spec, device, precision, cl)
-        except (RuntimeError, TypeError) as e:   # e.g. bf16 autocast not supported on this device
+        except (RuntimeError, TypeError) as e:  # e.g. bf16 autocast not supported on this device
             if log:
                 log(f"calibration: {_label(precision, cl)} failed ({type(e).__name__}: {str(e)[:80]})")
     best = {o: 0.0 for o in options}
@@ -224,8 +262,10 @@ def _from_env() -> tuple[str, bool | None] | None:
         return None
     parts = [p.strip() for p in v.split(",") if p.strip()]
     if parts[0] not in ("fp32", "bf16") or any(p not in ("channels_last", "contiguous") for p in parts[1:]):
-        raise VirkitError(f"VIRKIT_SPEED={v!r} is not understood; use fp32 or bf16, optionally followed by "
-                          ",channels_last or ,contiguous (e.g. VIRKIT_SPEED=fp32,channels_last)")
+        raise VirkitError(
+            f"VIRKIT_SPEED={v!r} is not understood; use fp32 or bf16, optionally followed by "
+            ",channels_last or ,contiguous (e.g. VIRKIT_SPEED=fp32,channels_last)"
+        )
     cl = None if len(parts) == 1 else parts[1] == "channels_last"
     return parts[0], cl
 
@@ -240,8 +280,11 @@ def _read_cache(path: Path) -> list:
 
 def cached_calibrations(device: str | None = None) -> list[dict]:
     """The cached calibration entries (all, or those of the device named like :func:`device_label`)."""
-    return [e for e in _read_cache(cache_file())
-            if isinstance(e, dict) and (device is None or e.get("key", {}).get("device") == device)]
+    return [
+        e
+        for e in _read_cache(cache_file())
+        if isinstance(e, dict) and (device is None or e.get("key", {}).get("device") == device)
+    ]
 
 
 def _cached(path: Path, key: dict) -> Calibration | None:
@@ -255,8 +298,15 @@ def _cached(path: Path, key: dict) -> Calibration | None:
     return None
 
 
-def calibration_for(spec: StepSpec, device: torch.device, threads: int | None = None, *, refresh: bool = False,
-                    log: Callable[[str], None] | None = None, measure: bool = True) -> Calibration:
+def calibration_for(
+    spec: StepSpec,
+    device: torch.device,
+    threads: int | None = None,
+    *,
+    refresh: bool = False,
+    log: Callable[[str], None] | None = None,
+    measure: bool = True,
+) -> Calibration:
     """The cached calibration for ``spec`` on ``device`` with ``threads`` torch threads (default: the
     current count), measured (and cached) when missing or ``refresh``. ``measure=False`` returns
     ``source='default'`` (fp32, channels_last on a CPU, no rates) instead of measuring."""
@@ -272,17 +322,20 @@ def calibration_for(spec: StepSpec, device: torch.device, threads: int | None = 
     if not measure:
         return Calibration("fp32", device.type == "cpu", {}, key, 0.0, "default")
     from virkit.io import atomic_write_json, file_lock
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path.with_suffix(".lock")):
         if not refresh and (hit := _cached(path, key)) is not None:
-            return hit   # another process measured while this one waited
+            return hit  # another process measured while this one waited
         old_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             t0 = time.perf_counter()
             if log:
-                log(f"calibrating the training step on {key['device']} ({threads} thread(s), {spec.model}, batch "
-                    f"{spec.batch_size}, PGD-{spec.attack_steps}): fp32/bf16 x contiguous/channels_last, a few seconds")
+                log(
+                    f"calibrating the training step on {key['device']} ({threads} thread(s), {spec.model}, batch "
+                    f"{spec.batch_size}, PGD-{spec.attack_steps}): fp32/bf16 x contiguous/channels_last, a few seconds"
+                )
             rates = calibrate(spec, device, log=log)
             seconds = round(time.perf_counter() - t0, 1)
         finally:
@@ -295,7 +348,7 @@ def calibration_for(spec: StepSpec, device: torch.device, threads: int | None = 
         try:
             atomic_write_json(path, entries)
         except OSError:
-            pass   # a read-only cache: measured again next time
+            pass  # a read-only cache: measured again next time
         if log:
             log(f"calibration: {cal.describe()}")
         return cal
@@ -308,9 +361,14 @@ def choose_layout(rates: dict, precision: str, device: torch.device) -> bool:
     return _layout(rates, precision)
 
 
-def fast_defaults(precision: str, channels_last: bool | None, device: torch.device, spec: StepSpec | None = None,
-                  threads: int | None = None, log: Callable[[str], None] | None = None
-                  ) -> tuple[str, bool, Calibration | None]:
+def fast_defaults(
+    precision: str,
+    channels_last: bool | None,
+    device: torch.device,
+    spec: StepSpec | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[str, bool, Calibration | None]:
     """What training runs with for ``precision`` (``auto`` | ``fp32`` | ``bf16``) and ``channels_last``
     (None: auto) on ``device``: anything left on auto is decided by the calibration of ``spec``
     (:func:`calibration_for`, cached), which is returned too (None when nothing was automatic).

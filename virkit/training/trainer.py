@@ -9,6 +9,7 @@ Randomness of epoch ``e`` (shuffling, augmentation, attack starts) is drawn from
 with ``(seed, e)`` alone, so a run resumed from ``last.pt`` ends with exactly the weights of an
 uninterrupted run (on CPU; cuDNN may differ in the last bits on GPU).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,7 @@ from virkit.training.final import finish
 from virkit.training.methods import METHODS, method_step
 from virkit.training.speed import StepSpec, fast_defaults
 
-__all__ = ["train", "resolve_device", "default_run_dir", "prepare_data", "holdout_accuracy",
-           "RunData", "EpochStats"]
+__all__ = ["train", "resolve_device", "default_run_dir", "prepare_data", "holdout_accuracy", "RunData", "EpochStats"]
 
 
 def _print_flush(msg: str) -> None:
@@ -90,11 +90,19 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> RunData:
     train = subset(train, cfg.train_subset, seed=cfg.seed)
     test = test_subset(test, cfg.test_subset)
     if cfg.batch_size > len(train):
-        raise VirkitError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} examples); "
-                          "lower --batch-size or raise --train-subset")
-    meta = {"classes": train.classes, "mean": list(train.mean) if train.mean else None,
-            "std": list(train.std) if train.std else None, "shape": list(train.x.shape[1:]),
-            "source": train.source, "dataset": cfg.dataset, "holdout": held}
+        raise VirkitError(
+            f"batch_size={cfg.batch_size} is larger than the training set ({len(train)} examples); "
+            "lower --batch-size or raise --train-subset"
+        )
+    meta = {
+        "classes": train.classes,
+        "mean": list(train.mean) if train.mean else None,
+        "std": list(train.std) if train.std else None,
+        "shape": list(train.x.shape[1:]),
+        "source": train.source,
+        "dataset": cfg.dataset,
+        "holdout": held,
+    }
     return RunData(train.to(device), test.to(device), holdout.to(device) if holdout is not None else None, meta)
 
 
@@ -115,7 +123,7 @@ def _lr_at(cfg: TrainConfig, epoch: int, step: int | None = None, steps: int | N
 
 
 def _epoch_seed(cfg: TrainConfig, epoch: int) -> int:
-    return (cfg.seed * 1_000_003 + epoch * 7919) % (2 ** 62)
+    return (cfg.seed * 1_000_003 + epoch * 7919) % (2**62)
 
 
 @torch.no_grad()
@@ -134,8 +142,17 @@ def holdout_accuracy(model: nn.Module, split: Split, cfg: TrainConfig, batch_siz
             nat += int(_natural_correct(model, x, y).sum())
             if cfg.holdout_pgd_steps > 0:
                 step = max(2 / 255, 2.5 * cfg.eps / cfg.holdout_pgd_steps)
-                xa = pgd(model, x, y, eps=cfg.eps, step_size=step, steps=cfg.holdout_pgd_steps, loss="ce",
-                         random_start="uniform", generator=g)
+                xa = pgd(
+                    model,
+                    x,
+                    y,
+                    eps=cfg.eps,
+                    step_size=step,
+                    steps=cfg.holdout_pgd_steps,
+                    loss="ce",
+                    random_start="uniform",
+                    generator=g,
+                )
                 rob += int(_natural_correct(model, xa, y).sum())
     n = len(split)
     return nat / n, (rob / n if cfg.holdout_pgd_steps > 0 else float("nan"))
@@ -153,12 +170,14 @@ def _maybe_compile(model: nn.Module, cfg: TrainConfig, example: torch.Tensor, lo
     return compile_model(model, example[:2], dynamic=False, log=log)
 
 
-def _build(cfg: TrainConfig, meta: dict, device: torch.device, dctx: DistContext, log) -> tuple[nn.Module, torch.optim.Optimizer]:
+def _build(
+    cfg: TrainConfig, meta: dict, device: torch.device, dctx: DistContext, log
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The model (channels_last if asked, SyncBatchNorm under ``--sync-bn``) and its SGD optimizer."""
     model = build_model_from_meta(cfg.to_dict(), meta).to(device)
-    if cfg.channels_last and device.type in ("cuda", "cpu"):   # CPU too: oneDNN convs are faster in NHWC
+    if cfg.channels_last and device.type in ("cuda", "cpu"):  # CPU too: oneDNN convs are faster in NHWC
         model = model.to(memory_format=torch.channels_last)
-    model = dctx.prepare_model(model, log)   # SyncBatchNorm with --sync-bn under torchrun
+    model = dctx.prepare_model(model, log)  # SyncBatchNorm with --sync-bn under torchrun
     opt_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if device.type == "cuda":
         opt_kwargs["fused"] = True
@@ -167,11 +186,16 @@ def _build(cfg: TrainConfig, meta: dict, device: torch.device, dctx: DistContext
 
 def _config_record(cfg: TrainConfig, device: torch.device, meta: dict, dctx: DistContext) -> dict:
     """What config.json (and every checkpoint) records about the run."""
-    return {**cfg.to_dict(), "config_hash": config_hash(cfg), "environment": environment_record(device, commit=True), "data": meta,
-            "method_description": METHODS[cfg.method].description,
-            "resolved_hyperparameters": {k: cfg.hp(k) for k in ("alpha", "beta", "gamma", "trades_beta")},
-            "random_start_resolved": cfg.random_start or METHODS[cfg.method].random_start,
-            **({"distributed": dctx.describe()} if dctx.enabled else {})}
+    return {
+        **cfg.to_dict(),
+        "config_hash": config_hash(cfg),
+        "environment": environment_record(device, commit=True),
+        "data": meta,
+        "method_description": METHODS[cfg.method].description,
+        "resolved_hyperparameters": {k: cfg.hp(k) for k in ("alpha", "beta", "gamma", "trades_beta")},
+        "random_start_resolved": cfg.random_start or METHODS[cfg.method].random_start,
+        **({"distributed": dctx.describe()} if dctx.enabled else {}),
+    }
 
 
 @dataclass
@@ -209,11 +233,15 @@ class EpochStats:
 
     @classmethod
     def zeros(cls, num_classes: int, device: torch.device) -> EpochStats:
-        return cls(torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device, dtype=torch.int64),
-                   torch.zeros(num_classes, device=device, dtype=torch.float64),
-                   torch.zeros(num_classes, device=device, dtype=torch.float64),
-                   torch.full((), math.inf, device=device), torch.full((), -math.inf, device=device),
-                   torch.full((), -1, device=device, dtype=torch.int64))
+        return cls(
+            torch.zeros((), device=device, dtype=torch.float64),
+            torch.zeros((), device=device, dtype=torch.int64),
+            torch.zeros(num_classes, device=device, dtype=torch.float64),
+            torch.zeros(num_classes, device=device, dtype=torch.float64),
+            torch.full((), math.inf, device=device),
+            torch.full((), -math.inf, device=device),
+            torch.full((), -1, device=device, dtype=torch.int64),
+        )
 
     def add(self, step: int, res, y: torch.Tensor, batch_reduction: str) -> None:
         finite = torch.isfinite(res.loss.detach())
@@ -240,21 +268,35 @@ class EpochStats:
         spec = METHODS[cfg.method]
         seen = max(self.seen, 1)
         return {
-            "epoch": epoch, "lr": lr,
+            "epoch": epoch,
+            "lr": lr,
             "train_loss": float(self.loss_sum) / seen,
             "train_adv_acc": float(self.adv_correct) / seen if spec.family != "natural" else None,
-            "holdout_nat_acc": holdout[0], "holdout_pgd_acc": holdout[1],
+            "holdout_nat_acc": holdout[0],
+            "holdout_pgd_acc": holdout[1],
             "reweighting_active": bool(spec.reweighted and epoch >= cfg.reweight_start),
             "weight_sum_per_class": self.w_sum.tolist(),
             "weight_mean_per_class": (self.w_sum / self.w_cnt.clamp_min(1)).tolist(),
-            "weight_min": float(self.w_min), "weight_mean": float(self.w_sum.sum() / self.w_cnt.sum().clamp_min(1)),
+            "weight_min": float(self.w_min),
+            "weight_mean": float(self.w_sum.sum() / self.w_cnt.sum().clamp_min(1)),
             "weight_max": float(self.w_max),
-            "seconds": seconds, "images_per_s": self.seen / max(seconds, 1e-9),
+            "seconds": seconds,
+            "images_per_s": self.seen / max(seconds, 1e-9),
         }
 
 
-def _train_epoch(model: nn.Module, optimizer, loader: DeviceLoader, cfg: TrainConfig, epoch: int,
-                 device: torch.device, dctx: DistContext, autocast, n_train: int, progress: bool) -> EpochStats:
+def _train_epoch(
+    model: nn.Module,
+    optimizer,
+    loader: DeviceLoader,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    dctx: DistContext,
+    autocast,
+    n_train: int,
+    progress: bool,
+) -> EpochStats:
     """One epoch of ``cfg.method``; stops early (all ranks together) at the first non-finite loss."""
     per_step = cfg.lr_schedule != "step"
     if not per_step:
@@ -263,12 +305,13 @@ def _train_epoch(model: nn.Module, optimizer, loader: DeviceLoader, cfg: TrainCo
     seed = _epoch_seed(cfg, epoch)
     torch.manual_seed(seed)
     gen = torch.Generator(device=device)
-    gen.manual_seed(dctx.rank_seed(seed + 2))   # attack starts: rank 0 draws the single-process stream
+    gen.manual_seed(dctx.rank_seed(seed + 2))  # attack starts: rank 0 draws the single-process stream
     model.train()
     stats = EpochStats.zeros(loader.split.num_classes, device)
     iterator = loader.epoch(seed)
     if progress:
         from tqdm.auto import tqdm
+
         iterator = tqdm(iterator, total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
     for step, (x, y, _idx) in enumerate(iterator):
         if cfg.channels_last and device.type in ("cuda", "cpu"):
@@ -284,19 +327,34 @@ def _train_epoch(model: nn.Module, optimizer, loader: DeviceLoader, cfg: TrainCo
         optimizer.step()
         stats.add(step, res, y, cfg.batch_reduction)
         if device.type == "cpu" or step % 50 == 49:
-            stats.bad_step = dctx.first_bad_step(stats.bad_step)   # agreed by all ranks: they stop together
+            stats.bad_step = dctx.first_bad_step(stats.bad_step)  # agreed by all ranks: they stop together
             if int(stats.bad_step) >= 0:
                 break
     stats.bad_step = dctx.first_bad_step(stats.bad_step)
     return stats
 
 
-def _save_epoch(run: RunDir, model: nn.Module, optimizer, progress: Progress, improved: bool, cfg_record: dict,
-                meta: dict, dctx: DistContext) -> None:
+def _save_epoch(
+    run: RunDir,
+    model: nn.Module,
+    optimizer,
+    progress: Progress,
+    improved: bool,
+    cfg_record: dict,
+    meta: dict,
+    dctx: DistContext,
+) -> None:
     """last.pt (and best.pt when improved) and history.jsonl, by rank 0; every rank raises if it fails."""
-    state = {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "epoch": progress.epoch, "best_metric": progress.best, "history": progress.history,
-             "config": json.dumps(cfg_record), "data": meta}
+    state = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": progress.epoch,
+        "best_metric": progress.best,
+        "history": progress.history,
+        "config": json.dumps(cfg_record),
+        "data": meta,
+    }
     error = None
     try:
         if dctx.is_main:
@@ -306,13 +364,18 @@ def _save_epoch(run: RunDir, model: nn.Module, optimizer, progress: Progress, im
             if progress.epoch == burnin_epoch(json.loads(state["config"])):
                 # other runs with the same burn-in branch from here; best.pt as it stands now goes with
                 # it, so that a branched run holds the best.pt an independent run would have
-                best = read_checkpoint(run.checkpoint("best"), "best", map_location="cpu") \
-                    if run.checkpoint("best").is_file() else None
+                best = (
+                    read_checkpoint(run.checkpoint("best"), "best", map_location="cpu")
+                    if run.checkpoint("best").is_file()
+                    else None
+                )
                 run.save_checkpoint({**state, "best_checkpoint": best_record(best)}, "burnin")
             run.write_history(progress.history)
     except OSError as e:
-        error = VirkitError(f"cannot write checkpoint in {run.path}: {e.strerror or e}; training stopped so that no "
-                            "epoch goes unsaved; free space or fix permissions, then --resume")
+        error = VirkitError(
+            f"cannot write checkpoint in {run.path}: {e.strerror or e}; training stopped so that no "
+            "epoch goes unsaved; free space or fix permissions, then --resume"
+        )
     dctx.raise_if_main_failed(error)
 
 
@@ -322,21 +385,42 @@ def _branch_best(run: RunDir, best: dict | None, cfg_record: dict, meta: dict, l
     if best is None:
         log("the parent's burn-in carries no best.pt state: best.pt starts with this run's first epoch")
         return
-    run.save_checkpoint({"format": FORMAT, "model": best["model"], "optimizer": {}, "epoch": best["epoch"],
-                         "best_metric": best["best_metric"], "history": best["history"],
-                         "config": json.dumps(cfg_record), "data": meta}, "best")
+    run.save_checkpoint(
+        {
+            "format": FORMAT,
+            "model": best["model"],
+            "optimizer": {},
+            "epoch": best["epoch"],
+            "best_metric": best["best_metric"],
+            "history": best["history"],
+            "config": json.dumps(cfg_record),
+            "data": meta,
+        },
+        "best",
+    )
 
 
 def _epoch_line(cfg: TrainConfig, r: dict) -> str:
-    return (f"epoch {r['epoch']:3d}/{cfg.epochs} lr {r['lr']:.4g} loss {r['train_loss']:.4f} "
-            f"holdout nat {r['holdout_nat_acc']:.3f} pgd{cfg.holdout_pgd_steps} {r['holdout_pgd_acc']:.3f} "
-            f"w[{r['weight_min']:.3g},{r['weight_mean']:.3g},{r['weight_max']:.3g}] {r['images_per_s']:.0f} img/s")
+    return (
+        f"epoch {r['epoch']:3d}/{cfg.epochs} lr {r['lr']:.4g} loss {r['train_loss']:.4f} "
+        f"holdout nat {r['holdout_nat_acc']:.3f} pgd{cfg.holdout_pgd_steps} {r['holdout_pgd_acc']:.3f} "
+        f"w[{r['weight_min']:.3g},{r['weight_mean']:.3g},{r['weight_max']:.3g}] {r['images_per_s']:.0f} img/s"
+    )
 
 
-def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
-          reuse: bool = False, log: Callable[[str], None] | None = None, quiet: bool = False, progress: bool = False,
-          stop_after_epoch: int | None = None, sync_bn: bool | None = None,
-          branch_from: str | os.PathLike | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    reuse: bool = False,
+    log: Callable[[str], None] | None = None,
+    quiet: bool = False,
+    progress: bool = False,
+    stop_after_epoch: int | None = None,
+    sync_bn: bool | None = None,
+    branch_from: str | os.PathLike | None = None,
+) -> Path:
     """Train ``cfg`` into ``out_dir`` (default ``runs/<dataset>-<model>-<method>-<preset>-s<seed>``).
 
     ``resume``: continue from ``last.pt``; ``overwrite``: replace a run already there; ``reuse``:
@@ -359,7 +443,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
     elif log is None:
         log = _print_flush
     validate(cfg)
-    dctx = _dist_setup(cfg.device, cfg.batch_size, sync_bn, log)   # single-process unless torchrun
+    dctx = _dist_setup(cfg.device, cfg.batch_size, sync_bn, log)  # single-process unless torchrun
     if not dctx.is_main:
         log, progress = _silent, False
     run = RunDir(out_dir if out_dir is not None else default_run_dir(cfg))
@@ -375,11 +459,12 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             dctx.close()
             return run.path
         device = dctx.device if dctx.enabled else resolve_device(cfg.device)
-        precision, channels_last, calibration = fast_defaults(cfg.precision, cfg.channels_last, device,
-                                                              StepSpec.of(cfg), log=log)
-        rcfg = dataclasses.replace(cfg, precision=precision, channels_last=channels_last)   # what runs
+        precision, channels_last, calibration = fast_defaults(
+            cfg.precision, cfg.channels_last, device, StepSpec.of(cfg), log=log
+        )
+        rcfg = dataclasses.replace(cfg, precision=precision, channels_last=channels_last)  # what runs
         torch.manual_seed(cfg.seed)
-        data = dctx.everywhere(lambda: prepare_data(cfg, device))   # leaves the directory untouched
+        data = dctx.everywhere(lambda: prepare_data(cfg, device))  # leaves the directory untouched
         model, optimizer = _build(rcfg, data.meta, device, dctx, log)
         done, parent = Progress(), None
         if branch_from is not None and action is not RunAction.RESUME:
@@ -388,16 +473,26 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
             optimizer.load_state_dict(ck["optimizer"])
             done = Progress(int(ck["epoch"]), float(ck["best_metric"]), list(ck["history"]))
         if action is RunAction.RESUME:
-            ck = dctx.on_main(lambda: read_checkpoint(run.checkpoint("last"), "last",   # rank 0 reads, all get it
-                                                      map_location="cpu" if dctx.enabled else device))
+            ck = dctx.on_main(
+                lambda: read_checkpoint(
+                    run.checkpoint("last"),
+                    "last",  # rank 0 reads, all get it
+                    map_location="cpu" if dctx.enabled else device,
+                )
+            )
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             done = Progress(int(ck["epoch"]), float(ck["best_metric"]), list(ck["history"]))
             log(f"resuming {run.path} after epoch {done.epoch}")
-        cfg_record = {**_config_record(cfg, device, data.meta, dctx),
-                      "speed": {"precision": precision, "channels_last": channels_last,
-                                "chosen_by": "calibration" if calibration is not None else "config",
-                                **({"calibration": calibration.to_dict()} if calibration is not None else {})}}
+        cfg_record = {
+            **_config_record(cfg, device, data.meta, dctx),
+            "speed": {
+                "precision": precision,
+                "channels_last": channels_last,
+                "chosen_by": "calibration" if calibration is not None else "config",
+                **({"calibration": calibration.to_dict()} if calibration is not None else {}),
+            },
+        }
         if parent is not None:
             cfg_record["parent"] = parent
         elif action is RunAction.RESUME and run.read_config() and run.read_config().get("parent"):
@@ -405,43 +500,51 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bo
         _start_files(run, action, cfg_record, dctx)
         if parent is not None:
             if ck.get("best_checkpoint") is None:
-                done.best = -1.0   # no best state to inherit: best.pt starts with this run's own epochs
+                done.best = -1.0  # no best state to inherit: best.pt starts with this run's own epochs
             if dctx.is_main:
                 _branch_best(run, ck.get("best_checkpoint"), cfg_record, data.meta, log)
 
         autocast = _autocast_factory(rcfg, device)
-        loader = training_loader(data.train, cfg.batch_size, cfg.augment, rank=dctx.rank,
-                                 world_size=dctx.world_size)  # this rank's shard
+        loader = training_loader(
+            data.train, cfg.batch_size, cfg.augment, rank=dctx.rank, world_size=dctx.world_size
+        )  # this rank's shard
         run_model = _maybe_compile(model, cfg, data.train.float_images(torch.arange(2, device=device)), log)
-        run_model = dctx.wrap(run_model)   # DistributedDataParallel for the training forwards under torchrun
+        run_model = dctx.wrap(run_model)  # DistributedDataParallel for the training forwards under torchrun
         t_run = time.time()
         for epoch in range(done.epoch + 1, cfg.epochs + 1):
             t0 = time.time()
-            stats = _train_epoch(run_model, optimizer, loader, rcfg, epoch, device, dctx, autocast, len(data.train),
-                                 progress)
+            stats = _train_epoch(
+                run_model, optimizer, loader, rcfg, epoch, device, dctx, autocast, len(data.train), progress
+            )
             if int(stats.bad_step) >= 0:
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}, step {int(stats.bad_step) + 1} (method {cfg.method}, lr "
                     f"{_lr_at(cfg, epoch):g}); stopped, last good checkpoint kept in {run.checkpoint('last')}; "
-                    "lower --lr or use --precision fp32")
+                    "lower --lr or use --precision fp32"
+                )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             stats.all_reduce(dctx)
             seconds = time.time() - t0
-            held = (holdout_accuracy(model, data.holdout, cfg) if data.holdout is not None and dctx.is_main
-                    else (math.nan, math.nan))   # rank 0 only; the others wait for its save
-            record = {**stats.record(cfg, epoch, _lr_at(cfg, epoch), held, seconds),
-                      "seconds_with_holdout": time.time() - t0}
+            held = (
+                holdout_accuracy(model, data.holdout, cfg)
+                if data.holdout is not None and dctx.is_main
+                else (math.nan, math.nan)
+            )  # rank 0 only; the others wait for its save
+            record = {
+                **stats.record(cfg, epoch, _lr_at(cfg, epoch), held, seconds),
+                "seconds_with_holdout": time.time() - t0,
+            }
             improved = done.add(record)
             _save_epoch(run, model, optimizer, done, improved, cfg_record, data.meta, dctx)
             log(_epoch_line(cfg, record))
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
-                model = optimizer = None   # the DDP wrapper (its reducer holds the group) goes before the group
+                model = optimizer = None  # the DDP wrapper (its reducer holds the group) goes before the group
                 dctx.close()
                 return run.path
 
-        model = optimizer = None   # as above: free the DDP wrapper while its process group still exists
-        dctx.close()   # every rank leaves the process group together; rank 0 alone evaluates and writes summary.json
+        model = optimizer = None  # as above: free the DDP wrapper while its process group still exists
+        dctx.close()  # every rank leaves the process group together; rank 0 alone evaluates and writes summary.json
         if dctx.is_main:
             finish(run, cfg, done, data.test, device, log, time.time() - t_run)
     return run.path
@@ -458,4 +561,4 @@ def _start_files(run: RunDir, action: RunAction, cfg_record: dict, dctx: DistCon
             run.write_config(cfg_record)
     except OSError as e:
         error = VirkitError(f"cannot write to {run.path}: {e.strerror}; choose a writable --out")
-    dctx.raise_if_main_failed(error)   # every rank raises rank 0's error
+    dctx.raise_if_main_failed(error)  # every rank raises rank 0's error

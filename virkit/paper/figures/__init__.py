@@ -15,6 +15,7 @@ Modules: :mod:`~virkit.paper.figures.style` (style, labels, colours), :mod:`~vir
 :mod:`~virkit.paper.figures.evaluation` (notebooks 03, 04, 06, 07), :mod:`~virkit.paper.figures.attributions`
 (notebook 08). Everything public is importable from ``virkit.paper.figures`` itself.
 """
+
 from __future__ import annotations
 
 from virkit.paper.figures.attributions import plot_attributions
@@ -44,9 +45,30 @@ from virkit.paper.figures.training import plot_class_weights, plot_overfitting_c
 from virkit.paper.figures.weights import plot_weight_histograms, plot_weight_landscape
 
 __all__ = [
-    "STYLE", "METHOD_COLORS", "METHOD_FIGURE_LABELS", "ATTACK_FIGURE_LABELS", "SEQ_CMAP", "styled", "method_label", "dataset_label",
-    "method_color", "attack_label", "FigureSaver", "figure_to_png", "plot_weight_landscape", "plot_weight_histograms",
-    "plot_confusion_matrices", "plot_class_weights", "plot_per_class_accuracy", "plot_fairness", "plot_ablation",
-    "plot_attributions", "plot_theory_risks", "plot_true_class_probability", "plot_robust_class_errors",
-    "plot_training_curves", "plot_overfitting_curves", "table_figure",
+    "STYLE",
+    "METHOD_COLORS",
+    "METHOD_FIGURE_LABELS",
+    "ATTACK_FIGURE_LABELS",
+    "SEQ_CMAP",
+    "styled",
+    "method_label",
+    "dataset_label",
+    "method_color",
+    "attack_label",
+    "FigureSaver",
+    "figure_to_png",
+    "plot_weight_landscape",
+    "plot_weight_histograms",
+    "plot_confusion_matrices",
+    "plot_class_weights",
+    "plot_per_class_accuracy",
+    "plot_fairness",
+    "plot_ablation",
+    "plot_attributions",
+    "plot_theory_risks",
+    "plot_true_class_probability",
+    "plot_robust_class_errors",
+    "plot_training_curves",
+    "plot_overfitting_curves",
+    "table_figure",
 ]

@@ -1,5 +1,6 @@
 """Notebook 08: attribution maps (Integrated Gradients, saliency) of the most and least vulnerable
 test images."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -13,8 +14,9 @@ __all__ = ["plot_attributions"]
 
 
 @styled
-def plot_attributions(images: np.ndarray, rows: Sequence[str], columns: Mapping[str, np.ndarray],
-                      title: str | None = None):
+def plot_attributions(
+    images: np.ndarray, rows: Sequence[str], columns: Mapping[str, np.ndarray], title: str | None = None
+):
     """A grid: one row per example (``rows`` are its labels), first column the image, then one column
     per attribution map (``columns``: {column title: maps (N, H, W)}, shown as |attribution|
     normalized per map to its 99th percentile)."""
@@ -50,4 +52,3 @@ def plot_attributions(images: np.ndarray, rows: Sequence[str], columns: Mapping[
         cb = fig.colorbar(sm, cax=cax)
         cb.set_label("|attribution| / 99th percentile of the map")
     return fig
-

@@ -1,6 +1,7 @@
 """Results of evaluated runs: confusion matrices (Figures 1-2), per-class accuracy and class
 disparity (notebooks 04, 06), accuracy against a swept hyperparameter (notebook 07, Tables 9-12) and
 results tables drawn as figures."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,13 @@ __all__ = ["plot_confusion_matrices", "plot_per_class_accuracy", "plot_fairness"
 
 
 @styled
-def plot_confusion_matrices(mats: Mapping[str, np.ndarray], classes: Sequence[str], title: str | None = None,
-                            ncols: int | None = None, normalize: bool = True):
+def plot_confusion_matrices(
+    mats: Mapping[str, np.ndarray],
+    classes: Sequence[str],
+    title: str | None = None,
+    ncols: int | None = None,
+    normalize: bool = True,
+):
     """Confusion matrices (rows: true class, columns: predicted), one panel each, as in Figures 1-2.
 
     ``mats``: {panel title: counts (C, C)}. With ``normalize`` each row is shown in % of the class,
@@ -37,8 +43,9 @@ def plot_confusion_matrices(mats: Mapping[str, np.ndarray], classes: Sequence[st
     nrows = math.ceil(n / ncols)
     k = len(classes)
     size = 0.36 * k + 1.2
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 2.2, size * nrows + 1.4), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols + 2.2, size * nrows + 1.4), squeeze=False, constrained_layout=True
+    )
     im = None
     for i, ax in enumerate(axes.flat):
         if i >= n:
@@ -66,9 +73,16 @@ def plot_confusion_matrices(mats: Mapping[str, np.ndarray], classes: Sequence[st
                 for c in range(k):
                     v = show[r, c]
                     if v >= 0.5 or r == c:
-                        ax.text(c, r, f"{v:.0f}", ha="center", va="center", fontsize=7,
-                                fontweight="bold" if r == c else "normal",
-                                color="white" if v > 55 else "#222222")
+                        ax.text(
+                            c,
+                            r,
+                            f"{v:.0f}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            fontweight="bold" if r == c else "normal",
+                            color="white" if v > 55 else "#222222",
+                        )
     if im is not None:
         cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85, pad=0.01, aspect=30)
         cb.set_label("% of the true class" if normalize else "count")
@@ -78,9 +92,13 @@ def plot_confusion_matrices(mats: Mapping[str, np.ndarray], classes: Sequence[st
 
 
 @styled
-def plot_per_class_accuracy(per_method: Mapping[str, Sequence[float]], classes: Sequence[str],
-                            errors: Mapping[str, Sequence[float]] | None = None, ylabel: str = "accuracy (%)",
-                            title: str | None = None):
+def plot_per_class_accuracy(
+    per_method: Mapping[str, Sequence[float]],
+    classes: Sequence[str],
+    errors: Mapping[str, Sequence[float]] | None = None,
+    ylabel: str = "accuracy (%)",
+    title: str | None = None,
+):
     """Grouped bars: per-class accuracy (%) for each method (values 0-100), optional std error bars."""
     methods = list(per_method)
     k = len(classes)
@@ -90,8 +108,17 @@ def plot_per_class_accuracy(per_method: Mapping[str, Sequence[float]], classes: 
     for i, m in enumerate(methods):
         v = np.asarray(per_method[m], dtype=float)
         err = None if errors is None or m not in errors else np.asarray(errors[m], dtype=float)
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, v, width, yerr=err, capsize=2,
-               color=method_color(m, i), label=method_label(m), edgecolor="white", linewidth=0.4)
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width,
+            v,
+            width,
+            yerr=err,
+            capsize=2,
+            color=method_color(m, i),
+            label=method_label(m),
+            edgecolor="white",
+            linewidth=0.4,
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=30, ha="right")
     ax.set_xlabel("true class")
@@ -123,26 +150,43 @@ def plot_fairness(rows: Sequence[Mapping], title: str | None = None):
     markers = "osD^vP*Xh"
     ax = axes[0]
     for r in rows:
-        ax.scatter(r["average"], r[key], s=55, color=method_color(r["method"], methods.index(r["method"])),
-                   marker=markers[attacks.index(r["attack"]) % len(markers)], edgecolor="k", linewidth=0.4)
+        ax.scatter(
+            r["average"],
+            r[key],
+            s=55,
+            color=method_color(r["method"], methods.index(r["method"])),
+            marker=markers[attacks.index(r["attack"]) % len(markers)],
+            edgecolor="k",
+            linewidth=0.4,
+        )
     lo = min([r[key] for r in rows] + [0])
     hi = max([r["average"] for r in rows] + [1])
     ax.plot([lo, hi], [lo, hi], color="#999999", lw=0.8, ls="--", label="equal to the average")
     ax.set_xlabel("average accuracy (%)")
     ax.set_ylabel(ylab)
     ax.set_title("Worst classes vs. average")
-    handles = [plt.Line2D([], [], ls="", marker="o", color=method_color(m, i), label=method_label(m))
-               for i, m in enumerate(methods)]
-    handles += [plt.Line2D([], [], ls="", marker=markers[i % len(markers)], color="#555555", label=attack_label(a))
-                for i, a in enumerate(attacks)]
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", color=method_color(m, i), label=method_label(m))
+        for i, m in enumerate(methods)
+    ]
+    handles += [
+        plt.Line2D([], [], ls="", marker=markers[i % len(markers)], color="#555555", label=attack_label(a))
+        for i, a in enumerate(attacks)
+    ]
     ax.legend(handles=handles, loc="upper left", fontsize=8, ncol=2)
     ax = axes[1]
     width = 0.8 / max(len(attacks), 1)
     x = np.arange(len(methods))
     for j, a in enumerate(attacks):
         vals = [next((r["std"] for r in rows if r["method"] == m and r["attack"] == a), np.nan) for m in methods]
-        ax.bar(x + (j - (len(attacks) - 1) / 2) * width, vals, width, label=attack_label(a),
-               color=plt.get_cmap("Greys")(0.35 + 0.55 * j / max(len(attacks) - 1, 1)), edgecolor="white")
+        ax.bar(
+            x + (j - (len(attacks) - 1) / 2) * width,
+            vals,
+            width,
+            label=attack_label(a),
+            color=plt.get_cmap("Greys")(0.35 + 0.55 * j / max(len(attacks) - 1, 1)),
+            edgecolor="white",
+        )
     ax.set_xticks(x)
     ax.set_xticklabels([method_label(m) for m in methods], rotation=30, ha="right")
     ax.set_ylabel("std of class accuracies (%)")
@@ -172,8 +216,15 @@ def plot_ablation(panels: Mapping[str, Mapping], ylabel: str = "accuracy (%)", t
             std = np.asarray(std, dtype=float) if std is not None else None
             if categorical:
                 width = 0.8 / len(series)
-                ax.bar(pos + (i - (len(series) - 1) / 2) * width, mean, width, yerr=std, capsize=2,
-                       color=cmap(i), label=attack_label(attack))
+                ax.bar(
+                    pos + (i - (len(series) - 1) / 2) * width,
+                    mean,
+                    width,
+                    yerr=std,
+                    capsize=2,
+                    color=cmap(i),
+                    label=attack_label(attack),
+                )
             else:
                 ax.errorbar(pos, mean, yerr=std, fmt="o-", capsize=3, color=cmap(i), label=attack_label(attack))
         if p.get("default") is not None and not categorical:
@@ -213,8 +264,15 @@ def table_figure(df, title: str | None = None, highlight_max: bool = True):
     fig, ax = plt.subplots(figsize=(max(width, 4.0), height + (0.45 if title else 0)))
     ax.axis("off")
     total = rw + sum(cw)
-    tbl = ax.table(cellText=cells, colLabels=cols, rowLabels=rows, cellLoc="center", rowLoc="left",
-                   colWidths=[c / total for c in cw], bbox=[rw / total, 0, 1 - rw / total, 1])
+    tbl = ax.table(
+        cellText=cells,
+        colLabels=cols,
+        rowLabels=rows,
+        cellLoc="center",
+        rowLoc="left",
+        colWidths=[c / total for c in cw],
+        bbox=[rw / total, 0, 1 - rw / total, 1],
+    )
     tbl.auto_set_font_size(False)
     tbl.set_fontsize(9)
     if highlight_max:
@@ -239,4 +297,3 @@ def table_figure(df, title: str | None = None, highlight_max: bool = True):
 def _lead_number(s):
     m = re.match(r"\s*(-?\d+(?:\.\d+)?)", str(s))
     return float(m.group(1)) if m else None
-

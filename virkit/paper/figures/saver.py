@@ -1,6 +1,7 @@
 """Writing figures: :class:`FigureSaver` saves PNG + PDF and records each figure (notebook,
 parameters, caption) in a manifest that :func:`virkit.notebooks.write_index` turns into
 ``index.md`` / ``index.html``."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,14 @@ class FigureSaver:
     notebook and builds the index from all manifests. ``fig_dir=None`` only displays.
     """
 
-    def __init__(self, fig_dir: str | os.PathLike | None, notebook: str, parameters: Mapping | None = None,
-                 formats: Sequence[str] = ("png", "pdf"), close: bool = False):
+    def __init__(
+        self,
+        fig_dir: str | os.PathLike | None,
+        notebook: str,
+        parameters: Mapping | None = None,
+        formats: Sequence[str] = ("png", "pdf"),
+        close: bool = False,
+    ):
         self.fig_dir = Path(fig_dir) if fig_dir else None
         self.notebook = notebook
         self.parameters = dict(parameters or {})
@@ -67,13 +74,22 @@ class FigureSaver:
                 fig.savefig(p, format=ext, dpi=STYLE["savefig.dpi"])
                 paths.append(p)
         self.manifest.parent.mkdir(parents=True, exist_ok=True)
-        rec = {"name": name, "stem": stem, "files": [p.name for p in paths], "notebook": self.notebook,
-               "parameters": to_jsonable(self.parameters), "caption": caption}
+        rec = {
+            "name": name,
+            "stem": stem,
+            "files": [p.name for p in paths],
+            "notebook": self.notebook,
+            "parameters": to_jsonable(self.parameters),
+            "caption": caption,
+        }
         # one record per figure: a re-run (e.g. interactively in JupyterLab) replaces the old record
         old = []
         if self.manifest.is_file():
-            old = [ln for ln in self.manifest.read_text(encoding="utf-8").splitlines()
-                   if ln.strip() and json.loads(ln).get("stem") != stem]
+            old = [
+                ln
+                for ln in self.manifest.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln).get("stem") != stem
+            ]
         self.manifest.write_text("".join(ln + "\n" for ln in [*old, json.dumps(rec)]), encoding="utf-8")
         self.saved.extend(paths)
         if self.close:

@@ -1,6 +1,7 @@
 """One style for every figure: the rc dictionary (:data:`STYLE`) applied through :func:`styled`,
 the colour map for accuracies, and the labels and colours of methods, attacks and datasets (from
 :mod:`virkit.paper.catalogue`, figure spelling: ``Natural training``, ``Square``)."""
+
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,19 @@ from matplotlib.colors import LinearSegmentedColormap
 
 from virkit.paper import catalogue as paper
 
-__all__ = ["STYLE", "SEQ_CMAP", "METHOD_COLORS", "METHOD_FIGURE_LABELS", "ATTACK_FIGURE_LABELS", "styled", "method_label",
-           "method_color", "attack_label", "dataset_label", "figure_to_png"]
+__all__ = [
+    "STYLE",
+    "SEQ_CMAP",
+    "METHOD_COLORS",
+    "METHOD_FIGURE_LABELS",
+    "ATTACK_FIGURE_LABELS",
+    "styled",
+    "method_label",
+    "method_color",
+    "attack_label",
+    "dataset_label",
+    "figure_to_png",
+]
 
 STYLE = {
     "figure.dpi": 100,

@@ -1,5 +1,6 @@
 """Training runs: per-class sums of sample weights over the epochs (Figure 3, notebook 05) and
 held-out accuracy per epoch (notebook 03)."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,12 @@ __all__ = ["plot_class_weights", "plot_training_curves", "plot_overfitting_curve
 
 
 @styled
-def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequence[str],
-                       key: str = "weight_sum_per_class", title: str | None = None):
+def plot_class_weights(
+    histories: Mapping[str, Sequence[Mapping]],
+    classes: Sequence[str],
+    key: str = "weight_sum_per_class",
+    title: str | None = None,
+):
     """Figure 3: per-class sum of sample weights, one column per method.
 
     Top: the sums over every reweighted epoch (bars, the largest and smallest class marked; the last
@@ -25,8 +30,7 @@ def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequ
     ``histories``: {method: history records with ``epoch``, ``key`` and ``reweighting_active``}.
     """
     n = len(histories)
-    fig, axes = plt.subplots(2, n, figsize=(6.4 * n + 1.6, 7.4), squeeze=False,
-                             gridspec_kw={"height_ratios": [1, 1.1]})
+    fig, axes = plt.subplots(2, n, figsize=(6.4 * n + 1.6, 7.4), squeeze=False, gridspec_kw={"height_ratios": [1, 1.1]})
     cmap = plt.get_cmap("tab10")
     colors = [cmap(c % 10) for c in range(len(classes))]
     for j, (method, hist) in enumerate(histories.items()):
@@ -39,24 +43,30 @@ def plot_class_weights(histories: Mapping[str, Sequence[Mapping]], classes: Sequ
         hi, lo = int(np.argmax(last)), int(np.argmin(last))
         bars[hi].set_edgecolor("k")
         bars[hi].set_linewidth(1.5)
-        ax.annotate("largest", (hi, last[hi]), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
-                    textcoords="offset points")
-        ax.annotate("smallest", (lo, last[lo]), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
-                    textcoords="offset points")
+        ax.annotate(
+            "largest", (hi, last[hi]), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points"
+        )
+        ax.annotate(
+            "smallest", (lo, last[lo]), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points"
+        )
         ax.set_xticks(range(len(classes)))
         ax.set_xticklabels(classes, rotation=35, ha="right")
         ax.set_ylabel("sum of sample weights")
         n_active = int(active.sum())
-        ax.set_title(f"{method_label(method)}: summed over {n_active} reweighted epoch(s) "
-                     f"({int(ep[active].min())}-{int(ep[active].max())})" if n_active else
-                     f"{method_label(method)}: last epoch ({int(ep[-1])}, burn-in, w = 1)")
+        ax.set_title(
+            f"{method_label(method)}: summed over {n_active} reweighted epoch(s) "
+            f"({int(ep[active].min())}-{int(ep[active].max())})"
+            if n_active
+            else f"{method_label(method)}: last epoch ({int(ep[-1])}, burn-in, w = 1)"
+        )
         ax.grid(axis="x", visible=False)
         ax.set_ylim(0, last.max() * 1.15 if last.max() > 0 else 1)
         ax = axes[1][j]
         share = 100 * vals / np.where(vals.sum(1, keepdims=True) == 0, 1, vals.sum(1, keepdims=True))
         if (~active).any():
-            ax.axvspan(ep.min() - 0.5, ep[~active].max() + 0.5, color="#cccccc", alpha=0.35, lw=0,
-                       label="burn-in (w = 1)")
+            ax.axvspan(
+                ep.min() - 0.5, ep[~active].max() + 0.5, color="#cccccc", alpha=0.35, lw=0, label="burn-in (w = 1)"
+            )
         for c in range(vals.shape[1]):
             ax.plot(ep, share[:, c], "o-", ms=3.5, color=colors[c], label=classes[c])
         ax.set_xlabel("epoch")
@@ -74,8 +84,9 @@ def effective_lr(hist: Sequence[Mapping]) -> list[float]:
 
 
 @styled
-def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str | None = None,
-                         effective: bool | None = None):
+def plot_training_curves(
+    histories: Mapping[str, Sequence[Mapping]], title: str | None = None, effective: bool | None = None
+):
     """Held-out natural and PGD accuracy per epoch for each run (labels: method names) and, with
     ``effective`` (default: when the histories record ``lr``), the effective learning rate
     (lr × mean sample weight, log scale) side by side."""
@@ -89,8 +100,11 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str 
         return math.nan if v is None else 100 * float(v)
 
     # runs without per-epoch held-out PGD (e.g. holdout_pgd_steps=0) get no PGD panel
-    panels = [k for k in ("holdout_nat_acc", "holdout_pgd_acc")
-              if any(not math.isnan(acc(h, k)) for hist in histories.values() for h in hist)] or ["holdout_nat_acc"]
+    panels = [
+        k
+        for k in ("holdout_nat_acc", "holdout_pgd_acc")
+        if any(not math.isnan(acc(h, k)) for hist in histories.values() for h in hist)
+    ] or ["holdout_nat_acc"]
     n = len(panels) + bool(effective)
     fig, axes = plt.subplots(1, n, figsize=(5.7 * n, 4))
     axes = list(axes) if n > 1 else [axes]
@@ -118,8 +132,6 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], title: str 
     return finish_figure(fig, title)
 
 
-
-
 @styled
 def plot_overfitting_curves(curves, title: str | None = None):
     """Robust overfitting and the weights (notebook 10): per method (mean over seeds, band: min to
@@ -129,18 +141,25 @@ def plot_overfitting_curves(curves, title: str | None = None):
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    dashes = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]   # runs that coincide (the same burn-in) stay visible
+    dashes = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]  # runs that coincide (the same burn-in) stay visible
     for i, (method, g) in enumerate(curves.groupby("method", sort=False)):
         by_epoch = g.groupby("epoch")
         color = method_color(method, i)
         n = g["seed"].nunique()
         for ax, key in zip(axes, ("val_pgd", "lr_x_weight")):
             mean = by_epoch[key].mean()
-            ax.plot(mean.index, mean.values, ls=dashes[i % len(dashes)], lw=1.6, color=color,
-                    label=f"{method_label(method)} ({n} seed{'s' if n != 1 else ''})")
+            ax.plot(
+                mean.index,
+                mean.values,
+                ls=dashes[i % len(dashes)],
+                lw=1.6,
+                color=color,
+                label=f"{method_label(method)} ({n} seed{'s' if n != 1 else ''})",
+            )
             if n > 1:
-                ax.fill_between(mean.index, by_epoch[key].min().values, by_epoch[key].max().values, color=color,
-                                alpha=0.12, lw=0)
+                ax.fill_between(
+                    mean.index, by_epoch[key].min().values, by_epoch[key].max().values, color=color, alpha=0.12, lw=0
+                )
     lr = curves.groupby("epoch")["lr"].first()
     drops = [int(e) for e, a, b in zip(lr.index[1:], lr.values[:-1], lr.values[1:]) if b < a]
     for ax in axes:

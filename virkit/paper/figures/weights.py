@@ -1,5 +1,6 @@
 """Notebook 01 (weight explorer): the weight functions of VIR, GAIRAT and MAIL over their inputs, and
 real weights of a checkpoint on a batch, per class."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,6 @@ from virkit.paper import catalogue as paper
 from virkit.paper.figures.style import SEQ_CMAP, finish_figure, fmt_number, styled
 
 __all__ = ["plot_weight_landscape", "plot_weight_histograms"]
-
 
 
 @styled
@@ -64,7 +64,9 @@ def plot_weight_landscape(vir_grid: dict, vir_curves: dict, gairat: dict, mail: 
     ax.plot(gairat["kappa"], gairat["w"], "o-", color=paper.SCHEMES["GAIRAT"].color, drawstyle="default")
     ax.set_xlabel("κ: PGD steps still classified correctly")
     ax.set_ylabel("weight (before batch normalization)")
-    ax.set_title("GAIRAT  w = (1 + tanh(λ + 5(1 − 2κ/K)))/2\n" + ", ".join(f"{k}={fmt_number(v)}" for k, v in gp.items()))
+    ax.set_title(
+        "GAIRAT  w = (1 + tanh(λ + 5(1 − 2κ/K)))/2\n" + ", ".join(f"{k}={fmt_number(v)}" for k, v in gp.items())
+    )
     ax.set_ylim(0, 1.05)
     ax.set_xticks(gairat["kappa"])
 
@@ -79,10 +81,10 @@ def plot_weight_landscape(vir_grid: dict, vir_curves: dict, gairat: dict, mail: 
     return finish_figure(fig, title)
 
 
-
 @styled
-def plot_weight_histograms(per_method: Mapping[str, tuple], classes: Sequence[str], bins: int = 24,
-                           title: str | None = None):
+def plot_weight_histograms(
+    per_method: Mapping[str, tuple], classes: Sequence[str], bins: int = 24, title: str | None = None
+):
     """Per-class histograms of real weights on a batch, one panel per weighting scheme.
 
     ``per_method``: {label: (weights (N,), labels (N,))}. Each panel is a class x weight-bin heatmap
@@ -97,7 +99,7 @@ def plot_weight_histograms(per_method: Mapping[str, tuple], classes: Sequence[st
         lo, hi = float(np.min(w)), float(np.max(w))
         if hi - lo < 1e-9 * max(1.0, abs(hi)):
             lo, hi = lo - 0.5, hi + 0.5
-        log = lo > 0 and hi / lo > 50          # VIR weights span decades: log-spaced bins
+        log = lo > 0 and hi / lo > 50  # VIR weights span decades: log-spaced bins
         edges = np.geomspace(lo, hi, bins + 1) if log else np.linspace(lo, hi, bins + 1)
         H = np.zeros((k, bins))
         means = np.full(k, np.nan)
@@ -127,4 +129,3 @@ def plot_weight_histograms(per_method: Mapping[str, tuple], classes: Sequence[st
         ax.legend(loc="lower right", fontsize=8, frameon=True)
     axes[0][0].set_ylabel("true class")
     return finish_figure(fig, title)
-
