@@ -25,9 +25,9 @@ nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 
 from virkit import notebooks as N
+from virkit import paper
 from virkit.errors import VirkitError
 from virkit.notebooks import analysis
-from virkit.paper import catalogue as paper
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
@@ -178,7 +178,7 @@ def test_shared_run_progress_is_reported_per_epoch(tmp_path, stand_in_root, monk
 def test_ablation_grid_parameters_are_the_papers_grids():
     """Notebook 07's grid parameters are the names :func:`virkit.notebooks.analysis.ablation_results` reads, and
     their defaults plus the paper's value are the paper's grids (Tables 9-12)."""
-    from virkit.paper import catalogue as paper
+    from virkit import paper
 
     params = N.notebook_parameters(NB_DIR / "07_ablations.ipynb")
     grid_names = {n for n in params if "_grid_" in n}

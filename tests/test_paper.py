@@ -1,5 +1,6 @@
-"""virkit.paper.catalogue, the paper's catalogue: labels, Tables 1-12, the Appendix C grids, and the grid files
-of configs/grids/ that name a table agree with it (methods, model, dataset, attacks, swept values)."""
+"""virkit.paper's catalogue and tables (virkit.paper.catalogue, virkit.paper.tables): labels, Tables 1-12, the
+Appendix C grids, and the grid files of configs/grids/ that name a table agree with them (methods, model, dataset,
+attacks, swept values)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from virkit.paper import catalogue as paper
+from virkit import paper
 
 REPO = Path(__file__).resolve().parents[1]
 GRID_FILES = sorted((REPO / "configs" / "grids").glob("*.yaml"))

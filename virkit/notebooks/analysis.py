@@ -2,8 +2,9 @@
 shared runs, per-class and fairness summaries, weights against vulnerability, the Theorem 1 check
 and attributions of the most and least vulnerable test images.
 
-What a table holds (datasets, model, attacks, rows, the hyperparameter grids of Tables 9-12) and
-every label come from :mod:`virkit.paper.catalogue`; *mean ± std* cells from :func:`virkit.paper.report.mean_std`.
+What a table holds (datasets, model, attacks, rows, the hyperparameter grids of Tables 9-12) comes from
+:mod:`virkit.paper.tables`, every label from :mod:`virkit.paper.catalogue`; *mean ± std* cells from
+:func:`virkit.paper.report.mean_std`.
 Functions that train take a notebook context (``ctx.run(method, seed=..., **overrides)``, ``ctx.preset``,
 ``ctx.robust_attack``; :class:`virkit.notebooks.NotebookContext`), so the notebooks' runs are shared.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from virkit.errors import VirkitError
 from virkit.paper import catalogue as paper
+from virkit.paper.tables import TABLES, Sweep, Table
 
 __all__ = ["eval_table", "robust_attack", "table_runs", "paper_table", "grid_parameter", "ablation_results",
            "class_accuracy", "per_class_accuracy", "fairness_rows", "confusion_panels", "class_accuracy_table",
@@ -61,7 +63,7 @@ def class_accuracy(ev: Mapping, attack: str) -> list[float]:
 # ------------------------------------------------------------------------------------------------
 
 def table_runs(ctx, tables: Iterable[int], methods: Sequence[str], seeds: Sequence[int]) -> dict[int, list[Path]]:
-    """{table: run dirs} for Tables 1-5 (datasets and model from :data:`virkit.paper.catalogue.TABLES`; the
+    """{table: run dirs} for Tables 1-5 (datasets and model from :data:`virkit.paper.tables.TABLES`; the
     preset's model stands in for ResNet-18), training what is missing. A table whose runs cannot be
     made with this preset (missing dataset; WideResNet runs, which only the ``paper`` preset trains)
     gets an empty list and a printed reason instead of stopping the notebook."""
@@ -69,7 +71,7 @@ def table_runs(ctx, tables: Iterable[int], methods: Sequence[str], seeds: Sequen
     for t in tables:
         if not 1 <= t <= 5:
             raise VirkitError(f"Tables 1-5 only here (got {t}); Tables 6-7 and 9-12 are in 07_ablations")
-        spec = paper.TABLES[t]
+        spec = TABLES[t]
         model = None if spec.model == _STAND_IN_MODEL else spec.model
         if model and ctx.preset != "paper":
             print(f"Table {t}: needs {model} runs, trained only by the paper preset; skipped")
@@ -100,7 +102,7 @@ def paper_table(df, table: int):
     from virkit.paper import report
 
     tab = report.make_table(df, table)
-    spec = paper.TABLES[table]
+    spec = TABLES[table]
     if isinstance(tab.columns, pd.MultiIndex):
         return tab
     attack_cols = [c for c in df.columns if c in paper.ATTACK_SPELLINGS and c != "worst_case"]
@@ -121,7 +123,7 @@ def paper_table(df, table: int):
     return out
 
 
-def _method_of_label(label: str, df, spec: paper.Table) -> str | None:
+def _method_of_label(label: str, df, spec: Table) -> str | None:
     """The method a row label of :func:`virkit.paper.report.make_table` stands for (longest label first)."""
     cands = [(lab, m) for m in df["method"].unique() for lab in {paper.method_label(m), spec.row_label(m)}]
     for lab, m in sorted(cands, key=lambda c: -len(c[0])):
@@ -140,7 +142,7 @@ def grid_parameter(hyperparameter: str, method: str) -> str:
     return f"{hyperparameter}_grid_{method.removeprefix('vir-')}"
 
 
-def _sweep_points(sweep: paper.Sweep, grids: Mapping) -> list[dict[str, float]]:
+def _sweep_points(sweep: Sweep, grids: Mapping) -> list[dict[str, float]]:
     """Full (alpha, gamma, beta) settings: the first swept hyperparameter over its grid plus the
     paper's value, then each other one over its grid (the paper's point is already in)."""
     d = sweep.defaults
@@ -156,7 +158,7 @@ def ablation_methods(table: int, components: Sequence[str]) -> list[str]:
     """The methods of Table 6 or 7's runs: the paper's first row (the pipeline with w = 1), the
     full method with each of ``components`` (``sv``, ``sd``; the controls ``mean1``, ``flat``), and
     the full method, e.g. ``["vir-at-w1", "vir-at-sv", "vir-at", "vir-at-flat"]``."""
-    rows = paper.TABLES[table].paper_rows
+    rows = TABLES[table].paper_rows
     base, full = rows[0].method, rows[-1].method
     return [base, *[f"{full}-{c}" for c in components if f"{full}-{c}" in paper.METHOD_SPELLINGS and c in ("sv", "sd")],
             full, *[f"{full}-{c}" for c in components if c not in ("sv", "sd")]]
@@ -170,7 +172,7 @@ def ablation_results(ctx, tables: Iterable[int], grids: Mapping[str, Sequence], 
     besides the baseline and the full method, e.g. ``["sv", "sd"]``, and the scale-matched controls
     ``"mean1"``, ``"flat"``) and, for Tables 9-12, the
     extra values of each swept hyperparameter under :func:`grid_parameter`'s names
-    (``beta_grid_at``, ``alpha_grid_trades``, ...); the paper's value (:data:`virkit.paper.catalogue.SWEEPS`)
+    (``beta_grid_at``, ``alpha_grid_trades``, ...); the paper's value (:data:`virkit.paper.tables.SWEEPS`)
     is always included. Returns {table: {"title", "table" (DataFrame of 'mean ± std' strings, %),
     "panels" (for :func:`virkit.paper.figures.plot_ablation`, Tables 9-12 only)}}.
     """
@@ -180,7 +182,7 @@ def ablation_results(ctx, tables: Iterable[int], grids: Mapping[str, Sequence], 
 
     out: dict[int, dict] = {}
     for t in tables:
-        spec = paper.TABLES.get(t)
+        spec = TABLES.get(t)
         if spec is not None and spec.ablation:    # Tables 6-7: baseline, components, full method
             methods = ablation_methods(t, grids.get("components", []))
             runs = [ctx.run(m, seed=s) for m in methods for s in seeds]
@@ -213,7 +215,7 @@ def ablation_results(ctx, tables: Iterable[int], grids: Mapping[str, Sequence], 
     return out
 
 
-def _sweep_panels(sweep: paper.Sweep, records: list[tuple[dict, dict]]) -> dict:
+def _sweep_panels(sweep: Sweep, records: list[tuple[dict, dict]]) -> dict:
     """One panel per swept hyperparameter with at least two values: accuracy (mean, std) per attack
     against it, the others at the paper's values (each sweep holds the paper's point)."""
     d = sweep.defaults

@@ -7,8 +7,8 @@ paper's attack order, ``–`` where an attack was not run. When the runs come fr
 dataset or model than the paper's table (e.g. ``small-cnn`` on the CIFAR-10 stand-in), the layout
 is kept and the caption names what the numbers actually are.
 
-The tables' layouts and every label come from :mod:`virkit.paper.catalogue`; :func:`mean_std` is the one
-*mean ± std* formatter of virkit.
+The tables' layouts come from :mod:`virkit.paper.tables`, every label from :mod:`virkit.paper.catalogue`;
+:func:`mean_std` is the one *mean ± std* formatter of virkit.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pandas as pd
 
 from virkit.errors import VirkitError
 from virkit.paper import catalogue as paper
+from virkit.paper.tables import MAIN_TABLES, Table
 from virkit.runs import RunDir, eval_state_root
 
 __all__ = [
@@ -41,8 +42,7 @@ __all__ = [
 
 DASH = "–"
 
-# The paper's tables, row orders and spellings live in virkit.paper.catalogue; the table cells use these.
-MAIN_TABLES = paper.MAIN_TABLES  #: Tables 1-7 (:class:`virkit.paper.catalogue.Table`)
+# MAIN_TABLES (Tables 1-7) comes from virkit.paper.tables, row orders and spellings from virkit.paper.catalogue.
 METHOD_TABLE_LABELS = paper.labels(paper.METHOD_SPELLINGS, "table_label")
 ATTACK_TABLE_LABELS = paper.labels(paper.ATTACK_SPELLINGS, "table_label")
 DATASET_LABELS = paper.labels(paper.DATASET_SPELLINGS)
@@ -295,7 +295,7 @@ def checkpoint_eval_file(run: RunDir, checkpoint: str | None) -> Path:
     return run.eval_file_for(checkpoint)
 
 
-def _caption(table: int, spec: paper.Table, models: list, datasets: list, df: pd.DataFrame) -> str:
+def _caption(table: int, spec: Table, models: list, datasets: list, df: pd.DataFrame) -> str:
     paper_where = f"{paper.model_label(spec.model)} on " + " and ".join(paper.dataset_label(d) for d in spec.datasets)
     standin = "source" in df and df["source"].fillna("").str.contains("stand-in").any()
     ds = " and ".join(paper.dataset_label(d) for d in datasets) or "no dataset"
