@@ -11,7 +11,8 @@ import pytest
 
 from virkit import cli
 from virkit.errors import VirkitError
-from virkit.paper.report_html import SECTIONS, load_evaluation, write_html_report
+from virkit.paper.report_evaluations import load_evaluation
+from virkit.paper.report_html import SECTIONS, write_html_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
