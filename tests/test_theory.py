@@ -1,6 +1,6 @@
-"""Appendix A (virkit.paper.theory): Theorem 1's closed form against an independent numerical
-optimization and against Monte Carlo, the quadratic Bayes rule, robust risks, and the linear-model
-training used by notebook 02."""
+"""Appendix A (virkit.paper.theory, virkit.paper.theory_empirical): Theorem 1's closed form against an
+independent numerical optimization and against Monte Carlo, the quadratic Bayes rule, robust risks, and the
+linear-model training used by notebook 02."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from virkit.errors import VirkitError
 from virkit.paper import theory as T
+from virkit.paper import theory_empirical as TE
 
 scipy_stats = pytest.importorskip("scipy.stats")
 from scipy.optimize import minimize_scalar
@@ -51,7 +52,7 @@ def test_closed_form_matches_monte_carlo(d, eta, sigma, K):
     """Which class gets which expression: R_minus must be the error on y=-1 (the low-variance class)."""
     r = T.class_risks(d, eta, sigma, K)
     w, b = T.optimal_linear_classifier(d, eta, sigma, K)
-    mc, se = T.monte_carlo_linear_risks(w, b, d, eta, sigma, K, n=400_000, seed=3)
+    mc, se = TE.monte_carlo_linear_risks(w, b, d, eta, sigma, K, n=400_000, seed=3)
     for i in (0, 1):
         assert abs(mc[i] - r[i]) < 4.5 * se[i] + 1e-4, (i, mc, r, se)
     assert r[0] < r[1]  # Theorem 1: the high-variance class has the larger risk
@@ -94,7 +95,7 @@ def test_direction_is_optimal():
 @pytest.mark.parametrize("d,eta,sigma,K", CASES[:4])
 def test_bayes_quadratic_rule(d, eta, sigma, K):
     bq = T.bayes_quadratic_risks(d, eta, sigma, K)
-    mc, se = T.monte_carlo_bayes_risks(d, eta, sigma, K, n=400_000, seed=5)
+    mc, se = TE.monte_carlo_bayes_risks(d, eta, sigma, K, n=400_000, seed=5)
     for i in (0, 1):
         assert abs(mc[i] - bq[i]) < 4.5 * se[i] + 1e-4, (i, mc, bq)
     # the unrestricted Bayes rule is at least as good as the best linear one, in total
@@ -106,7 +107,7 @@ def test_robust_risks():
     w, b = T.optimal_linear_classifier(d, eta, sigma, K)
     for eps in (0.0, 0.1, 0.25):
         closed = T.linear_class_risks(w, b, d, eta, sigma, K, eps)
-        mc, se = T.monte_carlo_linear_risks(w, b, d, eta, sigma, K, n=300_000, seed=11, eps=eps)
+        mc, se = TE.monte_carlo_linear_risks(w, b, d, eta, sigma, K, n=300_000, seed=11, eps=eps)
         for i in (0, 1):
             assert abs(mc[i] - closed[i]) < 4.5 * se[i] + 1e-4
     gaps = [np.subtract(*T.robust_class_risks(d, eta, sigma, K, e)[::-1]) for e in (0.0, 0.1, 0.2, 0.3)]
@@ -124,14 +125,14 @@ def test_bad_input():
     with pytest.raises(VirkitError):
         T.class_risks(10, 0.5, -1.0, 2.0)
     with pytest.raises(VirkitError):
-        T.train_linear(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]), reweight="gairat")
+        TE.train_linear(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]), reweight="gairat")
 
 
 def test_sampling_is_balanced_and_seeded():
-    x, y = T.sample_gaussian_mixture(1001, 3, 0.5, 1.0, 2.0, seed=1)
+    x, y = TE.sample_gaussian_mixture(1001, 3, 0.5, 1.0, 2.0, seed=1)
     assert x.shape == (1001, 3) and x.dtype == torch.float32
     assert int((y == 0).sum()) == 501 and int((y == 1).sum()) == 500
-    x2, y2 = T.sample_gaussian_mixture(1001, 3, 0.5, 1.0, 2.0, seed=1)
+    x2, y2 = TE.sample_gaussian_mixture(1001, 3, 0.5, 1.0, 2.0, seed=1)
     assert torch.equal(x, x2) and torch.equal(y, y2)
     # class +1 has K times the spread
     assert float(x[y == 1].std() / x[y == 0].std()) == pytest.approx(2.0, rel=0.1)
@@ -139,13 +140,13 @@ def test_sampling_is_balanced_and_seeded():
 
 def test_logistic_model_is_near_optimal():
     d, eta, sigma, K = 10, 0.5, 1.0, 2.0
-    x, y = T.sample_gaussian_mixture(8000, d, eta, sigma, K, seed=0)
-    m = T.train_linear(x, y, steps=600, seed=0)
+    x, y = TE.sample_gaussian_mixture(8000, d, eta, sigma, K, seed=0)
+    m = TE.train_linear(x, y, steps=600, seed=0)
     assert sum(m.class_risks(d, eta, sigma, K)) < sum(T.class_risks(d, eta, sigma, K)) + 0.02
 
 
 def test_corollary_low_tail():
-    c = T.corollary_true_class_probability(K=2.0, seed=0)
+    c = TE.corollary_true_class_probability(K=2.0, seed=0)
     assert c["q10_p_y"][1] < c["q10_p_y"][0] - 0.1  # heavier low-p_y tail for the wide class
     assert c["test_error"][1] > c["test_error"][0]
     assert c["vulnerable_share"] > 0.6  # ranking by p_y picks out class +1
@@ -154,9 +155,9 @@ def test_corollary_low_tail():
 
 def test_vir_reweighting_reduces_class_gap_of_linear_model():
     d, eta, sigma, K, eps = 10, 0.5, 1.0, 2.0, 0.1
-    x, y = T.sample_gaussian_mixture(4000, d, eta, sigma, K, seed=0)
-    at = T.train_linear(x, y, eps=eps, seed=0)
-    vir = T.train_linear(x, y, eps=eps, reweight="vir", seed=0)
+    x, y = TE.sample_gaussian_mixture(4000, d, eta, sigma, K, seed=0)
+    at = TE.train_linear(x, y, eps=eps, seed=0)
+    vir = TE.train_linear(x, y, eps=eps, reweight="vir", seed=0)
     g_at = np.subtract(*at.class_risks(d, eta, sigma, K, eps)[::-1])
     g_vir = np.subtract(*vir.class_risks(d, eta, sigma, K, eps)[::-1])
     assert g_vir < g_at
@@ -164,15 +165,15 @@ def test_vir_reweighting_reduces_class_gap_of_linear_model():
     ws = vir.history[-1]["weight_sum_per_class"]
     assert vir.history[-1]["reweighting_active"] and ws[1] > ws[0]
     # with eps = 0 the discrepancy term vanishes and VIR is the plain model
-    nat = T.train_linear(x, y, seed=0)
-    nat_vir = T.train_linear(x, y, reweight="vir", seed=0)
+    nat = TE.train_linear(x, y, seed=0)
+    nat_vir = TE.train_linear(x, y, reweight="vir", seed=0)
     assert np.allclose(nat.w, nat_vir.w) and nat.b == pytest.approx(nat_vir.b)
 
 
 def test_robust_error_curves_shape():
-    x, y = T.sample_gaussian_mixture(500, 4, 0.5, 1.0, 2.0, seed=0)
-    m = T.train_linear(x, y, steps=50)
-    out = T.robust_error_curves(
+    x, y = TE.sample_gaussian_mixture(500, 4, 0.5, 1.0, 2.0, seed=0)
+    m = TE.train_linear(x, y, steps=50)
+    out = TE.robust_error_curves(
         {"m": m, "opt": T.optimal_linear_classifier(4, 0.5, 1.0, 2.0)}, np.linspace(0, 0.3, 4), 4, 0.5, 1.0, 2.0
     )
     assert out["m"].shape == (4, 2) and out["opt"].shape == (4, 2)

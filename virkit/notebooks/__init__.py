@@ -2,8 +2,8 @@
 (``virkit notebooks run|list``).
 
 The notebooks in ``notebooks/`` are thin: a ``parameters`` cell (papermill), ``ctx = setup(name, **its parameters)``,
-then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :mod:`virkit.paper.theory` and
-:mod:`virkit.notebooks.explorer`. This package is
+then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :mod:`virkit.paper.theory`,
+:mod:`virkit.paper.theory_empirical` and :mod:`virkit.notebooks.explorer`. This package is
 
 * :mod:`.presets` -- the notebook presets (:data:`NOTEBOOK_PRESETS`: ``smoke`` for tests, ``demo`` for 2
   CPU cores, ``paper`` for a GPU), each named after the trainer preset its runs use, and

@@ -360,13 +360,13 @@ def theorem1_check(d: int, eta: float, sigma: float, K_grid: Sequence[float], mc
     import numpy as np
     import pandas as pd
 
-    from virkit.paper import theory
+    from virkit.paper import theory, theory_empirical
 
     rows, closed, mc, se, bayes = [], [], [], [], []
     for k in K_grid:
         r = theory.class_risks(d, eta, sigma, k)
         w, b = theory.optimal_linear_classifier(d, eta, sigma, k)
-        m, s = theory.monte_carlo_linear_risks(w, b, d, eta, sigma, k, n=mc_samples, seed=seed)
+        m, s = theory_empirical.monte_carlo_linear_risks(w, b, d, eta, sigma, k, n=mc_samples, seed=seed)
         bq = theory.bayes_quadratic_risks(d, eta, sigma, k)
         closed.append(r)
         mc.append(m)
@@ -380,7 +380,7 @@ def theorem1_check(d: int, eta: float, sigma: float, K_grid: Sequence[float], mc
 
 
 def robust_error_table(curves: Mapping, eps_grid, train_eps: float):
-    """Class-wise robust errors of each model of :func:`virkit.paper.theory.robust_error_curves` at the
+    """Class-wise robust errors of each model of :func:`virkit.paper.theory_empirical.robust_error_curves` at the
     training radius and at ε = 0, and the gap between the classes."""
     import numpy as np
     import pandas as pd

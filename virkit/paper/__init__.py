@@ -1,7 +1,7 @@
 """The paper's layer: its catalogue (:mod:`.catalogue`: the labels of methods, attacks, datasets and models,
 the paper's hyperparameters) and its tables (:mod:`.tables`: Tables 1-12, the appendix grids), the tables of
-one's own runs beside them (:mod:`.report`, :mod:`.report_html`), its theory section (:mod:`.theory`) and its
-figures (:mod:`.figures`)."""
+one's own runs beside them (:mod:`.report`, :mod:`.report_html`), its theory section (:mod:`.theory`: closed forms;
+:mod:`.theory_empirical`: samples, Monte Carlo, trained linear models) and its figures (:mod:`.figures`)."""
 
 from virkit.paper.catalogue import *  # noqa: F403  (the catalogue and the tables are this package's public face)
 from virkit.paper.catalogue import __all__ as _catalogue_all
