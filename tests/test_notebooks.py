@@ -27,7 +27,7 @@ pytest.importorskip("papermill")
 from virkit import notebooks as N
 from virkit import paper
 from virkit.errors import VirkitError
-from virkit.notebooks import analysis
+from virkit.notebooks import ablations
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
@@ -176,7 +176,7 @@ def test_shared_run_progress_is_reported_per_epoch(tmp_path, stand_in_root, monk
 
 
 def test_ablation_grid_parameters_are_the_papers_grids():
-    """Notebook 07's grid parameters are the names :func:`virkit.notebooks.analysis.ablation_results` reads, and
+    """Notebook 07's grid parameters are the names :func:`virkit.notebooks.ablations.ablation_results` reads, and
     their defaults plus the paper's value are the paper's grids (Tables 9-12)."""
     from virkit import paper
 
@@ -185,7 +185,7 @@ def test_ablation_grid_parameters_are_the_papers_grids():
     expected = set()
     for sweep in paper.SWEEPS.values():
         for h in sweep.swept:
-            name = analysis.grid_parameter(h, sweep.method)
+            name = ablations.grid_parameter(h, sweep.method)
             expected.add(name)
             assert sorted({*params[name].default, sweep.defaults[h]}) == sorted(sweep.values(h)), name
     assert grid_names == expected
@@ -611,7 +611,7 @@ def test_ablation_sweeps_logic(monkeypatch):
         "alpha_grid_trades": [],
         "gamma_grid_trades": [],
     }
-    res = analysis.ablation_results(ctx, [9, 11, 12], grids, seeds=[0, 1])
+    res = ablations.ablation_results(ctx, [9, 11, 12], grids, seeds=[0, 1])
     t9 = res[9]["table"]
     assert list(t9.index) == ["α=7, γ=10, β=0", "★ α=7, γ=10, β=0.007", "α=7, γ=10, β=0.1"]
     assert t9.loc["α=7, γ=10, β=0.1", "PGD-10"] == "30.00 ± 0.00"

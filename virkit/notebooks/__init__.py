@@ -21,12 +21,14 @@ then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :
   the demo's headline numbers);
 * :mod:`.cli` -- ``virkit notebooks run|list`` and ``python -m virkit.notebooks``.
 
-The analyses the notebooks call live in :mod:`virkit.notebooks.analysis`; their names are re-exported here
-for code written against the single-module version.
+The analyses the notebooks call live in :mod:`virkit.notebooks.analysis` and, for the ablation tables of
+notebook 07, :mod:`virkit.notebooks.ablations`; their names are re-exported here for code written against the
+single-module version.
 """
 from __future__ import annotations
 
-from virkit.notebooks.analysis import ablation_results, eval_table, paper_table, table_runs, vulnerability_attributions
+from virkit.notebooks.ablations import ablation_results
+from virkit.notebooks.analysis import eval_table, paper_table, table_runs, vulnerability_attributions
 from virkit.notebooks.cli import add_cli, main
 from virkit.notebooks.context import REPO_ROOT, NotebookContext, setup
 from virkit.notebooks.parameters import (
