@@ -2,7 +2,7 @@
 
 Flags are collected from virkit's command-line parser (every subcommand), the benchmark scripts'
 parsers and the GPU campaign script's options. Flags of other programs that the docs show in their
-own commands (pytest, pip, torchrun, ray, papermill, git) are listed below with the program; virkit's
+own commands (pytest, pip, ruff, torchrun, ray, papermill, git) are listed below with the program; virkit's
 internal worker entry points are not user flags but appear in docstrings.
 """
 
@@ -19,6 +19,7 @@ FOREIGN = {
     "pytest (Makefile)": {"--dist", "--durations"},
     "pip (Makefile)": {"--no-deps"},
     "ipykernel install (Makefile)": {"--sys-prefix"},
+    "ruff format (Makefile)": {"--check"},
     "torchrun": {"--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-backend", "--rdzv-endpoint", "--standalone"},
     "ray start": {"--head", "--port"},
     "papermill": {"--help-notebook"},

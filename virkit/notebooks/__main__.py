@@ -1,4 +1,5 @@
 """``python -m virkit.notebooks run|list ...`` and the ``--exec-one SPEC`` subprocess of ``--jobs N``."""
+
 import sys
 
 from virkit.notebooks.cli import main

@@ -7,6 +7,7 @@ label from :mod:`virkit.paper.catalogue`; Tables 6-7 are built by :func:`virkit.
 *mean ± std* cells by :func:`virkit.paper.report.mean_std`. Functions that train take a notebook context
 (``ctx.run(method, seed=..., **overrides)``, ``ctx.robust_attack``), so the notebooks' runs are shared.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,12 +47,17 @@ def ablation_methods(table: int, components: Sequence[str]) -> list[str]:
     the full method, e.g. ``["vir-at-w1", "vir-at-sv", "vir-at", "vir-at-flat"]``."""
     rows = TABLES[table].paper_rows
     base, full = rows[0].method, rows[-1].method
-    return [base, *[f"{full}-{c}" for c in components if f"{full}-{c}" in paper.METHOD_SPELLINGS and c in ("sv", "sd")],
-            full, *[f"{full}-{c}" for c in components if c not in ("sv", "sd")]]
+    return [
+        base,
+        *[f"{full}-{c}" for c in components if f"{full}-{c}" in paper.METHOD_SPELLINGS and c in ("sv", "sd")],
+        full,
+        *[f"{full}-{c}" for c in components if c not in ("sv", "sd")],
+    ]
 
 
-def ablation_results(ctx, tables: Iterable[int], grids: Mapping[str, Sequence], seeds: Sequence[int]
-                     ) -> dict[int, dict]:
+def ablation_results(
+    ctx, tables: Iterable[int], grids: Mapping[str, Sequence], seeds: Sequence[int]
+) -> dict[int, dict]:
     """Train/reuse the runs of the ablation Tables 6, 7 and 9-12 and build each table.
 
     ``grids``: notebook 07's parameters (pass ``ctx.params``): ``components`` (Tables 6-7 rows
@@ -69,7 +75,7 @@ def ablation_results(ctx, tables: Iterable[int], grids: Mapping[str, Sequence], 
     out: dict[int, dict] = {}
     for t in tables:
         spec = TABLES.get(t)
-        if spec is not None and spec.ablation:    # Tables 6-7: baseline, components, full method
+        if spec is not None and spec.ablation:  # Tables 6-7: baseline, components, full method
             methods = ablation_methods(t, grids.get("components", []))
             runs = [ctx.run(m, seed=s) for m in methods for s in seeds]
             out[t] = {"title": spec.title, "table": paper_table(report.collect_runs(runs), t)}
@@ -84,10 +90,14 @@ def ablation_results(ctx, tables: Iterable[int], grids: Mapping[str, Sequence], 
             # reuses the main run of the method instead of training an identical one
             over = {k: v for k, v in pt.items() if v != d[k]}
             df = report.collect_runs([ctx.run(sweep.method, seed=s, **over) for s in seeds])
-            attacks = [a for a in dict.fromkeys([*spec.attacks, ctx.robust_attack, *df.columns])
-                       if a in df.columns and a in paper.ATTACK_SPELLINGS and a != "worst_case"]
-            row = {"setting": ("★ " if pt == d else "") +
-                   ", ".join(f"{paper.HP_SYMBOLS[h]}={pt[h]:g}" for h in _ROW_ORDER)}
+            attacks = [
+                a
+                for a in dict.fromkeys([*spec.attacks, ctx.robust_attack, *df.columns])
+                if a in df.columns and a in paper.ATTACK_SPELLINGS and a != "worst_case"
+            ]
+            row = {
+                "setting": ("★ " if pt == d else "") + ", ".join(f"{paper.HP_SYMBOLS[h]}={pt[h]:g}" for h in _ROW_ORDER)
+            }
             stats = {}
             for a in attacks:
                 cell = report.mean_std(df[a].tolist())
@@ -114,6 +124,9 @@ def _sweep_panels(sweep: Sweep, records: list[tuple[dict, dict]]) -> dict:
         fixed = [o for o in (sweep.swept if len(sweep.swept) > 1 else _ROW_ORDER) if o != h]
         sym = paper.HP_SYMBOLS[h]
         panels[f"{sym} ({', '.join(paper.HP_SYMBOLS[o] for o in fixed)} at the paper's value)"] = {
-            "x": [r[0][h] for r in sel], "xlabel": sym, "default": d[h],
-            "series": {a: ([r[1][a][0] for r in sel], [r[1][a][1] for r in sel]) for a in sel[0][1]}}
+            "x": [r[0][h] for r in sel],
+            "xlabel": sym,
+            "default": d[h],
+            "series": {a: ([r[1][a][0] for r in sel], [r[1][a][1] for r in sel]) for a in sel[0][1]},
+        }
     return panels

@@ -8,6 +8,7 @@ from :mod:`virkit.paper.catalogue`; *mean ± std* cells from :func:`virkit.paper
 Functions that train take a notebook context (``ctx.run(method, seed=..., **overrides)``, ``ctx.preset``,
 ``ctx.robust_attack``; :class:`virkit.notebooks.NotebookContext`), so the notebooks' runs are shared.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,23 @@ from virkit.errors import VirkitError
 from virkit.paper import catalogue as paper
 from virkit.paper.tables import TABLES, Table
 
-__all__ = ["eval_table", "robust_attack", "table_runs", "paper_table",
-           "class_accuracy", "per_class_accuracy", "fairness_rows", "confusion_panels", "class_accuracy_table",
-           "weight_vs_robustness", "class_weight_totals", "figure3_verdict", "theorem1_check", "robust_error_table", "vulnerability_attributions"]
+__all__ = [
+    "eval_table",
+    "robust_attack",
+    "table_runs",
+    "paper_table",
+    "class_accuracy",
+    "per_class_accuracy",
+    "fairness_rows",
+    "confusion_panels",
+    "class_accuracy_table",
+    "weight_vs_robustness",
+    "class_weight_totals",
+    "figure3_verdict",
+    "theorem1_check",
+    "robust_error_table",
+    "vulnerability_attributions",
+]
 
 #: the model of the paper's Tables 1, 3 and 4, for which the preset's own model stands in
 _STAND_IN_MODEL = "resnet18"
@@ -30,6 +45,7 @@ _STAND_IN_MODEL = "resnet18"
 # One run's evaluation
 # ------------------------------------------------------------------------------------------------
 
+
 def eval_table(ev: Mapping, percent: bool = True):
     """A DataFrame of one eval.json: accuracy, worst class and its accuracy, per attack."""
     import pandas as pd
@@ -38,11 +54,17 @@ def eval_table(ev: Mapping, percent: bool = True):
     scale = 100.0 if percent else 1.0
     for name, r in ev["attacks"].items():
         fair = (ev.get("fairness") or {}).get(name) or {}
-        rows.append({"attack": name, "accuracy": scale * r["accuracy"],
-                     "worst class": fair.get("worst_class"),
-                     "worst-class accuracy": None if fair.get("worst_class_accuracy") is None
-                     else scale * fair["worst_class_accuracy"],
-                     "seconds": r.get("seconds")})
+        rows.append(
+            {
+                "attack": name,
+                "accuracy": scale * r["accuracy"],
+                "worst class": fair.get("worst_class"),
+                "worst-class accuracy": None
+                if fair.get("worst_class_accuracy") is None
+                else scale * fair["worst_class_accuracy"],
+                "seconds": r.get("seconds"),
+            }
+        )
     return pd.DataFrame(rows).set_index("attack").round(2)
 
 
@@ -59,6 +81,7 @@ def class_accuracy(ev: Mapping, attack: str) -> list[float]:
 # ------------------------------------------------------------------------------------------------
 # Tables 1-5 (notebook 06)
 # ------------------------------------------------------------------------------------------------
+
 
 def table_runs(ctx, tables: Iterable[int], methods: Sequence[str], seeds: Sequence[int]) -> dict[int, list[Path]]:
     """{table: run dirs} for Tables 1-5 (datasets and model from :data:`virkit.paper.tables.TABLES`; the
@@ -116,8 +139,10 @@ def paper_table(df, table: int):
         out[paper.attack_label(a)] = vals
     out.attrs = dict(tab.attrs)
     if dropped:
-        out.attrs["caption"] = (tab.attrs.get("caption", "").rstrip(".") +
-                                f". Not evaluated in this preset: {', '.join(map(str, dropped))}.")
+        out.attrs["caption"] = (
+            tab.attrs.get("caption", "").rstrip(".")
+            + f". Not evaluated in this preset: {', '.join(map(str, dropped))}."
+        )
     return out
 
 
@@ -134,6 +159,7 @@ def _method_of_label(label: str, df, spec: Table) -> str | None:
 # Per-class views (notebooks 04, 05, 06)
 # ------------------------------------------------------------------------------------------------
 
+
 def per_class_accuracy(evals: Mapping[str, Sequence[Mapping]], attack: str) -> tuple[dict, dict | None]:
     """{method: per-class accuracy (%) under ``attack``, mean over the method's evaluations (seeds)}
     and the sample std the same way (None with one evaluation per method)."""
@@ -141,8 +167,9 @@ def per_class_accuracy(evals: Mapping[str, Sequence[Mapping]], attack: str) -> t
 
     mean = {m: np.mean([class_accuracy(e, attack) for e in es], 0) for m, es in evals.items()}
     several = all(len(es) > 1 for es in evals.values())
-    std = {m: np.std([class_accuracy(e, attack) for e in es], 0, ddof=1) for m, es in evals.items()} \
-        if several else None
+    std = (
+        {m: np.std([class_accuracy(e, attack) for e in es], 0, ddof=1) for m, es in evals.items()} if several else None
+    )
     return mean, std
 
 
@@ -156,8 +183,16 @@ def fairness_rows(evals: Mapping[str, Sequence[Mapping]], attacks: Sequence[str]
     for m, es in evals.items():
         for a in attacks:
             accs = np.array([class_accuracy(e, a) for e in es])
-            rows.append({"method": m, "attack": a, "average": accs.mean(), "worst": accs.min(1).mean(),
-                         "worst3": np.sort(accs, 1)[:, :3].mean(), "std": accs.std(1).mean()})
+            rows.append(
+                {
+                    "method": m,
+                    "attack": a,
+                    "average": accs.mean(),
+                    "worst": accs.min(1).mean(),
+                    "worst3": np.sort(accs, 1)[:, :3].mean(),
+                    "std": accs.std(1).mean(),
+                }
+            )
     return rows
 
 
@@ -170,8 +205,9 @@ def confusion_panels(evals: Mapping[str, Mapping], methods: Sequence[str], attac
     """{"<method> · <attack>": confusion matrix} for Figures 1-2 (natural training on natural images)."""
     for m in methods:
         if attack not in evals[m]["attacks"]:
-            raise VirkitError(f"run {m} was not evaluated under {attack!r} (has {list(evals[m]['attacks'])}); "
-                              "pick one of those")
+            raise VirkitError(
+                f"run {m} was not evaluated under {attack!r} (has {list(evals[m]['attacks'])}); pick one of those"
+            )
     out = {}
     for m in methods:
         a = _shown(m, attack)
@@ -184,8 +220,9 @@ def class_accuracy_table(evals: Mapping[str, Mapping], methods: Sequence[str], a
     """The diagonals of :func:`confusion_panels` side by side: per-class accuracy (%), one column per method."""
     import pandas as pd
 
-    return pd.DataFrame({paper.method_label(m, "figure"): class_accuracy(evals[m], _shown(m, attack))
-                         for m in methods}, index=classes).round(1)
+    return pd.DataFrame(
+        {paper.method_label(m, "figure"): class_accuracy(evals[m], _shown(m, attack)) for m in methods}, index=classes
+    ).round(1)
 
 
 def class_weight_totals(hist: Sequence[Mapping]) -> tuple[list[float], int]:
@@ -212,20 +249,29 @@ def figure3_verdict(hists: Mapping[str, Sequence[Mapping]], classes: Sequence[st
             continue
         most, least = classes[tot.index(max(tot))], classes[tot.index(min(tot))]
         if paper.FIGURE3_MOST_WEIGHT not in classes or paper.FIGURE3_LEAST_WEIGHT not in classes:
-            out.append(f"{label}: over {n} reweighted epoch(s) the most total weight went to {most!r} and the least "
-                       f"to {least!r} (the paper's Figure 3 is about CIFAR-10's classes).")
+            out.append(
+                f"{label}: over {n} reweighted epoch(s) the most total weight went to {most!r} and the least "
+                f"to {least!r} (the paper's Figure 3 is about CIFAR-10's classes)."
+            )
             continue
         agree = [most == paper.FIGURE3_MOST_WEIGHT, least == paper.FIGURE3_LEAST_WEIGHT]
-        verdict = ("agrees with the paper on both" if all(agree) else
-                   "agrees with the paper on the most-weighted class only" if agree[0] else
-                   "agrees with the paper on the least-weighted class only" if agree[1] else
-                   "agrees with the paper on neither")
+        verdict = (
+            "agrees with the paper on both"
+            if all(agree)
+            else "agrees with the paper on the most-weighted class only"
+            if agree[0]
+            else "agrees with the paper on the least-weighted class only"
+            if agree[1]
+            else "agrees with the paper on neither"
+        )
         rank = sorted(range(len(tot)), key=lambda c: -tot[c])
-        out.append(f"{label}: over {n} reweighted epoch(s) the most total weight went to {most!r} and the least to "
-                   f"{least!r} (the paper: {paper.FIGURE3_MOST_WEIGHT!r} most, {paper.FIGURE3_LEAST_WEIGHT!r} least); "
-                   f"this run {verdict} ('{paper.FIGURE3_MOST_WEIGHT}' ranks "
-                   f"{rank.index(classes.index(paper.FIGURE3_MOST_WEIGHT)) + 1} of {len(tot)}, "
-                   f"'{paper.FIGURE3_LEAST_WEIGHT}' {rank.index(classes.index(paper.FIGURE3_LEAST_WEIGHT)) + 1}).")
+        out.append(
+            f"{label}: over {n} reweighted epoch(s) the most total weight went to {most!r} and the least to "
+            f"{least!r} (the paper: {paper.FIGURE3_MOST_WEIGHT!r} most, {paper.FIGURE3_LEAST_WEIGHT!r} least); "
+            f"this run {verdict} ('{paper.FIGURE3_MOST_WEIGHT}' ranks "
+            f"{rank.index(classes.index(paper.FIGURE3_MOST_WEIGHT)) + 1} of {len(tot)}, "
+            f"'{paper.FIGURE3_LEAST_WEIGHT}' {rank.index(classes.index(paper.FIGURE3_LEAST_WEIGHT)) + 1})."
+        )
     return out
 
 
@@ -237,10 +283,17 @@ def weight_vs_robustness(hists: Mapping[str, list], evals: Mapping[str, Mapping]
     rows = []
     for m, ev in evals.items():
         a = robust_attack(ev, preferred)
-        for c, (wm, acc) in enumerate(zip(hists[m][-1]["weight_mean_per_class"],
-                                          ev["attacks"][a]["per_class_accuracy"])):
-            rows.append({"method": paper.method_label(m, "figure"), "class": classes[c], "mean weight": wm,
-                         f"robust acc ({a})": 100 * (acc or 0)})
+        for c, (wm, acc) in enumerate(
+            zip(hists[m][-1]["weight_mean_per_class"], ev["attacks"][a]["per_class_accuracy"])
+        ):
+            rows.append(
+                {
+                    "method": paper.method_label(m, "figure"),
+                    "class": classes[c],
+                    "mean weight": wm,
+                    f"robust acc ({a})": 100 * (acc or 0),
+                }
+            )
     df = pd.DataFrame(rows)
     rho = {m: g["mean weight"].rank().corr(g.iloc[:, -1].rank()) for m, g in df.groupby("method")}
     return df, rho
@@ -249,6 +302,7 @@ def weight_vs_robustness(hists: Mapping[str, list], evals: Mapping[str, Mapping]
 # ------------------------------------------------------------------------------------------------
 # Appendix A (notebook 02)
 # ------------------------------------------------------------------------------------------------
+
 
 def theorem1_check(d: int, eta: float, sigma: float, K_grid: Sequence[float], mc_samples: int, seed: int) -> dict:
     """Theorem 1's class risks against Monte Carlo of the optimal linear classifier and the quadratic
@@ -269,11 +323,26 @@ def theorem1_check(d: int, eta: float, sigma: float, K_grid: Sequence[float], mc
         mc.append(m)
         se.append(s)
         bayes.append(bq)
-        rows.append({"K": k, "R- closed": r[0], "R- MC": m[0], "R+ closed": r[1], "R+ MC": m[1],
-                     "max |z|": max(abs(r[i] - m[i]) / max(s[i], 1e-12) for i in (0, 1)),
-                     "R- Bayes (quadratic)": bq[0], "R+ Bayes (quadratic)": bq[1], "threshold b": b})
-    return {"table": pd.DataFrame(rows).set_index("K"), "closed": np.array(closed), "mc": np.array(mc),
-            "se": np.array(se), "bayes": np.array(bayes)}
+        rows.append(
+            {
+                "K": k,
+                "R- closed": r[0],
+                "R- MC": m[0],
+                "R+ closed": r[1],
+                "R+ MC": m[1],
+                "max |z|": max(abs(r[i] - m[i]) / max(s[i], 1e-12) for i in (0, 1)),
+                "R- Bayes (quadratic)": bq[0],
+                "R+ Bayes (quadratic)": bq[1],
+                "threshold b": b,
+            }
+        )
+    return {
+        "table": pd.DataFrame(rows).set_index("K"),
+        "closed": np.array(closed),
+        "mc": np.array(mc),
+        "se": np.array(se),
+        "bayes": np.array(bayes),
+    }
 
 
 def robust_error_table(curves: Mapping, eps_grid, train_eps: float):
@@ -283,9 +352,17 @@ def robust_error_table(curves: Mapping, eps_grid, train_eps: float):
     import pandas as pd
 
     i = int(np.argmin(np.abs(np.asarray(eps_grid) - train_eps)))
-    rows = [{"model": name, "R- at ε_train": arr[i, 0], "R+ at ε_train": arr[i, 1],
-             "gap (R+ - R-)": arr[i, 1] - arr[i, 0], "R- at ε=0": arr[0, 0], "R+ at ε=0": arr[0, 1]}
-            for name, arr in curves.items()]
+    rows = [
+        {
+            "model": name,
+            "R- at ε_train": arr[i, 0],
+            "R+ at ε_train": arr[i, 1],
+            "gap (R+ - R-)": arr[i, 1] - arr[i, 0],
+            "R- at ε=0": arr[0, 0],
+            "R+ at ε=0": arr[0, 1],
+        }
+        for name, arr in curves.items()
+    ]
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -293,8 +370,10 @@ def robust_error_table(curves: Mapping, eps_grid, train_eps: float):
 # Attributions (notebook 08)
 # ------------------------------------------------------------------------------------------------
 
-def vulnerability_attributions(runs: Mapping[str, os.PathLike], n_examples: int = 4, n_pool: int = 500,
-                               ig_steps: int = 32, device: str = "cpu") -> dict:
+
+def vulnerability_attributions(
+    runs: Mapping[str, os.PathLike], n_examples: int = 4, n_pool: int = 500, ig_steps: int = 32, device: str = "cpu"
+) -> dict:
     """Integrated Gradients and saliency (captum) of several models on the most and least vulnerable
     test images, vulnerability ranked by the *first* model's natural true-class probability p_y.
 
@@ -321,8 +400,9 @@ def vulnerability_attributions(runs: Mapping[str, os.PathLike], n_examples: int 
     test = test_subset(test, min(n_pool, len(test)))
     x, y = test.float_images().to(device), test.y.to(device)
     with torch.no_grad():
-        p_y = {m: torch.softmax(net(x).float(), 1).gather(1, y.view(-1, 1)).squeeze(1).cpu()
-               for m, net in models.items()}
+        p_y = {
+            m: torch.softmax(net(x).float(), 1).gather(1, y.view(-1, 1)).squeeze(1).cpu() for m, net in models.items()
+        }
     order = torch.argsort(p_y[next(iter(models))])
     picks = {"most": order[:n_examples], "least": order.flip(0)[:n_examples]}
 
@@ -334,8 +414,9 @@ def vulnerability_attributions(runs: Mapping[str, os.PathLike], n_examples: int 
         xi, yi = x[idx], y[idx]
         cols = {}
         for m, net in models.items():
-            ig = IntegratedGradients(logp(net)).attribute(xi, baselines=torch.zeros_like(xi), target=yi,
-                                                          n_steps=ig_steps)
+            ig = IntegratedGradients(logp(net)).attribute(
+                xi, baselines=torch.zeros_like(xi), target=yi, n_steps=ig_steps
+            )
             sal = Saliency(logp(net)).attribute(xi.clone().requires_grad_(True), target=yi, abs=True)
             cols[f"{label(m)} · IG"] = ig.abs().sum(1).detach().cpu().numpy()
             cols[f"{label(m)} · saliency"] = sal.sum(1).detach().cpu().numpy()
@@ -343,8 +424,14 @@ def vulnerability_attributions(runs: Mapping[str, os.PathLike], n_examples: int 
         for i in idx.tolist():
             cls = test.classes[int(y[i])]
             labels.append(cls + "\n" + "\n".join(f"{label(m)} p_y={float(p_y[m][i]):.2f}" for m in models))
-            rows.append({"set": f"{which} vulnerable", "test index": i, "class": cls,
-                         **{f"p_y {label(m)}": float(p_y[m][i]) for m in models}})
+            rows.append(
+                {
+                    "set": f"{which} vulnerable",
+                    "test index": i,
+                    "class": cls,
+                    **{f"p_y {label(m)}": float(p_y[m][i]) for m in models},
+                }
+            )
         out[which] = {"images": xi.cpu().numpy(), "rows": labels, "columns": cols}
     out["table"] = pd.DataFrame(rows).round(3)
     out["mean_p_y"] = {label(m): float(v.mean()) for m, v in p_y.items()}

@@ -1,4 +1,5 @@
 """``virkit notebooks run|list`` (and ``python -m virkit.notebooks``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def _preset(args, measure: bool = False) -> str:
     args.tier_why = None
     if args.preset is None:
         if measure:
-            args.preset, args.tier_why = default_demo_preset(getattr(args, "train_jobs", None),
-                                                             log=lambda m: print(m, flush=True))
+            args.preset, args.tier_why = default_demo_preset(
+                getattr(args, "train_jobs", None), log=lambda m: print(m, flush=True)
+            )
         else:
             args.preset, args.tier_why = default_demo_preset(measure=False)
         print(f"virkit notebooks: preset {args.preset!r} ({args.tier_why}; --preset NAME chooses)", flush=True)
@@ -42,16 +44,27 @@ def _preset(args, measure: bool = False) -> str:
 
 def _cmd_run(args) -> int:
     from virkit.notebooks.runner import ensure_preset_data
-    if args.preset is None:   # the data first: a machine without data or network stops before measuring
+
+    if args.preset is None:  # the data first: a machine without data or network stops before measuring
         ensure_preset_data("demo")
-    return run_notebooks(preset=_preset(args, measure=True), only=args.only, jobs=args.jobs, out_root=args.out_root,
-                         fig_root=args.fig_root, parameters_override=dict(args.param or []),
-                         folder=args.notebook_dir, timeout=args.timeout, threads=args.threads,
-                         train_jobs=args.train_jobs, tier_why=args.tier_why)
+    return run_notebooks(
+        preset=_preset(args, measure=True),
+        only=args.only,
+        jobs=args.jobs,
+        out_root=args.out_root,
+        fig_root=args.fig_root,
+        parameters_override=dict(args.param or []),
+        folder=args.notebook_dir,
+        timeout=args.timeout,
+        threads=args.threads,
+        train_jobs=args.train_jobs,
+        tier_why=args.tier_why,
+    )
 
 
 def _cmd_gallery(args) -> int:
     from virkit.notebooks.gallery import make_gallery
+
     dest = make_gallery(_preset(args), args.fig_root, args.out_root)
     print(f"gallery written to {dest} (PROVENANCE.md says where the figures come from)")
     return 0
@@ -60,8 +73,10 @@ def _cmd_gallery(args) -> int:
 def _cmd_list(args) -> int:
     nbs = list_notebooks(args.notebook_dir)
     s = preset_settings(_preset(args))
-    print(f"notebooks ({notebook_dir() if not args.notebook_dir else args.notebook_dir}); values for preset "
-          f"{args.preset!r}: {s['description']}")
+    print(
+        f"notebooks ({notebook_dir() if not args.notebook_dir else args.notebook_dir}); values for preset "
+        f"{args.preset!r}: {s['description']}"
+    )
     for nb in nbs:
         print(f"\n{nb.stem}")
         preset_vals = s["notebooks"].get(nb.stem, {})
@@ -76,35 +91,65 @@ def _cmd_list(args) -> int:
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     """Register ``notebooks run`` and ``notebooks list`` on an argparse subparsers object."""
-    p = subparsers.add_parser("notebooks", help="execute the notebooks with papermill and index their figures",
-                              description="Execute notebooks/NN_*.ipynb with papermill (figures under "
-                                          "figures/<preset>/, executed copies under runs/notebooks/<preset>/).")
+    p = subparsers.add_parser(
+        "notebooks",
+        help="execute the notebooks with papermill and index their figures",
+        description="Execute notebooks/NN_*.ipynb with papermill (figures under "
+        "figures/<preset>/, executed copies under runs/notebooks/<preset>/).",
+    )
     sub = p.add_subparsers(dest="notebooks_command", required=True)
     r = sub.add_parser("run", help="execute notebooks (all, or --only NAMES)")
-    r.add_argument("--preset", default=None, choices=list(NOTEBOOK_PRESETS),
-                   help="the trainer preset every run uses (virkit train --preset NAME trains the same; 'virkit "
-                        "notebooks list' describes each). Default: the largest demo tier "
-                        "this machine is expected to finish in 10 minutes, from a timed calibration of its training "
-                        "step")
-    r.add_argument("--only", default=None, metavar="NAMES",
-                   help="comma-separated notebook names, stems or numbers, e.g. 01,03 or weight_explorer")
+    r.add_argument(
+        "--preset",
+        default=None,
+        choices=list(NOTEBOOK_PRESETS),
+        help="the trainer preset every run uses (virkit train --preset NAME trains the same; 'virkit "
+        "notebooks list' describes each). Default: the largest demo tier "
+        "this machine is expected to finish in 10 minutes, from a timed calibration of its training "
+        "step",
+    )
+    r.add_argument(
+        "--only",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated notebook names, stems or numbers, e.g. 01,03 or weight_explorer",
+    )
     r.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks executed in parallel (default 1)")
-    r.add_argument("-p", "--param", action="append", type=_param_pair, metavar="NAME=VALUE",
-                   help="override a notebook parameter (repeatable), e.g. -p seed=1 -p method=vir-trades")
-    r.add_argument("--out-root", default="runs/notebooks", help="executed notebooks and shared runs (default "
-                                                                 "runs/notebooks)")
+    r.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        type=_param_pair,
+        metavar="NAME=VALUE",
+        help="override a notebook parameter (repeatable), e.g. -p seed=1 -p method=vir-trades",
+    )
+    r.add_argument(
+        "--out-root", default="runs/notebooks", help="executed notebooks and shared runs (default runs/notebooks)"
+    )
     r.add_argument("--fig-root", default="figures", help="figures and index (default figures)")
     r.add_argument("--notebook-dir", default=None, help="folder with the source notebooks (default: the repo's)")
     r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
-    r.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch threads per notebook kernel (default: torch's choice; cores/jobs with --jobs > 1); "
-                        "1 is much faster on a CPU busy with other work")
-    r.add_argument("--train-jobs", type=int, default=None, metavar="N",
-                   help="before the notebooks, train the preset's shared runs N at a time, cores/N threads each "
-                        "(default: one per core without a GPU, else 1); only when every notebook runs")
+    r.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads per notebook kernel (default: torch's choice; cores/jobs with --jobs > 1); "
+        "1 is much faster on a CPU busy with other work",
+    )
+    r.add_argument(
+        "--train-jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="before the notebooks, train the preset's shared runs N at a time, cores/N threads each "
+        "(default: one per core without a GPU, else 1); only when every notebook runs",
+    )
     r.set_defaults(func=_cmd_run)
-    g = sub.add_parser("gallery", help="copy the key figures of the last batch run into figures/gallery/ (tracked), "
-                                       "with its provenance")
+    g = sub.add_parser(
+        "gallery",
+        help="copy the key figures of the last batch run into figures/gallery/ (tracked), with its provenance",
+    )
     g.add_argument("--preset", default=None, choices=list(NOTEBOOK_PRESETS), help="default: as notebooks run")
     g.add_argument("--out-root", default="runs/notebooks")
     g.add_argument("--fig-root", default="figures")
@@ -123,6 +168,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--train-one"]:
         from virkit.notebooks.prepare import train_one
+
         print(json.dumps(train_one(json.loads(argv[1]))))
         return 0
     if argv[:1] == ["--exec-one"]:

@@ -6,6 +6,7 @@ passed explicitly as keywords), validates them once against the cell's defaults,
 :class:`NotebookContext`: the validated values (``ctx.params``), the preset's settings, where
 figures and shared runs go, and shortcuts to train/reuse runs and to save + show figures.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,14 @@ class NotebookContext:
     ``params``: every parameter of the notebook, validated (:func:`setup`).
     """
 
-    def __init__(self, notebook: str, preset: str, fig_dir: str = "", runs_root: str = "",
-                 parameters: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        notebook: str,
+        preset: str,
+        fig_dir: str = "",
+        runs_root: str = "",
+        parameters: Mapping[str, Any] | None = None,
+    ):
         from virkit.paper.figures import FigureSaver
 
         self.notebook = notebook
@@ -76,6 +83,7 @@ class NotebookContext:
         png = next((p for p in paths if p.suffix == ".png"), None)
         if png is None:
             import io
+
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=100)
             display(Image(data=buf.getvalue()))
@@ -84,8 +92,10 @@ class NotebookContext:
         plt.close(fig)
 
     def __repr__(self) -> str:
-        return (f"NotebookContext({self.notebook!r}, preset={self.preset!r}: {self.settings['description']}; "
-                f"figures -> {self.fig_dir}; runs -> {self.runs_root})")
+        return (
+            f"NotebookContext({self.notebook!r}, preset={self.preset!r}: {self.settings['description']}; "
+            f"figures -> {self.fig_dir}; runs -> {self.runs_root})"
+        )
 
 
 def setup(notebook: str, /, **parameters: Any) -> NotebookContext:
@@ -101,14 +111,18 @@ def setup(notebook: str, /, **parameters: Any) -> NotebookContext:
     name = path.stem
     lacking = [p for p in COMMON_PARAMETERS if p not in declared]
     if lacking:
-        raise VirkitError(f"notebook {name}: its parameters cell lacks {', '.join(lacking)} (every notebook has "
-                          f"{', '.join(COMMON_PARAMETERS)})")
+        raise VirkitError(
+            f"notebook {name}: its parameters cell lacks {', '.join(lacking)} (every notebook has "
+            f"{', '.join(COMMON_PARAMETERS)})"
+        )
     # in the cell's order (the figure index records them so), then any name the cell lacks (an error)
     values = check_values(declared, {p: parameters[p] for p in declared if p in parameters} | parameters, name)
     missing = [p for p in declared if p not in values]
     if missing:
-        raise VirkitError(f"notebook {name}: parameter(s) {', '.join(missing)} not passed to setup(); pass every "
-                          "parameter of the parameters cell")
+        raise VirkitError(
+            f"notebook {name}: parameter(s) {', '.join(missing)} not passed to setup(); pass every "
+            "parameter of the parameters cell"
+        )
     ctx = NotebookContext(notebook, values["preset"], values["fig_dir"] or "", values["runs_root"] or "", values)
     print(ctx)
     return ctx

@@ -5,6 +5,7 @@ Formulas come from :mod:`virkit.reweighting`; the grid versions here evaluate th
 a mesh of (p_y, KL) values (``tests/test_figures.py`` checks they agree with
 :func:`virkit.reweighting.vir_weights` on real logits).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,29 +16,48 @@ import torch.nn.functional as F
 
 from virkit import reweighting as rw
 
-__all__ = ["DEFAULTS", "vir_grid", "vir_curves", "gairat_curve", "mail_curve", "landscape_figure",
-           "BatchStats", "batch_statistics", "batch_weights", "histogram_figure", "WeightExplorer",
-           "explorer_app"]
+__all__ = [
+    "DEFAULTS",
+    "vir_grid",
+    "vir_curves",
+    "gairat_curve",
+    "mail_curve",
+    "landscape_figure",
+    "BatchStats",
+    "batch_statistics",
+    "batch_weights",
+    "histogram_figure",
+    "WeightExplorer",
+    "explorer_app",
+]
 
 # Slider defaults: the paper's VIR-AT values (Sec. 5.3), GAIRAT's official lambda, MAIL-AT's
 # official slope/bias (see virkit.training.methods).
-DEFAULTS = {"alpha": 7.0, "gamma": 10.0, "beta": 0.007, "gairat_lambda": -1.0, "gairat_steps": 10,
-            "mail_gamma": 10.0, "mail_beta": -0.5, "mail_scale": 3.0, "kl_max": 2.0}
+DEFAULTS = {
+    "alpha": 7.0,
+    "gamma": 10.0,
+    "beta": 0.007,
+    "gairat_lambda": -1.0,
+    "gairat_steps": 10,
+    "mail_gamma": 10.0,
+    "mail_beta": -0.5,
+    "mail_scale": 3.0,
+    "kl_max": 2.0,
+}
 
 
 def vir_grid(alpha: float, gamma: float, beta: float, kl_max: float = 2.0, n: int = 121) -> dict:
     """VIR weight w = alpha exp(-gamma p) KL + beta on an n x n mesh p in [0, 1], KL in [0, kl_max]."""
     p = np.linspace(0.0, 1.0, n)
     kl = np.linspace(0.0, kl_max, n)
-    sv = alpha * np.exp(-gamma * p)                  # S_v (Eq. 5), one per column
-    w = kl[:, None] * sv[None, :] + beta            # Eq. 7; rows: KL, columns: p_y
+    sv = alpha * np.exp(-gamma * p)  # S_v (Eq. 5), one per column
+    w = kl[:, None] * sv[None, :] + beta  # Eq. 7; rows: KL, columns: p_y
     return {"p": p, "kl": kl, "w": w, "params": {"α": alpha, "γ": gamma, "β": beta}}
 
 
 def vir_curves(alpha: float, gamma: float, beta: float, kls=(0.05, 0.2, 0.5, 1.0, 2.0), n: int = 201) -> dict:
     p = np.linspace(0.0, 1.0, n)
-    return {"p": p, "curves": {float(k): alpha * np.exp(-gamma * p) * k + beta for k in kls},
-            "params": {"β": beta}}
+    return {"p": p, "curves": {float(k): alpha * np.exp(-gamma * p) * k + beta for k in kls}, "params": {"β": beta}}
 
 
 def gairat_raw(kappa: np.ndarray, num_steps: int, lam: float) -> np.ndarray:
@@ -63,20 +83,32 @@ def mail_curve(gamma: float, beta: float, scale: float = 3.0, n: int = 201) -> d
     return {"pm": pm, "w": w, "params": {"γ": gamma, "β": beta, "s": scale}}
 
 
-def landscape_figure(alpha=DEFAULTS["alpha"], gamma=DEFAULTS["gamma"], beta=DEFAULTS["beta"],
-                     gairat_lambda=DEFAULTS["gairat_lambda"], gairat_steps=DEFAULTS["gairat_steps"],
-                     mail_gamma=DEFAULTS["mail_gamma"], mail_beta=DEFAULTS["mail_beta"],
-                     mail_scale=DEFAULTS["mail_scale"], kl_max=DEFAULTS["kl_max"]):
+def landscape_figure(
+    alpha=DEFAULTS["alpha"],
+    gamma=DEFAULTS["gamma"],
+    beta=DEFAULTS["beta"],
+    gairat_lambda=DEFAULTS["gairat_lambda"],
+    gairat_steps=DEFAULTS["gairat_steps"],
+    mail_gamma=DEFAULTS["mail_gamma"],
+    mail_beta=DEFAULTS["mail_beta"],
+    mail_scale=DEFAULTS["mail_scale"],
+    kl_max=DEFAULTS["kl_max"],
+):
     from virkit.paper.figures import plot_weight_landscape
-    return plot_weight_landscape(vir_grid(alpha, gamma, beta, kl_max), vir_curves(alpha, gamma, beta),
-                                 gairat_curve(gairat_lambda, int(gairat_steps)),
-                                 mail_curve(mail_gamma, mail_beta, mail_scale),
-                                 title="Instance weights of VIR, GAIRAT and MAIL")
+
+    return plot_weight_landscape(
+        vir_grid(alpha, gamma, beta, kl_max),
+        vir_curves(alpha, gamma, beta),
+        gairat_curve(gairat_lambda, int(gairat_steps)),
+        mail_curve(mail_gamma, mail_beta, mail_scale),
+        title="Instance weights of VIR, GAIRAT and MAIL",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Real weights of a trained model on a batch
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class BatchStats:
@@ -84,14 +116,22 @@ class BatchStats:
 
     logits_nat: torch.Tensor
     logits_adv: torch.Tensor
-    kappa: torch.Tensor          # GAIRAT: PGD iterations at which the iterate was still correct
+    kappa: torch.Tensor  # GAIRAT: PGD iterations at which the iterate was still correct
     y: torch.Tensor
     steps: int
     classes: list
 
 
-def batch_statistics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes, eps: float = 8 / 255,
-                     step_size: float = 2 / 255, steps: int = 10, seed: int = 0) -> BatchStats:
+def batch_statistics(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes,
+    eps: float = 8 / 255,
+    step_size: float = 2 / 255,
+    steps: int = 10,
+    seed: int = 0,
+) -> BatchStats:
     """PGD-``steps`` (CE, uniform start) on a batch in eval mode, counting GAIRAT's kappa on the way.
 
     The loop is written out here (instead of calling :func:`virkit.attacks.pgd`) only because it also
@@ -116,9 +156,17 @@ def batch_statistics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, c
     return BatchStats(logits_nat.cpu(), logits_adv.cpu(), kappa.cpu(), y.cpu(), steps, list(classes))
 
 
-def batch_weights(stats: BatchStats, alpha=DEFAULTS["alpha"], gamma=DEFAULTS["gamma"], beta=DEFAULTS["beta"],
-                  gairat_lambda=DEFAULTS["gairat_lambda"], mail_gamma=DEFAULTS["mail_gamma"],
-                  mail_beta=DEFAULTS["mail_beta"], mail_scale=DEFAULTS["mail_scale"], **_ignored) -> dict:
+def batch_weights(
+    stats: BatchStats,
+    alpha=DEFAULTS["alpha"],
+    gamma=DEFAULTS["gamma"],
+    beta=DEFAULTS["beta"],
+    gairat_lambda=DEFAULTS["gairat_lambda"],
+    mail_gamma=DEFAULTS["mail_gamma"],
+    mail_beta=DEFAULTS["mail_beta"],
+    mail_scale=DEFAULTS["mail_scale"],
+    **_ignored,
+) -> dict:
     """{label: (weights, labels)} for VIR, GAIRAT (batch-normalized, as in training) and MAIL."""
     y = stats.y.numpy()
     vir = rw.vir_weights(stats.logits_nat, stats.logits_adv, stats.y, alpha, gamma, beta).numpy()
@@ -129,14 +177,18 @@ def batch_weights(stats: BatchStats, alpha=DEFAULTS["alpha"], gamma=DEFAULTS["ga
 
 def histogram_figure(stats: BatchStats, title: str | None = None, **params):
     from virkit.paper.figures import plot_weight_histograms
+
     p_y = rw.true_class_probability(stats.logits_nat, stats.y)
-    title = title or (f"Weights on a batch of {len(stats.y)} test images "
-                      f"(PGD-{stats.steps}; mean natural $p_y$ {float(p_y.mean()):.2f})")
+    title = title or (
+        f"Weights on a batch of {len(stats.y)} test images "
+        f"(PGD-{stats.steps}; mean natural $p_y$ {float(p_y.mean()):.2f})"
+    )
     return plot_weight_histograms(batch_weights(stats, **params), stats.classes, title=title)
 
 
-def load_batch(checkpoint, n: int = 256, split: str = "test", seed: int = 0, data_root=None, steps: int = 10,
-               device: str = "cpu") -> BatchStats:
+def load_batch(
+    checkpoint, n: int = 256, split: str = "test", seed: int = 0, data_root=None, steps: int = 10, device: str = "cpu"
+) -> BatchStats:
     """Load a trained model (run directory or .pt) and compute :class:`BatchStats` on ``n`` seeded
     test images of the dataset it was trained on."""
     from virkit.data import load_dataset, subset
@@ -146,13 +198,22 @@ def load_batch(checkpoint, n: int = 256, split: str = "test", seed: int = 0, dat
     ds = load_dataset(cfg["dataset"], data_root or cfg.get("data_root"), split, gmm=cfg.get("extra", {}).get("gmm"))
     ds = subset(ds, min(n, len(ds)), seed=seed)
     x = ds.float_images().to(device)
-    return batch_statistics(model, x, ds.y.to(device), ds.classes, eps=cfg.get("eps", 8 / 255),
-                            step_size=cfg.get("step_size", 2 / 255), steps=steps, seed=seed)
+    return batch_statistics(
+        model,
+        x,
+        ds.y.to(device),
+        ds.classes,
+        eps=cfg.get("eps", 8 / 255),
+        step_size=cfg.get("step_size", 2 / 255),
+        steps=steps,
+        seed=seed,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # The widget app
 # ----------------------------------------------------------------------------------------------
+
 
 class WeightExplorer:
     """Sliders for alpha, gamma, beta, GAIRAT lambda and MAIL gamma/beta; two ``ipywidgets.Image``
@@ -169,21 +230,73 @@ class WeightExplorer:
         style = {"description_width": "110px"}
         layout = W.Layout(width="380px")
         self.sliders = {
-            "alpha": W.FloatSlider(value=v["alpha"], min=0.5, max=20.0, step=0.5, description="VIR α",
-                                   continuous_update=cu, style=style, layout=layout),
-            "gamma": W.FloatSlider(value=v["gamma"], min=1.0, max=20.0, step=0.5, description="VIR γ",
-                                   continuous_update=cu, style=style, layout=layout),
-            "beta": W.FloatSlider(value=v["beta"], min=0.0, max=2.0, step=0.001, readout_format=".3f",
-                                  description="VIR β", continuous_update=cu, style=style, layout=layout),
-            "gairat_lambda": W.FloatSlider(value=v["gairat_lambda"], min=-3.0, max=3.0, step=0.25,
-                                           description="GAIRAT λ", continuous_update=cu, style=style, layout=layout),
-            "mail_gamma": W.FloatSlider(value=v["mail_gamma"], min=0.5, max=20.0, step=0.5, description="MAIL γ",
-                                        continuous_update=cu, style=style, layout=layout),
-            "mail_beta": W.FloatSlider(value=v["mail_beta"], min=-1.0, max=1.0, step=0.05, description="MAIL β",
-                                       continuous_update=cu, style=style, layout=layout),
+            "alpha": W.FloatSlider(
+                value=v["alpha"],
+                min=0.5,
+                max=20.0,
+                step=0.5,
+                description="VIR α",
+                continuous_update=cu,
+                style=style,
+                layout=layout,
+            ),
+            "gamma": W.FloatSlider(
+                value=v["gamma"],
+                min=1.0,
+                max=20.0,
+                step=0.5,
+                description="VIR γ",
+                continuous_update=cu,
+                style=style,
+                layout=layout,
+            ),
+            "beta": W.FloatSlider(
+                value=v["beta"],
+                min=0.0,
+                max=2.0,
+                step=0.001,
+                readout_format=".3f",
+                description="VIR β",
+                continuous_update=cu,
+                style=style,
+                layout=layout,
+            ),
+            "gairat_lambda": W.FloatSlider(
+                value=v["gairat_lambda"],
+                min=-3.0,
+                max=3.0,
+                step=0.25,
+                description="GAIRAT λ",
+                continuous_update=cu,
+                style=style,
+                layout=layout,
+            ),
+            "mail_gamma": W.FloatSlider(
+                value=v["mail_gamma"],
+                min=0.5,
+                max=20.0,
+                step=0.5,
+                description="MAIL γ",
+                continuous_update=cu,
+                style=style,
+                layout=layout,
+            ),
+            "mail_beta": W.FloatSlider(
+                value=v["mail_beta"],
+                min=-1.0,
+                max=1.0,
+                step=0.05,
+                description="MAIL β",
+                continuous_update=cu,
+                style=style,
+                layout=layout,
+            ),
         }
-        self.fixed = {"gairat_steps": int(v["gairat_steps"]), "mail_scale": float(v["mail_scale"]),
-                      "kl_max": float(v["kl_max"])}
+        self.fixed = {
+            "gairat_steps": int(v["gairat_steps"]),
+            "mail_scale": float(v["mail_scale"]),
+            "kl_max": float(v["kl_max"]),
+        }
         self.landscape = W.Image(format="png", layout=W.Layout(width="100%"))
         self.landscape.add_class("virkit-landscape")
         self.histogram = W.Image(format="png", layout=W.Layout(width="100%"))
@@ -193,10 +306,19 @@ class WeightExplorer:
         self.redraws = 0
         for s in self.sliders.values():
             s.observe(lambda change: self.redraw(), names="value")
-        controls = W.VBox([W.HTML("<b>VIR</b> w = α·exp(−γ·p<sub>y</sub>)·KL + β"), self.sliders["alpha"],
-                           self.sliders["gamma"], self.sliders["beta"], W.HTML("<b>Baselines</b>"),
-                           self.sliders["gairat_lambda"], self.sliders["mail_gamma"], self.sliders["mail_beta"],
-                           self.status])
+        controls = W.VBox(
+            [
+                W.HTML("<b>VIR</b> w = α·exp(−γ·p<sub>y</sub>)·KL + β"),
+                self.sliders["alpha"],
+                self.sliders["gamma"],
+                self.sliders["beta"],
+                W.HTML("<b>Baselines</b>"),
+                self.sliders["gairat_lambda"],
+                self.sliders["mail_gamma"],
+                self.sliders["mail_beta"],
+                self.status,
+            ]
+        )
         children = [W.HBox([controls]), self.landscape]
         if stats is not None:
             children.append(self.histogram)
@@ -227,8 +349,9 @@ class WeightExplorer:
             self.histogram.value = figure_to_png(hist, dpi=self.dpi)
             plt.close(hist)
         self.redraws += 1
-        self.status.value = (f"<span>redraw #{self.redraws}: " +
-                             ", ".join(f"{k}={val:g}" for k, val in self.values.items()) + "</span>")
+        self.status.value = (
+            f"<span>redraw #{self.redraws}: " + ", ".join(f"{k}={val:g}" for k, val in self.values.items()) + "</span>"
+        )
 
 
 def explorer_app(checkpoint=None, n: int = 256, steps: int = 10, data_root=None, **values) -> WeightExplorer:

@@ -3,6 +3,7 @@ gallery cites it): :func:`batch_headline`, the one hook :func:`virkit.notebooks.
 calls. For the notebook presets that is the demo's headline (:func:`demo_headline`): AT's accuracy,
 its best and worst class, and Figure 3's verdict on VIR-AT's weights, read from the shared runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,13 +43,17 @@ def demo_headline(runs_root: str | os.PathLike, preset: str) -> list[str]:
             fair = (ev.get("fairness") or {}).get(attack) or {}
             per = att[attack].get("per_class_accuracy") or []
             best = max((v for v in per if v is not None), default=None)
-            out.append(f"headline: AT on {ev.get('n_examples')} test images: natural {100 * att['natural']['accuracy']:.1f}%, "
-                       f"{attack} {100 * att[attack]['accuracy']:.1f}%")
+            out.append(
+                f"headline: AT on {ev.get('n_examples')} test images: natural {100 * att['natural']['accuracy']:.1f}%, "
+                f"{attack} {100 * att[attack]['accuracy']:.1f}%"
+            )
             if best is not None and fair.get("worst_class") is not None:
                 best_cls = ev["classes"][per.index(best)]
-                out.append(f"headline: classes under {attack}: best {best_cls} {100 * best:.1f}%, worst "
-                           f"{fair['worst_class']} {100 * fair['worst_class_accuracy']:.1f}% "
-                           f"(gap {100 * fair['best_minus_worst']:.1f} points)")
+                out.append(
+                    f"headline: classes under {attack}: best {best_cls} {100 * best:.1f}%, worst "
+                    f"{fair['worst_class']} {100 * fair['worst_class_accuracy']:.1f}% "
+                    f"(gap {100 * fair['best_minus_worst']:.1f} points)"
+                )
     if "vir-at" in runs and runs["vir-at"].history_file.is_file():
         hist = runs["vir-at"].read_history()
         tot, n = class_weight_totals(hist)

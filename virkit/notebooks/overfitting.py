@@ -17,6 +17,7 @@ below give the per-epoch curves (validation PGD accuracy, lr x mean weight), the
 both checkpoints under every attack (mean ± std over seeds and paired differences by seed) and the
 per-class fairness under the strongest attack.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,17 @@ from virkit.notebooks.context import output_root
 from virkit.paper.report import checkpoint_eval_file, mean_std
 from virkit.runs import RunDir
 
-__all__ = ["GRID_METHODS", "CHECKPOINTS", "grid_runs", "epoch_curves", "checkpoint_results", "summary_table",
-           "paired_table", "class_fairness", "fairness_table"]
+__all__ = [
+    "GRID_METHODS",
+    "CHECKPOINTS",
+    "grid_runs",
+    "epoch_curves",
+    "checkpoint_results",
+    "summary_table",
+    "paired_table",
+    "class_fairness",
+    "fairness_table",
+]
 
 #: the control grid's rows, in the order the tables show them
 GRID_METHODS = ("at", "vir-at-w1", "vir-at", "vir-at-mean1", "vir-at-flat")
@@ -49,8 +59,10 @@ def grid_runs(grid_dir: str | os.PathLike, methods: Sequence[str] = GRID_METHODS
     if not root.is_absolute() and not root.is_dir():
         root = output_root() / root
     if not root.is_dir():
-        raise VirkitError(f"{root} is not a folder; give the grid's --out folder (virkit sweep "
-                          "configs/grids/control_overfit.yaml --out FOLDER)")
+        raise VirkitError(
+            f"{root} is not a folder; give the grid's --out folder (virkit sweep "
+            "configs/grids/control_overfit.yaml --out FOLDER)"
+        )
     runs: dict[str, dict[int, Path]] = {m: {} for m in methods}
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         run = RunDir(path)
@@ -72,12 +84,22 @@ def epoch_curves(runs: Mapping[str, Mapping[int, str | os.PathLike]]) -> pd.Data
         for seed, path in seeds.items():
             for h in RunDir(path).read_history():
                 w = float(h.get("weight_mean", 1.0))
-                rows.append({"method": method, "seed": seed, "epoch": int(h["epoch"]), "lr": float(h["lr"]),
-                             "val_nat": 100 * float(h["holdout_nat_acc"]),
-                             "val_pgd": 100 * float(h["holdout_pgd_acc"]) if h.get("holdout_pgd_acc") is not None
-                             else float("nan"),
-                             "train_adv": 100 * float(h["train_adv_acc"]), "weight_mean": w,
-                             "lr_x_weight": float(h["lr"]) * w, "reweighting": bool(h.get("reweighting_active"))})
+                rows.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "epoch": int(h["epoch"]),
+                        "lr": float(h["lr"]),
+                        "val_nat": 100 * float(h["holdout_nat_acc"]),
+                        "val_pgd": 100 * float(h["holdout_pgd_acc"])
+                        if h.get("holdout_pgd_acc") is not None
+                        else float("nan"),
+                        "train_adv": 100 * float(h["train_adv_acc"]),
+                        "weight_mean": w,
+                        "lr_x_weight": float(h["lr"]) * w,
+                        "reweighting": bool(h.get("reweighting_active")),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -96,8 +118,9 @@ def _checkpoint_eval(path: Path, checkpoint: str) -> tuple[dict, dict]:
     return rec, _read_json(checkpoint_eval_file(run, rec.get("same_as", checkpoint)))
 
 
-def checkpoint_results(runs: Mapping[str, Mapping[int, str | os.PathLike]],
-                       attacks: Iterable[str] = ("natural", "pgd20", "aa")) -> pd.DataFrame:
+def checkpoint_results(
+    runs: Mapping[str, Mapping[int, str | os.PathLike]], attacks: Iterable[str] = ("natural", "pgd20", "aa")
+) -> pd.DataFrame:
     """One row per method, seed and checkpoint (``last``, ``best``): the checkpoint's epoch and its
     test accuracy (%) under each attack, from the run's eval.json and eval-best.json (a best.pt
     that is last.pt's epoch has last.pt's numbers). Attacks a file does not hold are NaN."""
@@ -107,8 +130,10 @@ def checkpoint_results(runs: Mapping[str, Mapping[int, str | os.PathLike]],
         for seed, path in seeds.items():
             for ck in CHECKPOINTS:
                 rec, doc = _checkpoint_eval(Path(path), ck)
-                acc = {a: 100 * float(doc["attacks"][a]["accuracy"]) if a in doc.get("attacks", {}) else float("nan")
-                       for a in attacks}
+                acc = {
+                    a: 100 * float(doc["attacks"][a]["accuracy"]) if a in doc.get("attacks", {}) else float("nan")
+                    for a in attacks
+                }
                 rows.append({"method": method, "seed": seed, "checkpoint": ck, "epoch": rec.get("epoch"), **acc})
     return pd.DataFrame(rows)
 
@@ -142,8 +167,9 @@ def paired_table(results: pd.DataFrame, attack: str = "aa", reference: str = "at
     return pd.DataFrame(rows).set_index("method")
 
 
-def class_fairness(runs: Mapping[str, Mapping[int, str | os.PathLike]], attack: str = "aa",
-                   checkpoint: str = "last") -> pd.DataFrame:
+def class_fairness(
+    runs: Mapping[str, Mapping[int, str | os.PathLike]], attack: str = "aa", checkpoint: str = "last"
+) -> pd.DataFrame:
     """One row per method and seed: per-class accuracy (%) under ``attack`` of ``checkpoint``, the
     worst class and its accuracy, and the spread (best class - worst class)."""
     rows = []
@@ -152,13 +178,23 @@ def class_fairness(runs: Mapping[str, Mapping[int, str | os.PathLike]], attack: 
             _, doc = _checkpoint_eval(Path(path), checkpoint)
             if attack not in doc.get("attacks", {}):
                 have = ", ".join(doc.get("attacks", {})) or "none"
-                raise VirkitError(f"{path}: the {checkpoint} checkpoint's evaluation has no {attack!r} (it has {have}); "
-                                  f"choose one of those or evaluate the run under {attack}")
+                raise VirkitError(
+                    f"{path}: the {checkpoint} checkpoint's evaluation has no {attack!r} (it has {have}); "
+                    f"choose one of those or evaluate the run under {attack}"
+                )
             per = [100 * float(v) for v in doc["attacks"][attack]["per_class_accuracy"]]
             classes = doc["classes"]
             worst = min(range(len(per)), key=per.__getitem__)
-            rows.append({"method": method, "seed": seed, **dict(zip(classes, per)), "worst class": classes[worst],
-                         "worst": per[worst], "spread": max(per) - min(per)})
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    **dict(zip(classes, per)),
+                    "worst class": classes[worst],
+                    "worst": per[worst],
+                    "spread": max(per) - min(per),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -168,9 +204,12 @@ def fairness_table(fair: pd.DataFrame, classes: Sequence[str] = ("cat", "bird", 
     seed."""
     rows = []
     for method, g in fair.groupby("method", sort=False):
-        row = {"method": method, "worst class (per seed)": ", ".join(g["worst class"]),
-               "worst": mean_std([v / 100 for v in g["worst"]]).text,
-               "spread": mean_std([v / 100 for v in g["spread"]]).text}
+        row = {
+            "method": method,
+            "worst class (per seed)": ", ".join(g["worst class"]),
+            "worst": mean_std([v / 100 for v in g["worst"]]).text,
+            "spread": mean_std([v / 100 for v in g["spread"]]).text,
+        }
         row.update({c: mean_std([v / 100 for v in g[c]]).text for c in classes if c in g})
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")

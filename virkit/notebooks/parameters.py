@@ -9,6 +9,7 @@ one of them, so a line papermill could not read is an error here rather than a s
 parameter. :func:`validate_parameters` checks values against
 the defaults' types; every problem is one :class:`~virkit.errors.VirkitError` line.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,9 +23,18 @@ from typing import Any
 from virkit.errors import VirkitError
 from virkit.notebooks.presets import preset_settings
 
-__all__ = ["Parameter", "notebook_dir", "list_notebooks", "find_notebook", "notebook_parameters",
-           "parse_parameter_value", "validate_parameters", "check_values", "resolve_notebooks",
-           "planned_parameters"]
+__all__ = [
+    "Parameter",
+    "notebook_dir",
+    "list_notebooks",
+    "find_notebook",
+    "notebook_parameters",
+    "parse_parameter_value",
+    "validate_parameters",
+    "check_values",
+    "resolve_notebooks",
+    "planned_parameters",
+]
 
 
 def notebook_dir() -> Path:
@@ -38,8 +48,9 @@ def notebook_dir() -> Path:
 def list_notebooks(folder: str | os.PathLike | None = None) -> list[Path]:
     folder = Path(folder) if folder else notebook_dir()
     if not folder.is_dir():
-        raise VirkitError(f"notebook folder {folder} does not exist; run from a checkout of virkit or set "
-                          "VIRKIT_NOTEBOOKS")
+        raise VirkitError(
+            f"notebook folder {folder} does not exist; run from a checkout of virkit or set VIRKIT_NOTEBOOKS"
+        )
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("."))
 
 
@@ -54,8 +65,10 @@ def find_notebook(name: str) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    raise VirkitError(f"cannot find notebook {fname} (looked in {Path.cwd()} and {notebook_dir()}); run it from "
-                      "its folder or set VIRKIT_NOTEBOOKS")
+    raise VirkitError(
+        f"cannot find notebook {fname} (looked in {Path.cwd()} and {notebook_dir()}); run it from "
+        "its folder or set VIRKIT_NOTEBOOKS"
+    )
 
 
 @dataclass
@@ -72,8 +85,14 @@ class Parameter:
 def _type_name(v) -> str:
     if v is None:
         return "any"
-    for t, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), ((list, tuple), "list"),
-                    (dict, "dict")):
+    for t, name in (
+        (bool, "bool"),
+        (int, "int"),
+        (float, "float"),
+        (str, "str"),
+        ((list, tuple), "list"),
+        (dict, "dict"),
+    ):
         if isinstance(v, t):
             return name
     return type(v).__name__
@@ -116,8 +135,10 @@ def notebook_parameters(nb_path: str | os.PathLike) -> dict[str, Parameter]:
     seen = {p.name: p for p in PythonTranslator.inspect({"source": src})}
     unread = [n for n in values if n not in seen]
     if unread:
-        raise VirkitError(f"parameters cell of {nb_path.name}: papermill cannot read {', '.join(unread)} (one "
-                          "'name = literal  # help' per line, no '=' in the value or help)")
+        raise VirkitError(
+            f"parameters cell of {nb_path.name}: papermill cannot read {', '.join(unread)} (one "
+            "'name = literal  # help' per line, no '=' in the value or help)"
+        )
     return {n: Parameter(n, v, seen[n].help) for n, v in values.items()}
 
 
@@ -166,13 +187,16 @@ def check_values(params: Mapping[str, Parameter], values: Mapping[str, Any], not
     for k, v in values.items():
         if k not in params:
             close = [p for p in params if p.startswith(k[:3])] or list(params)
-            raise VirkitError(f"notebook {notebook}: unknown parameter {k!r}; valid parameters: "
-                              f"{', '.join(params)}" + (f" (did you mean {close[0]!r}?)" if close and
-                                                          close != list(params) else ""))
+            raise VirkitError(
+                f"notebook {notebook}: unknown parameter {k!r}; valid parameters: "
+                f"{', '.join(params)}" + (f" (did you mean {close[0]!r}?)" if close and close != list(params) else "")
+            )
         d = params[k].default
         if not _type_ok(d, v):
-            raise VirkitError(f"notebook {notebook}: parameter {k!r} must be {_type_name(d)} "
-                              f"(default {d!r}), got {type(v).__name__} {v!r}")
+            raise VirkitError(
+                f"notebook {notebook}: parameter {k!r} must be {_type_name(d)} "
+                f"(default {d!r}), got {type(v).__name__} {v!r}"
+            )
         if isinstance(d, float) and isinstance(v, int):
             v = float(v)
         if isinstance(v, tuple):
@@ -203,15 +227,17 @@ def resolve_notebooks(only: str | Sequence[str] | None, folder=None) -> list[Pat
         else:
             match = [p for p in nbs if p.stem == k2] or [p for p in nbs if k2 in p.stem]
         if len(match) != 1:
-            raise VirkitError(f"--only {k!r} matches {len(match)} notebooks; valid names: "
-                              f"{', '.join(p.stem for p in nbs)}")
+            raise VirkitError(
+                f"--only {k!r} matches {len(match)} notebooks; valid names: {', '.join(p.stem for p in nbs)}"
+            )
         if match[0] not in chosen:
             chosen.append(match[0])
     return chosen
 
 
-def planned_parameters(nb_path: Path, preset: str, fig_dir: Path, runs_root: Path,
-                       overrides: Mapping[str, Any] | None = None) -> dict:
+def planned_parameters(
+    nb_path: Path, preset: str, fig_dir: Path, runs_root: Path, overrides: Mapping[str, Any] | None = None
+) -> dict:
     """The parameters a batch run passes to one notebook: common ones, the preset's, then overrides
     (``overrides`` may name parameters of several notebooks; each notebook gets those it has,
     a name no selected notebook has is an error raised by :func:`virkit.notebooks.run_notebooks`)."""

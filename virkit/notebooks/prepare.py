@@ -18,6 +18,7 @@ A run the list misses is still trained by the notebook that asks for it (one pro
 threads), so the list only decides speed, never results; the runner says which runs were trained
 during the notebooks so that the list can be completed.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,12 +48,12 @@ class PlannedRun:
     seed: int
     overrides: dict
     path: Path
-    key: str                 # burn-in key (virkit.training.config.burnin_key)
+    key: str  # burn-in key (virkit.training.config.burnin_key)
     reweight_start: int
     epochs: int
-    cost: float              # expected cost of the whole run (image-epochs x family cost)
-    parent: PlannedRun | None = None      # the run whose burn-in this one branches from
-    status: str = "pending"                 # pending | running | done | failed
+    cost: float  # expected cost of the whole run (image-epochs x family cost)
+    parent: PlannedRun | None = None  # the run whose burn-in this one branches from
+    status: str = "pending"  # pending | running | done | failed
     seconds: float = 0.0
     error: str = ""
     children: list = field(default_factory=list)
@@ -97,8 +98,11 @@ def planned_runs(preset: str, runs_root: str | os.PathLike, seeds=None) -> list[
             seen.add(path)
             n = cfg.train_subset or 50000
             cost = n * cfg.epochs * _FAMILY_COST.get(METHODS[method].family, 1.0)
-            plan.append(PlannedRun(method, int(seed), over, path, burnin_key(cfg), int(cfg.reweight_start),
-                                   int(cfg.epochs), cost))
+            plan.append(
+                PlannedRun(
+                    method, int(seed), over, path, burnin_key(cfg), int(cfg.reweight_start), int(cfg.epochs), cost
+                )
+            )
     groups: dict[str, list[PlannedRun]] = {}
     for r in plan:
         groups.setdefault(r.key, []).append(r)
@@ -138,6 +142,7 @@ def expected_seconds(preset: str, rate: float, jobs: int, runs_root: str | os.Pa
     the jobs, plus the fixed cost of start-ups and notebooks. A model, checked against measured demos
     in docs/NOTEBOOKS.md."""
     import tempfile
+
     plan = planned_runs(preset, runs_root or tempfile.gettempdir())
     work = sum(r.tail_cost() + _eval_units(train_config(preset, r.method, r.seed, **r.overrides)) for r in plan)
     return work / (max(rate, 1e-9) * _TRAIN_EFFICIENCY) / max(1, min(jobs, len(plan))) + _FIXED_S
@@ -146,6 +151,7 @@ def expected_seconds(preset: str, rate: float, jobs: int, runs_root: str | os.Pa
 def default_train_jobs() -> int:
     """One worker per CPU core without a GPU (single-threaded workers), else one."""
     import torch
+
     if torch.cuda.is_available():
         return 1
     return max(1, os.cpu_count() or 1)
@@ -167,13 +173,20 @@ def _priority(r: PlannedRun) -> float:
 
 
 def _train_subprocess(r: PlannedRun, preset: str, runs_root: Path, threads: int) -> tuple[str, str]:
-    spec = json.dumps({"method": r.method, "preset": preset, "runs_root": str(runs_root), "seed": r.seed,
-                       "overrides": r.overrides})
+    spec = json.dumps(
+        {"method": r.method, "preset": preset, "runs_root": str(runs_root), "seed": r.seed, "overrides": r.overrides}
+    )
     env = os.environ.copy()
-    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p)})
-    proc = subprocess.run([sys.executable, "-m", "virkit.notebooks", "--train-one", spec], capture_output=True,
-                          text=True, env=env)
+    env.update(
+        {
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "virkit.notebooks", "--train-one", spec], capture_output=True, text=True, env=env
+    )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{") and '"status"' in line:
             d = json.loads(line)
@@ -203,8 +216,15 @@ def _epochs_done(r: PlannedRun) -> int:
         return 0
 
 
-def prepare_runs(preset: str, runs_root: str | os.PathLike, jobs: int | None = None, threads: int | None = None,
-                 say: Callable[[str], None] = print, seeds=None, expected_s: float | None = None) -> list[PlannedRun]:
+def prepare_runs(
+    preset: str,
+    runs_root: str | os.PathLike,
+    jobs: int | None = None,
+    threads: int | None = None,
+    say: Callable[[str], None] = print,
+    seeds=None,
+    expected_s: float | None = None,
+) -> list[PlannedRun]:
     """Train the preset's runs (:func:`planned_runs`) that are not finished yet, ``jobs`` at a time
     with ``threads`` torch threads each (defaults: :func:`default_train_jobs`, cores // jobs).
     Prints a line per finished epoch and per finished run, each with the time left (at the pace so far;
@@ -226,8 +246,10 @@ def prepare_runs(preset: str, runs_root: str | os.PathLike, jobs: int | None = N
     if not todo:
         return plan
     runs_root.mkdir(parents=True, exist_ok=True)
-    say(f"training {len(todo)} shared run(s), {jobs} at a time, {threads} thread(s) each "
-        f"({sum(1 for r in todo if r.parent is not None)} branch from a shared burn-in)")
+    say(
+        f"training {len(todo)} shared run(s), {jobs} at a time, {threads} thread(s) each "
+        f"({sum(1 for r in todo if r.parent is not None)} branch from a shared burn-in)"
+    )
     lock = threading.Lock()
     t0 = time.time()
     done_count = [0]
@@ -271,8 +293,11 @@ def prepare_runs(preset: str, runs_root: str | os.PathLike, jobs: int | None = N
             done_count[0] += 1
             done_cost[0] += r.tail_cost()
             how = f"branched from {r.parent.method}" if r.parent is not None and status == "done" else "from scratch"
-            say(f"  {'trained' if status == 'done' else 'FAILED '} {r.label:28s} {r.seconds:6.0f} s  {how:20s}  "
-                f"[{done_count[0]}/{len(todo)}, {time.time() - t0:.0f} s so far, {left()}]" + (f"  {err}" if err else ""))
+            say(
+                f"  {'trained' if status == 'done' else 'FAILED '} {r.label:28s} {r.seconds:6.0f} s  {how:20s}  "
+                f"[{done_count[0]}/{len(todo)}, {time.time() - t0:.0f} s so far, {left()}]"
+                + (f"  {err}" if err else "")
+            )
 
     threads_running: list[threading.Thread] = []
     while True:
@@ -284,7 +309,7 @@ def prepare_runs(preset: str, runs_root: str | os.PathLike, jobs: int | None = N
             report_epochs()
             free = jobs - len(threads_running)
             ready = sorted((r for r in pending if _ready(r)), key=_priority, reverse=True)
-            for r in ready[:max(free, 0)]:
+            for r in ready[: max(free, 0)]:
                 r.status = "running"
                 th = threading.Thread(target=work, args=(r,), daemon=True)
                 th.start()

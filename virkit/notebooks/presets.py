@@ -11,6 +11,7 @@ per-notebook parameter values.
 (the directory name carries the config hash; the run's writer lock makes concurrent notebooks wait
 for each other), so that every notebook asking for the same run reuses it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,15 +22,32 @@ from typing import Any
 
 from virkit.errors import check_choice
 
-__all__ = ["NOTEBOOK_PRESETS", "preset_notebooks", "COMMON_PARAMETERS", "preset_settings", "train_config", "shared_run",
-           "run_paths", "run_dir_for", "default_runs_root", "load_history", "load_eval"]
+__all__ = [
+    "NOTEBOOK_PRESETS",
+    "preset_notebooks",
+    "COMMON_PARAMETERS",
+    "preset_settings",
+    "train_config",
+    "shared_run",
+    "run_paths",
+    "run_dir_for",
+    "default_runs_root",
+    "load_history",
+    "load_eval",
+]
 
 #: parameters every notebook has (the runner sets them)
 COMMON_PARAMETERS = ("preset", "fig_dir", "runs_root")
 
 # Tables 9-12 of notebook 07: no extra grid point (each table then has the paper's value only)
-_NO_SWEEPS = {"beta_grid_at": [], "beta_grid_trades": [], "alpha_grid_at": [], "gamma_grid_at": [],
-              "alpha_grid_trades": [], "gamma_grid_trades": []}
+_NO_SWEEPS = {
+    "beta_grid_at": [],
+    "beta_grid_trades": [],
+    "alpha_grid_at": [],
+    "gamma_grid_at": [],
+    "alpha_grid_trades": [],
+    "gamma_grid_trades": [],
+}
 
 #: ``{name: {"description", "robust_attack", "seeds", "notebooks": {notebook: {parameter: value}}}}``,
 #: plus ``eval_attacks`` where the notebooks need attacks the trainer preset does not evaluate, and
@@ -45,8 +63,12 @@ NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
         "runs": ["natural", "at", "vir-at", "vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat"],
         "notebooks": {
             "01_weight_explorer": {"batch_size": 32, "attack_steps": 2},
-            "02_gaussian_mixture_theory": {"mc_samples": 20000, "K_grid": [1.0, 2.0, 3.0], "n_train": 1000,
-                                           "eps_points": 5},
+            "02_gaussian_mixture_theory": {
+                "mc_samples": 20000,
+                "K_grid": [1.0, 2.0, 3.0],
+                "n_train": 1000,
+                "eps_points": 5,
+            },
             "04_confusion_matrices": {"methods_fig1": ["natural", "at"], "methods_fig2": ["vir-at"]},
             "05_class_weights": {"methods": ["vir-at"]},
             "06_robustness_tables": {"methods": ["at", "vir-at"], "tables": [1]},
@@ -57,10 +79,12 @@ NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "demo": {
-        "description": ("the largest demo tier: 2 CPU cores that train the small CNN fast (bf16 on an AVX512-BF16 "
-                        "EPYC) or a GPU, all notebooks in under 10 "
-                        "minutes: small CNN, 8,750 CIFAR-10 images (no augmentation), 8 epochs of PGD-2 training "
-                        "(onecycle), 9 shared runs trained two at a time, 1,000 test images (natural, FGSM, PGD-10)"),
+        "description": (
+            "the largest demo tier: 2 CPU cores that train the small CNN fast (bf16 on an AVX512-BF16 "
+            "EPYC) or a GPU, all notebooks in under 10 "
+            "minutes: small CNN, 8,750 CIFAR-10 images (no augmentation), 8 epochs of PGD-2 training "
+            "(onecycle), 9 shared runs trained two at a time, 1,000 test images (natural, FGSM, PGD-10)"
+        ),
         "robust_attack": "pgd10",
         "seeds": [0],
         # Table 1's methods and natural training (notebooks 03-06, 08, 09), Table 6's first row (07)
@@ -95,20 +119,34 @@ NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
 
 # The demo's tiers: the same runs and notebook values, fewer training images a run (the trainer presets of
 # the same names). `make demo` runs the largest that this machine is expected to finish in 10 minutes.
-NOTEBOOK_PRESETS["demo-mid"] = {**NOTEBOOK_PRESETS["demo"], "description": (
-    "as demo with 5,000 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 CPU cores that train the "
-    "small CNN at about 400 images/s a core (fp32 on an Intel Xeon with AVX-512, for example)")}
-NOTEBOOK_PRESETS["demo-lite"] = {**NOTEBOOK_PRESETS["demo"], "description": (
-    "as demo with 2,500 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 CPU cores training about "
-    "300 images/s a core (weaker models: AT about 42% natural, 24% PGD-10)")}
-NOTEBOOK_PRESETS["demo-min"] = {**NOTEBOOK_PRESETS["demo"], "description": (
-    "as demo with 1,500 CIFAR-10 images a run, for the slowest CPUs (oneDNN's AVX2 kernels, for example): the "
-    "weakest models")}
+NOTEBOOK_PRESETS["demo-mid"] = {
+    **NOTEBOOK_PRESETS["demo"],
+    "description": (
+        "as demo with 5,000 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 CPU cores that train the "
+        "small CNN at about 400 images/s a core (fp32 on an Intel Xeon with AVX-512, for example)"
+    ),
+}
+NOTEBOOK_PRESETS["demo-lite"] = {
+    **NOTEBOOK_PRESETS["demo"],
+    "description": (
+        "as demo with 2,500 CIFAR-10 images a run: all notebooks in under 10 minutes on 2 CPU cores training about "
+        "300 images/s a core (weaker models: AT about 42% natural, 24% PGD-10)"
+    ),
+}
+NOTEBOOK_PRESETS["demo-min"] = {
+    **NOTEBOOK_PRESETS["demo"],
+    "description": (
+        "as demo with 1,500 CIFAR-10 images a run, for the slowest CPUs (oneDNN's AVX2 kernels, for example): the "
+        "weakest models"
+    ),
+}
 
 NOTEBOOK_PRESETS["overfit"] = {
-    "description": ("the robust-overfitting regime on a CPU (docs/RESULTS.md): notebook 10 over the control grid "
-                    "of configs/grids/control_overfit.yaml (AT and four VIR-AT variants, 3 seeds; run it first: "
-                    "virkit sweep configs/grids/control_overfit.yaml --jobs 2 --out runs/grids/control_overfit)"),
+    "description": (
+        "the robust-overfitting regime on a CPU (docs/RESULTS.md): notebook 10 over the control grid "
+        "of configs/grids/control_overfit.yaml (AT and four VIR-AT variants, 3 seeds; run it first: "
+        "virkit sweep configs/grids/control_overfit.yaml --jobs 2 --out runs/grids/control_overfit)"
+    ),
     "robust_attack": "pgd20",
     "seeds": [0, 1, 2],
     # the other notebooks belong to the paper's and the demo's budgets
@@ -138,6 +176,7 @@ def preset_settings(preset: str) -> dict:
 # Shared training runs
 # ------------------------------------------------------------------------------------------------
 
+
 def train_config(preset: str, method: str, seed: int = 0, **overrides):
     """The TrainConfig of a notebook run: the trainer preset of the same name + ``overrides``
     (``None`` values ignored), with ``method`` and ``seed``."""
@@ -164,8 +203,9 @@ def default_runs_root(preset: str, out_root: str | os.PathLike = "runs/notebooks
     return Path(out_root) / preset / "runs"
 
 
-def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = None, seed: int = 0,
-               **overrides) -> Path:
+def shared_run(
+    method: str, preset: str, runs_root: str | os.PathLike | None = None, seed: int = 0, **overrides
+) -> Path:
     """Train (or reuse) the run ``method``/``seed`` of a notebook preset; returns its run directory.
 
     The directory name carries the config hash, so notebooks asking for the same configuration
@@ -179,21 +219,29 @@ def shared_run(method: str, preset: str, runs_root: str | os.PathLike | None = N
 
     cfg = train_config(preset, method, seed, **overrides)
     root = Path(runs_root) if runs_root else default_runs_root(preset)
-    return ensure_run(cfg, run_dir_for(cfg, root), attacks=NOTEBOOK_PRESETS[preset].get("eval_attacks") or [],
-                      command="notebook", wait=True)
+    return ensure_run(
+        cfg,
+        run_dir_for(cfg, root),
+        attacks=NOTEBOOK_PRESETS[preset].get("eval_attacks") or [],
+        command="notebook",
+        wait=True,
+    )
 
 
-def run_paths(methods: Iterable[str], preset: str, runs_root=None, seeds: Iterable[int] = (0,), **overrides
-              ) -> dict[tuple[str, int], Path]:
+def run_paths(
+    methods: Iterable[str], preset: str, runs_root=None, seeds: Iterable[int] = (0,), **overrides
+) -> dict[tuple[str, int], Path]:
     """{(method, seed): run dir} for every combination, training what is missing."""
     return {(m, s): shared_run(m, preset, runs_root, seed=s, **overrides) for m in methods for s in seeds}
 
 
 def load_history(run_dir: str | os.PathLike) -> list[dict]:
     from virkit.runs import RunDir
+
     return RunDir(run_dir).read_history()
 
 
 def load_eval(run_dir: str | os.PathLike) -> dict:
     from virkit.runs import RunDir
+
     return RunDir(run_dir).read_eval()

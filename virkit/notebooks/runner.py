@@ -13,6 +13,7 @@
 * :func:`write_index` lists every figure with its notebook and parameters (``index.md``,
   ``index.html``) and links the notebooks' pages.
 """
+
 from __future__ import annotations
 
 import html
@@ -33,8 +34,16 @@ from virkit.notebooks.context import REPO_ROOT
 from virkit.notebooks.parameters import notebook_dir, notebook_parameters, planned_parameters, resolve_notebooks
 from virkit.notebooks.presets import NOTEBOOK_PRESETS, preset_notebooks
 
-__all__ = ["KERNEL_NAME", "ensure_kernelspec", "NotebookResult", "execute_one", "run_notebooks", "write_index",
-           "export_html", "PAGES_DIR"]
+__all__ = [
+    "KERNEL_NAME",
+    "ensure_kernelspec",
+    "NotebookResult",
+    "execute_one",
+    "run_notebooks",
+    "write_index",
+    "export_html",
+    "PAGES_DIR",
+]
 
 KERNEL_NAME = "virkit-python"
 
@@ -51,10 +60,20 @@ def ensure_kernelspec(root: str | os.PathLike, threads: int | None = None) -> Pa
     pythonpath = os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p)
     # log level ERROR: the kernel's start-up warning that it talks over local TCP without encryption
     # (printed once per notebook) is noise here; errors still show, and cells' output goes to the notebook
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                     "--IPKernelApp.log_level=ERROR"],
-            "display_name": f"Python ({Path(sys.executable).name}, virkit)", "language": "python",
-            "env": {"PYTHONPATH": pythonpath}, "metadata": {"debugger": False}}
+    spec = {
+        "argv": [
+            sys.executable,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            "--IPKernelApp.log_level=ERROR",
+        ],
+        "display_name": f"Python ({Path(sys.executable).name}, virkit)",
+        "language": "python",
+        "env": {"PYTHONPATH": pythonpath},
+        "metadata": {"debugger": False},
+    }
     if threads:
         spec["env"].update({"OMP_NUM_THREADS": str(int(threads)), "MKL_NUM_THREADS": str(int(threads))})
     (kdir / "kernel.json").write_text(json.dumps(spec, indent=1))
@@ -67,7 +86,7 @@ def ensure_kernelspec(root: str | os.PathLike, threads: int | None = None) -> Pa
 @dataclass
 class NotebookResult:
     name: str
-    status: str                      # ok | failed
+    status: str  # ok | failed
     seconds: float
     output: str
     error: str = ""
@@ -88,19 +107,32 @@ def execute_one(nb_path: str, out_path: str, parameters: dict, cwd: str, timeout
     import papermill as pm
 
     try:
-        pm.execute_notebook(nb_path, out_path, parameters=parameters, kernel_name=KERNEL_NAME, cwd=cwd,
-                            progress_bar=False, log_output=False, request_save_on_cell_execute=True,
-                            execution_timeout=timeout)
+        pm.execute_notebook(
+            nb_path,
+            out_path,
+            parameters=parameters,
+            kernel_name=KERNEL_NAME,
+            cwd=cwd,
+            progress_bar=False,
+            log_output=False,
+            request_save_on_cell_execute=True,
+            execution_timeout=timeout,
+        )
         return "ok", ""
     except Exception as e:
         return "failed", _clean_error(e)
 
 
-def _execute_subprocess(nb_path: str, out_path: str, parameters: dict, cwd: str, timeout: int | None
-                        ) -> tuple[str, str]:
+def _execute_subprocess(
+    nb_path: str, out_path: str, parameters: dict, cwd: str, timeout: int | None
+) -> tuple[str, str]:
     spec = json.dumps({"nb": nb_path, "out": out_path, "parameters": parameters, "cwd": cwd, "timeout": timeout})
-    proc = subprocess.run([sys.executable, "-m", "virkit.notebooks", "--exec-one", spec], capture_output=True,
-                          text=True, env=os.environ.copy())
+    proc = subprocess.run(
+        [sys.executable, "-m", "virkit.notebooks", "--exec-one", spec],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{") and '"status"' in line:
             d = json.loads(line)
@@ -113,13 +145,16 @@ def _expected(preset: str, train_jobs: int | None, say) -> float | None:
     """The expected seconds of a demo tier on this machine, from the cached speed calibration (said in
     one line); None for other presets or when the machine has not been measured."""
     from virkit.notebooks.tiers import DEMO_TIERS, choose_demo_tier
+
     if preset not in DEMO_TIERS:
         return None
     c = choose_demo_tier(train_jobs, measure=False)
     if preset not in c.expected_s:
         return None
-    say(f"expected time for {preset} here: about {c.expected_s[preset] / 60:.1f} min ({c.rate:.0f} img/s a training "
-        f"job, {c.speed}, {c.jobs} job(s))")
+    say(
+        f"expected time for {preset} here: about {c.expected_s[preset] / 60:.1f} min ({c.rate:.0f} img/s a training "
+        f"job, {c.speed}, {c.jobs} job(s))"
+    )
     return c.expected_s[preset]
 
 
@@ -129,14 +164,25 @@ def ensure_preset_data(preset: str) -> None:
     network gets one line here instead of one failure per notebook."""
     from virkit.data import data_root, ensure_dataset
     from virkit.notebooks.presets import train_config
+
     cfg = train_config(preset, "at")
     ensure_dataset(cfg.dataset, data_root(cfg.data_root))
 
 
-def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str | os.PathLike = "runs/notebooks",
-                  fig_root: str | os.PathLike = "figures", parameters_override: Mapping[str, Any] | None = None,
-                  folder: str | os.PathLike | None = None, timeout: int | None = None, quiet: bool = False,
-                  threads: int | None = None, train_jobs: int | None = None, tier_why: str | None = None) -> int:
+def run_notebooks(
+    preset: str = "demo",
+    only=None,
+    jobs: int = 1,
+    out_root: str | os.PathLike = "runs/notebooks",
+    fig_root: str | os.PathLike = "figures",
+    parameters_override: Mapping[str, Any] | None = None,
+    folder: str | os.PathLike | None = None,
+    timeout: int | None = None,
+    quiet: bool = False,
+    threads: int | None = None,
+    train_jobs: int | None = None,
+    tier_why: str | None = None,
+) -> int:
     """Execute the notebooks of ``preset`` with papermill; returns the exit code (0: all passed,
     1: some failed). Raises :class:`VirkitError` (exit 2) on bad presets, names or parameters, before
     any notebook runs.
@@ -163,8 +209,10 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
         known |= set(notebook_parameters(nb))
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise VirkitError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; parameters of the "
-                          f"selected notebooks: {', '.join(sorted(known))}")
+        raise VirkitError(
+            f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; parameters of the "
+            f"selected notebooks: {', '.join(sorted(known))}"
+        )
     plans = [(nb, planned_parameters(nb, preset, fig_dir, runs_root, overrides)) for nb in nbs]
     # the data, once, before any notebook: fetched on first use, or one line naming the fixes
     ensure_preset_data(preset)
@@ -178,17 +226,22 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     ensure_kernelspec(out_dir, threads)
     cwd = str(Path(folder).resolve() if folder else notebook_dir().resolve())
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    say(f"virkit notebooks: preset {preset!r} ({NOTEBOOK_PRESETS[preset]['description']}), {len(nbs)} notebook(s), "
-        f"jobs={jobs}")
+    say(
+        f"virkit notebooks: preset {preset!r} ({NOTEBOOK_PRESETS[preset]['description']}), {len(nbs)} notebook(s), "
+        f"jobs={jobs}"
+    )
 
     previous = _previous_seconds(out_dir / "summary.json")
     t_start = time.time()
     before = _run_dirs(runs_root)
     # the preset's run list describes the repo's notebooks: with another folder or a subset, each
     # notebook trains what it needs itself
-    prepare = only is None and folder is None and bool(NOTEBOOK_PRESETS[preset].get("runs")) and "runs_root" not in overrides
+    prepare = (
+        only is None and folder is None and bool(NOTEBOOK_PRESETS[preset].get("runs")) and "runs_root" not in overrides
+    )
     if prepare:
         from virkit.notebooks.prepare import prepare_runs
+
         prepare_runs(preset, runs_root, jobs=train_jobs, say=say, expected_s=_expected(preset, train_jobs, say))
     t0 = time.time()
     finished: dict[str, float] = {}
@@ -216,9 +269,11 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
         res = NotebookResult(nb.stem, status, time.time() - t, str(out_nb), err, n_fig, params)
         finished[nb.stem] = res.seconds
         rest = [p.stem for p, _ in plans if p.stem not in finished]
-        say(f"  {'ok    ' if status == 'ok' else 'FAILED'} {nb.stem:32s} {res.seconds:7.1f} s  {n_fig:2d} figure(s)"
+        say(
+            f"  {'ok    ' if status == 'ok' else 'FAILED'} {nb.stem:32s} {res.seconds:7.1f} s  {n_fig:2d} figure(s)"
             f"  [{len(finished)}/{len(plans)}, {time.time() - t0:.0f} s so far, {left(rest)}]"
-            + (f"  {err}" if err else ""))
+            + (f"  {err}" if err else "")
+        )
         return res
 
     if int(jobs) == 1:
@@ -229,23 +284,35 @@ def run_notebooks(preset: str = "demo", only=None, jobs: int = 1, out_root: str 
     total = time.time() - t_start
     idx_md, idx_html = write_index(fig_dir, preset, out_dir)
     from virkit.notebooks.headline import batch_headline
+
     heads = batch_headline(runs_root, preset)
     if tier_why:
         heads = [f"tier: {preset} ({tier_why})", *heads]
-    summary = {"preset": preset, "seconds": total, "results": [r.__dict__ for r in results],
-               "provenance": provenance(), "headline": heads, "tier": {"preset": preset, "why": tier_why}}
+    summary = {
+        "preset": preset,
+        "seconds": total,
+        "results": [r.__dict__ for r in results],
+        "provenance": provenance(),
+        "headline": heads,
+        "tier": {"preset": preset, "why": tier_why},
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     failed = [r for r in results if r.status != "ok"]
-    say(f"summary: {len(results) - len(failed)} passed, {len(failed)} failed, {total:.0f} s total; "
-        f"executed notebooks in {out_dir}; figures and index in {idx_md.parent} ({idx_md.name}, {idx_html.name})")
+    say(
+        f"summary: {len(results) - len(failed)} passed, {len(failed)} failed, {total:.0f} s total; "
+        f"executed notebooks in {out_dir}; figures and index in {idx_md.parent} ({idx_md.name}, {idx_html.name})"
+    )
     for r in failed:
         say(f"  failed: {r.name}: {r.error} (see {r.output})")
     if prepare:
         from virkit.notebooks.prepare import planned_runs
+
         extra = sorted(_run_dirs(runs_root) - before - {r.path.name for r in planned_runs(preset, runs_root)})
         if extra:
-            say(f"note: the notebooks trained {len(extra)} run(s) the preset's run list lacks (one at a time): "
-                f"{', '.join(extra)}; add them to NOTEBOOK_PRESETS[{preset!r}]['runs'] in virkit/notebooks/presets.py")
+            say(
+                f"note: the notebooks trained {len(extra)} run(s) the preset's run list lacks (one at a time): "
+                f"{', '.join(extra)}; add them to NOTEBOOK_PRESETS[{preset!r}]['runs'] in virkit/notebooks/presets.py"
+            )
     for line in heads:
         say(line)
     say(f"index page: {idx_html}")
@@ -258,15 +325,19 @@ PAGES_DIR = "notebooks"
 # nbconvert's lab template without its scripts (require.js, MathJax, mermaid and the widget manager from a
 # CDN): the notebooks' text is Markdown with Unicode symbols and their figures are PNG outputs, so the page
 # needs none of them; a widget (notebook 01's sliders) needs a kernel anyway and is named, not drawn
-_STATIC_TEMPLATE = "\n".join([
-    "{%- extends 'index.html.j2' -%}",
-    "{% block html_head_js %}{% endblock %}",
-    "{% block html_head_js_mathjax %}{% endblock %}",
-    "{% block html_head_js_mermaidjs %}{% endblock %}",
-    "{% block jupyter_widgets %}{% endblock %}",
-    "{% block data_widget_view scoped %}<div class='jp-OutputArea-output'><pre>(an interactive widget: open the "
-    "notebook in JupyterLab to use it)</pre></div>{% endblock %}",
-    "{% block footer %}</html>{% endblock %}", ""])
+_STATIC_TEMPLATE = "\n".join(
+    [
+        "{%- extends 'index.html.j2' -%}",
+        "{% block html_head_js %}{% endblock %}",
+        "{% block html_head_js_mathjax %}{% endblock %}",
+        "{% block html_head_js_mermaidjs %}{% endblock %}",
+        "{% block jupyter_widgets %}{% endblock %}",
+        "{% block data_widget_view scoped %}<div class='jp-OutputArea-output'><pre>(an interactive widget: open the "
+        "notebook in JupyterLab to use it)</pre></div>{% endblock %}",
+        "{% block footer %}</html>{% endblock %}",
+        "",
+    ]
+)
 
 
 def export_html(notebook: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -277,8 +348,12 @@ def export_html(notebook: str | os.PathLike, out: str | os.PathLike) -> Path:
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"virkit_static.html.j2": _STATIC_TEMPLATE})],
-                            template_file="virkit_static.html.j2", embed_images=True)
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[DictLoader({"virkit_static.html.j2": _STATIC_TEMPLATE})],
+        template_file="virkit_static.html.j2",
+        embed_images=True,
+    )
     nb = nbformat.read(str(notebook), as_version=4)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": Path(notebook).stem}})
     out = Path(out)
@@ -308,9 +383,12 @@ def provenance() -> dict:
     from virkit.environment import environment_record
 
     gpu = "cuda" if torch.cuda.is_available() else None
-    return {**environment_record(gpu, commit=True), "gpu": torch.cuda.get_device_name(0) if gpu else None,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "command": " ".join(["virkit", *sys.argv[1:]]) if sys.argv and "virkit" in sys.argv[0] else " ".join(sys.argv)}
+    return {
+        **environment_record(gpu, commit=True),
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(["virkit", *sys.argv[1:]]) if sys.argv and "virkit" in sys.argv[0] else " ".join(sys.argv),
+    }
 
 
 def _run_dirs(runs_root: Path) -> set[str]:
@@ -326,8 +404,7 @@ def _previous_seconds(path: Path) -> dict[str, float]:
         return {}
 
 
-def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathLike | None = None
-                ) -> tuple[Path, Path]:
+def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """Write ``index.md`` and ``index.html`` in ``fig_dir`` listing every figure in the manifests,
     grouped by notebook, with its parameters and caption, and linking the executed notebooks' pages
     (``<fig_dir>/notebooks/<name>.html``, :func:`export_html`)."""
@@ -343,32 +420,46 @@ def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathL
     for r in records:
         by_nb.setdefault(r["notebook"], []).append(r)
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    md = [f"# virkit figures: preset `{preset}`", "",
-          f"{len(records)} figures from {len(by_nb)} notebooks, generated {stamp} by `virkit notebooks run "
-          f"--preset {preset}`. Every figure exists as PNG and PDF.", ""]
+    md = [
+        f"# virkit figures: preset `{preset}`",
+        "",
+        f"{len(records)} figures from {len(by_nb)} notebooks, generated {stamp} by `virkit notebooks run "
+        f"--preset {preset}`. Every figure exists as PNG and PDF.",
+        "",
+    ]
     if out_dir is not None:
         md += [f"Executed notebooks: `{out_dir}`.", ""]
     pages = {p.stem: f"{PAGES_DIR}/{p.name}" for p in sorted((fig_dir / PAGES_DIR).glob("*.html"))}
     if pages:
-        md += ["Executed notebooks as pages that open without Jupyter: "
-               + " · ".join(f"[{name}]({href})" for name, href in pages.items()), ""]
-    hp = ["<!doctype html><html><head><meta charset='utf-8'>",
-          f"<title>virkit figures: {html.escape(preset)}</title>",
-          "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-          "figure{margin:1.5em 0;border-bottom:1px solid #ddd;padding-bottom:1em}"
-          "img{max-width:100%}code{background:#f4f4f4;padding:0 3px}"
-          "details{font-size:0.85em;color:#444}</style></head><body>",
-          f"<h1>virkit figures: preset <code>{html.escape(preset)}</code></h1>",
-          f"<p>{len(records)} figures from {len(by_nb)} notebooks, generated {stamp}.</p>"]
+        md += [
+            "Executed notebooks as pages that open without Jupyter: "
+            + " · ".join(f"[{name}]({href})" for name, href in pages.items()),
+            "",
+        ]
+    hp = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>virkit figures: {html.escape(preset)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+        "figure{margin:1.5em 0;border-bottom:1px solid #ddd;padding-bottom:1em}"
+        "img{max-width:100%}code{background:#f4f4f4;padding:0 3px}"
+        "details{font-size:0.85em;color:#444}</style></head><body>",
+        f"<h1>virkit figures: preset <code>{html.escape(preset)}</code></h1>",
+        f"<p>{len(records)} figures from {len(by_nb)} notebooks, generated {stamp}.</p>",
+    ]
     if pages:
-        hp.append("<p>Executed notebooks as pages that open without Jupyter: " + " · ".join(
-            f"<a href='{html.escape(href)}'>{html.escape(name)}</a>" for name, href in pages.items()) + "</p>")
+        hp.append(
+            "<p>Executed notebooks as pages that open without Jupyter: "
+            + " · ".join(f"<a href='{html.escape(href)}'>{html.escape(name)}</a>" for name, href in pages.items())
+            + "</p>"
+        )
     for nb, recs in by_nb.items():
         params = recs[0]["parameters"]
         ptxt = ", ".join(f"{k}={v!r}" for k, v in params.items())
         md += [f"## {nb}", "", f"Parameters: `{ptxt}`", ""]
-        hp += [f"<h2 id='{html.escape(nb)}'>{html.escape(nb)}</h2>",
-               f"<details><summary>parameters</summary><code>{html.escape(ptxt)}</code></details>"]
+        hp += [
+            f"<h2 id='{html.escape(nb)}'>{html.escape(nb)}</h2>",
+            f"<details><summary>parameters</summary><code>{html.escape(ptxt)}</code></details>",
+        ]
         if nb in pages:
             md += [f"The executed notebook: [{pages[nb]}]({pages[nb]})", ""]
             hp.append(f"<p><a href='{html.escape(pages[nb])}'>the executed notebook</a></p>")
@@ -376,15 +467,17 @@ def write_index(fig_dir: str | os.PathLike, preset: str, out_dir: str | os.PathL
             png = next((f for f in r["files"] if f.endswith(".png")), r["files"][0])
             links = " · ".join(f"[{f.rsplit('.', 1)[-1].upper()}]({f})" for f in r["files"])
             md += [f"### {r['name']}", "", f"![{r['name']}]({png})", "", (r.get("caption") or "") + f" ({links})", ""]
-            hl = " · ".join(f"<a href='{html.escape(f)}'>{html.escape(f.rsplit('.', 1)[-1].upper())}</a>"
-                            for f in r["files"])
-            hp += [f"<figure><img src='{html.escape(png)}' alt='{html.escape(r['name'])}'>"
-                   f"<figcaption><b>{html.escape(r['name'])}</b> ({html.escape(nb)}) "
-                   f"{html.escape(r.get('caption') or '')} {hl}</figcaption></figure>"]
+            hl = " · ".join(
+                f"<a href='{html.escape(f)}'>{html.escape(f.rsplit('.', 1)[-1].upper())}</a>" for f in r["files"]
+            )
+            hp += [
+                f"<figure><img src='{html.escape(png)}' alt='{html.escape(r['name'])}'>"
+                f"<figcaption><b>{html.escape(r['name'])}</b> ({html.escape(nb)}) "
+                f"{html.escape(r.get('caption') or '')} {hl}</figcaption></figure>"
+            ]
     hp.append("</body></html>")
     fig_dir.mkdir(parents=True, exist_ok=True)
     p_md, p_html = fig_dir / "index.md", fig_dir / "index.html"
     p_md.write_text("\n".join(md) + "\n", encoding="utf-8")
     p_html.write_text("\n".join(hp) + "\n", encoding="utf-8")
     return p_md, p_html
-

@@ -2,6 +2,7 @@
 fewer training images) and the choice among them: the largest tier this machine is expected to
 finish within the demo's budget, from the speed calibration of the demo's training step and the
 cost model of :func:`virkit.notebooks.prepare.expected_seconds`."""
+
 from __future__ import annotations
 
 import os
@@ -23,14 +24,15 @@ class TierChoice:
 
     preset: str
     why: str
-    rate: float                              # images/s of one training job (calibration, chosen option)
-    speed: str                               # the chosen precision/layout, in words
+    rate: float  # images/s of one training job (calibration, chosen option)
+    speed: str  # the chosen precision/layout, in words
     jobs: int
-    expected_s: dict = field(default_factory=dict)   # tier -> expected wall seconds of the whole demo
+    expected_s: dict = field(default_factory=dict)  # tier -> expected wall seconds of the whole demo
 
 
-def choose_demo_tier(jobs: int | None = None, budget_s: float = DEMO_BUDGET_S, log=None,
-                     measure: bool = True) -> TierChoice:
+def choose_demo_tier(
+    jobs: int | None = None, budget_s: float = DEMO_BUDGET_S, log=None, measure: bool = True
+) -> TierChoice:
     """The largest of :data:`DEMO_TIERS` this machine is expected to finish within ``budget_s``, from
     the speed calibration of the demo's training step (:mod:`virkit.training.speed`, measured once and cached)
     with the threads each of ``jobs`` training workers gets, and the cost model of
@@ -43,26 +45,34 @@ def choose_demo_tier(jobs: int | None = None, budget_s: float = DEMO_BUDGET_S, l
     threads = max(1, (os.cpu_count() or 1) // jobs)
     device = resolve_device("auto")
     cfg = train_config("demo", "at")
-    cal = calibration_for(StepSpec.of(cfg), device, threads if device.type == "cpu" else None, log=log,
-                          measure=measure)
+    cal = calibration_for(StepSpec.of(cfg), device, threads if device.type == "cpu" else None, log=log, measure=measure)
     rate = cal.rate or max(cal.rates.values() or [0.0])
     speed = f"{cal.precision}{' + channels_last' if cal.channels_last else ''}"
     expected = {t: expected_seconds(t, rate, jobs) for t in DEMO_TIERS} if rate > 0 else {}
     where = "a GPU" if device.type == "cuda" else f"{jobs} training job(s) x {threads} thread(s)"
-    if not expected:   # no measurement (VIRKIT_SPEED set, or not measured yet): the largest tier, said so
+    if not expected:  # no measurement (VIRKIT_SPEED set, or not measured yet): the largest tier, said so
         what = "VIRKIT_SPEED set" if cal.source == "env" else "not measured yet: `virkit notebooks run` measures"
         return TierChoice(DEMO_TIERS[0], f"no measured rate ({what}), so the largest tier", 0.0, speed, jobs)
     for tier in DEMO_TIERS:
         if expected[tier] <= budget_s:
-            why = (f"{rate:.0f} img/s a training job measured ({speed}, {where}): expected {expected[tier] / 60:.1f} "
-                   f"min, the largest tier within {budget_s / 60:.0f}")
+            why = (
+                f"{rate:.0f} img/s a training job measured ({speed}, {where}): expected {expected[tier] / 60:.1f} "
+                f"min, the largest tier within {budget_s / 60:.0f}"
+            )
             if tier != DEMO_TIERS[0]:
                 bigger = DEMO_TIERS[DEMO_TIERS.index(tier) - 1]
                 why += f"; {bigger} would take about {expected[bigger] / 60:.0f} min here"
             return TierChoice(tier, why, rate, speed, jobs, expected)
     tier = DEMO_TIERS[-1]
-    return TierChoice(tier, f"{rate:.0f} img/s a training job measured ({speed}, {where}): even the smallest tier is "
-                            f"expected to take {expected[tier] / 60:.1f} min here", rate, speed, jobs, expected)
+    return TierChoice(
+        tier,
+        f"{rate:.0f} img/s a training job measured ({speed}, {where}): even the smallest tier is "
+        f"expected to take {expected[tier] / 60:.1f} min here",
+        rate,
+        speed,
+        jobs,
+        expected,
+    )
 
 
 def default_demo_preset(jobs: int | None = None, log=None, measure: bool = True) -> tuple[str, str]:
