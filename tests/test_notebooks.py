@@ -500,7 +500,7 @@ def test_a_notebook_runs_by_hand_with_its_defaults(tmp_path, monkeypatch, stand_
     instead of the checkout. About half a minute on one thread."""
     from nbclient import NotebookClient
 
-    from virkit.notebooks.runner import export_html
+    from virkit.notebooks.pages import export_html
 
     monkeypatch.setenv("VIRKIT_NOTEBOOK_OUTPUT", str(tmp_path / "out"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p))

@@ -13,8 +13,9 @@ then calls into :mod:`virkit.notebooks.analysis`, :mod:`virkit.paper.figures`, :
   parameters, where figures and runs go, ``ctx.run``/``ctx.show``;
 * :mod:`.parameters` -- finding notebooks and reading their parameters cell (papermill's
   inspection plus virkit's checks: an unknown name or a wrong type is a one-line error);
-* :mod:`.runner` -- the private kernelspec, papermill execution, the batch run and the figure
-  index (``index.md``, ``index.html``);
+* :mod:`.runner` -- the private kernelspec, papermill execution and the batch run;
+* :mod:`.pages` -- the executed notebooks as static HTML pages and the figure index (``index.md``,
+  ``index.html``);
 * :mod:`.overfitting` -- the control grid in the robust-overfitting regime read from its run
   directories (notebook 10);
 * :mod:`.headline` -- what a batch run ends with (:func:`~virkit.notebooks.headline.batch_headline`,
@@ -32,6 +33,7 @@ from virkit.notebooks.ablations import ablation_results
 from virkit.notebooks.analysis import eval_table, paper_table, table_runs, vulnerability_attributions
 from virkit.notebooks.cli import add_cli, main
 from virkit.notebooks.context import REPO_ROOT, NotebookContext, setup
+from virkit.notebooks.pages import write_index
 from virkit.notebooks.parameters import (
     Parameter,
     check_values,
@@ -62,7 +64,6 @@ from virkit.notebooks.runner import (
     ensure_kernelspec,
     execute_one,
     run_notebooks,
-    write_index,
 )
 from virkit.notebooks.tiers import DEMO_BUDGET_S, DEMO_TIERS, TierChoice, choose_demo_tier, default_demo_preset
 
