@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from virkit.attacks import get_attack
-from virkit.attacks.apgd import APGDTargeted, apgd_run, apgd_start, dlr_targeted_loss
+from virkit.attacks.apgd import apgd_run, apgd_start
+from virkit.attacks.apgd_targeted import APGDTargeted, dlr_targeted_loss
 from virkit.attacks.autoattack import AutoAttack
 from virkit.attacks.base import target_classes, targets_in_one_batch
 from virkit.attacks.fab import FABTargeted, fab_run

@@ -28,9 +28,10 @@ from virkit.attacks import (
     pgd,
     white_box_attacks,
 )
-from virkit.attacks.apgd import dlr_loss, dlr_targeted_loss
+from virkit.attacks.apgd import dlr_loss
+from virkit.attacks.apgd_targeted import dlr_targeted_loss
 from virkit.attacks.base import target_classes
-from virkit.attacks.fab import project_hyperplane_box_l2, project_hyperplane_box_linf
+from virkit.attacks.fab_projection import project_hyperplane_box_l2, project_hyperplane_box_linf
 from virkit.attacks.mde import md_step_size
 from virkit.attacks.square import square_p_schedule
 from virkit.errors import VirkitError

@@ -17,10 +17,9 @@ from virkit.data.datasets import Split
 from virkit.errors import VirkitError
 from virkit.evaluation import document as eval_doc
 from virkit.evaluation import evaluate as ev
+from virkit.evaluation.checks import AdversarialCheckError, check_adversarial
 from virkit.evaluation.evaluate import (
-    AdversarialCheckError,
     EvalSettings,
-    check_adversarial,
     evaluate_model,
     masking_warnings,
 )

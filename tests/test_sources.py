@@ -20,7 +20,7 @@ from virkit.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # robustbench is optional (virkit[robustbench]); find_spec, not import: robustbench 1.1's __init__ needs
-# pkg_resources, which virkit.evaluation.sources works around
+# pkg_resources, which virkit.evaluation.loading works around
 needs_robustbench = pytest.mark.skipif(
     importlib.util.find_spec("robustbench") is None,
     reason="robustbench not installed (pip install 'virkit[robustbench]')",
@@ -161,7 +161,7 @@ def test_torchscript_file(env):
 
 # ------------------------------------------------------------------------------------------- RobustBench
 def _rb_file(root: Path, name: str, threat: str, drop=(), prefix: str = "module.") -> Path:
-    from virkit.evaluation.sources import robustbench_weights_path, robustbench_zoo
+    from virkit.evaluation.loading import robustbench_weights_path, robustbench_zoo
 
     zoo, BD, TM = robustbench_zoo()
     torch.manual_seed(0)

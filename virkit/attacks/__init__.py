@@ -5,7 +5,8 @@ L2 version of the attacks that have one (:func:`l2_attacks`)."""
 
 from __future__ import annotations
 
-from virkit.attacks import apgd as _apgd  # noqa: F401  (registers apgd, apgd-t)
+from virkit.attacks import apgd as _apgd  # noqa: F401  (registers apgd)
+from virkit.attacks import apgd_targeted as _apgd_targeted  # noqa: F401  (registers apgd-t)
 from virkit.attacks import autoattack as _autoattack  # noqa: F401  (registers autoattack)
 from virkit.attacks import fab as _fab  # noqa: F401  (registers fab, fab-t)
 from virkit.attacks import fmn as _fmn  # noqa: F401  (registers fmn)

@@ -31,7 +31,8 @@ from typing import TypedDict
 
 import torch
 
-from virkit.attacks.apgd import APGD, APGDTargeted
+from virkit.attacks.apgd import APGD
+from virkit.attacks.apgd_targeted import APGDTargeted
 from virkit.attacks.base import Attack, correct_mask, register
 from virkit.attacks.fab import FAB, FABTargeted
 from virkit.attacks.square import Square

@@ -10,7 +10,7 @@ An attack is an object with ``attack(model, x, y) -> x_adv``:
 * ``x`` is a float batch in [0, 1] (shape B x C x H x W), ``y`` the int64 labels;
 * ``x_adv`` has the shape of ``x``, lies in the ball of radius ``eps`` around ``x`` in the attack's
   ``norm`` (``Linf``, or ``L2`` for the attacks that have an L2 version: :mod:`virkit.attacks.norms`)
-  and in the box ``bounds`` (checked again by :func:`virkit.evaluate.check_adversarial`).
+  and in the box ``bounds`` (checked again by :func:`virkit.evaluation.check_adversarial`).
 
 Attacks put the model in eval mode while they run and restore its previous mode afterwards, and
 take gradients with respect to the input only (``torch.autograd.grad``), so parameter ``.grad``

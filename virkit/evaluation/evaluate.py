@@ -14,7 +14,8 @@ Protocol (Sec. 5.4 of the paper, and AutoAttack's conventions):
   input lies in the eps-ball), so each attack only runs on the naturally correct examples;
   robust accuracy can therefore never exceed natural accuracy;
 * every adversarial example is checked to lie in the eps-ball of the threat model (L-inf, or L2 per
-  example) and in [0, 1] before it is scored; a violation raises :class:`AdversarialCheckError`;
+  example) and in [0, 1] before it is scored (:mod:`virkit.evaluation.checks`); a violation raises
+  :class:`virkit.evaluation.checks.AdversarialCheckError`;
 * ``worst_case`` counts an example robust only if it is robust under every attack run;
 * the file is written atomically after natural accuracy and after every attack, and a later call
   with the same settings (data, model weights, eps, norm, seed) keeps the attacks already finished;
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 import sys
 import time
@@ -45,17 +45,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from virkit.attacks import eval_mode, get_attack, per_example_norm
+from virkit.attacks import eval_mode, get_attack
 from virkit.attacks.pgd import input_grad_only
 from virkit.devices import compile_model, model_device, tf32_mode
 from virkit.distributed import DistContext
 from virkit.errors import VirkitError
+from virkit.evaluation.batches import attack_batch, merge_records
 from virkit.evaluation.document import (
     EVAL_FORMAT,
     AttackState,
     adversarial_file,
     build_document,
-    flags_summary,
     load_adversarial,
     load_previous,
     masking_warnings,
@@ -72,63 +72,10 @@ __all__ = [
     "EvalSettings",
     "DEFAULT_ATTACKS",
     "attack_list",
-    "check_adversarial",
-    "AdversarialCheckError",
     "masking_warnings",
     "load_adversarial",
     "EVAL_FORMAT",
-    "TOLERANCE",
-    "L2_TOLERANCE",
-    "UINT8_SLACK",
 ]
-
-TOLERANCE = 1e-6
-#: an L2 norm summed over thousands of float32 coordinates carries a larger rounding error
-L2_TOLERANCE = 1e-5
-#: rounding an adversarial image to the nearest /255 value moves each pixel by at most half a level
-UINT8_SLACK = 0.5 / 255
-
-
-class AdversarialCheckError(RuntimeError):
-    """An attack returned a point outside the eps-ball or the box: a bug in the attack."""
-
-
-def check_adversarial(
-    x_adv: torch.Tensor,
-    x: torch.Tensor,
-    eps: float,
-    bounds=(0.0, 1.0),
-    tol: float | None = None,
-    name: str = "attack",
-    norm: str = "Linf",
-) -> None:
-    """Raise :class:`AdversarialCheckError` unless ``x_adv`` has the shape of ``x``, is finite, lies in the
-    ``norm`` ball of radius ``eps`` around ``x`` (L-inf, or L2 per example) and in ``bounds``, each up
-    to ``tol`` (default 1e-6; 1e-5 for L2 norms)."""
-    if x_adv.shape != x.shape:
-        raise AdversarialCheckError(f"{name} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
-    if x_adv.numel() == 0:
-        return
-    tol = (TOLERANCE if norm == "Linf" else L2_TOLERANCE) if tol is None else tol
-    diff = per_example_norm(x_adv.detach().float() - x.detach().float(), norm)
-    worst = float(diff.max())
-    if not math.isfinite(worst) or not bool(torch.isfinite(x_adv).all()):
-        raise AdversarialCheckError(f"{name} returned non-finite values")
-    if worst > eps + tol:
-        raise AdversarialCheckError(
-            f"{name} returned a perturbation of {'L-inf' if norm == 'Linf' else norm} norm "
-            f"{worst:.8f} > eps {eps:.8f} (tolerance {tol:g}) at example "
-            f"{int(diff.argmax())} of the batch"
-        )
-    if bounds is not None:
-        lo, hi = float(x_adv.min()), float(x_adv.max())
-        if lo < bounds[0] - tol or hi > bounds[1] + tol:
-            raise AdversarialCheckError(f"{name} returned values in [{lo:.8f}, {hi:.8f}], outside the box {bounds}")
-
-
-def quantize(x_adv: torch.Tensor) -> torch.Tensor:
-    """What survives saving as an 8-bit image: each value rounded to the nearest k/255, clipped to [0, 1]."""
-    return (x_adv * 255).round().clamp(0, 255) / 255
 
 
 def evaluate_model(
@@ -398,100 +345,44 @@ class _Evaluation:
         s = self.s
         xb = self._batch(self.x_all[idx.to(self.x_all.device)])
         yb = self.y_all[idx].to(self.dev)
-        t0 = time.perf_counter()
-        xa = atk(self.attack_model, xb, yb)
-        check_adversarial(xa, xb, s.eps, self.bounds, name=name, norm=s.norm)
-        with torch.no_grad():  # scored by the eager fp32 model, whatever the attack ran on
-            rec: dict[str, Any] = {"pred": self.model(xa.float()).argmax(1).cpu()}
-            details = getattr(atk, "details", None)
-            if details:
-                rec["components"] = {k: v.cpu() for k, v in details["components"].items()}
-                rec["mode"] = details["mode"]
-                rec["component_seconds"] = dict(getattr(atk, "timings", None) or {})
-            if self.images:  # what survives saving the adversarial image with 8 bits per value
-                q = quantize(xa.float())
-                dist_q = per_example_norm(q - xb, s.norm)
-                if s.norm == "Linf" and float(dist_q.max()) > s.eps + UINT8_SLACK + TOLERANCE:
-                    raise AdversarialCheckError(
-                        f"{name}: a quantized image lies {float(dist_q.max()):.6f} from its "
-                        "input, more than eps + 0.5/255"
-                    )
-                rec["uint8_pred"] = self.model(q).argmax(1).cpu()
-                rec["uint8_dist"] = dist_q.cpu()
-            if s.save_adv is not None:
-                rec["x_adv"] = xa.detach().float().cpu()
-        rec["seconds"] = time.perf_counter() - t0
-        return rec
+        return attack_batch(
+            atk,
+            name,
+            self.attack_model,
+            self.model,
+            xb,
+            yb,
+            eps=s.eps,
+            norm=s.norm,
+            bounds=self.bounds,
+            images=self.images,
+            keep_adv=s.save_adv is not None,
+        )
 
     def _merge(self, name: str, settings: dict, batches: list, nat_pred: torch.Tensor, state, records) -> None:
         """Rank 0: the batches (from memory or the state files) into the attack's eval.json entry."""
-        n = len(self.y_all)
-        pred, seconds = nat_pred.clone(), 0.0
-        comps: dict[str, torch.Tensor] = {}
-        comp_seconds: dict[str, float] = {}
-        mode = None
-        upred, udist = nat_pred.clone(), torch.zeros(n)
         x_adv = _float_batch(self.x_all, self.images).cpu().clone() if self.s.save_adv is not None else None
-        correct = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)
-        for i, idx in enumerate(batches):
-            rec = records[i] if i in records else state.load(i)
-            pred[idx] = rec["pred"]
-            seconds += float(rec["seconds"])
-            for k, v in (rec.get("components") or {}).items():
-                comps.setdefault(k, torch.zeros(n, dtype=torch.bool))[idx] = v.bool()
-            mode = rec.get("mode", mode)
-            for k, v in (rec.get("component_seconds") or {}).items():
-                comp_seconds[k] = comp_seconds.get(k, 0.0) + float(v)
-            if "uint8_pred" in rec:
-                upred[idx], udist[idx] = rec["uint8_pred"], rec["uint8_dist"].float()
-            if x_adv is not None:
-                x_adv[idx] = rec["x_adv"]
-        result = {
-            **summarize(pred, self.y_all, self.num_classes),
-            "seconds": seconds,
-            "n_attacked": len(correct),
-            "settings": settings,
-        }
-        if comps:
-            result["components"] = {
-                "mode": mode,
-                **{k: flags_summary(v, self.y_all, self.num_classes) for k, v in comps.items()},
-            }
-        if comp_seconds:  # where an AutoAttack's time went (summed over batches)
-            result["component_seconds"] = comp_seconds
-        if self.images and len(correct):
-            ok = upred == self.y_all
-            result["uint8"] = {
-                **flags_summary(ok, self.y_all, self.num_classes),
-                "rule": "round to the nearest /255 value, clip to [0, 1], predict again; the point may "
-                "leave the eps-ball by at most 0.5/255 per pixel",
-                "max_distance": float(udist.max()),
-                "n_outside_ball": int(
-                    (udist > self.s.eps + (TOLERANCE if self.s.norm == "Linf" else L2_TOLERANCE)).sum()
-                ),
-            }
-        if x_adv is not None:
-            self._save_adv(name, x_adv, nat_pred, pred, upred, correct)
+        result, tensors = merge_records(
+            lambda i: records[i] if i in records else state.load(i),
+            batches,
+            nat_pred,
+            self.y_all,
+            self.num_classes,
+            settings,
+            eps=self.s.eps,
+            norm=self.s.norm,
+            images=self.images,
+            x_adv=x_adv,
+        )
+        if tensors is not None:
+            self._save_adv(name, tensors)
         self.results[name] = result
-        self.note(f"{name}: accuracy {100 * result['accuracy']:.2f}% ({seconds:.1f} s)")
+        self.note(f"{name}: accuracy {100 * result['accuracy']:.2f}% ({result['seconds']:.1f} s)")
         self.write()
         if state is not None:
             state.clear()
 
-    def _save_adv(self, name, x_adv, nat_pred, pred, upred, correct) -> None:
-        attacked = torch.zeros(len(self.y_all), dtype=torch.uint8)
-        attacked[correct] = 1
-        tensors = {
-            "x_adv": x_adv,
-            "labels": self.y_all,
-            "clean_pred": nat_pred,
-            "adv_pred": pred,
-            "uint8_pred": upred,
-            "attacked": attacked,
-            "index": torch.arange(len(self.y_all)),
-        }
-        if self.images:
-            tensors["x_adv_uint8"] = (x_adv * 255).round().clamp(0, 255).to(torch.uint8)
+    def _save_adv(self, name: str, tensors: dict) -> None:
         meta = {
             "attack": name,
             "eps": self.s.eps,

@@ -93,7 +93,7 @@ def robustbench_state_dict(model: str, sd: dict, mean=None, std=None) -> dict:
 def robustbench_architecture(model: str, num_classes: int = 10, normalized: bool = True) -> nn.Module:
     """RobustBench's architecture for ``model`` (needs the robustbench package): for 10 classes with
     normalization its own ``Rice2020OverfittingNet(depth, 10)`` / ``Rice2020OverfittingNetL2``."""
-    from virkit.evaluation.sources import robustbench_zoo
+    from virkit.evaluation.loading import robustbench_zoo
 
     robustbench_zoo()  # imports robustbench's model zoo (works around its pkg_resources import)
     import sys
