@@ -427,7 +427,7 @@ def train(
     return a finished run with the same config without training. ``log`` receives the run's
     messages (default: printed); ``quiet=True`` drops them. ``stop_after_epoch`` ends the
     run early (unfinished, resumable), for tests. Returns the run directory. Another process
-    writing the same directory is refused (:class:`virkit.runs.RunLockedError`, exit code 2).
+    writing the same directory is refused (:class:`virkit.locks.RunLockedError`, exit code 2).
 
     ``branch_from`` (``RUN`` or ``RUN@EPOCH``): start from another run's ``burnin.pt`` (the state
     after epoch ``reweight_start - 1``) when both train those epochs identically
