@@ -173,7 +173,8 @@ def test_evaluate_help_names_every_model_source_and_new_option():
 
 
 def test_autoattack_options_become_attack_settings():
-    from virkit.cli import _attack_overrides, build_parser
+    from virkit.cli import build_parser
+    from virkit.cli.evaluate import attack_overrides
 
     p = build_parser()
     args = p.parse_args(
@@ -188,16 +189,16 @@ def test_autoattack_options_become_attack_settings():
             '{"aa": {"apgd_steps": 7}, "pgd10": {"steps": 3}}',
         ]
     )
-    over = _attack_overrides(args, ["natural", "aa", "aa-plus", "pgd10"])
+    over = attack_overrides(args, ["natural", "aa", "aa-plus", "pgd10"])
     assert over["aa"] == {"apgd_steps": 7, "version": "custom", "components": ["apgd-ce", "square"], "individual": True}
     assert over["aa-plus"] == {"version": "custom", "components": ["apgd-ce", "square"], "individual": True}
     assert over["pgd10"] == {"steps": 3}
     args = p.parse_args(["evaluate", "--model", "x", "--aa-version", "plus"])
     with pytest.raises(VirkitError, match="need an AutoAttack in --attacks"):
-        _attack_overrides(args, ["natural", "pgd10"])
+        attack_overrides(args, ["natural", "pgd10"])
     args = p.parse_args(["evaluate", "--model", "x", "--aa-components", "apgd-ce,pgd"])
     with pytest.raises(VirkitError, match="unknown AutoAttack component"):
-        _attack_overrides(args, ["aa"])
+        attack_overrides(args, ["aa"])
 
 
 @pytest.mark.skipif(not (STANDIN / "cifar10-jpeg.tar.gz").is_file(), reason="CIFAR-10 stand-in absent")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virkit.attacks import ATTACK_PRESETS, ATTACKS, Attack
-from virkit.data.datasets import Split
+from virkit.data.split import Split
 from virkit.errors import VirkitError
 from virkit.evaluation import document as eval_doc
 from virkit.evaluation import evaluate as ev

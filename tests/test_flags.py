@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: flags of other programs, as the docs use them in those programs' commands
 FOREIGN = {
     "pytest (Makefile)": {"--dist", "--durations"},
+    "ruff format (Makefile)": {"--check"},
     "pip (Makefile)": {"--no-deps"},
     "ipykernel install (Makefile)": {"--sys-prefix"},
     "ruff format (Makefile)": {"--check"},

@@ -185,18 +185,18 @@ def test_onecycle_schedule_per_step():
     with milestones is refused in one line; the default schedule leaves the config hash alone."""
     from virkit.errors import VirkitError
     from virkit.training.config import TrainConfig, config_hash, validate
-    from virkit.training.trainer import _lr_at
+    from virkit.training.epoch import lr_at
 
     step = resolve_config("paper", method="at")
-    assert [_lr_at(step, e) for e in (1, 75, 76, 90, 91)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001])
+    assert [lr_at(step, e) for e in (1, 75, 76, 90, 91)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001])
     cyc = resolve_config("paper", method="at", epochs=10, lr=0.1, lr_schedule="onecycle")
     assert cyc.lr_milestones == () and cyc.reweight_start == 8  # no milestones: round(75/115 * 10) + 1
     n = 4
-    lrs = [_lr_at(cyc, e, s, n) for e in range(1, 11) for s in range(n)]
+    lrs = [lr_at(cyc, e, s, n) for e in range(1, 11) for s in range(n)]
     u = [(i + 0.5) / 40 for i in range(40)]
     assert lrs == pytest.approx([0.1 * (x / 0.3 if x <= 0.3 else (1 - x) / 0.7) for x in u])
     assert max(lrs) <= 0.1 and lrs[0] > 0 and lrs[-1] > 0 and lrs.index(max(lrs)) == 12
-    assert _lr_at(cyc, 3) == pytest.approx(0.1 * 0.25 / 0.3)  # an epoch's record: its middle
+    assert lr_at(cyc, 3) == pytest.approx(0.1 * 0.25 / 0.3)  # an epoch's record: its middle
     with pytest.raises(VirkitError, match="lr_milestones \\[5\\] do not apply to the onecycle schedule"):
         validate(resolve_config("paper", method="at", lr_schedule="onecycle", lr_milestones=(5,)))
     assert config_hash(TrainConfig(method="at")) == config_hash(

@@ -28,6 +28,7 @@ import torch
 from virkit.cli import main
 from virkit.errors import NonFiniteLossError, VirkitError
 from virkit.models.checkpoint import FORMAT, load_checkpoint, read_checkpoint
+from virkit.training import epoch as training_epoch
 from virkit.training import trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -384,7 +385,7 @@ def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch, capsys):
 
 # ------------------------------------------------------------------------------------------ numerical faults
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(env_data, tmp_path, monkeypatch, capsys):
-    real = trainer.method_step
+    real = training_epoch.method_step
     calls: dict[int, int] = {}
 
     def nan_at_epoch2_step3(model, x, y, cfg, epoch, **kw):
@@ -394,7 +395,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(env_d
             out = dataclasses.replace(out, loss=out.loss * float("nan"))
         return out
 
-    monkeypatch.setattr(trainer, "method_step", nan_at_epoch2_step3)
+    monkeypatch.setattr(training_epoch, "method_step", nan_at_epoch2_step3)
     run = tmp_path / "run"
     capsys.readouterr()
     rc = main(["train", *cli_args(env_data), "--out", str(run)])
@@ -415,7 +416,7 @@ def test_failed_checkpoint_write_stops_training(env_data, tmp_path, monkeypatch,
     """ENOSPC on the second write of last.pt (as root, chmod cannot make a folder read-only)."""
     from virkit import io as vio
 
-    real_write, real_step = vio.atomic_write_bytes, trainer.method_step
+    real_write, real_step = vio.atomic_write_bytes, training_epoch.method_step
     writes, epochs = [], set()
 
     def flaky_write(path, data):
@@ -430,7 +431,7 @@ def test_failed_checkpoint_write_stops_training(env_data, tmp_path, monkeypatch,
         return real_step(model, x, y, cfg, epoch, **kw)
 
     monkeypatch.setattr(vio, "atomic_write_bytes", flaky_write)
-    monkeypatch.setattr(trainer, "method_step", step)
+    monkeypatch.setattr(training_epoch, "method_step", step)
     run = tmp_path / "run"
     capsys.readouterr()
     rc = main(["train", *cli_args(env_data), "--out", str(run)])

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from virkit.errors import VirkitError
-from virkit.runs import RunAction, RunDir, RunLockedError, RunStatus, WriterLock
+from virkit.locks import RunLockedError, WriterLock
+from virkit.runs import RunAction, RunDir, RunStatus
 from virkit.training.config import config_hash, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]

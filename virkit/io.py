@@ -44,7 +44,7 @@ def user_cache_dir() -> Path:
 def file_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (created if missing) for the block, waited for; ``on_wait`` is
     called once when another process holds it. The kernel drops the lock when its process dies, so a
-    killed holder never blocks the next one. (Run directories use :class:`virkit.runs.RunLock`.)"""
+    killed holder never blocks the next one. (Run directories use :class:`virkit.locks.WriterLock`.)"""
     import fcntl
 
     path = Path(path)

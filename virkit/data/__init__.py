@@ -1,12 +1,11 @@
-"""The data layer: datasets as tensors on the device (:mod:`.datasets`), batches ``(x, y, index)``
+"""The data layer: datasets as tensors on the device (:mod:`.datasets`; a :class:`Split` each,
+:mod:`.split`; read from their on-disk formats by :mod:`.formats`), batches ``(x, y, index)``
 with on-device augmentation (:mod:`.loader`) and the official archives fetched on first use
 (:mod:`.fetch`). Images are float32 in [0, 1]; normalization lives in the model."""
 
 from virkit.data.datasets import (
     DATASETS,
     HOLDOUT_SEED,
-    Split,
-    data_root,
     dataset_names,
     holdout_subset,
     load_dataset,
@@ -26,7 +25,9 @@ from virkit.data.fetch import (
     offline,
     source_note,
 )
+from virkit.data.formats import data_root
 from virkit.data.loader import AUGMENTATIONS, DeviceLoader, random_crop_flip, training_loader
+from virkit.data.split import Split
 
 __all__ = [
     "DATASETS",

@@ -1,4 +1,4 @@
-"""Batches from a :class:`~virkit.data.datasets.Split` that already lives on the device, with crop and flip
+"""Batches from a :class:`~virkit.data.split.Split` that already lives on the device, with crop and flip
 done there (airbench-style: no worker processes, no PIL in the loop)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from virkit.errors import VirkitError, check_choice
 
 if TYPE_CHECKING:
-    from virkit.data.datasets import Split
+    from virkit.data.split import Split
 
 __all__ = ["DeviceLoader", "random_crop_flip", "training_loader", "AUGMENTATIONS"]
 

@@ -1,8 +1,9 @@
 """The training layer: a run's configuration and presets (:mod:`.config`), one training step per
 method (:mod:`.methods`; the same step as a drop-in loss in :mod:`.losses`), the precision and
 layout chosen by a timed calibration (:mod:`.speed`), shared burn-in epochs (:mod:`.burnin`) and
-the training loop with its final evaluation (:mod:`.trainer`, :mod:`.final`), and :func:`ensure_run`
-(train, resume or branch a run, then add the attacks asked for; :mod:`.ensure`)."""
+the training loop with its epochs and its final evaluation (:mod:`.trainer`, :mod:`.epoch`,
+:mod:`.final`), and :func:`ensure_run` (train, resume or branch a run, then add the attacks asked
+for; :mod:`.ensure`)."""
 
 from virkit.training.burnin import find_burnin_parent
 from virkit.training.config import PRESETS, TrainConfig, burnin_key, config_hash, preset_names, resolve_config
