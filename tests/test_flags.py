@@ -20,7 +20,6 @@ FOREIGN = {
     "ruff format (Makefile)": {"--check"},
     "pip (Makefile)": {"--no-deps"},
     "ipykernel install (Makefile)": {"--sys-prefix"},
-    "ruff format (Makefile)": {"--check"},
     "torchrun": {"--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-backend", "--rdzv-endpoint", "--standalone"},
     "ray start": {"--head", "--port"},
     "papermill": {"--help-notebook"},
