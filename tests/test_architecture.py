@@ -5,7 +5,9 @@
   in the contract's order;
 - no module imports itself back through a circle of imports;
 - no module imports another package's private (``_``) names;
-- no module is longer than about 450 lines.
+- no module is longer than about 450 lines;
+- every public function, and every public method of a public class, annotates its parameters and
+  its return (``__init__`` its parameters).
 """
 
 from __future__ import annotations
@@ -127,3 +129,33 @@ def test_no_module_is_much_longer_than_450_lines():
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"modules past {MAX_LINES} lines (split them): {long}"
+
+
+def _untyped(fn: ast.FunctionDef | ast.AsyncFunctionDef, method: bool) -> list[str]:
+    a = fn.args
+    params = a.posonlyargs + a.args + a.kwonlyargs
+    if method and params and params[0].arg in ("self", "cls"):
+        params = params[1:]
+    missing = [p.arg for p in params if p.annotation is None]
+    missing += [f"*{v.arg}" for v in (a.vararg,) if v is not None and v.annotation is None]
+    missing += [f"**{v.arg}" for v in (a.kwarg,) if v is not None and v.annotation is None]
+    if fn.returns is None and fn.name != "__init__":
+        missing.append("return")
+    return missing
+
+
+def test_public_functions_are_typed():
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    untyped = []
+    for path in sorted(PKG.rglob("*.py")):
+        where = path.relative_to(REPO)
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, functions) and not node.name.startswith("_"):
+                if missing := _untyped(node, method=False):
+                    untyped.append(f"{where}: {node.name} ({', '.join(missing)})")
+            elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                for m in node.body:
+                    if isinstance(m, functions) and (not m.name.startswith("_") or m.name == "__init__"):
+                        if missing := _untyped(m, method=True):
+                            untyped.append(f"{where}: {node.name}.{m.name} ({', '.join(missing)})")
+    assert not untyped, f"{len(untyped)} public functions without annotations:\n" + "\n".join(untyped)
