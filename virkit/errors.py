@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TypeVar
+
+_Number = TypeVar("_Number", bound=float)  # an int or a float: check_range returns what it was given
+
 
 class VirkitError(Exception):
     """A problem with what the user asked for (bad input, missing data, unsafe file).
@@ -20,7 +25,7 @@ class NonFiniteLossError(VirkitError):
     exit_code = 3
 
 
-def check_choice(kind: str, value: str, valid) -> str:
+def check_choice(kind: str, value: str, valid: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``valid``, else raise a VirkitError listing the names."""
     valid = list(valid)
     if value not in valid:
@@ -28,7 +33,15 @@ def check_choice(kind: str, value: str, valid) -> str:
     return value
 
 
-def check_range(name: str, value, low=None, high=None, low_open=False, high_open=False, hint: str = ""):
+def check_range(
+    name: str,
+    value: _Number,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    hint: str = "",
+) -> _Number:
     """Raise a VirkitError if ``value`` lies outside [low, high] (or the open variants)."""
     bad = False
     if low is not None:

@@ -172,7 +172,7 @@ def _imported_global(data: bytes) -> str | None:
     return ""
 
 
-def safe_torch_load(path: str | os.PathLike, map_location="cpu") -> Any:
+def safe_torch_load(path: str | os.PathLike, map_location: torch.device | str | None = "cpu") -> Any:
     """``torch.load(weights_only=True)`` with errors a person can act on.
 
     A file that needs arbitrary unpickling (a class, a function: anything that could run code) is

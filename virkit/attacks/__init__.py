@@ -5,6 +5,8 @@ L2 version of the attacks that have one (:func:`l2_attacks`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from virkit.attacks import apgd as _apgd  # noqa: F401  (registers apgd)
 from virkit.attacks import apgd_targeted as _apgd_targeted  # noqa: F401  (registers apgd-t)
 from virkit.attacks import autoattack as _autoattack  # noqa: F401  (registers autoattack)
@@ -96,7 +98,7 @@ def is_autoattack(name: str) -> bool:
     return name in ATTACK_PRESETS and ATTACK_PRESETS[name][0] == "autoattack"
 
 
-def get_attack(name: str, eps: float = 8 / 255, seed: int = 0, norm: str = "Linf", **overrides) -> Attack:
+def get_attack(name: str, eps: float = 8 / 255, seed: int = 0, norm: str = "Linf", **overrides: Any) -> Attack:
     """Build the attack registered as ``name`` (a CLI preset such as ``pgd100`` or a registered
     class name such as ``pgd``) with the paper's settings, overridden by ``overrides``.
 

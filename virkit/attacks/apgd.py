@@ -298,7 +298,7 @@ class APGD(Attack):
         n_restarts: int = 1,
         loss: str = "ce",
         rho: float = 0.75,
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
         norm: str = "Linf",
         eot_iter: int = 1,

@@ -9,6 +9,7 @@ one batch (``batch_targets``, :func:`virkit.attacks.base.targets_in_one_batch`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ def apgd_targets_batched(
     *,
     group_size: int | None = None,
     early_stop: bool = True,
-    **kw,
+    **kw: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD runs towards several targets per example in one batch
     (:func:`~virkit.attacks.base.targets_in_one_batch`): row (i, k) attacks example ``i`` towards
@@ -93,7 +94,7 @@ class APGDTargeted(Attack):
         n_target_classes: int = 9,
         n_restarts: int = 1,
         rho: float = 0.75,
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
         norm: str = "Linf",
         eot_iter: int = 1,
@@ -114,7 +115,7 @@ class APGDTargeted(Attack):
     ) -> torch.Tensor:
         gen = self.generator(x.device)
         robust, targets = clean_targets(model, x, y, self.n_target_classes, clean_logits)
-        kw = dict(
+        kw: dict[str, Any] = dict(
             eps=self.eps,
             steps=self.steps,
             rho=self.rho,

@@ -27,6 +27,7 @@ individual mode robust under that component alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TypedDict
 
 import torch
@@ -47,7 +48,7 @@ AA_VERSIONS = {
 }
 
 
-def component_list(components) -> tuple[str, ...]:
+def component_list(components: str | Iterable[str] | None) -> tuple[str, ...]:
     if isinstance(components, str):
         components = [c.strip() for c in components.split(",") if c.strip()]
     out = tuple(dict.fromkeys(components or ()))
@@ -119,12 +120,12 @@ class AutoAttack(Attack):
         fab_steps: int = 100,
         square_queries: int = 5000,
         version: str = "standard",
-        components=None,
+        components: str | Iterable[str] | None = None,
         individual: bool = False,
         apgd_restarts: int | None = None,
         fab_restarts: int | None = None,
         eot_iter: int | None = None,
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
         norm: str = "Linf",
         fast: bool = True,
@@ -213,7 +214,7 @@ class AutoAttack(Attack):
     def components(self) -> list[Attack]:
         return [self.build(n) for n in self.component_names()]
 
-    def perturb(self, model, x, y):
+    def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cl = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
         if cl and x.dim() == 4:
             model = _ChannelsLast(model)

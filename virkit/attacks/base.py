@@ -20,7 +20,7 @@ fields are never touched.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 import torch
@@ -84,7 +84,9 @@ class Attack:
     #: they hold these values, so earlier evaluations with the same attack are still recognised
     quiet_defaults: dict = {}
 
-    def __init__(self, eps: float = 8 / 255, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf"):
+    def __init__(
+        self, eps: float = 8 / 255, bounds: tuple[float, float] | None = (0.0, 1.0), seed: int = 0, norm: str = "Linf"
+    ):
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
         if norm not in self.norms:
@@ -131,6 +133,7 @@ class Attack:
 ATTACKS: dict[str, type[Attack]] = {}
 
 _AttackClass = TypeVar("_AttackClass", bound=type[Attack])
+_Round = TypeVar("_Round")  # an item of :func:`attack_rounds`' ``rounds``
 
 
 def register(name: str) -> Callable[[_AttackClass], _AttackClass]:
@@ -186,7 +189,12 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return z_y - z_other
 
 
-def attack_rounds(x: torch.Tensor, robust: torch.Tensor, rounds, run) -> torch.Tensor:
+def attack_rounds(
+    x: torch.Tensor,
+    robust: torch.Tensor,
+    rounds: Iterable[_Round],
+    run: Callable[[torch.Tensor, _Round], tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
     """The loop shared by the multi-round attacks (restarts, target classes, MD's two terms,
     AutoAttack's components): for each item of ``rounds``, ``run(idx, item) -> (x_candidate, fooled)``
     attacks only the points ``idx`` that are still robust; fooled points keep their candidate and

@@ -8,6 +8,8 @@ that uses them is :mod:`virkit.attacks.fab`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -92,7 +94,9 @@ def project_hyperplane_box_l2(
     return torch.sign(w) * torch.minimum(lam * a, room)
 
 
-def hyperplane_projection(norm: str):
+def hyperplane_projection(
+    norm: str,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], torch.Tensor]:
     """The projection onto a hyperplane within the box in ``norm``: :func:`project_hyperplane_box_linf`
     or :func:`project_hyperplane_box_l2`."""
     return project_hyperplane_box_linf if norm == "Linf" else project_hyperplane_box_l2
@@ -103,7 +107,9 @@ def _dual(g: torch.Tensor, norm: str) -> torch.Tensor:
     return g.abs().sum(-1) if norm == "Linf" else g.pow(2).sum(-1).sqrt()
 
 
-def linearised_boundary(model: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, norm: str):
+def linearised_boundary(
+    model: nn.Module, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, norm: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(f, g): the logit difference ``z_t - z_y`` (> 0: classified as ``t``) at ``z`` and its input
     gradient (B x D), for the target, or (untargeted) for the class ``t`` whose linearised boundary
     is nearest in ``norm`` (``|f| / ||g||_dual``, as the official FAB)."""

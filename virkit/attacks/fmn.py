@@ -31,7 +31,7 @@ __all__ = ["FMN", "fmn_linf", "fmn_run"]
 
 
 def fmn_linf(
-    model,
+    model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -40,7 +40,7 @@ def fmn_linf(
     alpha_final: float | None = None,
     gamma_init: float = 0.05,
     gamma_final: float = 0.001,
-    bounds=(0.0, 1.0),
+    bounds: tuple[float, float] | None = (0.0, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L-inf FMN (:func:`fmn_run` with ``norm='Linf'``)."""
     return fmn_run(
@@ -58,7 +58,7 @@ def fmn_linf(
 
 
 def fmn_run(
-    model,
+    model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -67,7 +67,7 @@ def fmn_run(
     alpha_final: float | None = None,
     gamma_init: float = 0.05,
     gamma_final: float = 0.001,
-    bounds=(0.0, 1.0),
+    bounds: tuple[float, float] | None = (0.0, 1.0),
     norm: str = "Linf",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FMN in ``norm`` from ``delta = 0``. Returns ``(x + best_delta, best_norm)``; ``best_norm`` is
@@ -142,7 +142,7 @@ class FMN(Attack):
         alpha_final: float | None = None,
         gamma_init: float = 0.05,
         gamma_final: float = 0.001,
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
         norm: str = "Linf",
     ):
@@ -152,7 +152,7 @@ class FMN(Attack):
         self.gamma_init, self.gamma_final = float(gamma_init), float(gamma_final)
         self.name = f"FMN-{self.steps} ({'L-inf' if norm == 'Linf' else norm})"
 
-    def perturb(self, model, x, y):
+    def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         def run(xs, ys):
             return fmn_run(
                 model,

@@ -18,6 +18,7 @@ and keeps the worst case per example.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ def md_run(
     initial_step: float | None = None,
     first_term: str = "true",
     target: torch.Tensor | None = None,
-    bounds=(0.0, 1.0),
+    bounds: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One MD run. ``first_term``: ``'true'`` maximizes ``-z_y`` in stage 1, ``'other'`` maximizes
@@ -114,7 +115,7 @@ class MD(Attack):
         targeted: bool = False,
         n_target_classes: int = 9,
         initial_step: float | None = None,
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
     ):
         super().__init__(eps, bounds, seed)
@@ -123,7 +124,7 @@ class MD(Attack):
         self.initial_step = 2 * self.eps if initial_step is None else float(initial_step)
         self.name = "MD-MT" if self.targeted else "MD"
 
-    def perturb(self, model, x, y):
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gen = self.generator(x.device)
         robust, targets = clean_targets(model, x, y, self.n_target_classes if self.targeted else None)
 
@@ -167,7 +168,7 @@ class MDE(Attack):
         change_point: int = 20,
         n_target_classes: int = 9,
         fab_steps: int = 100,
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
     ):
         super().__init__(eps, bounds, seed)
@@ -175,7 +176,7 @@ class MDE(Attack):
         self.n_target_classes, self.fab_steps = int(n_target_classes), int(fab_steps)
 
     def components(self) -> list[Attack]:
-        kw = dict(eps=self.eps, bounds=self.bounds, seed=self.seed)
+        kw: dict[str, Any] = dict(eps=self.eps, bounds=self.bounds, seed=self.seed)
         return [
             APGD(steps=self.apgd_steps, loss="ce", **kw),
             MD(steps=self.md_steps, change_point=self.change_point, **kw),
@@ -189,7 +190,7 @@ class MDE(Attack):
             FABTargeted(steps=self.fab_steps, n_target_classes=self.n_target_classes, **kw),
         ]
 
-    def perturb(self, model, x, y):
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = x.clone()
         correct = correct_mask(model, x, y)
         idx = correct.nonzero().squeeze(1)

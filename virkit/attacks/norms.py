@@ -49,7 +49,12 @@ def per_example_norm(d: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
 
-def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps, bounds=(0.0, 1.0)) -> torch.Tensor:
+def project_l2(
+    x_adv: torch.Tensor,
+    x: torch.Tensor,
+    eps: float | torch.Tensor,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+) -> torch.Tensor:
     """Onto the L2 ball of radius ``eps`` around ``x`` (``x + d / ||d|| * min(eps, ||d||)``, the
     formula of the official APGD code), then onto the box. ``eps`` is a number or one per example."""
     d = x_adv - x
@@ -60,7 +65,13 @@ def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps, bounds=(0.0, 1.0)) -> 
     return out.clamp(bounds[0], bounds[1]) if bounds is not None else out
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "Linf", bounds=(0.0, 1.0)) -> torch.Tensor:
+def project(
+    x_adv: torch.Tensor,
+    x: torch.Tensor,
+    eps: float,
+    norm: str = "Linf",
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+) -> torch.Tensor:
     """Onto the ``norm`` ball of radius ``eps`` around ``x``, then onto the box ``bounds``."""
     if norm == "Linf":
         x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import ClassVar, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ def random_init(
     eps: float,
     kind: str,
     generator: torch.Generator | None = None,
-    bounds=(0.0, 1.0),
+    bounds: tuple[float, float] | None = (0.0, 1.0),
     norm: str = "Linf",
 ) -> torch.Tensor:
     """Starting point of PGD.
@@ -101,6 +101,7 @@ def input_grad_only(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+@overload
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -113,11 +114,64 @@ def pgd(
     random_start: str = "uniform",
     target_logits: torch.Tensor | None = None,
     kappa: float = 50.0,
-    bounds=(0.0, 1.0),
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    count_correct: Literal[False] = False,
+    norm: str = "Linf",
+) -> torch.Tensor: ...
+@overload
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    loss: str = "ce",
+    random_start: str = "uniform",
+    target_logits: torch.Tensor | None = None,
+    kappa: float = 50.0,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    count_correct: Literal[True],
+    norm: str = "Linf",
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    loss: str = "ce",
+    random_start: str = "uniform",
+    target_logits: torch.Tensor | None = None,
+    kappa: float = 50.0,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    count_correct: bool,
+    norm: str = "Linf",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    loss: str = "ce",
+    random_start: str = "uniform",
+    target_logits: torch.Tensor | None = None,
+    kappa: float = 50.0,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
     count_correct: bool = False,
     norm: str = "Linf",
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """PGD (Madry et al. 2018) with projection after every step: L-inf (sign steps, the default) or
     L2 (``norm='L2'``: steps of ``step_size`` along the L2-normalised gradient, projection onto the
     L2 ball and then the box).
@@ -166,12 +220,14 @@ class FGSM(Attack):
     paper = "Goodfellow et al., ICLR 2015"
     norms = ("Linf", "L2")
 
-    def __init__(self, eps: float = 8 / 255, bounds=(0.0, 1.0), seed: int = 0, norm: str = "Linf"):
+    def __init__(
+        self, eps: float = 8 / 255, bounds: tuple[float, float] | None = (0.0, 1.0), seed: int = 0, norm: str = "Linf"
+    ):
         super().__init__(eps, bounds, seed, norm)
         if norm == "L2":
             self.name = "FGM (L2)"
 
-    def perturb(self, model, x, y):
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return pgd(
             model,
             x,
@@ -205,7 +261,7 @@ class PGD(Attack):
         random_start: str = "uniform",
         loss: str = "ce",
         kappa: float = 50.0,
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
         norm: str = "Linf",
     ):
@@ -216,7 +272,7 @@ class PGD(Attack):
         if norm == "L2":
             self.name += " (L2)"
 
-    def perturb(self, model, x, y):
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return pgd(
             model,
             x,
@@ -250,7 +306,7 @@ class CWInf(PGD):
         steps: int = 20,
         kappa: float = 50.0,
         random_start: str = "uniform",
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
     ):
         super().__init__(eps, step_size, steps, random_start, "cw", kappa, bounds, seed)

@@ -38,7 +38,7 @@ class SPSA(Attack):
         samples: int = 256,
         max_batch: int = 4096,
         check_every: int = 1,
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
     ):
         super().__init__(eps, bounds, seed)
@@ -96,6 +96,6 @@ class SPSA(Attack):
                     break
         return torch.where(fooled.view(view), out, x + delta)
 
-    def perturb(self, model, x, y):
+    def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gen = self.generator(x.device)
         return on_correct(model, x, y, lambda xs, ys: self._run(model, xs, ys, gen))

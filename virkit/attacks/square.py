@@ -81,7 +81,7 @@ class Square(Attack):
         n_restarts: int = 1,
         check_every: int = 10,
         resc_schedule: bool = True,
-        bounds=(0.0, 1.0),
+        bounds: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
         norm: str = "Linf",
         early_stop: bool = True,
@@ -261,7 +261,9 @@ class Square(Attack):
             m[active] = torch.where(better, m_new, m[active])
         return x_best, m
 
-    def perturb(self, model, x, y, clean_logits=None):
+    def perturb(
+        self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
         gen = self.generator(x.device)
         run_one = self._run if self.norm == "Linf" else self._run_l2
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 
 import torch
 
@@ -183,7 +184,7 @@ def subset_indices(split: Split, n: int, seed: int, stratified: bool = True) -> 
     return torch.sort(idx).values
 
 
-def take(split: Split, idx: torch.Tensor, **extra) -> Split:
+def take(split: Split, idx: torch.Tensor, **extra: Any) -> Split:
     """The examples at positions ``idx`` (in that order), ``extra`` added to the split's record."""
     return Split(
         split.x[idx],

@@ -275,7 +275,7 @@ def load_imagefolder(root: Path, split: str) -> Split:
     return out
 
 
-def zlib_error():
+def zlib_error() -> type[Exception]:
     import zlib
 
     return zlib.error

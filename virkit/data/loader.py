@@ -3,6 +3,7 @@ done there (airbench-style: no worker processes, no PIL in the loop)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -54,7 +55,7 @@ class DeviceLoader:
         full, rest = divmod(n, self.batch_size)
         return full + (1 if rest and not self.drop_last and rest >= self.world_size else 0)
 
-    def epoch(self, seed: int):
+    def epoch(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of one epoch whose order and augmentation are a function of ``seed`` only."""
         device = self.split.x.device
         n = len(self.split)
@@ -92,7 +93,7 @@ AUGMENTATIONS = {
 
 
 def training_loader(
-    split, batch_size: int, augment: str = "crop-flip", rank: int = 0, world_size: int = 1
+    split: Split, batch_size: int, augment: str = "crop-flip", rank: int = 0, world_size: int = 1
 ) -> DeviceLoader:
     """The shuffled training loader of a run, with the augmentation ``augment`` names
     (:data:`AUGMENTATIONS`; images only: feature splits are never augmented)."""

@@ -31,12 +31,12 @@ class Split:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def to(self, device) -> Split:
+    def to(self, device: torch.device | str) -> Split:
         return Split(
             self.x.to(device), self.y.to(device), self.classes, self.name, self.source, self.mean, self.std, self.extra
         )
 
-    def float_images(self, idx=None) -> torch.Tensor:
+    def float_images(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """The (selected) inputs as float32 in [0, 1] (uint8 / 255), or the raw features."""
         x = self.x if idx is None else self.x[idx]
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()

@@ -43,7 +43,7 @@ def attack_batch(
     *,
     eps: float,
     norm: str,
-    bounds,
+    bounds: tuple[float, float] | None,
     images: bool,
     keep_adv: bool,
 ) -> dict:

@@ -30,7 +30,7 @@ def check_adversarial(
     x_adv: torch.Tensor,
     x: torch.Tensor,
     eps: float,
-    bounds=(0.0, 1.0),
+    bounds: tuple[float, float] | None = (0.0, 1.0),
     tol: float | None = None,
     name: str = "attack",
     norm: str = "Linf",

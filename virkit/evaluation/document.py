@@ -12,14 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from virkit.errors import VirkitError
 from virkit.runs import eval_state_root
+
+if TYPE_CHECKING:
+    from torch.utils.data import TensorDataset
 
 __all__ = [
     "EVAL_FORMAT",
@@ -49,7 +55,7 @@ def _threat_lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(a for a in white_box_attacks() if a != "fgsm"), black_box_attacks()
 
 
-def tensors_fingerprint(tensors) -> str:
+def tensors_fingerprint(tensors: Iterable[torch.Tensor]) -> str:
     h = hashlib.sha1()
     for t in tensors:
         t = t.detach().to("cpu").contiguous()
@@ -302,12 +308,14 @@ class AttackState:
 ADV_FORMAT = "virkit-adv-v1"
 
 
-def adversarial_file(folder, attack: str) -> Path:
+def adversarial_file(folder: str | os.PathLike, attack: str) -> Path:
     """``DIR/<attack>/adversarial.safetensors``."""
     return Path(folder) / attack / "adversarial.safetensors"
 
 
-def write_adversarial(folder, attack: str, tensors: dict[str, torch.Tensor], meta: dict, png: bool = False) -> Path:
+def write_adversarial(
+    folder: str | os.PathLike, attack: str, tensors: dict[str, torch.Tensor], meta: dict, png: bool = False
+) -> Path:
     """Write one attack's adversarial examples: ``adversarial.safetensors`` holding ``x_adv`` (float32),
     ``x_adv_uint8`` (the PNG-exact copy: round to the nearest /255 value, clip), ``labels``,
     ``clean_pred``, ``adv_pred``, ``uint8_pred``, ``attacked`` and ``index`` (position in the
@@ -343,7 +351,9 @@ def write_adversarial(folder, attack: str, tensors: dict[str, torch.Tensor], met
     return path
 
 
-def load_adversarial(folder, attack: str, quantized: bool = False, with_predictions: bool = False):
+def load_adversarial(
+    folder: str | os.PathLike, attack: str, quantized: bool = False, with_predictions: bool = False
+) -> TensorDataset:
     """The adversarial examples of ``attack`` saved under ``folder`` (``--save-adv DIR``) as a
     ``torch.utils.data.TensorDataset`` of (image, label): float32 images as the attack returned them,
     or with ``quantized`` the uint8 copies as float32 /255 (what survives saving as an image).

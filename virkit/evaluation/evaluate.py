@@ -40,7 +40,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -67,6 +67,9 @@ from virkit.evaluation.document import (
 from virkit.evaluation.settings import DEFAULT_ATTACKS, EvalSettings, attack_list
 from virkit.io import atomic_write_json, to_jsonable
 
+if TYPE_CHECKING:
+    from virkit.data import Split
+
 __all__ = [
     "evaluate_model",
     "EvalSettings",
@@ -80,11 +83,11 @@ __all__ = [
 
 def evaluate_model(
     model: nn.Module,
-    split,
+    split: Split,
     settings: EvalSettings,
     *,
-    device=None,
-    out_path=None,
+    device: torch.device | str | None = None,
+    out_path: str | os.PathLike | None = None,
     dist: DistContext | None = None,
     model_source: dict | None = None,
     fingerprint_extra: list | None = None,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -58,7 +59,9 @@ _AA_STANDARD = {
 }
 
 
-def robustbench_state_dict(model: str, sd: dict, mean=None, std=None) -> dict:
+def robustbench_state_dict(
+    model: str, sd: dict, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> dict:
     """virkit's state dict of ``model`` (keys ``net.*`` of :class:`virkit.models.Normalized`, or bare)
     in RobustBench's key layout; ``mean``/``std`` become the buffers ``mu`` and ``sigma``."""
     if model not in ARCHITECTURES:
@@ -190,7 +193,13 @@ def _load_run(run, which):
 
 
 def export_robustbench(
-    run, out=None, *, name: str | None = None, which: str | None = None, eval_file=None, allow_subset: bool = False
+    run: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    name: str | None = None,
+    which: str | None = None,
+    eval_file: str | os.PathLike | None = None,
+    allow_subset: bool = False,
 ) -> dict:
     """Export ``run`` (a run directory or checkpoint): see the module docstring. Returns the paths
     written and the RobustBench class to load the weights into. Nothing is written on an error."""
@@ -246,7 +255,7 @@ def export_robustbench(
     }
 
 
-def run_weights(run, path: str | os.PathLike, which: str | None = None) -> dict:
+def run_weights(run: str | os.PathLike, path: str | os.PathLike, which: str | None = None) -> dict:
     """Write a run's network weights (without virkit's normalization wrapper) to ``path``
     (``.safetensors``) and return what ``virkit evaluate --model virkit.models.examples:<builder>`` then needs:
     ``weights`` and ``normalize`` (the run's mean and std, or None). Notebook 09 evaluates a virkit

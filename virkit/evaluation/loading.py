@@ -14,7 +14,10 @@ import hashlib
 import importlib
 import os
 import sys
+from collections.abc import Container
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,7 +81,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
     return sd
 
 
-def fit_state_dict(model: nn.Module, sd: dict, what: str, optional=()) -> None:
+def fit_state_dict(model: nn.Module, sd: dict, what: str, optional: Container[str] = ()) -> None:
     """Load ``sd`` strictly; on a mismatch one :class:`VirkitError` naming the first five missing and
     unexpected keys (and the first shape mismatch). Keys in ``optional`` may be missing (buffers a
     constructor sets, such as RobustBench's normalization constants)."""
@@ -137,7 +140,7 @@ def load_callable(spec: str) -> nn.Module:
     return model
 
 
-def robustbench_zoo():
+def robustbench_zoo() -> tuple[dict[Any, Any], type[Enum], type[Enum]]:
     """RobustBench's model dictionaries. robustbench 1.1's package ``__init__`` imports its data loaders,
     which import ``pkg_resources`` (gone from setuptools >= 81); when that fails the model zoo is
     imported under a bare ``robustbench`` package module (its loaders and download helpers are never
@@ -174,12 +177,16 @@ def robustbench_zoo():
         return model_dicts, BenchmarkDataset, ThreatModel
 
 
-def robustbench_weights_path(name: str, dataset: str, threat_model: str, model_dir="./models") -> Path:
+def robustbench_weights_path(
+    name: str, dataset: str, threat_model: str, model_dir: str | os.PathLike = "./models"
+) -> Path:
     """Where RobustBench's ``load_model`` keeps the weights of ``name``."""
     return Path(model_dir) / dataset / threat_model / f"{name}.pt"
 
 
-def load_robustbench(spec: str, dataset: str, threat_model: str, weights, model_dir) -> tuple[nn.Module, dict]:
+def load_robustbench(
+    spec: str, dataset: str, threat_model: str, weights: str | os.PathLike | None, model_dir: str | os.PathLike
+) -> tuple[nn.Module, dict]:
     name = spec.split(":", 1)[1]
     if dataset not in _RB_DATASETS:
         raise VirkitError(

@@ -8,6 +8,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,10 @@ from virkit.devices import resolve_device
 from virkit.distributed import DistContext
 from virkit.errors import VirkitError
 from virkit.evaluation.evaluate import EvalSettings, evaluate_model
+
+if TYPE_CHECKING:
+    from virkit.data import Split
+    from virkit.locks import WriterLock
 
 __all__ = ["evaluate_run", "writer_lock"]
 
@@ -28,7 +33,7 @@ def evaluate_run(
     data_root: str | None = None,
     device: str | torch.device = "auto",
     out: str | os.PathLike | None = None,
-    test_split=None,
+    test_split: Split | None = None,
     log: Callable[[str], None] | None = None,
     dist: DistContext | None = None,
 ) -> dict:
@@ -121,7 +126,7 @@ class _NoLock:
         pass
 
 
-def writer_lock(out_path: Path, dist: DistContext):
+def writer_lock(out_path: Path, dist: DistContext) -> WriterLock | _NoLock:
     """The writer lock of ``out_path`` (rank 0 holds it for every rank of a sharded evaluation; if it
     is refused, every rank raises)."""
     from virkit.runs import eval_lock

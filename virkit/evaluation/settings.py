@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +28,7 @@ COMPILE_MODES = ("off", "on", "cudagraphs")
 DEFAULT_ATTACKS = {"Linf": ("natural", "fgsm", "pgd100", "cw"), "L2": ("natural", "fgsm", "pgd100")}
 
 
-def attack_list(attacks) -> list[str]:
+def attack_list(attacks: str | Iterable[str]) -> list[str]:
     if isinstance(attacks, str):
         attacks = [a for a in attacks.split(",") if a.strip()]
     valid = attack_names()
@@ -118,7 +119,9 @@ class EvalSettings:
                 except (TypeError, ValueError) as e:
                     raise VirkitError(f"attack {a!r}: {e}") from None
 
-    def resolved(self, *, attacks=None, eps: float | None = None, seed: int | None = None) -> EvalSettings:
+    def resolved(
+        self, *, attacks: Iterable[str] | None = None, eps: float | None = None, seed: int | None = None
+    ) -> EvalSettings:
         """A copy with ``attacks``, ``eps`` and ``seed`` set (checked again): this object's where it
         sets them, else the given ones (a run's own values), else the defaults (:data:`DEFAULT_ATTACKS`
         of the norm, :data:`virkit.attacks.DEFAULT_EPS` of the norm, 0). ``n_examples`` is left to

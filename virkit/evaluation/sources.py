@@ -27,8 +27,10 @@ import dataclasses
 import os
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -36,6 +38,9 @@ from torch import nn
 from virkit.errors import VirkitError
 from virkit.evaluation.loading import file_digest, fit_state_dict, load_callable, load_robustbench, load_state_dict_file
 from virkit.evaluation.settings import EvalSettings
+
+if TYPE_CHECKING:
+    from virkit.distributed import DistContext
 
 __all__ = [
     "ModelSource",
@@ -76,7 +81,7 @@ class LogProbabilities(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).float().clamp_min(1e-30).log()
 
 
@@ -129,7 +134,7 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def parse_normalize(text: str | None):
+def parse_normalize(text: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """``--normalize``: a name (cifar10, cifar100, imagenet), ``MEAN,STD`` (one number each, for every
     channel) or ``M1,M2,M3,S1,S2,S3`` (the first half the means). Returns (mean, std) or None."""
     if text is None or text == "":
@@ -153,10 +158,10 @@ def parse_normalize(text: str | None):
 def load_source(
     spec: str,
     *,
-    weights=None,
+    weights: str | os.PathLike | None = None,
     dataset: str = "cifar10",
     threat_model: str = "Linf",
-    model_dir="./models",
+    model_dir: str | os.PathLike = "./models",
     normalize: str | None = None,
     probabilities: bool = False,
 ) -> ModelSource:
@@ -201,7 +206,12 @@ def load_source(
 # ------------------------------------------------------------------------------------------------ checks
 @torch.no_grad()
 def check_model(
-    model: nn.Module, x: torch.Tensor, num_classes: int, dataset: str = "the dataset", what: str = "the model", log=None
+    model: nn.Module,
+    x: torch.Tensor,
+    num_classes: int,
+    dataset: str = "the dataset",
+    what: str = "the model",
+    log: Callable[[str], None] | None = None,
 ) -> None:
     """Probe ``model`` on clean inputs ``x`` (a few test images): one :class:`VirkitError` if it fails,
     does not return B x ``num_classes`` outputs, returns NaN/inf, or returns probabilities (rows in
@@ -249,7 +259,7 @@ def check_model(
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
-def default_out(slug: str, dataset: str, norm: str, root="runs/eval") -> Path:
+def default_out(slug: str, dataset: str, norm: str, root: str | os.PathLike = "runs/eval") -> Path:
     """Where ``virkit evaluate --model SOURCE`` writes without ``--out``:
     ``runs/eval/<source>-<dataset>-<norm>/eval.json``."""
     return Path(root) / f"{slug}-{dataset}-{norm}" / "eval.json"
@@ -259,17 +269,17 @@ def evaluate_source(
     source: str,
     settings: EvalSettings | None = None,
     *,
-    weights=None,
+    weights: str | os.PathLike | None = None,
     dataset: str = "cifar10",
     threat_model: str | None = None,
-    model_dir="./models",
+    model_dir: str | os.PathLike = "./models",
     normalize: str | None = None,
     probabilities: bool = False,
     data_root: str | None = None,
-    device="auto",
-    out=None,
-    dist=None,
-    log=None,
+    device: torch.device | str = "auto",
+    out: str | os.PathLike | None = None,
+    dist: DistContext | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Evaluate a model from outside virkit (:mod:`virkit.evaluation.sources`: ``module:callable`` with optional
     ``weights``, ``robustbench:NAME``, a TorchScript file) under ``settings`` (an

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from virkit.errors import VirkitError
@@ -35,7 +36,7 @@ def resolve_checkpoint_path(path: str | Path, which: str = "last") -> Path:
     return p
 
 
-def read_checkpoint(path: str | Path, which: str = "last", map_location="cpu") -> dict:
+def read_checkpoint(path: str | Path, which: str = "last", map_location: torch.device | str | None = "cpu") -> dict:
     p = resolve_checkpoint_path(path, which)
     ck = safe_torch_load(p, map_location=map_location)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT or "model" not in ck:
@@ -61,7 +62,7 @@ def build_model_from_meta(cfg: dict, data_meta: dict) -> nn.Module:
 
 def load_checkpoint(
     path: str | Path,
-    device="cpu",
+    device: torch.device | str = "cpu",
     which: str = "last",
     expect_model: str | None = None,
     expect_num_classes: int | None = None,

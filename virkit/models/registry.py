@@ -59,7 +59,12 @@ def model_names() -> list[str]:
 
 
 def build_model(
-    name: str, num_classes: int, mean=None, std=None, in_channels: int = 3, image_size: int = 32
+    name: str,
+    num_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    in_channels: int = 3,
+    image_size: int = 32,
 ) -> nn.Module:
     """Build a registered model wrapped in :class:`Normalized`.
 
