@@ -154,8 +154,8 @@ def test_public_functions_are_typed():
                 if missing := _untyped(node, method=False):
                     untyped.append(f"{where}: {node.name} ({', '.join(missing)})")
             elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
-                public = [m for m in node.body if isinstance(m, functions)]
-                for m in (m for m in public if not m.name.startswith("_") or m.name == "__init__"):
+                methods = [m for m in node.body if isinstance(m, functions)]
+                for m in (m for m in methods if not m.name.startswith("_") or m.name == "__init__"):
                     if missing := _untyped(m, method=True):
                         untyped.append(f"{where}: {node.name}.{m.name} ({', '.join(missing)})")
     assert not untyped, f"{len(untyped)} public functions without annotations:\n" + "\n".join(untyped)
