@@ -155,7 +155,10 @@ def test_public_functions_are_typed():
                     untyped.append(f"{where}: {node.name} ({', '.join(missing)})")
             elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
                 for m in node.body:
-                    if isinstance(m, functions) and (not m.name.startswith("_") or m.name == "__init__"):
-                        if missing := _untyped(m, method=True):
-                            untyped.append(f"{where}: {node.name}.{m.name} ({', '.join(missing)})")
+                    if (
+                        isinstance(m, functions)
+                        and (not m.name.startswith("_") or m.name == "__init__")
+                        and (missing := _untyped(m, method=True))
+                    ):
+                        untyped.append(f"{where}: {node.name}.{m.name} ({', '.join(missing)})")
     assert not untyped, f"{len(untyped)} public functions without annotations:\n" + "\n".join(untyped)
