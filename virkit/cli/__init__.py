@@ -23,7 +23,7 @@ from virkit.errors import VirkitError
 __all__ = ["main", "build_parser"]
 
 
-def _add_list(sub) -> None:
+def _add_list(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("list", help="list datasets, models, methods, presets and attacks")
     p.set_defaults(func=lambda a: print(epilog()) or 0)
 

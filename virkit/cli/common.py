@@ -4,6 +4,7 @@ models, methods, presets and attacks, and the parser whose usage errors are one 
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from virkit.errors import VirkitError
 
@@ -41,5 +42,5 @@ def epilog() -> str:
 class Parser(argparse.ArgumentParser):
     """argparse's usage errors become one line ``virkit: error: ...`` (exit 2) like every other error."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         raise VirkitError(f"{message} (see '{self.prog} --help')")

@@ -9,13 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from virkit.cli.common import epilog, fraction
+from virkit.cli.common import Parser, epilog, fraction
 from virkit.errors import VirkitError
 
 __all__ = ["add_evaluate", "attack_overrides"]
 
 
-def add_evaluate(sub) -> None:
+def add_evaluate(sub: argparse._SubParsersAction[Parser]) -> None:
     from virkit.evaluation.settings import DEFAULT_ATTACKS, EvalSettings
 
     default = {f: EvalSettings.__dataclass_fields__[f].default for f in ("batch_size", "compile")}
@@ -165,7 +165,7 @@ def add_evaluate(sub) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
-def attack_overrides(args, attacks: list[str]) -> dict:
+def attack_overrides(args: argparse.Namespace, attacks: list[str]) -> dict:
     import json
 
     from virkit.attacks import is_autoattack

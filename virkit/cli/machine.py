@@ -3,10 +3,17 @@ use) and ``virkit doctor`` (versions, device, speed calibration, datasets and ca
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
+
+    from virkit.cli.common import Parser
+
 __all__ = ["add_fetch", "add_doctor"]
 
 
-def add_fetch(sub) -> None:
+def add_fetch(sub: argparse._SubParsersAction[Parser]) -> None:
     from virkit.data import FETCHABLE
 
     p = sub.add_parser(
@@ -32,7 +39,7 @@ def _cmd_fetch(args) -> int:
     return 0
 
 
-def add_doctor(sub) -> None:
+def add_doctor(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "doctor",
         help="versions, device, speed calibration, datasets and caches: one screen for a bug report",

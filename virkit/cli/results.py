@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
+
+    from virkit.cli.common import Parser
+
 __all__ = ["add_export", "add_report"]
 
 
-def add_export(sub) -> None:
+def add_export(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "export",
         help="export a run for RobustBench (state dict in its key layout + model info)",
@@ -40,7 +47,7 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def add_report(sub) -> None:
+def add_report(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "report",
         help="paper-style tables (mean ± std over seeds) from run directories; --html: a "

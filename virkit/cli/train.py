@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from virkit.cli.common import epilog, fraction
+from virkit.cli.common import Parser, epilog, fraction
 
 __all__ = ["add_train"]
 
 
-def add_train(sub) -> None:
+def add_train(sub: argparse._SubParsersAction[Parser]) -> None:
     from virkit.data import AUGMENTATIONS
     from virkit.training import TrainConfig
 

@@ -1,5 +1,7 @@
 """``python -m virkit.notebooks run|list ...`` and the ``--exec-one SPEC`` subprocess of ``--jobs N``."""
 
+from __future__ import annotations
+
 import sys
 
 from virkit.notebooks.cli import main

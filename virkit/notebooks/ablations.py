@@ -11,11 +11,15 @@ label from :mod:`virkit.paper.catalogue`; Tables 6-7 are built by :func:`virkit.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from virkit.errors import VirkitError
 from virkit.notebooks.analysis import paper_table
 from virkit.paper import catalogue as paper
 from virkit.paper.tables import TABLES, Sweep
+
+if TYPE_CHECKING:
+    from virkit.notebooks.context import NotebookContext
 
 __all__ = ["grid_parameter", "ablation_methods", "ablation_results"]
 
@@ -56,7 +60,7 @@ def ablation_methods(table: int, components: Sequence[str]) -> list[str]:
 
 
 def ablation_results(
-    ctx, tables: Iterable[int], grids: Mapping[str, Sequence], seeds: Sequence[int]
+    ctx: NotebookContext, tables: Iterable[int], grids: Mapping[str, Sequence], seeds: Sequence[int]
 ) -> dict[int, dict]:
     """Train/reuse the runs of the ablation Tables 6, 7 and 9-12 and build each table.
 

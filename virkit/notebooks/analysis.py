@@ -5,8 +5,7 @@ in :mod:`virkit.notebooks.ablations`.
 
 What a table holds (datasets, model, attacks, rows) comes from :mod:`virkit.paper.tables`, every label
 from :mod:`virkit.paper.catalogue`; *mean ± std* cells from :func:`virkit.paper.report.mean_std`.
-Functions that train take a notebook context (``ctx.run(method, seed=..., **overrides)``, ``ctx.preset``,
-``ctx.robust_attack``; :class:`virkit.notebooks.NotebookContext`), so the notebooks' runs are shared.
+Functions that train take a :class:`virkit.notebooks.NotebookContext` (``ctx.run``), so the notebooks' runs are shared.
 """
 
 from __future__ import annotations
@@ -14,10 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from virkit.errors import VirkitError
 from virkit.paper import catalogue as paper
 from virkit.paper.tables import TABLES, Table
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from numpy.typing import ArrayLike
+
+    from virkit.notebooks.context import NotebookContext
 
 __all__ = [
     "eval_table",
@@ -46,7 +52,7 @@ _STAND_IN_MODEL = "resnet18"
 # ------------------------------------------------------------------------------------------------
 
 
-def eval_table(ev: Mapping, percent: bool = True):
+def eval_table(ev: Mapping, percent: bool = True) -> pd.DataFrame:
     """A DataFrame of one eval.json: accuracy, worst class and its accuracy, per attack."""
     import pandas as pd
 
@@ -83,7 +89,9 @@ def class_accuracy(ev: Mapping, attack: str) -> list[float]:
 # ------------------------------------------------------------------------------------------------
 
 
-def table_runs(ctx, tables: Iterable[int], methods: Sequence[str], seeds: Sequence[int]) -> dict[int, list[Path]]:
+def table_runs(
+    ctx: NotebookContext, tables: Iterable[int], methods: Sequence[str], seeds: Sequence[int]
+) -> dict[int, list[Path]]:
     """{table: run dirs} for Tables 1-5 (datasets and model from :data:`virkit.paper.tables.TABLES`; the
     preset's model stands in for ResNet-18), training what is missing. A table whose runs cannot be
     made with this preset (missing dataset; WideResNet runs, which only the ``paper`` preset trains)
@@ -114,7 +122,7 @@ def table_runs(ctx, tables: Iterable[int], methods: Sequence[str], seeds: Sequen
     return out
 
 
-def paper_table(df, table: int):
+def paper_table(df: pd.DataFrame, table: int) -> pd.DataFrame:
     """:func:`virkit.paper.report.make_table`, plus a column for every evaluated attack the paper's layout
     lacks (e.g. PGD-10 in the demo preset), and without columns no run evaluated; the caption
     names the dropped columns."""
@@ -146,7 +154,7 @@ def paper_table(df, table: int):
     return out
 
 
-def _method_of_label(label: str, df, spec: Table) -> str | None:
+def _method_of_label(label: str, df: pd.DataFrame, spec: Table) -> str | None:
     """The method a row label of :func:`virkit.paper.report.make_table` stands for (longest label first)."""
     cands = [(lab, m) for m in df["method"].unique() for lab in {paper.method_label(m), spec.row_label(m)}]
     for lab, m in sorted(cands, key=lambda c: -len(c[0])):
@@ -216,7 +224,9 @@ def confusion_panels(evals: Mapping[str, Mapping], methods: Sequence[str], attac
     return out
 
 
-def class_accuracy_table(evals: Mapping[str, Mapping], methods: Sequence[str], attack: str, classes):
+def class_accuracy_table(
+    evals: Mapping[str, Mapping], methods: Sequence[str], attack: str, classes: Sequence[str]
+) -> pd.DataFrame:
     """The diagonals of :func:`confusion_panels` side by side: per-class accuracy (%), one column per method."""
     import pandas as pd
 
@@ -275,7 +285,9 @@ def figure3_verdict(hists: Mapping[str, Sequence[Mapping]], classes: Sequence[st
     return out
 
 
-def weight_vs_robustness(hists: Mapping[str, list], evals: Mapping[str, Mapping], classes, preferred: str):
+def weight_vs_robustness(
+    hists: Mapping[str, list], evals: Mapping[str, Mapping], classes: Sequence[str], preferred: str
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """Mean sample weight per class in the last epoch against the class's robust accuracy (%), per
     method: ``(DataFrame, {method label: Spearman correlation})``."""
     import pandas as pd
@@ -345,7 +357,7 @@ def theorem1_check(d: int, eta: float, sigma: float, K_grid: Sequence[float], mc
     }
 
 
-def robust_error_table(curves: Mapping, eps_grid, train_eps: float):
+def robust_error_table(curves: Mapping, eps_grid: ArrayLike, train_eps: float) -> pd.DataFrame:
     """Class-wise robust errors of each model of :func:`virkit.paper.theory_empirical.robust_error_curves` at the
     training radius and at ε = 0, and the gap between the classes."""
     import numpy as np

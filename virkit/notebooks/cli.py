@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from virkit.errors import VirkitError
@@ -89,7 +90,7 @@ def _cmd_list(args) -> int:
     return 0
 
 
-def add_cli(subparsers) -> argparse.ArgumentParser:
+def add_cli(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
     """Register ``notebooks run`` and ``notebooks list`` on an argparse subparsers object."""
     p = subparsers.add_parser(
         "notebooks",
@@ -161,7 +162,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
     """``python -m virkit.notebooks run ...``; also accepts an already parsed namespace."""
     if isinstance(argv, argparse.Namespace):
         return int(argv.func(argv) or 0)

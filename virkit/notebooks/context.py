@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virkit.errors import VirkitError
 from virkit.notebooks.parameters import check_values, find_notebook, notebook_parameters
 from virkit.notebooks.presets import COMMON_PARAMETERS, preset_settings, run_paths, shared_run
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["REPO_ROOT", "NotebookContext", "setup", "output_root"]
 
@@ -61,14 +64,16 @@ class NotebookContext:
         self.robust_attack = self.settings["robust_attack"]
         self.seeds = list(self.settings["seeds"])
 
-    def run(self, method: str, seed: int = 0, **overrides) -> Path:
+    def run(self, method: str, seed: int = 0, **overrides: Any) -> Path:
         """The run directory of ``method``/``seed`` with this preset's budget (trained once, shared)."""
         return shared_run(method, self.preset, self.runs_root, seed=seed, **overrides)
 
-    def runs(self, methods: Iterable[str], seeds: Iterable[int] | None = None, **overrides) -> dict:
+    def runs(
+        self, methods: Iterable[str], seeds: Iterable[int] | None = None, **overrides: Any
+    ) -> dict[tuple[str, int], Path]:
         return run_paths(methods, self.preset, self.runs_root, self.seeds if seeds is None else seeds, **overrides)
 
-    def show(self, fig, name: str, caption: str = "") -> None:
+    def show(self, fig: Figure, name: str, caption: str = "") -> None:
         """Save ``fig`` (PNG + PDF, recorded for the index), display it, close it."""
         import matplotlib.pyplot as plt
 

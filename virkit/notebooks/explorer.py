@@ -8,13 +8,20 @@ a mesh of (p_y, KL) values (``tests/test_figures.py`` checks they agree with
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from virkit import reweighting as rw
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "DEFAULTS",
@@ -55,7 +62,9 @@ def vir_grid(alpha: float, gamma: float, beta: float, kl_max: float = 2.0, n: in
     return {"p": p, "kl": kl, "w": w, "params": {"α": alpha, "γ": gamma, "β": beta}}
 
 
-def vir_curves(alpha: float, gamma: float, beta: float, kls=(0.05, 0.2, 0.5, 1.0, 2.0), n: int = 201) -> dict:
+def vir_curves(
+    alpha: float, gamma: float, beta: float, kls: Iterable[float] = (0.05, 0.2, 0.5, 1.0, 2.0), n: int = 201
+) -> dict:
     p = np.linspace(0.0, 1.0, n)
     return {"p": p, "curves": {float(k): alpha * np.exp(-gamma * p) * k + beta for k in kls}, "params": {"β": beta}}
 
@@ -84,16 +93,16 @@ def mail_curve(gamma: float, beta: float, scale: float = 3.0, n: int = 201) -> d
 
 
 def landscape_figure(
-    alpha=DEFAULTS["alpha"],
-    gamma=DEFAULTS["gamma"],
-    beta=DEFAULTS["beta"],
-    gairat_lambda=DEFAULTS["gairat_lambda"],
-    gairat_steps=DEFAULTS["gairat_steps"],
-    mail_gamma=DEFAULTS["mail_gamma"],
-    mail_beta=DEFAULTS["mail_beta"],
-    mail_scale=DEFAULTS["mail_scale"],
-    kl_max=DEFAULTS["kl_max"],
-):
+    alpha: float = DEFAULTS["alpha"],
+    gamma: float = DEFAULTS["gamma"],
+    beta: float = DEFAULTS["beta"],
+    gairat_lambda: float = DEFAULTS["gairat_lambda"],
+    gairat_steps: float = DEFAULTS["gairat_steps"],  # a number of steps: taken as int(gairat_steps)
+    mail_gamma: float = DEFAULTS["mail_gamma"],
+    mail_beta: float = DEFAULTS["mail_beta"],
+    mail_scale: float = DEFAULTS["mail_scale"],
+    kl_max: float = DEFAULTS["kl_max"],
+) -> Figure:
     from virkit.paper.figures import plot_weight_landscape
 
     return plot_weight_landscape(
@@ -126,7 +135,7 @@ def batch_statistics(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    classes,
+    classes: Sequence[str],
     eps: float = 8 / 255,
     step_size: float = 2 / 255,
     steps: int = 10,
@@ -158,15 +167,15 @@ def batch_statistics(
 
 def batch_weights(
     stats: BatchStats,
-    alpha=DEFAULTS["alpha"],
-    gamma=DEFAULTS["gamma"],
-    beta=DEFAULTS["beta"],
-    gairat_lambda=DEFAULTS["gairat_lambda"],
-    mail_gamma=DEFAULTS["mail_gamma"],
-    mail_beta=DEFAULTS["mail_beta"],
-    mail_scale=DEFAULTS["mail_scale"],
-    **_ignored,
-) -> dict:
+    alpha: float = DEFAULTS["alpha"],
+    gamma: float = DEFAULTS["gamma"],
+    beta: float = DEFAULTS["beta"],
+    gairat_lambda: float = DEFAULTS["gairat_lambda"],
+    mail_gamma: float = DEFAULTS["mail_gamma"],
+    mail_beta: float = DEFAULTS["mail_beta"],
+    mail_scale: float = DEFAULTS["mail_scale"],
+    **_ignored: Any,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{label: (weights, labels)} for VIR, GAIRAT (batch-normalized, as in training) and MAIL."""
     y = stats.y.numpy()
     vir = rw.vir_weights(stats.logits_nat, stats.logits_adv, stats.y, alpha, gamma, beta).numpy()
@@ -175,7 +184,7 @@ def batch_weights(
     return {"VIR": (vir, y), "GAIRAT": (gai, y), "MAIL": (mail, y)}
 
 
-def histogram_figure(stats: BatchStats, title: str | None = None, **params):
+def histogram_figure(stats: BatchStats, title: str | None = None, **params: float) -> Figure:
     from virkit.paper.figures import plot_weight_histograms
 
     p_y = rw.true_class_probability(stats.logits_nat, stats.y)
@@ -187,7 +196,13 @@ def histogram_figure(stats: BatchStats, title: str | None = None, **params):
 
 
 def load_batch(
-    checkpoint, n: int = 256, split: str = "test", seed: int = 0, data_root=None, steps: int = 10, device: str = "cpu"
+    checkpoint: str | Path,
+    n: int = 256,
+    split: str = "test",
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
+    steps: int = 10,
+    device: str = "cpu",
 ) -> BatchStats:
     """Load a trained model (run directory or .pt) and compute :class:`BatchStats` on ``n`` seeded
     test images of the dataset it was trained on."""
@@ -220,7 +235,9 @@ class WeightExplorer:
     panels (the weight landscape and, with ``stats``, the per-class histogram of real weights)
     that are redrawn whenever a slider changes. ``redraw()`` can be called directly (tests)."""
 
-    def __init__(self, stats: BatchStats | None = None, continuous_update: bool = False, dpi: int = 80, **values):
+    def __init__(
+        self, stats: BatchStats | None = None, continuous_update: bool = False, dpi: int = 80, **values: float
+    ):
         import ipywidgets as W
 
         self.stats = stats
@@ -330,7 +347,7 @@ class WeightExplorer:
     def values(self) -> dict:
         return {k: float(s.value) for k, s in self.sliders.items()}
 
-    def figures(self):
+    def figures(self) -> tuple[Figure, Figure | None]:
         """The current (landscape, histogram-or-None) matplotlib figures."""
         v = {**self.values, **self.fixed}
         land = landscape_figure(**v)
@@ -354,7 +371,13 @@ class WeightExplorer:
         )
 
 
-def explorer_app(checkpoint=None, n: int = 256, steps: int = 10, data_root=None, **values) -> WeightExplorer:
+def explorer_app(
+    checkpoint: str | Path | None = None,
+    n: int = 256,
+    steps: int = 10,
+    data_root: str | os.PathLike | None = None,
+    **values: Any,  # WeightExplorer's keywords: slider values, continuous_update, dpi
+) -> WeightExplorer:
     """Build the explorer; with ``checkpoint`` (run dir or .pt) also the real-weight histogram."""
     stats = load_batch(checkpoint, n=n, steps=steps, data_root=data_root) if checkpoint else None
     return WeightExplorer(stats, **values)

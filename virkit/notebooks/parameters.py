@@ -142,7 +142,7 @@ def notebook_parameters(nb_path: str | os.PathLike) -> dict[str, Parameter]:
     return {n: Parameter(n, v, seen[n].help) for n, v in values.items()}
 
 
-def parse_parameter_value(text: str):
+def parse_parameter_value(text: str) -> Any:
     """Parse a command-line value: a Python/JSON literal (``3``, ``0.5``, ``[1, 2]``, ``True``,
     ``null``), else the text itself as a string."""
     t = text.strip()
@@ -211,7 +211,7 @@ def validate_parameters(nb_path: str | os.PathLike, values: Mapping[str, Any]) -
     return check_values(notebook_parameters(nb_path), values, nb_path.stem)
 
 
-def resolve_notebooks(only: str | Sequence[str] | None, folder=None) -> list[Path]:
+def resolve_notebooks(only: str | Sequence[str] | None, folder: str | os.PathLike | None = None) -> list[Path]:
     """All notebooks, or those selected by ``only``: names, stems, number prefixes or unique name
     fragments, comma-separated (``01,03``, ``02_gaussian_mixture_theory``, ``explorer``)."""
     nbs = list_notebooks(folder)

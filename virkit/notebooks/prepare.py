@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +81,7 @@ def _entries(preset: str) -> list[tuple[str, dict]]:
     return out
 
 
-def planned_runs(preset: str, runs_root: str | os.PathLike, seeds=None) -> list[PlannedRun]:
+def planned_runs(preset: str, runs_root: str | os.PathLike, seeds: Iterable[int] | None = None) -> list[PlannedRun]:
     """The preset's runs (each seed), with their burn-in parents assigned: in each group of the
     same burn-in key, the run whose reweighting starts first trains the burn-in for the others."""
     from virkit.training import METHODS, burnin_key
@@ -222,7 +222,7 @@ def prepare_runs(
     jobs: int | None = None,
     threads: int | None = None,
     say: Callable[[str], None] = print,
-    seeds=None,
+    seeds: Iterable[int] | None = None,
     expected_s: float | None = None,
 ) -> list[PlannedRun]:
     """Train the preset's runs (:func:`planned_runs`) that are not finished yet, ``jobs`` at a time

@@ -18,9 +18,12 @@ import copy
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virkit.errors import check_choice
+
+if TYPE_CHECKING:
+    from virkit.training.config import TrainConfig
 
 __all__ = [
     "NOTEBOOK_PRESETS",
@@ -177,7 +180,7 @@ def preset_settings(preset: str) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def train_config(preset: str, method: str, seed: int = 0, **overrides):
+def train_config(preset: str, method: str, seed: int = 0, **overrides: Any) -> TrainConfig:
     """The TrainConfig of a notebook run: the trainer preset of the same name + ``overrides``
     (``None`` values ignored), with ``method`` and ``seed``."""
     from virkit.training import resolve_config
@@ -188,13 +191,13 @@ def train_config(preset: str, method: str, seed: int = 0, **overrides):
     return resolve_config(preset, **values)
 
 
-def _run_name(cfg) -> str:
+def _run_name(cfg: TrainConfig) -> str:
     from virkit.training import config_hash
 
     return f"{cfg.dataset}-{cfg.model}-{cfg.method}-s{cfg.seed}-{config_hash(cfg)[:8]}"
 
 
-def run_dir_for(cfg, runs_root: str | os.PathLike) -> Path:
+def run_dir_for(cfg: TrainConfig, runs_root: str | os.PathLike) -> Path:
     """The directory of the shared run of ``cfg`` under ``runs_root`` (the name carries the config hash)."""
     return Path(runs_root) / _run_name(cfg)
 
@@ -204,7 +207,7 @@ def default_runs_root(preset: str, out_root: str | os.PathLike = "runs/notebooks
 
 
 def shared_run(
-    method: str, preset: str, runs_root: str | os.PathLike | None = None, seed: int = 0, **overrides
+    method: str, preset: str, runs_root: str | os.PathLike | None = None, seed: int = 0, **overrides: Any
 ) -> Path:
     """Train (or reuse) the run ``method``/``seed`` of a notebook preset; returns its run directory.
 
@@ -229,7 +232,11 @@ def shared_run(
 
 
 def run_paths(
-    methods: Iterable[str], preset: str, runs_root=None, seeds: Iterable[int] = (0,), **overrides
+    methods: Iterable[str],
+    preset: str,
+    runs_root: str | os.PathLike | None = None,
+    seeds: Iterable[int] = (0,),
+    **overrides: Any,
 ) -> dict[tuple[str, int], Path]:
     """{(method, seed): run dir} for every combination, training what is missing."""
     return {(m, s): shared_run(m, preset, runs_root, seed=s, **overrides) for m in methods for s in seeds}

@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +165,7 @@ def ensure_preset_data(preset: str) -> None:
 
 def run_notebooks(
     preset: str = "demo",
-    only=None,
+    only: str | Sequence[str] | None = None,
     jobs: int = 1,
     out_root: str | os.PathLike = "runs/notebooks",
     fig_root: str | os.PathLike = "figures",

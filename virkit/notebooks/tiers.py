@@ -6,6 +6,7 @@ cost model of :func:`virkit.notebooks.prepare.expected_seconds`."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from virkit.notebooks.prepare import default_train_jobs, expected_seconds
@@ -31,7 +32,10 @@ class TierChoice:
 
 
 def choose_demo_tier(
-    jobs: int | None = None, budget_s: float = DEMO_BUDGET_S, log=None, measure: bool = True
+    jobs: int | None = None,
+    budget_s: float = DEMO_BUDGET_S,
+    log: Callable[[str], None] | None = None,
+    measure: bool = True,
 ) -> TierChoice:
     """The largest of :data:`DEMO_TIERS` this machine is expected to finish within ``budget_s``, from
     the speed calibration of the demo's training step (:mod:`virkit.training.speed`, measured once and cached)
@@ -75,7 +79,9 @@ def choose_demo_tier(
     )
 
 
-def default_demo_preset(jobs: int | None = None, log=None, measure: bool = True) -> tuple[str, str]:
+def default_demo_preset(
+    jobs: int | None = None, log: Callable[[str], None] | None = None, measure: bool = True
+) -> tuple[str, str]:
     """The demo tier this machine runs in 10 minutes, and why (:func:`choose_demo_tier`). ``make demo``
     and ``virkit notebooks run`` without ``--preset`` use it."""
     c = choose_demo_tier(jobs, log=log, measure=measure)

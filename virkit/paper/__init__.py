@@ -3,6 +3,8 @@ the paper's hyperparameters) and its tables (:mod:`.tables`: Tables 1-12, the ap
 one's own runs beside them (:mod:`.report`, :mod:`.report_html`), its theory section (:mod:`.theory`: closed forms;
 :mod:`.theory_empirical`: samples, Monte Carlo, trained linear models) and its figures (:mod:`.figures`)."""
 
+from __future__ import annotations
+
 from virkit.paper.catalogue import *  # noqa: F403  (the catalogue and the tables are this package's public face)
 from virkit.paper.catalogue import __all__ as _catalogue_all
 from virkit.paper.report import collect_runs, make_table, mean_std, report_main, to_markdown

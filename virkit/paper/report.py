@@ -16,7 +16,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
@@ -25,6 +27,7 @@ import pandas as pd
 
 from virkit.errors import VirkitError
 from virkit.paper import catalogue as paper
+from virkit.paper.report_evaluations import checkpoint_eval_file
 from virkit.paper.tables import MAIN_TABLES, Table
 from virkit.runs import RunDir, eval_state_root
 
@@ -65,7 +68,7 @@ def _read_json(path: Path):
         raise ValueError(f"{path}: {e}") from None
 
 
-def collect_runs(run_dirs, checkpoint: str | None = None) -> pd.DataFrame:
+def collect_runs(run_dirs: str | Path | Iterable[str | os.PathLike], checkpoint: str | None = None) -> pd.DataFrame:
     """One row per run directory with ``config.json`` and ``eval.json``: ``run_dir``, ``dataset``, ``model``,
     ``method``, ``seed``, ``alpha``, ``beta``, ``gamma``, ``source``, ``n_examples``, ``eps`` and one column per
     attack (accuracy as a fraction) plus ``worst_case``. Directories without ``eval.json`` (or with an
@@ -145,7 +148,7 @@ class MeanStd(NamedTuple):
     n: int
 
 
-def mean_std(values, scale: float = 100.0, empty: str = DASH) -> MeanStd:
+def mean_std(values: Iterable[float | None], scale: float = 100.0, empty: str = DASH) -> MeanStd:
     """Mean ± sample standard deviation of accuracies given as fractions (None and NaN are left out),
     as the paper reports them (*mean ± std* over seeds, Sec. 5.5; ``scale=100``: percent, two decimals)."""
     vals = [scale * v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -277,24 +280,6 @@ def make_table(df: pd.DataFrame, table: int, attacks: list[str] | None = None) -
     return out
 
 
-def checkpoint_eval_file(run: RunDir, checkpoint: str | None) -> Path:
-    """eval.json, or the evaluation of ``checkpoint`` (``last``/``best``): the file the trainer's
-    ``checkpoints`` record in eval.json names, else eval.json itself when it evaluated that checkpoint
-    (``virkit evaluate --checkpoint RUN/best.pt``), else ``eval-<checkpoint>.json``."""
-    if checkpoint is None:
-        return run.eval_file
-    try:
-        doc = json.loads(run.eval_file.read_text())
-    except (OSError, ValueError):
-        doc = {}
-    rec = (doc.get("checkpoints") or {}).get(checkpoint) or {}
-    if rec.get("file"):
-        return run.path / rec["file"]
-    if Path(str((doc.get("extra") or {}).get("checkpoint", ""))).name == f"{checkpoint}.pt":
-        return run.eval_file
-    return run.eval_file_for(checkpoint)
-
-
 def _caption(table: int, spec: Table, models: list, datasets: list, df: pd.DataFrame) -> str:
     paper_where = f"{paper.model_label(spec.model)} on " + " and ".join(paper.dataset_label(d) for d in spec.datasets)
     standin = "source" in df and df["source"].fillna("").str.contains("stand-in").any()
@@ -382,7 +367,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(table: pd.DataFrame, path=None) -> str:
+def to_csv(table: pd.DataFrame, path: str | os.PathLike | None = None) -> str:
     """The table as CSV (flat column names, the index as the first column); written to ``path`` if given."""
     flat = table.copy()
     flat.columns = _flat_columns(table)
@@ -397,10 +382,10 @@ def to_csv(table: pd.DataFrame, path=None) -> str:
 
 
 def report_main(
-    run_dirs,
+    run_dirs: str | Path | Iterable[str | os.PathLike],
     table: int,
     fmt: str = "md",
-    out=None,
+    out: str | os.PathLike | None = None,
     checkpoint: str | None = None,
     attacks: str | list[str] | None = None,
     paired_with: str | None = None,

@@ -1,7 +1,8 @@
 """One evaluation as the reports read it: :class:`Evaluation` (an ``eval.json`` document, the run's
 ``config.json``, where it came from and the label it goes by) and :func:`load_evaluation`, which reads a
 virkit run directory, a folder holding an ``eval.json`` or the file itself, and says what is wrong with
-one it cannot read.
+one it cannot read; :func:`checkpoint_eval_file` names the file that holds a run's evaluation of its last
+or best checkpoint (the tables of :mod:`virkit.paper.report` read it too).
 
 The page that shows evaluations is :mod:`virkit.paper.report_html`'s; what eval.json holds is
 :mod:`virkit.evaluation.document`'s.
@@ -10,6 +11,7 @@ The page that shows evaluations is :mod:`virkit.paper.report_html`'s; what eval.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from virkit.errors import VirkitError
 from virkit.evaluation import EVAL_FORMAT
 from virkit.runs import RunDir, eval_state_root
 
-__all__ = ["Evaluation", "load_evaluation"]
+__all__ = ["Evaluation", "load_evaluation", "checkpoint_eval_file"]
 
 
 @dataclass
@@ -46,12 +48,28 @@ class Evaluation:
         return min(pool, key=lambda a: (atts[a]["accuracy"], list(atts).index(a)))
 
 
-def load_evaluation(path, checkpoint: str | None = None) -> Evaluation:
+def checkpoint_eval_file(run: RunDir, checkpoint: str | None) -> Path:
+    """eval.json, or the evaluation of ``checkpoint`` (``last``/``best``): the file the trainer's
+    ``checkpoints`` record in eval.json names, else eval.json itself when it evaluated that checkpoint
+    (``virkit evaluate --checkpoint RUN/best.pt``), else ``eval-<checkpoint>.json``."""
+    if checkpoint is None:
+        return run.eval_file
+    try:
+        doc = json.loads(run.eval_file.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    rec = (doc.get("checkpoints") or {}).get(checkpoint) or {}
+    if rec.get("file"):
+        return run.path / rec["file"]
+    if Path(str((doc.get("extra") or {}).get("checkpoint", ""))).name == f"{checkpoint}.pt":
+        return run.eval_file
+    return run.eval_file_for(checkpoint)
+
+
+def load_evaluation(path: str | os.PathLike, checkpoint: str | None = None) -> Evaluation:
     """Read one evaluation: a run directory (its eval.json, or the evaluation of ``checkpoint``
     ``last``/``best``), a folder with an eval.json, or an eval.json file. Raises :class:`VirkitError`
     naming the problem and the fix."""
-    from virkit.paper.report import checkpoint_eval_file
-
     p = Path(path)
     if p.is_dir():
         run = RunDir(p)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from virkit.errors import VirkitError
@@ -402,7 +404,12 @@ def build_html_report(evals: list[Evaluation], title: str | None = None, command
     return "\n".join(out) + "\n"
 
 
-def write_html_report(paths, out, checkpoint: str | None = None, title: str | None = None) -> Path:
+def write_html_report(
+    paths: str | Path | Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    checkpoint: str | None = None,
+    title: str | None = None,
+) -> Path:
     """Read the evaluations at ``paths`` (:func:`load_evaluation`), write the page to ``out``
     (atomically; folders created) and return its path."""
     from virkit.io import atomic_write_bytes

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
+from typing import Any
 
 from virkit.paper.catalogue import PAPER_HYPERPARAMETERS, method
 
@@ -140,7 +141,7 @@ class Table:
 
     _LEGACY = ("title", "datasets", "model", "attacks", "methods", "ablation")
 
-    def __getitem__(self, key: str):
+    def __getitem__(self, key: str) -> Any:
         if key not in self._LEGACY:
             raise KeyError(key)
         if key == "methods":
@@ -148,7 +149,7 @@ class Table:
         v = getattr(self, key)
         return list(v) if isinstance(v, tuple) else v
 
-    def get(self, key: str, default=None):
+    def get(self, key: str, default: Any = None) -> Any:
         try:
             return self[key]
         except KeyError:

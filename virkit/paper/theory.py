@@ -69,10 +69,14 @@ linear models are :mod:`virkit.paper.theory_empirical`'s.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from virkit.errors import VirkitError, check_range
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "q_of_k",
@@ -93,7 +97,7 @@ def _phi_cdf(z: float) -> float:
     return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
-def check_mixture(d, eta, sigma, K):
+def check_mixture(d: float, eta: float, sigma: float, K: float) -> None:
     """Raise :class:`VirkitError` unless (d, eta, sigma, K) is a mixture of Definition A.1 (K >= 1)."""
     if int(d) != d or d < 1:
         raise VirkitError(f"d={d} must be a positive integer")
@@ -151,7 +155,7 @@ def optimal_linear_classifier(d: int, eta: float, sigma: float, K: float) -> tup
 
 
 def linear_class_risks(
-    w, b: float, d: int, eta: float, sigma: float, K: float, eps: float = 0.0
+    w: ArrayLike, b: float, d: int, eta: float, sigma: float, K: float, eps: float = 0.0
 ) -> tuple[float, float]:
     """Exact class-wise (robust) errors of ``sign(<w, x> + b)`` under an L-inf adversary of radius eps.
 

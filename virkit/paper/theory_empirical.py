@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +23,9 @@ import torch.nn.functional as F
 from virkit.errors import VirkitError, check_range
 from virkit.paper.theory import check_mixture, linear_class_risks
 from virkit.reweighting import vir_weights
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "sample_gaussian_mixture",
@@ -34,9 +39,12 @@ __all__ = [
     "robust_error_curves",
 ]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 
 @contextlib.contextmanager
-def _one_thread_cm():
+def _one_thread_cm() -> Iterator[None]:
     """Run small tensor code on one intra-op thread: for (n x 10) tensors extra threads only add
     synchronisation, which costs 10-100x when the CPU cores are busy with other work."""
     n = torch.get_num_threads()
@@ -47,9 +55,9 @@ def _one_thread_cm():
         torch.set_num_threads(n)
 
 
-def _single_threaded(fn):
+def _single_threaded(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         with _one_thread_cm():
             return fn(*args, **kwargs)
 
@@ -103,8 +111,16 @@ def _mc(pred_fn, n: int, d, eta, sigma, K, seed, chunk=200_000):
 
 
 def monte_carlo_linear_risks(
-    w, b: float, d: int, eta: float, sigma: float, K: float, n: int = 1_000_000, seed: int = 0, eps: float = 0.0
-):
+    w: ArrayLike,
+    b: float,
+    d: int,
+    eta: float,
+    sigma: float,
+    K: float,
+    n: int = 1_000_000,
+    seed: int = 0,
+    eps: float = 0.0,
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Monte-Carlo class risks of ``sign(<w,x> + b)`` under the worst-case L-inf perturbation of
     radius eps (which moves the score by eps ||w||_1 against the label).
 
@@ -120,7 +136,9 @@ def monte_carlo_linear_risks(
     return _mc(pred_fn, n, d, eta, sigma, K, seed)
 
 
-def monte_carlo_bayes_risks(d: int, eta: float, sigma: float, K: float, n: int = 1_000_000, seed: int = 0):
+def monte_carlo_bayes_risks(
+    d: int, eta: float, sigma: float, K: float, n: int = 1_000_000, seed: int = 0
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Monte-Carlo class risks of the quadratic Bayes classifier (compares log-densities directly,
     independently of the closed form used in :func:`bayes_quadratic_risks`)."""
     mu = torch.full((d,), float(eta), dtype=torch.float64)
@@ -149,11 +167,11 @@ class LinearResult:
     reweight: str
     history: list = field(default_factory=list)  # per logged step: loss, weight_sum_per_class
 
-    def class_risks(self, d, eta, sigma, K, eps: float = 0.0):
+    def class_risks(self, d: int, eta: float, sigma: float, K: float, eps: float = 0.0) -> tuple[float, float]:
         return linear_class_risks(self.w, self.b, d, eta, sigma, K, eps)
 
 
-def linear_scores(w, b, x: torch.Tensor) -> torch.Tensor:
+def linear_scores(w: ArrayLike, b: float, x: torch.Tensor) -> torch.Tensor:
     return x.double() @ torch.as_tensor(np.asarray(w, dtype=np.float64)) + float(b)
 
 
@@ -246,7 +264,7 @@ def train_linear(
     return LinearResult(w.detach().numpy().copy(), float(b.detach()), float(eps), reweight, history)
 
 
-def linear_true_class_probability(w, b, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def linear_true_class_probability(w: ArrayLike, b: float, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """p_y(x) of the logistic model: sigmoid(s) for y = +1, 1 - sigmoid(s) for y = -1."""
     p_plus = torch.sigmoid(linear_scores(w, b, x))
     return torch.where(y == 1, p_plus, 1.0 - p_plus)
@@ -298,7 +316,7 @@ def corollary_true_class_probability(
     }
 
 
-def robust_error_curves(models: dict, eps_grid, d: int, eta: float, sigma: float, K: float) -> dict:
+def robust_error_curves(models: dict, eps_grid: Iterable[float], d: int, eta: float, sigma: float, K: float) -> dict:
     """Exact class-wise robust errors of each trained linear model over ``eps_grid``.
 
     ``models`` maps a label to a :class:`LinearResult` (or a ``(w, b)`` pair). Returns

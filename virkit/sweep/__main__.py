@@ -1,6 +1,8 @@
 """``python -m virkit.sweep GRID.yaml ...`` (as ``virkit sweep``), and ``--worker SPEC.json``: one
 trial in its own process (started by :func:`virkit.sweep.backends.run_trial_process`)."""
 
+from __future__ import annotations
+
 import sys
 
 if __name__ == "__main__":

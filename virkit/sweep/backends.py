@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virkit.errors import VirkitError
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = ["run_trial_process", "run_local", "run_ray", "import_ray"]
 
@@ -177,7 +180,7 @@ def run_local(specs: list[dict], jobs: int | None, on_result: Callable[[dict], N
     pool.shutdown(wait=True)
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     try:
         import ray
     except ImportError:

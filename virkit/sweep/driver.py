@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from virkit.errors import VirkitError
 from virkit.sweep.backends import import_ray, run_local, run_ray
@@ -152,7 +153,7 @@ def run_grid(
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
-def add_cli(subparsers) -> None:
+def add_cli(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "sweep",
         help="run a grid of trainings (a paper table) on this machine or a Ray cluster",

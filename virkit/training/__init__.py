@@ -5,6 +5,8 @@ the training loop with its epochs and its final evaluation (:mod:`.trainer`, :mo
 :mod:`.final`), and :func:`ensure_run` (train, resume or branch a run, then add the attacks asked
 for; :mod:`.ensure`)."""
 
+from __future__ import annotations
+
 from virkit.training.burnin import find_burnin_parent
 from virkit.training.config import PRESETS, TrainConfig, burnin_key, config_hash, preset_names, resolve_config
 from virkit.training.ensure import ensure_run

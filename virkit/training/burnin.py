@@ -9,12 +9,17 @@ a parent (:func:`find_burnin_parent`, used by sweeps and notebooks) and reads an
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from virkit.errors import VirkitError
 from virkit.models import read_checkpoint
 from virkit.runs import RunDir
 from virkit.training.config import TrainConfig, burnin_key
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["burnin_epoch", "branch_state", "find_burnin_parent"]
 
@@ -25,7 +30,9 @@ def burnin_epoch(cfg: dict | TrainConfig) -> int:
     return int(start) - 1
 
 
-def branch_state(cfg: TrainConfig, parent: str | os.PathLike, device, log) -> tuple[dict, dict]:
+def branch_state(
+    cfg: TrainConfig, parent: str | os.PathLike, device: str | torch.device, log: Callable[[str], None]
+) -> tuple[dict, dict]:
     """The parent's ``burnin.pt`` (read on ``device``) and the record config.json keeps of it, after
     checking that the parent trained epochs 1 .. ``reweight_start - 1`` exactly as ``cfg`` would."""
     spec = str(parent)

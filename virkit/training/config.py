@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +130,7 @@ class TrainConfig:
         return METHODS[self.method].defaults.get(name) if v is None else v
 
 
-def default_reweight_start(method: str, lr_milestones, epochs: int) -> int:
+def default_reweight_start(method: str, lr_milestones: Sequence[int], epochs: int) -> int:
     """The method's first reweighted epoch: the first lr milestone + ``MethodSpec.reweight_delay``
     (without milestones: 76/115 of the epochs, the paper's fraction)."""
     first = min(lr_milestones) if lr_milestones else round(75 / 115 * epochs)  # onecycle: no milestones
@@ -321,7 +322,7 @@ def burnin_key(cfg: TrainConfig) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def resolve_config(preset: str = "paper", **overrides) -> TrainConfig:
+def resolve_config(preset: str = "paper", **overrides: Any) -> TrainConfig:
     """Dataclass defaults <- preset <- model-specific paper values <- explicit overrides; validated.
 
     ``overrides`` with value ``None`` are ignored (so CLI flags left unset keep the preset's value).

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +26,7 @@ from virkit.models import FORMAT, read_checkpoint
 from virkit.runs import RunDir
 from virkit.training.burnin import best_record, burnin_epoch
 from virkit.training.config import TrainConfig
-from virkit.training.methods import METHODS, method_step
+from virkit.training.methods import METHODS, StepOutput, method_step
 
 __all__ = ["lr_at", "Progress", "EpochStats", "train_epoch", "save_epoch", "epoch_line"]
 
@@ -93,7 +96,7 @@ class EpochStats:
             torch.full((), -1, device=device, dtype=torch.int64),
         )
 
-    def add(self, step: int, res, y: torch.Tensor, batch_reduction: str) -> None:
+    def add(self, step: int, res: StepOutput, y: torch.Tensor, batch_reduction: str) -> None:
         finite = torch.isfinite(res.loss.detach())
         self.bad_step = torch.where((self.bad_step < 0) & ~finite, torch.tensor(step, device=y.device), self.bad_step)
         self.loss_sum += res.loss.detach().double() * (1 if batch_reduction == "sum" else y.shape[0])
@@ -137,13 +140,13 @@ class EpochStats:
 
 def train_epoch(
     model: nn.Module,
-    optimizer,
+    optimizer: torch.optim.Optimizer,
     loader: DeviceLoader,
     cfg: TrainConfig,
     epoch: int,
     device: torch.device,
     dctx: DistContext,
-    autocast,
+    autocast: Callable[[], AbstractContextManager[Any]] | None,
     n_train: int,
     progress: bool,
 ) -> EpochStats:
@@ -187,7 +190,7 @@ def train_epoch(
 def save_epoch(
     run: RunDir,
     model: nn.Module,
-    optimizer,
+    optimizer: torch.optim.Optimizer,
     progress: Progress,
     improved: bool,
     cfg_record: dict,

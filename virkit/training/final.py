@@ -5,6 +5,8 @@ what separates them) and summary.json. A sweep that asks a finished run for more
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,10 +17,21 @@ from virkit.runs import RunDir
 from virkit.training.burnin import relative_evals
 from virkit.training.config import TrainConfig, config_hash
 
+if TYPE_CHECKING:
+    from virkit.training.epoch import Progress
+
 __all__ = ["finish", "evaluate_checkpoints"]
 
 
-def finish(run: RunDir, cfg: TrainConfig, done, test: Split, device: torch.device, log, wall: float) -> None:
+def finish(
+    run: RunDir,
+    cfg: TrainConfig,
+    done: Progress,
+    test: Split,
+    device: torch.device,
+    log: Callable[[str], None] | None,
+    wall: float,
+) -> None:
     """The final evaluation (:func:`evaluate_checkpoints`), then summary.json."""
     summary = {
         "status": "finished",
@@ -38,11 +51,11 @@ def finish(run: RunDir, cfg: TrainConfig, done, test: Split, device: torch.devic
 def evaluate_checkpoints(
     run: RunDir,
     cfg: TrainConfig,
-    device,
+    device: str | torch.device,
     *,
     test: Split | None = None,
     replace: bool = True,
-    log=None,
+    log: Callable[[str], None] | None = None,
     last_epoch: int | None = None,
 ) -> tuple[dict, dict]:
     """Evaluate a finished run's eval checkpoint (``cfg.eval_checkpoint``, into eval.json) and the

@@ -48,13 +48,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from virkit.errors import VirkitError, check_choice
 from virkit.training.methods import METHODS, compute_step, reweighting_active
+
+if TYPE_CHECKING:
+    from virkit.training.config import TrainConfig
 
 __all__ = ["LossResult", "MethodLoss", "method_loss", "method_names", "SETTINGS"]
 
@@ -108,7 +111,7 @@ class MethodLoss:
     ``config`` is the :class:`virkit.training.config.TrainConfig` behind them.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: TrainConfig):
         self.config = config
         self.method = config.method
         self.spec = METHODS[config.method]
@@ -172,7 +175,7 @@ class MethodLoss:
         return LossResult(out.loss, out.weights.detach(), out.loss_per_example, out.x_adv, on and self.spec.reweighted)
 
 
-def method_loss(method: str, **settings) -> MethodLoss:
+def method_loss(method: str, **settings: Any) -> MethodLoss:
     """The loss of ``method`` (any name of :func:`method_names`) with the paper's defaults, changed by
     ``settings`` (names and meanings in :data:`SETTINGS`; eps and step sizes as fractions of 255).
 

@@ -35,7 +35,9 @@ Crafting always runs with the model in eval mode (as every official code does) a
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -195,11 +197,30 @@ class StepOutput:
     x_adv: torch.Tensor | None
 
 
+class StepConfig(Protocol):
+    """What a step reads of its configuration, a :class:`virkit.training.config.TrainConfig` (named by
+    its fields here: that module imports this one)."""
+
+    method: str
+    reweight_start: int | None
+    eps: float
+    step_size: float
+    attack_steps: int
+    random_start: str | None
+    gairat_lambda: float
+    weight_logits: str
+    weight_norm: str
+    batch_reduction: str
+    trades_forwards: int
+
+    def hp(self, name: str) -> Any: ...
+
+
 def _reduce(v: torch.Tensor, how: str) -> torch.Tensor:
     return v.sum() if how == "sum" else v.mean()
 
 
-def reweighting_active(cfg, epoch: int) -> bool:
+def reweighting_active(cfg: StepConfig, epoch: int) -> bool:
     """Whether ``cfg.method`` reweights in (1-based) ``epoch``: from ``cfg.reweight_start`` on."""
     return METHODS[cfg.method].reweighted and epoch >= cfg.reweight_start
 
@@ -208,9 +229,9 @@ def method_step(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    cfg,
+    cfg: StepConfig,
     epoch: int,
-    autocast=None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     generator: torch.Generator | None = None,
 ) -> StepOutput:
     """Craft the training attack for ``cfg.method`` and return the loss for one batch.
@@ -226,9 +247,9 @@ def compute_step(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    cfg,
+    cfg: StepConfig,
     active: bool,
-    autocast=None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     generator: torch.Generator | None = None,
 ) -> StepOutput:
     """The one implementation of every method's step: attack -> weights -> loss.

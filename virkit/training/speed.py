@@ -28,11 +28,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from virkit.errors import VirkitError
 from virkit.io import user_cache_dir
+
+if TYPE_CHECKING:
+    from virkit.training.config import TrainConfig
 
 __all__ = [
     "StepSpec",
@@ -77,7 +81,7 @@ class StepSpec:
     num_classes: int = 10
 
     @classmethod
-    def of(cls, cfg) -> StepSpec:
+    def of(cls, cfg: TrainConfig) -> StepSpec:
         from virkit.data import DATASETS
 
         classes, size, _ = DATASETS.get(cfg.dataset, (10, 32, ""))

@@ -4,11 +4,15 @@ test images."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from virkit.paper.figures.style import styled
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_attributions"]
 
@@ -16,7 +20,7 @@ __all__ = ["plot_attributions"]
 @styled
 def plot_attributions(
     images: np.ndarray, rows: Sequence[str], columns: Mapping[str, np.ndarray], title: str | None = None
-):
+) -> Figure:
     """A grid: one row per example (``rows`` are its labels), first column the image, then one column
     per attribution map (``columns``: {column title: maps (N, H, W)}, shown as |attribution|
     normalized per map to its 99th percentile)."""

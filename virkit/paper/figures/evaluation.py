@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,6 +22,10 @@ from virkit.paper.figures.style import (
     styled,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
 __all__ = ["plot_confusion_matrices", "plot_per_class_accuracy", "plot_fairness", "plot_ablation", "table_figure"]
 
 
@@ -31,7 +36,7 @@ def plot_confusion_matrices(
     title: str | None = None,
     ncols: int | None = None,
     normalize: bool = True,
-):
+) -> Figure:
     """Confusion matrices (rows: true class, columns: predicted), one panel each, as in Figures 1-2.
 
     ``mats``: {panel title: counts (C, C)}. With ``normalize`` each row is shown in % of the class,
@@ -98,7 +103,7 @@ def plot_per_class_accuracy(
     errors: Mapping[str, Sequence[float]] | None = None,
     ylabel: str = "accuracy (%)",
     title: str | None = None,
-):
+) -> Figure:
     """Grouped bars: per-class accuracy (%) for each method (values 0-100), optional std error bars."""
     methods = list(per_method)
     k = len(classes)
@@ -133,7 +138,7 @@ def plot_per_class_accuracy(
 
 
 @styled
-def plot_fairness(rows: Sequence[Mapping], title: str | None = None):
+def plot_fairness(rows: Sequence[Mapping], title: str | None = None) -> Figure:
     """Robustness vs. class disparity: one point per method (and attack).
 
     ``rows``: dicts with ``method``, ``attack``, ``average`` (%), ``worst`` (worst-class %),
@@ -197,7 +202,7 @@ def plot_fairness(rows: Sequence[Mapping], title: str | None = None):
 
 
 @styled
-def plot_ablation(panels: Mapping[str, Mapping], ylabel: str = "accuracy (%)", title: str | None = None):
+def plot_ablation(panels: Mapping[str, Mapping], ylabel: str = "accuracy (%)", title: str | None = None) -> Figure:
     """Accuracy against a hyperparameter, one panel per sweep.
 
     ``panels``: {panel title: {"x": values, "xlabel": str, "series": {attack: (means, stds)},
@@ -244,7 +249,7 @@ def plot_ablation(panels: Mapping[str, Mapping], ylabel: str = "accuracy (%)", t
 
 
 @styled
-def table_figure(df, title: str | None = None, highlight_max: bool = True):
+def table_figure(df: pd.DataFrame, title: str | None = None, highlight_max: bool = True) -> Figure:
     """Render a small results table (pandas DataFrame of strings/numbers) as a figure, with the best
     value of each numeric column in bold (cells of the form 'mean ± std' compare by mean)."""
     import pandas as pd

@@ -10,10 +10,14 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 
 from virkit.paper.figures.style import STYLE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["FigureSaver"]
 
@@ -59,7 +63,7 @@ class FigureSaver:
         if self.manifest is not None and self.manifest.exists():
             self.manifest.unlink()
 
-    def save(self, fig, name: str, caption: str = "") -> list[Path]:
+    def save(self, fig: Figure, name: str, caption: str = "") -> list[Path]:
         if self.fig_dir is None:
             return []
         from virkit.io import to_jsonable  # imports torch: only when a figure is written

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import matplotlib.pyplot as plt
 from matplotlib.colors import LinearSegmentedColormap
 
 from virkit.paper import catalogue as paper
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "STYLE",
@@ -61,8 +66,11 @@ METHOD_FIGURE_LABELS = paper.labels(paper.METHOD_SPELLINGS, "figure_label")
 METHOD_COLORS = paper.labels({**paper.METHOD_SPELLINGS, **paper.SCHEMES}, "color")
 ATTACK_FIGURE_LABELS = paper.labels(paper.ATTACK_SPELLINGS, "figure_label")
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-def finish_figure(fig, title: str | None):
+
+def finish_figure(fig: Figure, title: str | None) -> Figure:
     """The common ending of the plot functions: optional suptitle, tight layout, the figure."""
     if title:
         fig.suptitle(title)
@@ -80,7 +88,7 @@ def dataset_label(d: str) -> str:
     return paper.dataset_label(d)
 
 
-def method_color(m: str, i: int = 0):
+def method_color(m: str, i: int = 0) -> str | tuple[float, float, float, float]:
     """The method's colour (every figure the same); unknown methods: colour ``i`` of ``tab10``."""
     c = paper.method_color(m)
     return c if c is not None else plt.get_cmap("tab10")(i % 10)
@@ -91,18 +99,18 @@ def attack_label(a: str) -> str:
     return paper.attack_label(a, "figure")
 
 
-def styled(fn):
+def styled(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run a plotting function inside ``plt.rc_context(STYLE)`` so every figure shares one style."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         with plt.rc_context(STYLE):
             return fn(*args, **kwargs)
 
     return wrapper
 
 
-def figure_to_png(fig, dpi: int = 100) -> bytes:
+def figure_to_png(fig: Figure, dpi: int = 100) -> bytes:
     """PNG bytes of a figure (for ipywidgets.Image and tests)."""
     buf = io.BytesIO()
     with plt.rc_context(STYLE):
@@ -110,7 +118,7 @@ def figure_to_png(fig, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def fmt_number(v) -> str:
+def fmt_number(v: object) -> str:
     """Numbers in titles and tick labels: floats with 3 significant digits."""
     if isinstance(v, float):
         return f"{v:.3g}"

@@ -4,12 +4,16 @@ the true-class probability of Corollary 1, and class-wise robust errors of linea
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from virkit.paper import catalogue as paper
 from virkit.paper.figures.style import finish_figure, styled
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_theory_risks", "plot_true_class_probability", "plot_robust_class_errors"]
 
@@ -23,7 +27,7 @@ def plot_theory_risks(
     mc: np.ndarray | None = None,
     mc_se: np.ndarray | None = None,
     title: str | None = None,
-):
+) -> Figure:
     """Theorem 1: class-wise natural risk of the best linear classifier against K (closed form,
     lines), Monte-Carlo estimates at ``K_mc`` (markers with 2-sigma bars) and optionally the
     quadratic Bayes classifier (dashed). Risk arrays have shape (len(K), 2): (R_minus, R_plus)."""
@@ -61,7 +65,7 @@ def plot_theory_risks(
 @styled
 def plot_true_class_probability(
     p_y: np.ndarray, y: np.ndarray, class_names: Sequence[str] = ("class −1", "class +1"), title: str | None = None
-):
+) -> Figure:
     """Corollary 1: histogram of the logistic model's true-class probability p_y(x) per class
     (left), and the cumulative share of each class among the k most vulnerable examples (right)."""
     p_y = np.asarray(p_y, dtype=float)
@@ -104,7 +108,7 @@ def plot_true_class_probability(
 @styled
 def plot_robust_class_errors(
     eps: np.ndarray, curves: Mapping[str, np.ndarray], train_eps: float | None = None, title: str | None = None
-):
+) -> Figure:
     """Class-wise robust error against the attack radius eps for several linear models.
 
     ``curves``: {model label: array (len(eps), 2) with columns (R_minus, R_plus)}. Left: class −1,

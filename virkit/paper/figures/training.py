@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from virkit.paper.figures.style import finish_figure, method_color, method_label, styled
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_class_weights", "plot_training_curves", "plot_overfitting_curves", "effective_lr"]
 
@@ -20,7 +25,7 @@ def plot_class_weights(
     classes: Sequence[str],
     key: str = "weight_sum_per_class",
     title: str | None = None,
-):
+) -> Figure:
     """Figure 3: per-class sum of sample weights, one column per method.
 
     Top: the sums over every reweighted epoch (bars, the largest and smallest class marked; the last
@@ -86,7 +91,7 @@ def effective_lr(hist: Sequence[Mapping]) -> list[float]:
 @styled
 def plot_training_curves(
     histories: Mapping[str, Sequence[Mapping]], title: str | None = None, effective: bool | None = None
-):
+) -> Figure:
     """Held-out natural and PGD accuracy per epoch for each run (labels: method names) and, with
     ``effective`` (default: when the histories record ``lr``), the effective learning rate
     (lr × mean sample weight, log scale) side by side."""
@@ -133,7 +138,7 @@ def plot_training_curves(
 
 
 @styled
-def plot_overfitting_curves(curves, title: str | None = None):
+def plot_overfitting_curves(curves: pd.DataFrame, title: str | None = None) -> Figure:
     """Robust overfitting and the weights (notebook 10): per method (mean over seeds, band: min to
     max), validation PGD accuracy per epoch (left) and lr x mean sample weight per epoch, the step
     the weights leave the optimizer (right, log scale); dotted lines at the lr drops.

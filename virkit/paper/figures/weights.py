@@ -4,6 +4,7 @@ real weights of a checkpoint on a batch, per class."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,11 +12,16 @@ import numpy as np
 from virkit.paper import catalogue as paper
 from virkit.paper.figures.style import SEQ_CMAP, finish_figure, fmt_number, styled
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["plot_weight_landscape", "plot_weight_histograms"]
 
 
 @styled
-def plot_weight_landscape(vir_grid: dict, vir_curves: dict, gairat: dict, mail: dict, title: str | None = None):
+def plot_weight_landscape(
+    vir_grid: dict, vir_curves: dict, gairat: dict, mail: dict, title: str | None = None
+) -> Figure:
     """Four panels: VIR w over (p_y, KL) as a heatmap; VIR w against p_y for a few KL values;
     GAIRAT w against kappa; MAIL w against the probability margin.
 
@@ -84,7 +90,7 @@ def plot_weight_landscape(vir_grid: dict, vir_curves: dict, gairat: dict, mail: 
 @styled
 def plot_weight_histograms(
     per_method: Mapping[str, tuple], classes: Sequence[str], bins: int = 24, title: str | None = None
-):
+) -> Figure:
     """Per-class histograms of real weights on a batch, one panel per weighting scheme.
 
     ``per_method``: {label: (weights (N,), labels (N,))}. Each panel is a class x weight-bin heatmap
