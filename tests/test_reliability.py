@@ -445,14 +445,6 @@ def test_failed_checkpoint_write_stops_training(env_data, tmp_path, monkeypatch,
 
 
 # ------------------------------------------------------------------------------------------ notebooks
-def _notebooks_module():
-    try:
-        from virkit import notebooks
-    except ImportError:
-        return None
-    return notebooks if hasattr(notebooks, "run_notebooks") else None
-
-
 def write_notebook(path: Path, body: str) -> Path:
     """A notebook with a papermill ``parameters`` cell (``marker``, ``seed``) and one code cell."""
     import nbformat
@@ -475,8 +467,6 @@ def write_notebook(path: Path, body: str) -> Path:
     ],
 )
 def test_notebook_parameters_validated_before_anything_runs(param, expected, tmp_path, capsys):
-    if _notebooks_module() is None:
-        pytest.skip("virkit/notebooks.py (owned by the notebooks engineer) exposes no run_notebooks")
     folder = tmp_path / "nbs"
     folder.mkdir()
     marker = tmp_path / "RAN"
@@ -505,9 +495,8 @@ def test_notebook_parameters_validated_before_anything_runs(param, expected, tmp
 
 
 def test_failing_notebook_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
-    nb = _notebooks_module()
-    if nb is None:
-        pytest.skip("virkit/notebooks.py (owned by the notebooks engineer) exposes no run_notebooks")
+    from virkit import notebooks as nb
+
     monkeypatch.setenv("JUPYTER_PATH", os.environ.get("JUPYTER_PATH", ""))  # run_notebooks changes it; restored
     folder = tmp_path / "nbs"
     folder.mkdir()
