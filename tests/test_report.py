@@ -348,3 +348,18 @@ def test_paired_with_gives_per_seed_differences(tmp_path):
     out = tmp_path / "paired.md"
     assert report_main(dirs, 6, out=out, attacks="natural,aa", paired_with="vir-at") == 0
     assert "minus the vir-at run of the same seed" in out.read_text()
+
+
+def test_a_folder_of_runs_stands_for_its_runs(tmp_path, capsys):
+    """``virkit report GRID_DIR``: a sweep's --out folder (run directories and a logs/ folder) reads as
+    the runs in it; a folder with neither is skipped with a warning naming it."""
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    made = [make_run(grid, f"method=at__seed={s}", accs={"natural": 0.8, "pgd100": 0.5}) for s in (0, 1)]
+    (grid / "logs").mkdir()
+    df = collect_runs([grid])
+    assert sorted(df["run_dir"]) == sorted(str(p) for p in made)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(collect_runs([grid, empty])) == 2
+    assert "empty: no config.json" in capsys.readouterr().err

@@ -34,7 +34,7 @@ import enum
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "RunStatus",
     "RunAction",
     "eval_lock",
+    "expand_run_dirs",
     "RUN_FILES",
     "LOCK_FILE",
 ]
@@ -314,6 +315,19 @@ class RunClaim:
             if self.created:
                 with contextlib.suppress(OSError):
                     self.run.path.rmdir()  # only succeeds when empty
+
+
+def expand_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """``paths`` with every folder that is not a run directory (no ``config.json``) but holds run
+    directories, such as a sweep's ``--out`` folder, replaced by those run directories (sorted by
+    name). Anything else is kept as given, for the caller to judge."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        runs = []
+        if p.is_dir() and not RunDir(p).config_file.is_file():
+            runs = sorted(c for c in p.iterdir() if c.is_dir() and RunDir(c).config_file.is_file())
+        out.extend(runs or [p])
+    return out
 
 
 def eval_lock(path: str | os.PathLike, command: str = "evaluate") -> WriterLock:

@@ -29,7 +29,7 @@ from virkit.errors import VirkitError
 from virkit.paper import catalogue as paper
 from virkit.paper.report_evaluations import checkpoint_eval_file
 from virkit.paper.tables import MAIN_TABLES, Table
-from virkit.runs import RunDir, eval_state_root
+from virkit.runs import RunDir, eval_state_root, expand_run_dirs
 
 __all__ = [
     "collect_runs",
@@ -71,15 +71,19 @@ def _read_json(path: Path):
 def collect_runs(run_dirs: str | Path | Iterable[str | os.PathLike], checkpoint: str | None = None) -> pd.DataFrame:
     """One row per run directory with ``config.json`` and ``eval.json``: ``run_dir``, ``dataset``, ``model``,
     ``method``, ``seed``, ``alpha``, ``beta``, ``gamma``, ``source``, ``n_examples``, ``eps`` and one column per
-    attack (accuracy as a fraction) plus ``worst_case``. Directories without ``eval.json`` (or with an
-    unreadable one) are skipped with a warning; if none is left a :class:`VirkitError` is raised."""
+    attack (accuracy as a fraction) plus ``worst_case``. A folder of run directories (a sweep's
+    ``--out``) stands for the runs in it. Directories without ``eval.json`` (or with an unreadable
+    one) are skipped with a warning; if none is left a :class:`VirkitError` is raised."""
     rows = []
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    for d in dirs:
+    for d in expand_run_dirs(dirs):
         p = Path(d)
         run = RunDir(p)
         if not p.is_dir():
             _warn(f"skipping {p}: not a directory")
+            continue
+        if not run.config_file.is_file():
+            _warn(f"skipping {p}: no config.json (neither a virkit run directory nor a folder of them)")
             continue
         ev_file = checkpoint_eval_file(run, checkpoint)
         if not ev_file.is_file():
@@ -93,9 +97,6 @@ def collect_runs(run_dirs: str | Path | Iterable[str | os.PathLike], checkpoint:
                 f"{', '.join(sorted(d.name for d in state.iterdir())) or 'unknown'}); "
                 "rerun the command that wrote it to finish it"
             )
-            continue
-        if not run.config_file.is_file():
-            _warn(f"skipping {p}: no config.json (not a virkit run directory)")
             continue
         try:
             cfg = _read_json(run.config_file)
