@@ -41,7 +41,12 @@ from virkit.paper.figures.style import (
     styled,
 )
 from virkit.paper.figures.theory import plot_robust_class_errors, plot_theory_risks, plot_true_class_probability
-from virkit.paper.figures.training import plot_class_weights, plot_overfitting_curves, plot_training_curves
+from virkit.paper.figures.training import (
+    plot_class_weights,
+    plot_overfitting_curves,
+    plot_overfitting_outcomes,
+    plot_training_curves,
+)
 from virkit.paper.figures.weights import plot_weight_histograms, plot_weight_landscape
 
 __all__ = [
@@ -70,5 +75,6 @@ __all__ = [
     "plot_robust_class_errors",
     "plot_training_curves",
     "plot_overfitting_curves",
+    "plot_overfitting_outcomes",
     "table_figure",
 ]

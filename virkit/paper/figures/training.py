@@ -16,7 +16,13 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["plot_class_weights", "plot_training_curves", "plot_overfitting_curves", "effective_lr"]
+__all__ = [
+    "plot_class_weights",
+    "plot_training_curves",
+    "plot_overfitting_curves",
+    "plot_overfitting_outcomes",
+    "effective_lr",
+]
 
 
 @styled
@@ -178,4 +184,80 @@ def plot_overfitting_curves(curves: pd.DataFrame, title: str | None = None) -> F
     axes[1].set_ylabel("lr × mean sample weight")
     axes[1].set_title("The step the weights leave the optimizer")
     axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return finish_figure(fig, title)
+
+
+@styled
+def plot_overfitting_outcomes(
+    results: pd.DataFrame,
+    fairness: pd.DataFrame,
+    attack: str = "aa",
+    reference: str = "at",
+    title: str | None = None,
+) -> Figure:
+    """What each method ends with (notebook 10). Left: test accuracy under ``attack`` of the last and
+    the best checkpoint, one marker per seed (a seed's two checkpoints joined by a line), the mean as
+    a bar, and ``reference``'s last and best means as horizontal lines: does a method's last checkpoint
+    beat the reference's last, and reach its best? Right: per-class accuracy under ``attack`` of the
+    last checkpoints (mean over seeds, range over seeds as a bar), classes ordered by the reference's
+    accuracy, weakest first: do the weak classes move?
+    ``results``: :func:`virkit.notebooks.overfitting.checkpoint_results`; ``fairness``:
+    :func:`~virkit.notebooks.overfitting.class_fairness` of the last checkpoints, same ``attack``."""
+    from virkit.paper.figures.style import attack_label
+
+    methods = list(dict.fromkeys(results["method"]))
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6), gridspec_kw={"width_ratios": [1, 1.35]})
+    ax = axes[0]
+    ref = results[results.method == reference]
+    for ck, ls in (("last", "--"), ("best", ":")):
+        vals = ref[ref.checkpoint == ck][attack].dropna()
+        if len(vals):
+            ax.axhline(vals.mean(), ls=ls, lw=1, color="0.35", label=f"{method_label(reference)} {ck}.pt, mean")
+    offsets = {"last": -0.17, "best": 0.17}
+    for i, m in enumerate(methods):
+        g = results[results.method == m]
+        color = method_color(m, i)
+        for _, gs in g.groupby("seed"):
+            pts = {ck: gs[gs.checkpoint == ck][attack].mean() for ck in offsets}
+            ax.plot(
+                [i + offsets["last"], i + offsets["best"]], [pts["last"], pts["best"]], color=color, lw=0.8, alpha=0.5
+            )
+        for ck, dx in offsets.items():
+            v = g[g.checkpoint == ck][attack].dropna()
+            ax.scatter(
+                np.full(len(v), i + dx),
+                v,
+                s=22,
+                color=color if ck == "last" else "white",
+                edgecolors=color,
+                zorder=3,
+            )
+            if len(v):
+                ax.hlines(v.mean(), i + dx - 0.11, i + dx + 0.11, color=color, lw=2.2)
+    ax.scatter([], [], s=22, color="0.3", label="last.pt (one per seed)")
+    ax.scatter([], [], s=22, color="white", edgecolors="0.3", label="best.pt (one per seed)")
+    ax.set_xticks(range(len(methods)), [method_label(m) for m in methods], rotation=20, ha="right")
+    ax.set_ylabel(f"test accuracy under {attack_label(attack)} (%)")
+    ax.set_title("Last and best checkpoint, per seed (bar: mean)")
+    ax.legend(fontsize="small", loc="best")
+
+    ax = axes[1]
+    classes = [c for c in fairness.columns if c not in ("method", "seed", "worst class", "worst", "spread")]
+    ref_f = fairness[fairness.method == reference]
+    order = sorted(classes, key=lambda c: ref_f[c].mean()) if len(ref_f) else classes
+    x = np.arange(len(order))
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        g = fairness[fairness.method == m]
+        if not len(g):
+            continue
+        mean, lo, hi = g[order].mean().values, g[order].min().values, g[order].max().values
+        xs = x - 0.4 + width * (i + 0.5)
+        ax.bar(xs, mean, width, color=method_color(m, i), label=method_label(m), alpha=0.9)
+        if len(g) > 1:
+            ax.vlines(xs, lo, hi, color="0.2", lw=0.8)
+    ax.set_xticks(x, order, rotation=30, ha="right")
+    ax.set_ylabel(f"accuracy under {attack_label(attack)} (%), last.pt")
+    ax.set_title(f"Per class, weakest under {method_label(reference)} first (bar: mean, line: range over seeds)")
+    ax.legend(fontsize="small", ncol=2, loc="upper left")
     return finish_figure(fig, title)
