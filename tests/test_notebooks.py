@@ -664,3 +664,26 @@ def test_gallery_copies_key_figures_with_provenance(smoke_batch, tmp_path):
         )
         == 2
     )
+
+
+def test_overfit_gallery_has_its_own_folder(smoke_batch, tmp_path):
+    """``virkit notebooks gallery --preset overfit``: notebook 10's figures go to gallery/overfit/ with
+    their own provenance, and leave the demo's gallery beside them alone."""
+    import shutil
+
+    from virkit.notebooks.gallery import OVERFIT_GALLERY, make_gallery
+
+    root = smoke_batch["root"]
+    figs, runs = tmp_path / "figures", tmp_path / "runs"
+    (figs / "overfit").mkdir(parents=True)
+    (runs / "overfit").mkdir(parents=True)
+    for png in (root / "figures" / "smoke").glob("10_robust_overfitting__*.png"):
+        shutil.copy(png, figs / "overfit" / png.name)
+    shutil.copy(root / "runs" / "smoke" / "summary.json", runs / "overfit" / "summary.json")
+    (figs / "gallery").mkdir()
+    (figs / "gallery" / "demo-figure.png").write_bytes(b"kept")
+    dest = make_gallery("overfit", figs, runs)
+    assert dest == figs / "gallery" / "overfit"
+    assert sorted(p.name for p in dest.glob("*.png")) == sorted(f"{s}.png" for s, _ in OVERFIT_GALLERY)
+    assert "--preset overfit" in (dest / "PROVENANCE.md").read_text()
+    assert (figs / "gallery" / "demo-figure.png").read_bytes() == b"kept"

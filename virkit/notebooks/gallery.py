@@ -5,6 +5,10 @@
 re-encoded as palette PNGs to stay small (the whole gallery under 2 MB), and writes
 ``figures/gallery/PROVENANCE.md``: the commit, date, machine, command and wall time of the batch run
 they come from, and its headline numbers, all read from that run's ``summary.json``.
+
+``virkit notebooks gallery --preset overfit`` does the same for notebook 10's batch run over the
+robust-overfitting grid (:data:`OVERFIT_GALLERY`, into ``figures/gallery/overfit/``): that grid takes
+hours of CPU, so its figures have their own folder and provenance, and a new ``make demo`` leaves them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from virkit.errors import VirkitError
 
-__all__ = ["GALLERY", "make_gallery"]
+__all__ = ["GALLERY", "OVERFIT_GALLERY", "gallery_figures", "make_gallery"]
 
 #: (figure file stem in figures/<preset>/, what it shows)
 GALLERY: tuple[tuple[str, str], ...] = (
@@ -51,7 +55,27 @@ GALLERY: tuple[tuple[str, str], ...] = (
     ),
 )
 
+#: notebook 10's figures over the control grid of configs/grids/control_overfit.yaml (preset overfit)
+OVERFIT_GALLERY: tuple[tuple[str, str], ...] = (
+    (
+        "10_robust_overfitting__overfitting_curves",
+        "Robust overfitting: validation PGD-20 accuracy per epoch of AT and the VIR-AT variants (mean over "
+        "seeds, band: min to max) beside lr × mean sample weight, the step the weights leave the optimizer.",
+    ),
+    (
+        "10_robust_overfitting__last_and_best",
+        "Each method's last and best checkpoint under AutoAttack, one marker per seed, against AT's last and "
+        "best means; per-class AutoAttack accuracy of the last checkpoints, the classes weakest under AT first.",
+    ),
+)
+
 _LIMIT = 2_000_000  # bytes, the whole gallery
+
+
+def gallery_figures(preset: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The folder under ``figures/gallery/`` (``""``: the gallery itself) and the figures that a batch
+    run of ``preset`` contributes: ``overfit``, notebook 10's; every other preset, the demo's."""
+    return ("overfit", OVERFIT_GALLERY) if preset == "overfit" else ("", GALLERY)
 
 
 def _shrink(src: Path, dst: Path) -> None:
@@ -69,18 +93,20 @@ def make_gallery(
     out_root: str | os.PathLike = "runs/notebooks",
     dest: str | os.PathLike | None = None,
 ) -> Path:
-    """Copy :data:`GALLERY` from ``fig_root/preset`` into ``dest`` (default ``fig_root/gallery``)
-    and write ``PROVENANCE.md`` from ``out_root/preset/summary.json``. Raises :class:`VirkitError`
-    (one line, exit 2) when the batch run is missing, failed, or lacks a figure, before writing."""
+    """Copy the figures of ``preset`` (:func:`gallery_figures`) from ``fig_root/preset`` into ``dest``
+    (default ``fig_root/gallery``, or its subfolder for the preset) and write ``PROVENANCE.md`` from
+    ``out_root/preset/summary.json``. Raises :class:`VirkitError` (one line, exit 2) when the batch
+    run is missing, failed, or lacks a figure, before writing."""
+    sub, gallery = gallery_figures(preset)
     src_dir = Path(fig_root) / preset
     summary_path = Path(out_root) / preset / "summary.json"
-    dest = Path(dest) if dest is not None else Path(fig_root) / "gallery"
+    dest = Path(dest) if dest is not None else Path(fig_root) / "gallery" / sub
     try:
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError):
         raise VirkitError(
             f"no batch run of preset {preset!r} to take the gallery from ({summary_path} missing or "
-            f"unreadable); run `virkit notebooks run --preset {preset}` (make demo) first"
+            f"unreadable); run `virkit notebooks run --preset {preset}`{'' if sub else ' (make demo)'} first"
         ) from None
     failed = [r["name"] for r in summary.get("results", []) if r.get("status") != "ok"]
     if failed:
@@ -88,7 +114,7 @@ def make_gallery(
             f"the last {preset} batch run had failed notebooks ({', '.join(failed)}); fix and rerun "
             "it before making the gallery"
         )
-    missing = [stem for stem, _ in GALLERY if not (src_dir / f"{stem}.png").is_file()]
+    missing = [stem for stem, _ in gallery if not (src_dir / f"{stem}.png").is_file()]
     if missing:
         raise VirkitError(
             f"figures missing in {src_dir}: {', '.join(missing)}; rerun `virkit notebooks run --preset {preset}`"
@@ -96,20 +122,27 @@ def make_gallery(
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.png"):
         old.unlink()
-    for stem, _ in GALLERY:
+    for stem, _ in gallery:
         _shrink(src_dir / f"{stem}.png", dest / f"{stem}.png")
     total = sum(p.stat().st_size for p in dest.glob("*.png"))
     if total > _LIMIT:
         raise VirkitError(
             f"the gallery is {total / 1e6:.2f} MB, over its {_LIMIT / 1e6:.0f} MB limit; drop a "
-            "figure from virkit.notebooks.gallery.GALLERY"
+            "figure from virkit.notebooks.gallery's lists"
         )
     prov = summary.get("provenance") or {}
     lines = [
         "# Provenance of the gallery",
         "",
-        f"Copied by `virkit notebooks gallery` from one `virkit notebooks run --preset {preset}` batch run "
-        f"(`make demo`), re-encoded as 256-colour PNGs ({total / 1e6:.2f} MB in all).",
+        f"Copied by `virkit notebooks gallery{' --preset overfit' if sub else ''}` from one `virkit notebooks run "
+        f"--preset {preset}` batch run{'' if sub else ' (`make demo`)'}, re-encoded as 256-colour PNGs "
+        f"({total / 1e6:.2f} MB in all)."
+        + (
+            " Notebook 10 read the finished runs of the grid named by its `grid_dir` parameter (see the "
+            "command); the grid's numbers and what they answer are in docs/RESULTS.md."
+            if sub
+            else ""
+        ),
         "",
         "| | |",
         "| --- | --- |",
@@ -132,7 +165,7 @@ def make_gallery(
     ]
     lines += [f"* {h.removeprefix('headline: ')}" for h in summary.get("headline") or []] or ["* (none recorded)"]
     lines += ["", "| figure | what it shows |", "| --- | --- |"]
-    lines += [f"| [{stem}]({stem}.png) | {what} |" for stem, what in GALLERY]
+    lines += [f"| [{stem}]({stem}.png) | {what} |" for stem, what in gallery]
     (dest / "PROVENANCE.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (dest / "provenance.json").write_text(
         json.dumps(
@@ -141,7 +174,7 @@ def make_gallery(
                 "summary_seconds": summary.get("seconds"),
                 "provenance": prov,
                 "headline": summary.get("headline"),
-                "figures": [s for s, _ in GALLERY],
+                "figures": [s for s, _ in gallery],
             },
             indent=1,
         )
