@@ -131,6 +131,7 @@ def make_gallery(
             "figure from virkit.notebooks.gallery's lists"
         )
     prov = summary.get("provenance") or {}
+    n_nb = len(summary.get("results", []))
     lines = [
         "# Provenance of the gallery",
         "",
@@ -158,7 +159,7 @@ def make_gallery(
             else []
         ),
         f"| command | `{prov.get('command')}` |",
-        f"| wall time | {float(summary.get('seconds', 0)) / 60:.1f} min, {len(summary.get('results', []))} notebooks |",
+        f"| wall time | {float(summary.get('seconds', 0)) / 60:.1f} min, {n_nb} notebook{'s' if n_nb != 1 else ''} |",
         "",
         "Headline of that run (printed by the batch run, from its eval.json and history.jsonl files):",
         "",
