@@ -687,3 +687,16 @@ def test_overfit_gallery_has_its_own_folder(smoke_batch, tmp_path):
     assert sorted(p.name for p in dest.glob("*.png")) == sorted(f"{s}.png" for s, _ in OVERFIT_GALLERY)
     assert "--preset overfit" in (dest / "PROVENANCE.md").read_text()
     assert (figs / "gallery" / "demo-figure.png").read_bytes() == b"kept"
+
+
+def test_every_presets_figure_folder_is_ignored_by_git():
+    """A batch run writes figures/<preset>/ (rewritten by every run): none of them may be committed by
+    accident; only figures/gallery/ is tracked."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for preset in N.NOTEBOOK_PRESETS:
+        r = subprocess.run(["git", "check-ignore", "-q", f"figures/{preset}/index.md"], cwd=REPO)
+        assert r.returncode == 0, f"figures/{preset}/ is not in .gitignore"
