@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import numpy as np
 
-from virkit.paper.figures.style import finish_figure, method_color, method_label, styled
+from virkit.paper.figures.style import attack_label, finish_figure, method_color, method_label, styled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,8 +203,6 @@ def plot_overfitting_outcomes(
     accuracy, weakest first: do the weak classes move?
     ``results``: :func:`virkit.notebooks.overfitting.checkpoint_results`; ``fairness``:
     :func:`~virkit.notebooks.overfitting.class_fairness` of the last checkpoints, same ``attack``."""
-    from virkit.paper.figures.style import attack_label
-
     methods = list(dict.fromkeys(results["method"]))
     fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6), gridspec_kw={"width_ratios": [1, 1.35]})
     ax = axes[0]
