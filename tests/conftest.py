@@ -18,11 +18,17 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # The suite's speed calibrations (virkit.training.speed, for runs with --precision auto) are measured on a loaded
 # machine: they go to a cache of the test session's own, never to the user's ~/.cache/virkit, where a
 # later `make demo` would trust them. (Decoded stand-in images are cached beside $VIRKIT_DATA.)
+# torch.compile's kernel cache goes there too (not /tmp/torchinductor_$USER), and the controller that made
+# the folder removes it at exit: a test run leaves nothing behind on a disk that CI and users share.
 if "VIRKIT_TEST_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["VIRKIT_TEST_CACHE"] = tempfile.mkdtemp(prefix="virkit-test-cache-")
     os.environ["XDG_CACHE_HOME"] = os.environ["VIRKIT_TEST_CACHE"]
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(os.environ["VIRKIT_TEST_CACHE"], "inductor"))
+    atexit.register(shutil.rmtree, os.environ["VIRKIT_TEST_CACHE"], True)
 
 
 # The suite never fetches from the internet: a missing dataset is the one-line error (tests/test_fetch.py
