@@ -59,7 +59,7 @@ GALLERY: tuple[tuple[str, str], ...] = (
 OVERFIT_GALLERY: tuple[tuple[str, str], ...] = (
     (
         "10_robust_overfitting__overfitting_curves",
-        "Robust overfitting: validation PGD-20 accuracy per epoch of AT and the VIR-AT variants (mean over "
+        "Robust overfitting: validation PGD-20 accuracy per epoch of AT, the VIR-AT variants, GAIRAT and MAIL-AT (mean over "
         "seeds, band: min to max) beside lr × mean sample weight, the step the weights leave the optimizer.",
     ),
     (

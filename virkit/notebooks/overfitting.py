@@ -1,7 +1,8 @@
 """Robust overfitting and VIR (issue 25, notebook 10, docs/RESULTS.md): the scale-matched control
 grid in a regime where adversarial training overfits robustly, read from its run directories.
 
-The grid (``configs/grids/control_overfit.yaml``) trains AT and four VIR-AT variants over seeds:
+The grid (``configs/grids/control_overfit.yaml``) trains AT, four VIR-AT variants and the two
+reweighting baselines over seeds:
 
 =================  ===========================================================================
 ``at``             the unweighted baseline
@@ -9,6 +10,8 @@ The grid (``configs/grids/control_overfit.yaml``) trains AT and four VIR-AT vari
 ``vir-at``         the paper's weights (alpha 7, beta 0.007, gamma 10)
 ``vir-at-mean1``   VIR's redistribution rescaled to batch mean 1 (redistribution, no rescaling)
 ``vir-at-flat``    VIR's batch-mean weight for every example (rescaling, no redistribution)
+``gairat``         GAIRAT's geometry-aware weights (mean 1), from AT's burn-in
+``mail-at``        MAIL-AT's margin-aware weights (mean 1), from ``vir-at-w1``'s burn-in
 =================  ===========================================================================
 
 If VIR's small weights act as early stopping, VIR-AT beats AT's last checkpoint and matches its
@@ -45,7 +48,7 @@ __all__ = [
 ]
 
 #: the control grid's rows, in the order the tables show them
-GRID_METHODS = ("at", "vir-at-w1", "vir-at", "vir-at-mean1", "vir-at-flat")
+GRID_METHODS = ("at", "vir-at-w1", "vir-at", "vir-at-mean1", "vir-at-flat", "gairat", "mail-at")
 CHECKPOINTS = ("last", "best")
 
 

@@ -147,7 +147,7 @@ NOTEBOOK_PRESETS["demo-min"] = {
 NOTEBOOK_PRESETS["overfit"] = {
     "description": (
         "the robust-overfitting regime on a CPU (docs/RESULTS.md): notebook 10 over the control grid "
-        "of configs/grids/control_overfit.yaml (AT and four VIR-AT variants, 3 seeds; run it first: "
+        "of configs/grids/control_overfit.yaml (AT, four VIR-AT variants, GAIRAT and MAIL-AT, 3 seeds; run it first: "
         "virkit sweep configs/grids/control_overfit.yaml --jobs 2 --out runs/grids/control_overfit)"
     ),
     "robust_attack": "pgd20",
