@@ -519,8 +519,8 @@ def test_shared_runs_are_reused(smoke_batch):
     runs_root = smoke_batch["root"] / "runs" / "smoke" / "runs"
     dirs = sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = {p.name.split("-s0-")[0] for p in dirs}
-    # seven runs serve all ten notebooks (Table 6's first row is the VIR pipeline with w = 1; notebook 10
-    # adds the scale-matched controls)
+    # nine runs serve all ten notebooks (Table 6's first row is the VIR pipeline with w = 1; notebook 10
+    # adds the scale-matched controls and the reweighting baselines)
     assert {
         "cifar10-small-cnn-natural",
         "cifar10-small-cnn-at",
@@ -529,6 +529,8 @@ def test_shared_runs_are_reused(smoke_batch):
         "cifar10-small-cnn-vir-at-w1",
         "cifar10-small-cnn-vir-at-mean1",
         "cifar10-small-cnn-vir-at-flat",
+        "cifar10-small-cnn-gairat",
+        "cifar10-small-cnn-mail-at",
     } == names
     vir = next(p for p in dirs if p.name.startswith("cifar10-small-cnn-vir-at-s0-"))
     # trained before the notebooks (virkit.notebooks.prepare): the ablations branched from VIR-AT's burn-in
@@ -539,10 +541,16 @@ def test_shared_runs_are_reused(smoke_batch):
                 "cifar10-small-cnn-vir-at-sv-",
                 "cifar10-small-cnn-vir-at-mean1-",
                 "cifar10-small-cnn-vir-at-flat-",
+                "cifar10-small-cnn-mail-at-",
             )
         ):
             parent = json.loads((d / "config.json").read_text())["parent"]
             assert Path(parent["path"]) == vir.resolve() and parent["epoch"] == 1
+    # GAIRAT's burn-in is AT's (the uniform start), not VIR-AT's
+    at = next(p for p in dirs if p.name.startswith("cifar10-small-cnn-at-s0-"))
+    gairat = next(p for p in dirs if p.name.startswith("cifar10-small-cnn-gairat-s0-"))
+    parent = json.loads((gairat / "config.json").read_text())["parent"]
+    assert Path(parent["path"]) == at.resolve() and parent["epoch"] == 1
     mtime = (vir / "last.pt").stat().st_mtime_ns
     t = time.time()
     again = N.shared_run("vir-at", "smoke", runs_root)
@@ -629,8 +637,21 @@ def test_planned_runs_share_burn_ins(tmp_path):
     from virkit.notebooks.prepare import planned_runs
 
     by = {r.method: r for r in planned_runs("smoke", tmp_path)}
-    assert set(by) == {"natural", "at", "vir-at", "vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat"}
-    assert all(by[m].parent is by["vir-at"] for m in ("vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat"))
+    assert set(by) == {
+        "natural",
+        "at",
+        "vir-at",
+        "vir-at-w1",
+        "vir-at-sv",
+        "vir-at-mean1",
+        "vir-at-flat",
+        "gairat",
+        "mail-at",
+    }
+    assert all(
+        by[m].parent is by["vir-at"] for m in ("vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat", "mail-at")
+    )
+    assert by["gairat"].parent is by["at"]
     assert by["at"].parent is None and by["natural"].parent is None and by["vir-at"].parent is None
     demo = {r.method: r for r in planned_runs("demo", tmp_path)}
     assert set(paper.TABLES[1].methods) <= set(demo)  # every row of Table 1's layout

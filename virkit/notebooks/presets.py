@@ -59,11 +59,11 @@ _NO_SWEEPS = {
 #: Each name is also a trainer preset: that is the budget of every run.
 NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
-        "description": "smoke test for the test suite: 7 tiny runs, seconds per notebook, models barely trained",
+        "description": "smoke test for the test suite: 9 tiny runs, seconds per notebook, models barely trained",
         "robust_attack": "fgsm",
         "seeds": [0],
         # the runs the notebooks ask for, trained first, in parallel (virkit.notebooks.prepare)
-        "runs": ["natural", "at", "vir-at", "vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat"],
+        "runs": ["natural", "at", "vir-at", "vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat", "gairat", "mail-at"],
         "notebooks": {
             "01_weight_explorer": {"batch_size": 32, "attack_steps": 2},
             "02_gaussian_mixture_theory": {
