@@ -11,7 +11,7 @@ reweighting baselines over seeds:
 ``vir-at-mean1``   VIR's redistribution rescaled to batch mean 1 (redistribution, no rescaling)
 ``vir-at-flat``    VIR's batch-mean weight for every example (rescaling, no redistribution)
 ``gairat``         GAIRAT's geometry-aware weights (mean 1), from AT's burn-in
-``mail-at``        MAIL-AT's margin-aware weights (mean 1), from ``vir-at-w1``'s burn-in
+``mail-at``        MAIL-AT's margin-aware weights (3 sigmoid, not normalized), from ``vir-at-w1``'s burn-in
 =================  ===========================================================================
 
 If VIR's small weights act as early stopping, VIR-AT beats AT's last checkpoint and matches its
