@@ -63,7 +63,17 @@ NOTEBOOK_PRESETS: dict[str, dict[str, Any]] = {
         "robust_attack": "fgsm",
         "seeds": [0],
         # the runs the notebooks ask for, trained first, in parallel (virkit.notebooks.prepare)
-        "runs": ["natural", "at", "vir-at", "vir-at-w1", "vir-at-sv", "vir-at-mean1", "vir-at-flat", "gairat", "mail-at"],
+        "runs": [
+            "natural",
+            "at",
+            "vir-at",
+            "vir-at-w1",
+            "vir-at-sv",
+            "vir-at-mean1",
+            "vir-at-flat",
+            "gairat",
+            "mail-at",
+        ],
         "notebooks": {
             "01_weight_explorer": {"batch_size": 32, "attack_steps": 2},
             "02_gaussian_mixture_theory": {
