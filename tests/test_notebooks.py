@@ -372,7 +372,7 @@ def test_failure_does_not_stop_the_others(tmp_path, jobs, capsys):
     )
     out = capsys.readouterr().out
     assert code == 1
-    assert "FAILED 01_fails" in out and "ValueError: boom in the notebook" in out
+    assert "FAILED 01_fails" in out and "ValueError: boom in the notebook" in out, out
     assert "1 passed, 1 failed" in out
     assert (tmp_path / "out" / "smoke" / "02_passes.ipynb").is_file()
     assert (tmp_path / "fig" / "smoke" / "02_passes__line.png").is_file()
@@ -381,6 +381,40 @@ def test_failure_does_not_stop_the_others(tmp_path, jobs, capsys):
     assert "02_passes__line.png" in index and "x=3" in index
     summary = json.loads((tmp_path / "out" / "smoke" / "summary.json").read_text())
     assert [r["status"] for r in summary["results"]] == ["failed", "ok"]
+
+
+@pytest.mark.parametrize("start_timeout", [2, 60])
+def test_a_kernel_slow_to_start_fails_only_past_the_start_timeout(tmp_path, monkeypatch, capsys, start_timeout):
+    """A kernel that takes 6 s to answer (as on a loaded machine) fails the notebook before its first
+    cell when the start timeout is shorter, with papermill's line, and runs it when the timeout allows."""
+    import sys
+
+    from virkit.notebooks import runner
+
+    real = runner.ensure_kernelspec
+
+    def slow_kernelspec(root, threads=None):
+        kdir = real(root, threads)
+        spec = json.loads((kdir / "kernel.json").read_text())
+        launch = "import runpy, sys, time; time.sleep(6); sys.argv[0] = 'ipykernel_launcher'; "
+        launch += "runpy.run_module('ipykernel_launcher', run_name='__main__')"
+        spec["argv"] = [sys.executable, "-c", launch, *spec["argv"][3:]]
+        (kdir / "kernel.json").write_text(json.dumps(spec))
+        return kdir
+
+    monkeypatch.setattr(runner, "ensure_kernelspec", slow_kernelspec)
+    monkeypatch.setattr(runner, "KERNEL_START_TIMEOUT_S", start_timeout)
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _mini_notebook(folder / "01_slow.ipynb", "print(x)")
+    code = N.run_notebooks(
+        "smoke", out_root=tmp_path / "out", fig_root=tmp_path / "fig", folder=folder, parameters_override={"x": 3}
+    )
+    out = capsys.readouterr().out
+    if start_timeout < 6:
+        assert code == 1 and "RuntimeError: Kernel didn't respond in 2 seconds" in out, out
+    else:
+        assert code == 0 and "1 passed, 0 failed" in out, out
 
 
 def test_kernelspec_uses_this_interpreter(tmp_path, monkeypatch):
@@ -503,7 +537,10 @@ def test_a_notebook_runs_by_hand_with_its_defaults(tmp_path, monkeypatch, stand_
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     path = NB_DIR / "02_gaussian_mixture_theory.ipynb"
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(NB_DIR)}}).execute()
+    client = NotebookClient(
+        nb, timeout=600, startup_timeout=N.KERNEL_START_TIMEOUT_S, resources={"metadata": {"path": str(NB_DIR)}}
+    )
+    client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)

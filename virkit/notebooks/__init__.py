@@ -60,6 +60,7 @@ from virkit.notebooks.presets import (
 )
 from virkit.notebooks.runner import (
     KERNEL_NAME,
+    KERNEL_START_TIMEOUT_S,
     NotebookResult,
     ensure_kernelspec,
     execute_one,
@@ -100,6 +101,7 @@ __all__ = [
     "ensure_kernelspec",
     "execute_one",
     "KERNEL_NAME",
+    "KERNEL_START_TIMEOUT_S",
     "NotebookContext",
     "setup",
     "Parameter",

@@ -33,6 +33,7 @@ from virkit.notebooks.presets import NOTEBOOK_PRESETS, preset_notebooks
 
 __all__ = [
     "KERNEL_NAME",
+    "KERNEL_START_TIMEOUT_S",
     "ensure_kernelspec",
     "NotebookResult",
     "execute_one",
@@ -40,6 +41,11 @@ __all__ = [
 ]
 
 KERNEL_NAME = "virkit-python"
+# seconds papermill waits for a kernel to answer after starting it (papermill's default: 60). A kernel
+# starts in 1-3 s on an idle machine, but with notebooks in parallel (--jobs N) beside training or a
+# test suite on two cores it has taken over 60 s, and the notebook then failed before its first cell;
+# a kernel that never starts still fails, after this long.
+KERNEL_START_TIMEOUT_S = 600
 
 
 def ensure_kernelspec(root: str | os.PathLike, threads: int | None = None) -> Path:
@@ -111,6 +117,7 @@ def execute_one(nb_path: str, out_path: str, parameters: dict, cwd: str, timeout
             log_output=False,
             request_save_on_cell_execute=True,
             execution_timeout=timeout,
+            start_timeout=KERNEL_START_TIMEOUT_S,
         )
         return "ok", ""
     except Exception as e:
