@@ -589,9 +589,8 @@ def test_shared_runs_are_reused(smoke_batch):
     parent = json.loads((gairat / "config.json").read_text())["parent"]
     assert Path(parent["path"]) == at.resolve() and parent["epoch"] == 1
     mtime = (vir / "last.pt").stat().st_mtime_ns
-    t = time.time()
-    again = N.shared_run("vir-at", "smoke", runs_root)
-    assert again == vir and time.time() - t < 10
+    again = N.shared_run("vir-at", "smoke", runs_root)  # found, not trained again: its checkpoint untouched
+    assert again == vir
     assert (vir / "last.pt").stat().st_mtime_ns == mtime
 
 
