@@ -42,9 +42,10 @@ __all__ = [
 
 KERNEL_NAME = "virkit-python"
 # seconds papermill waits for a kernel to answer after starting it (papermill's default: 60). A kernel
-# starts in 1-3 s on an idle machine, but with notebooks in parallel (--jobs N) beside training or a
-# test suite on two cores it has taken over 60 s, and the notebook then failed before its first cell;
-# a kernel that never starts still fails, after this long.
+# starts in 1-3 s on an idle machine; with two notebooks in parallel (--jobs N) beside the test suite's
+# other worker on two cores, a notebook failed after 68 s without reaching its cell (its error text was
+# cut from the log; 60 s + shutdown is papermill's start timeout). A kernel that never starts still
+# fails, after this long.
 KERNEL_START_TIMEOUT_S = 600
 
 
